@@ -1,0 +1,248 @@
+"""The ``feedforge`` command line: one command per pipeline stage, plus ``demo``.
+
+Every command takes ``--workdir`` (where artifacts live) and ``--config`` (a YAML file; see
+:mod:`feedforge.config`). Errors raised on purpose print one clear message, not a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from feedforge.config import Settings, load_settings
+from feedforge.errors import FeedforgeError
+from feedforge.workdir import Workdir
+
+app = typer.Typer(
+    name="feedforge",
+    help="An open personalized-feed engine: simulate -> build -> train -> evaluate -> "
+    "publish -> serve.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+
+WorkdirOpt = Annotated[
+    Path, typer.Option("--workdir", "-w", help="Work directory holding every artifact")
+]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML settings file", exists=False)
+]
+DEFAULT_WORKDIR = Path("work")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _clean_errors(func: F) -> F:
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except FeedforgeError as exc:
+            console.print(f"[bold red]error:[/] {exc.message}")
+            raise typer.Exit(code=1) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def _progress(title: str) -> Iterator[Callable[[str], None]]:
+    """A Rich progress line for a stage; yields a callback that updates its description."""
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as bar:
+        task = bar.add_task(title, total=None)
+        yield lambda msg: bar.update(task, description=f"{title}: {msg}")
+        bar.update(task, description=f"{title}: done", total=1, completed=1)
+
+
+def _settings(config: Path | None) -> Settings:
+    return load_settings(config)
+
+
+def run_simulate(workdir: Workdir, settings: Settings, overwrite: bool = False) -> None:
+    from feedforge.events.simulator import simulate
+
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} days"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
+        task = bar.add_task("simulate", total=settings.simulator.n_days)
+        summary = simulate(
+            settings.simulator,
+            workdir,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+            overwrite=overwrite,
+        )
+    console.print(f"simulated events: {summary.counts}")
+
+
+def run_build(workdir: Workdir, settings: Settings) -> None:
+    from feedforge.datasets.build import build_dataset
+
+    with _progress("build") as say:
+        manifest = build_dataset(workdir, settings, say)
+    console.print(f"dataset {manifest.version}: {manifest.counts}")
+
+
+def run_train(workdir: Workdir, settings: Settings) -> None:
+    from feedforge.models.train import train_models
+
+    with _progress("train") as say:
+        saved = train_models(workdir, settings, say)
+    console.print(f"trained: {', '.join(saved)}")
+
+
+def run_evaluate(workdir: Workdir, settings: Settings) -> dict[str, Any]:
+    from feedforge.evaluation.evaluate import evaluate
+
+    with _progress("evaluate") as say:
+        report = evaluate(workdir, settings, say)
+    print_report(report)
+    console.print(f"report written to {workdir.reports_dir / 'evaluation.json'}")
+    return report
+
+
+def run_publish(workdir: Workdir, settings: Settings) -> str:
+    from feedforge.publish.factory import open_store
+    from feedforge.publish.publisher import publish
+
+    with open_store(settings.store, workdir.store_path) as store, _progress("publish") as say:
+        version = publish(workdir, settings, store, say)
+    console.print(f"published version {version} to the {settings.store.type} store")
+    return version
+
+
+def print_report(report: dict[str, Any]) -> None:
+    """Print the evaluation report as a table."""
+    k = report["k"]
+    names = ["ndcg", "recall", "map", "hitrate", "coverage"]
+    table = Table(
+        title=f"Test split, objective {report['objective']}, "
+        f"{report['users_evaluated']} users (protocol {report['protocol']})"
+    )
+    table.add_column("model")
+    for name in names:
+        table.add_column(f"{name}@{k}", justify="right")
+    for model, metrics in report["models"].items():
+        table.add_row(model, *(f"{metrics[f'{n}@{k}']:.4f}" for n in names))
+    console.print(table)
+    ranker = report.get("ranker")
+    if ranker:
+        console.print(
+            f"ranker {ranker['model']} on {ranker['impressions']} test impressions: "
+            f"AUC {ranker['auc']:.4f}, log loss {ranker['log_loss']:.4f}"
+        )
+
+
+@app.command("simulate")
+@_clean_errors
+def simulate_cmd(
+    workdir: WorkdirOpt = DEFAULT_WORKDIR,
+    config: ConfigOpt = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing raw data")] = False,
+) -> None:
+    """Generate the synthetic world: catalog, users and an event log."""
+    run_simulate(Workdir.at(workdir), _settings(config), overwrite)
+
+
+@app.command("build")
+@_clean_errors
+def build_cmd(workdir: WorkdirOpt = DEFAULT_WORKDIR, config: ConfigOpt = None) -> None:
+    """Build leak-free datasets (temporal split, id maps, ranking examples, card)."""
+    run_build(Workdir.at(workdir), _settings(config))
+
+
+@app.command("train")
+@_clean_errors
+def train_cmd(workdir: WorkdirOpt = DEFAULT_WORKDIR, config: ConfigOpt = None) -> None:
+    """Train the popularity baseline, the retrieval model and the ranker."""
+    run_train(Workdir.at(workdir), _settings(config))
+
+
+@app.command("evaluate")
+@_clean_errors
+def evaluate_cmd(workdir: WorkdirOpt = DEFAULT_WORKDIR, config: ConfigOpt = None) -> None:
+    """Evaluate every model on the test split; writes reports/evaluation.json."""
+    run_evaluate(Workdir.at(workdir), _settings(config))
+
+
+@app.command("publish")
+@_clean_errors
+def publish_cmd(workdir: WorkdirOpt = DEFAULT_WORKDIR, config: ConfigOpt = None) -> None:
+    """Publish embeddings, features and models as a new version of the online store."""
+    run_publish(Workdir.at(workdir), _settings(config))
+
+
+@app.command("serve")
+@_clean_errors
+def serve_cmd(
+    workdir: WorkdirOpt = DEFAULT_WORKDIR,
+    config: ConfigOpt = None,
+    host: Annotated[str | None, typer.Option(help="Default: serving.host")] = None,
+    port: Annotated[int | None, typer.Option(help="Default: serving.port")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes")] = 1,
+) -> None:
+    """Serve the feed API (GET /recommend, POST /events, /health, /docs)."""
+    import uvicorn
+
+    settings = _settings(config)
+    wd = Workdir.at(workdir)
+    os.environ["FEEDFORGE_WORKDIR"] = str(wd.root)
+    if config is not None:
+        os.environ["FEEDFORGE_CONFIG"] = str(config.resolve())
+    uvicorn.run(
+        "feedforge.serving.app:create_app_from_env",
+        factory=True,
+        host=host or settings.serving.host,
+        port=port or settings.serving.port,
+        workers=workers,
+        log_level="info",
+    )
+
+
+@app.command("demo")
+@_clean_errors
+def demo_cmd(
+    workdir: WorkdirOpt = DEFAULT_WORKDIR,
+    config: ConfigOpt = None,
+) -> None:
+    """Run every stage in order on the simulator and print the evaluation table."""
+    settings = _settings(config)
+    wd = Workdir.at(workdir)
+    started = time.perf_counter()
+    console.rule("[bold]feedforge demo")
+    console.print(f"work directory: {wd.root}; objective: {settings.objective}")
+    run_simulate(wd, settings, overwrite=True)
+    run_build(wd, settings)
+    run_train(wd, settings)
+    report = run_evaluate(wd, settings)
+    run_publish(wd, settings)
+    best = max(report["models"], key=lambda m: report["models"][m][f"ndcg@{report['k']}"])
+    console.print(f"best model on NDCG@{report['k']}: [bold]{best}[/]")
+    console.print(f"demo finished in {time.perf_counter() - started:.1f}s. Serve it with:")
+    console.print(f"  feedforge serve --workdir {wd.root}")
+
+
+def main() -> None:
+    """Entry point of the ``feedforge`` script."""
+    app()

@@ -1,0 +1,187 @@
+"""Typed configuration: one YAML file plus ``FEEDFORGE_*`` environment variables.
+
+Precedence (highest first): environment variables, the YAML file, the defaults below.
+Nested fields are set from the environment with a double underscore, e.g.
+``FEEDFORGE_STORE__TYPE=redis`` or ``FEEDFORGE_OBJECTIVE=clicks``. Unknown keys are rejected,
+and every validation error is re-raised as :class:`~feedforge.errors.ConfigError` naming the
+file it came from.
+
+The business goal (step 1 of the design framework, "clarify") lives here as config, not code:
+``objective`` picks what the feed maximises and ``serving.latency_budget_ms`` the online budget.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from feedforge.errors import ConfigError
+
+Objective = Literal["watch_time", "clicks", "revenue"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SimulatorConfig(_Section):
+    """Size and behaviour of the synthetic world (the embedded default data)."""
+
+    seed: int = 7
+    n_users: int = Field(5_000, ge=1)
+    n_items: int = Field(2_000, ge=1)
+    n_days: int = Field(30, ge=1)
+    n_categories: int = Field(20, ge=1)
+    start: datetime = datetime(2026, 1, 1, tzinfo=UTC)
+    sessions_per_user_day: float = Field(0.25, gt=0, description="Mean sessions per user per day")
+    feed_size: int = Field(10, ge=1, le=100, description="Impressions per feed request")
+    item_backlog_days: int = Field(
+        180, ge=0, description="Items are created from this many days before the start on"
+    )
+
+
+class DatasetConfig(_Section):
+    """How the event log becomes training-ready datasets."""
+
+    validation_days: float = Field(4.0, gt=0, description="Length of the validation window")
+    test_days: float = Field(4.0, gt=0, description="Length of the test window (the last days)")
+    watch_completion: float = Field(
+        0.5, gt=0, le=1, description="A watch is positive at this fraction of the duration"
+    )
+    attribution_seconds: int = Field(
+        1800, ge=1, description="Label events this long after an impression are attributed to it"
+    )
+    rating_threshold: float = Field(
+        4.0, description="Rated events at or above this value are positive (real datasets)"
+    )
+
+
+class PopularityConfig(_Section):
+    window_days: float = Field(7.0, gt=0, description="Count positives in the last N train days")
+
+
+class MatrixFactorizationConfig(_Section):
+    factors: int = Field(64, ge=2)
+    regularization: float = Field(0.05, ge=0)
+    iterations: int = Field(15, ge=1)
+    alpha: float = Field(10.0, gt=0, description="Confidence scaling of implicit feedback")
+    random_state: int = 0
+
+
+class RankerConfig(_Section):
+    C: float = Field(1.0, gt=0, description="Inverse L2 strength of the logistic regression")
+    max_iter: int = Field(500, ge=10)
+
+
+class ModelsConfig(_Section):
+    retrieval: Literal["als"] = "als"
+    popularity: PopularityConfig = PopularityConfig()
+    als: MatrixFactorizationConfig = MatrixFactorizationConfig()
+    ranker: RankerConfig = RankerConfig()
+
+
+class EvaluationConfig(_Section):
+    k: int = Field(10, ge=1)
+    candidates: int = Field(200, ge=1, description="Retrieval candidates the ranker re-scores")
+
+
+class StoreConfig(_Section):
+    """The online store. ``embedded`` needs no server; ``redis`` is the production backend."""
+
+    type: Literal["embedded", "redis"] = "embedded"
+    path: Path | None = Field(None, description="Embedded store file; default WORKDIR/store")
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    namespace: str = Field("feedforge", pattern=r"^[A-Za-z0-9_.-]+$")
+    socket_timeout_s: float = Field(0.5, gt=0)
+    keep_versions: int = Field(2, ge=1, description="Published versions kept after a publish")
+
+
+class ServingConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    latency_budget_ms: float = Field(50.0, gt=0)
+    mode: Literal["online", "batch"] = "online"
+    candidates: int = Field(200, ge=1, le=10_000)
+    history_length: int = Field(200, ge=1, description="Recent items kept per user")
+    max_future_skew_s: float = Field(300.0, ge=0, description="Event timestamps this far ahead ok")
+    history_weight: float = Field(
+        1.0, ge=0, description="Weight of live history in the user vector (see serving docs)"
+    )
+
+
+class Settings(BaseSettings):
+    """All of feedforge's settings."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FEEDFORGE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    objective: Objective = "watch_time"
+    simulator: SimulatorConfig = SimulatorConfig()
+    dataset: DatasetConfig = DatasetConfig()
+    models: ModelsConfig = ModelsConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    store: StoreConfig = StoreConfig()
+    serving: ServingConfig = ServingConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats the file (passed as init kwargs), which beats the defaults.
+        return (env_settings, init_settings)
+
+
+def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
+    """Load settings from a YAML file (optional) and the environment.
+
+    Args:
+        path: A YAML file whose top-level keys are :class:`Settings` fields. ``None`` uses
+            only the defaults and the environment.
+        **overrides: Top-level fields that replace the file's values (used by tests).
+
+    Returns:
+        The validated, frozen settings.
+
+    Raises:
+        ConfigError: the file is missing, not YAML, not a mapping, or holds an unknown key or
+            an invalid value. The message names the file and the offending key.
+    """
+    source = str(path) if path is not None else "environment/defaults"
+    data: dict[str, Any] = {}
+    if path is not None:
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"config file not found: {file}")
+        try:
+            loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{file}: not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{file}: the top level must be a mapping of settings")
+        data = loaded
+    data.update(overrides)
+    try:
+        return Settings(**data)
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"{source}: invalid configuration: {problems}") from exc

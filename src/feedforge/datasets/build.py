@@ -1,0 +1,328 @@
+"""Build training-ready, leak-free datasets from the event log and the catalog.
+
+The split is a global temporal one: ``train < t1 <= validation < t2 <= test``, with ``t2`` the
+log's last timestamp minus ``dataset.test_days`` and ``t1`` another ``validation_days``
+earlier. Id maps are fitted on the train split only. Outputs (all Parquet, in
+``WORKDIR/dataset``):
+
+* ``ids/users.parquet``, ``ids/items.parquet``: the id maps.
+* ``positives_<split>.parquet``: positive engagement events, one row each, with a flag per
+  objective (:data:`OBJECTIVE_LABEL`) and a ``weight`` for retrieval training.
+* ``ranking_<split>.parquet``: one row per impression with point-in-time raw counters (see
+  :mod:`feedforge.datasets.features`) and labels attributed from later events of the same
+  request within ``dataset.attribution_seconds``. Impressions whose attribution window
+  crosses a split boundary (or the end of the log) are dropped, so no label leaks across.
+* ``card.json`` / ``card.md``: rows, users, items, label rates and split dates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import polars as pl
+
+from feedforge.artifacts import Manifest, write_json_atomic, write_manifest
+from feedforge.config import DatasetConfig, Settings
+from feedforge.datasets.features import RAW_COUNTERS, point_in_time_counters
+from feedforge.datasets.idmap import IdMap
+from feedforge.errors import DataError
+from feedforge.events.catalog import read_catalog
+from feedforge.events.log import EventLog
+from feedforge.workdir import Workdir
+
+DATASET_ARTIFACT = "dataset"
+DATASET_SCHEMA_VERSION = 1
+SPLITS = ("train", "validation", "test")
+
+OBJECTIVE_LABEL: dict[str, str] = {"clicks": "click", "watch_time": "watch", "revenue": "purchase"}
+"""The positive flag of each business objective (ratings above the threshold count for all)."""
+
+RANKING_LABEL: dict[str, str] = {
+    "clicks": "clicked",
+    "watch_time": "watched",
+    "revenue": "purchased",
+}
+"""The label column of the ranking examples for each business objective."""
+
+_WEIGHTS = {"click": 1.0, "watch": 2.0, "like": 2.0, "purchase": 3.0, "rating": 1.0}
+
+Progress = Callable[[str], None]
+
+
+def split_bounds(events: pl.LazyFrame, config: DatasetConfig) -> dict[str, datetime]:
+    """The split boundaries ``t1`` and ``t2`` (and the log's ``start`` and ``end``).
+
+    Raises:
+        DataError: the log is empty or the train window would be empty.
+    """
+    span = events.select(
+        pl.col("timestamp").min().alias("start"), pl.col("timestamp").max().alias("end")
+    ).collect()
+    start, end = span.item(0, "start"), span.item(0, "end")
+    if start is None:
+        raise DataError("the event log is empty; run `feedforge simulate` (or import data) first")
+    t2 = end - timedelta(days=config.test_days)
+    t1 = t2 - timedelta(days=config.validation_days)
+    if t1 <= start:
+        raise DataError(
+            f"the log spans {start} .. {end}: too short for {config.validation_days} validation "
+            f"and {config.test_days} test days with any training data left"
+        )
+    return {"start": start, "t1": t1, "t2": t2, "end": end}
+
+
+def _split_expr(bounds: dict[str, datetime]) -> pl.Expr:
+    ts = pl.col("timestamp")
+    return (
+        pl.when(ts < bounds["t1"])
+        .then(pl.lit("train"))
+        .when(ts < bounds["t2"])
+        .then(pl.lit("validation"))
+        .otherwise(pl.lit("test"))
+        .alias("split")
+    )
+
+
+def label_positives(
+    events: pl.LazyFrame, items: pl.DataFrame, config: DatasetConfig
+) -> pl.LazyFrame:
+    """Positive engagement events with one boolean flag per kind of positive.
+
+    A watch is positive at ``watch_seconds >= watch_completion * duration_seconds`` (any
+    positive watch time when the duration is unknown); a rating at ``value >=
+    rating_threshold``; clicks, likes and purchases always.
+    """
+    durations = items.select("item_id", "duration_seconds").lazy()
+    et = pl.col("event_type")
+    watch_ok = (
+        pl.when(pl.col("duration_seconds").is_null())
+        .then(pl.col("watch_seconds") > 0)
+        .otherwise(pl.col("watch_seconds") >= config.watch_completion * pl.col("duration_seconds"))
+    )
+    rated = (et == "rating") & (pl.col("value") >= config.rating_threshold)
+    flagged = events.join(durations, on="item_id", how="left").with_columns(
+        (et == "click").alias("click"),
+        ((et == "watch") & watch_ok.fill_null(False)).alias("watch"),
+        (et == "like").alias("like"),
+        (et == "purchase").alias("purchase"),
+        rated.fill_null(False).alias("rated"),
+    )
+    engaged = pl.any_horizontal("click", "watch", "like", "purchase", "rated")
+    weight = pl.col("event_type").replace_strict(_WEIGHTS, default=0.0, return_dtype=pl.Float32)
+    return (
+        flagged.filter(engaged)
+        .with_columns(weight.alias("weight"))
+        .select(
+            "event_id",
+            "timestamp",
+            "user_id",
+            "item_id",
+            "event_type",
+            "click",
+            "watch",
+            "like",
+            "purchase",
+            "rated",
+            "weight",
+        )
+    )
+
+
+def ranking_examples(
+    events: pl.LazyFrame, items: pl.DataFrame, config: DatasetConfig
+) -> pl.LazyFrame:
+    """One row per impression with point-in-time counters and attributed labels."""
+    impressions = events.filter(pl.col("event_type") == "impression").select(
+        "event_id", "request_id", "timestamp", "user_id", "item_id", "position", "device"
+    )
+    window = timedelta(seconds=config.attribution_seconds)
+    outcomes = events.filter(
+        pl.col("event_type").is_in(["click", "watch", "like", "purchase"])
+    ).select(
+        "request_id",
+        "user_id",
+        "item_id",
+        pl.col("timestamp").alias("label_ts"),
+        "event_type",
+        "watch_seconds",
+        "price",
+    )
+    durations = items.select("item_id", "duration_seconds").lazy()
+    et = pl.col("event_type")
+    labels = (
+        impressions.select("event_id", "request_id", "user_id", "item_id", "timestamp")
+        .join(outcomes, on=["request_id", "user_id", "item_id"], how="inner")
+        .filter(
+            (pl.col("label_ts") >= pl.col("timestamp"))
+            & (pl.col("label_ts") < pl.col("timestamp") + window)
+        )
+        .group_by("event_id")
+        .agg(
+            (et == "click").any().alias("clicked"),
+            pl.col("watch_seconds").filter(et == "watch").sum().alias("watch_seconds"),
+            (et == "like").any().alias("liked"),
+            (et == "purchase").any().alias("purchased"),
+            pl.col("price").filter(et == "purchase").sum().alias("revenue"),
+        )
+    )
+    examples = (
+        point_in_time_counters(impressions, events, items)
+        .join(labels, on="event_id", how="left")
+        .join(durations, on="item_id", how="left")
+        .with_columns(
+            pl.col("clicked").fill_null(False),
+            pl.col("watch_seconds").fill_null(0.0),
+            pl.col("liked").fill_null(False),
+            pl.col("purchased").fill_null(False),
+            pl.col("revenue").fill_null(0.0),
+        )
+    )
+    watched = (
+        pl.when(pl.col("duration_seconds").is_null())
+        .then(pl.col("watch_seconds") > 0)
+        .otherwise(pl.col("watch_seconds") >= config.watch_completion * pl.col("duration_seconds"))
+    )
+    return examples.with_columns(watched.alias("watched")).drop("duration_seconds")
+
+
+def build_dataset(
+    workdir: Workdir, settings: Settings, progress: Progress | None = None
+) -> Manifest:
+    """Build every dataset file of ``workdir`` from its event log and catalog.
+
+    Returns:
+        The manifest of the written dataset.
+
+    Raises:
+        feedforge.errors.ArtifactError: the catalog is missing.
+        DataError: the log is empty or too short for the configured split.
+    """
+    say = progress or (lambda _msg: None)
+    config = settings.dataset
+    catalog_manifest, items, _users = read_catalog(workdir)
+    log = EventLog(workdir.events_dir)
+    events = log.scan()
+    bounds = split_bounds(events, config)
+    out = workdir.dataset_dir
+    out.mkdir(parents=True, exist_ok=True)
+
+    say("labelling positives")
+    positives = label_positives(events, items, config).with_columns(_split_expr(bounds)).collect()
+    train_events = events.filter(pl.col("timestamp") < bounds["t1"])
+    users = IdMap.fit(train_events.select("user_id").unique().collect().get_column("user_id"))
+    item_map = IdMap.fit(train_events.select("item_id").unique().collect().get_column("item_id"))
+    users.save(out / "ids" / "users.parquet")
+    item_map.save(out / "ids" / "items.parquet")
+
+    def with_idx(frame: pl.DataFrame) -> pl.DataFrame:
+        return frame.with_columns(
+            users.index(frame.get_column("user_id")).alias("user_idx"),
+            item_map.index(frame.get_column("item_id")).alias("item_idx"),
+        )
+
+    positives = with_idx(positives)
+    say("computing point-in-time ranking examples")
+    window = timedelta(seconds=config.attribution_seconds)
+    ranking = with_idx(
+        ranking_examples(events, items, config).with_columns(_split_expr(bounds)).collect()
+    )
+    boundary_ok = pl.lit(True)
+    for edge in (bounds["t1"], bounds["t2"]):
+        boundary_ok &= ~((pl.col("timestamp") < edge) & (pl.col("timestamp") + window > edge))
+    boundary_ok &= pl.col("timestamp") + window <= bounds["end"] + timedelta(microseconds=1)
+    censored = ranking.height
+    ranking = ranking.filter(boundary_ok)
+    censored -= ranking.height
+
+    counts: dict[str, int] = {}
+    card_splits: dict[str, Any] = {}
+    for split in SPLITS:
+        pos = positives.filter(pl.col("split") == split).drop("split")
+        rank = ranking.filter(pl.col("split") == split).drop("split")
+        pos.write_parquet(out / f"positives_{split}.parquet", compression="zstd")
+        rank.write_parquet(out / f"ranking_{split}.parquet", compression="zstd")
+        counts[f"positives_{split}"] = pos.height
+        counts[f"ranking_{split}"] = rank.height
+        card_splits[split] = _split_card(pos, rank)
+    if counts["positives_train"] == 0:
+        raise DataError("the train split has no positive interactions; nothing to learn from")
+
+    card = {
+        "objective": settings.objective,
+        "objective_label": OBJECTIVE_LABEL[settings.objective],
+        "split": {k: v.isoformat() for k, v in bounds.items()},
+        "users_in_id_map": len(users),
+        "items_in_id_map": len(item_map),
+        "catalog_items": items.height,
+        "events": int(events.select(pl.len()).collect().item()),
+        "impressions_dropped_at_split_edges": censored,
+        "splits": card_splits,
+        "raw_counters": list(RAW_COUNTERS),
+    }
+    write_json_atomic(out / "card.json", card)
+    (out / "card.md").write_text(render_card(card), encoding="utf-8")
+    return write_manifest(
+        out,
+        Manifest(
+            artifact=DATASET_ARTIFACT,
+            schema_version=DATASET_SCHEMA_VERSION,
+            inputs={"catalog": catalog_manifest.version, "events": f"{len(log.files())} files"},
+            counts=counts,
+            extra={
+                "split": card["split"],
+                "objective": settings.objective,
+                "n_categories": int(items.select(pl.col("categories").list.first()).n_unique()),
+            },
+        ),
+    )
+
+
+def _split_card(pos: pl.DataFrame, rank: pl.DataFrame) -> dict[str, Any]:
+    n = max(rank.height, 1)
+    return {
+        "positives": pos.height,
+        "users": pos.get_column("user_id").n_unique(),
+        "items": pos.get_column("item_id").n_unique(),
+        "impressions": rank.height,
+        "label_rates": {
+            "click": rank.get_column("clicked").sum() / n,
+            "watch": rank.get_column("watched").sum() / n,
+            "like": rank.get_column("liked").sum() / n,
+            "purchase": rank.get_column("purchased").sum() / n,
+        },
+        "positives_by_kind": {
+            k: int(pos.get_column(k).sum()) for k in ("click", "watch", "like", "purchase", "rated")
+        },
+    }
+
+
+def render_card(card: dict[str, Any]) -> str:
+    """The dataset card as Markdown."""
+    lines = [
+        "# Dataset card",
+        "",
+        f"Objective: `{card['objective']}` (positive label: `{card['objective_label']}`)",
+        "",
+        "Split (global, by time): " + ", ".join(f"{k} = {v}" for k, v in card["split"].items()),
+        "",
+        f"Id maps (fitted on train): {card['users_in_id_map']} users, "
+        f"{card['items_in_id_map']} items; catalog {card['catalog_items']} items; "
+        f"{card['events']} events.",
+        "",
+        "| split | positives | users | items | impressions | click | watch | like | purchase |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for split, s in card["splits"].items():
+        r = s["label_rates"]
+        lines.append(
+            f"| {split} | {s['positives']} | {s['users']} | {s['items']} | {s['impressions']} "
+            f"| {r['click']:.4f} | {r['watch']:.4f} | {r['like']:.4f} | {r['purchase']:.4f} |"
+        )
+    lines.append("")
+    lines.append(
+        f"Impressions dropped because their attribution window crossed a split edge: "
+        f"{card['impressions_dropped_at_split_edges']}."
+    )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,121 @@
+"""Read a built dataset: the one entry point later stages use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from feedforge.artifacts import Manifest, read_manifest, require_file
+from feedforge.datasets.build import (
+    DATASET_ARTIFACT,
+    DATASET_SCHEMA_VERSION,
+    OBJECTIVE_LABEL,
+    SPLITS,
+)
+from feedforge.datasets.idmap import IdMap
+from feedforge.errors import ValidationError
+from feedforge.models.base import Interactions
+from feedforge.workdir import Workdir
+
+
+@dataclass
+class Dataset:
+    """A built dataset: manifest, id maps and lazy access to its split files."""
+
+    root: Path
+    manifest: Manifest
+    users: IdMap
+    items: IdMap
+    build_command: str
+    _cache: dict[str, pl.DataFrame] = field(default_factory=dict, repr=False)
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    @property
+    def n_categories(self) -> int:
+        return int(self.manifest.extra.get("n_categories", 1))
+
+    @property
+    def split_bounds(self) -> dict[str, Any]:
+        return dict(self.manifest.extra["split"])
+
+    def _read(self, name: str) -> pl.DataFrame:
+        if name not in self._cache:
+            path = require_file(
+                self.root / f"{name}.parquet", f"dataset file {name}", self.build_command
+            )
+            self._cache[name] = pl.read_parquet(path)
+        return self._cache[name]
+
+    def positives(self, split: str) -> pl.DataFrame:
+        """Positive engagement events of a split (see :mod:`feedforge.datasets.build`)."""
+        _check_split(split)
+        return self._read(f"positives_{split}")
+
+    def ranking(self, split: str) -> pl.DataFrame:
+        """Impression-level ranking examples of a split."""
+        _check_split(split)
+        return self._read(f"ranking_{split}")
+
+    def train_interactions(self) -> Interactions:
+        """Train-split positives of users and items in the id maps, for retrieval training."""
+        pos = self.positives("train").drop_nulls(["user_idx", "item_idx"])
+        return Interactions(
+            user_idx=pos.get_column("user_idx").to_numpy().astype(np.int32),
+            item_idx=pos.get_column("item_idx").to_numpy().astype(np.int32),
+            weight=pos.get_column("weight").to_numpy().astype(np.float32),
+            timestamp_us=pos.get_column("timestamp").dt.epoch("us").to_numpy().astype(np.int64),
+            n_users=len(self.users),
+            n_items=len(self.items),
+        )
+
+    def relevant(self, split: str, objective: str) -> sp.csr_matrix:
+        """``(n_users, n_items)`` binary CSR of a split's positives for ``objective``.
+
+        Only users and items known to the id maps appear; a rating above the threshold is
+        positive for every objective.
+        """
+        flag = OBJECTIVE_LABEL[objective]
+        pos = (
+            self.positives(split)
+            .filter(pl.col(flag) | pl.col("rated"))
+            .drop_nulls(["user_idx", "item_idx"])
+            .unique(["user_idx", "item_idx"])
+        )
+        return sp.csr_matrix(
+            (
+                np.ones(pos.height, dtype=np.float32),
+                (pos.get_column("user_idx").to_numpy(), pos.get_column("item_idx").to_numpy()),
+            ),
+            shape=(len(self.users), len(self.items)),
+        )
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValidationError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
+
+
+def load_dataset(workdir: Workdir) -> Dataset:
+    """Open the dataset of a work directory.
+
+    Raises:
+        feedforge.errors.ArtifactError: the dataset is missing, corrupt or of an unknown schema.
+    """
+    command = workdir.command("build")
+    root = workdir.dataset_dir
+    manifest = read_manifest(root, DATASET_ARTIFACT, (DATASET_SCHEMA_VERSION,), command)
+    return Dataset(
+        root=root,
+        manifest=manifest,
+        users=IdMap.load(root / "ids" / "users.parquet", command),
+        items=IdMap.load(root / "ids" / "items.parquet", command),
+        build_command=command,
+    )

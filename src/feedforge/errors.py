@@ -1,0 +1,79 @@
+"""The one exception tree of feedforge.
+
+Every error raised on purpose by feedforge derives from :class:`FeedforgeError`. Each class
+knows the HTTP status it maps to, so the serving layer turns any of them into a response with
+one handler, and the CLI prints its message instead of a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+class FeedforgeError(Exception):
+    """Base class of every feedforge error.
+
+    Attributes:
+        http_status: The HTTP status code the serving layer answers with.
+    """
+
+    http_status: int = 500
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready description of the error (used by the API's error handler)."""
+        return {"error": type(self).__name__, "message": self.message, **self.details}
+
+
+class ConfigError(FeedforgeError):
+    """The configuration file or environment holds an invalid or unknown setting."""
+
+
+class ValidationError(FeedforgeError):
+    """Input data (an event, a request, a file) is malformed."""
+
+    http_status = 422
+
+
+class DataError(FeedforgeError):
+    """Data is well-formed but unusable for the step (e.g. an empty split)."""
+
+
+class ArtifactError(FeedforgeError):
+    """An artifact directory is missing, corrupt or of an unknown schema version.
+
+    The message always names the path and the command that (re)builds it.
+    """
+
+    def __init__(self, path: Path | str, problem: str, build_command: str) -> None:
+        message = f"{problem}: {path}. Build it with `{build_command}`."
+        super().__init__(message, path=str(path), build_command=build_command)
+        self.path = Path(path)
+        self.build_command = build_command
+
+
+class NotFittedError(FeedforgeError):
+    """A model was used before ``fit`` or ``load``."""
+
+
+class StoreError(FeedforgeError):
+    """The online store failed an operation."""
+
+    http_status = 503
+
+
+class StoreUnavailableError(StoreError):
+    """The online store cannot be reached (server down, connection refused, timeout)."""
+
+    http_status = 503
+
+
+class NotPublishedError(StoreError):
+    """The online store has no published version yet."""
+
+    http_status = 503

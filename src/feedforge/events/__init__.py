@@ -1,0 +1,1 @@
+"""Step 3, data: the raw event schema, the append-only event log, the catalog, the simulator."""

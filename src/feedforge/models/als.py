@@ -1,0 +1,282 @@
+"""Implicit-feedback matrix factorisation with Alternating Least Squares (Hu, Koren, Volinsky).
+
+Each positive ``(u, i)`` with weight ``w`` gets preference ``p_ui = 1`` and confidence
+``c_ui = 1 + alpha * w``; every other pair has ``p_ui = 0``, ``c_ui = 1``. ALS minimises
+
+    sum_ui c_ui (p_ui - x_u . y_i)^2 + regularization * (sum_u |x_u|^2 + sum_i |y_i|^2)
+
+by solving for all user vectors ``X`` with the item vectors ``Y`` fixed, then the reverse.
+Training uses :class:`implicit.cpu.als.AlternatingLeastSquares`; :meth:`ALSRecommender.fold_in`
+solves the same user equation in numpy for a user known only from live history.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import numpy as np
+from implicit.cpu.als import AlternatingLeastSquares
+from implicit.recommender_base import ModelFitError
+from threadpoolctl import threadpool_limits
+
+from feedforge.artifacts import MANIFEST, Manifest, read_manifest, require_file, write_manifest
+from feedforge.config import MatrixFactorizationConfig
+from feedforge.errors import ArtifactError, DataError, NotFittedError, ValidationError
+from feedforge.models.base import EmbeddingRecommender, Interactions
+
+TRAIN_COMMAND = "feedforge train"
+_SCHEMA_VERSION = 1
+
+
+class ALSRecommender(EmbeddingRecommender):
+    """Implicit ALS: ``score(u, i) = user_embeddings()[u] . item_embeddings()[i]``.
+
+    Args:
+        factors: Embedding size ``D``.
+        regularization: L2 strength ``lambda`` on user and item vectors.
+        iterations: ALS sweeps (one user solve plus one item solve each).
+        alpha: Confidence scaling: ``c_ui = 1 + alpha * w_ui``.
+        random_state: Seed of the initial factors.
+
+    Attributes:
+        user_factors_: ``(n_users, D)`` float32 user vectors (zeros for users without data).
+        item_factors_: ``(n_items, D)`` float32 item vectors.
+
+    Example::
+
+        model = ALSRecommender(factors=64).fit(train)
+        ids, scores = model.recommend(np.array([0, 1]), k=10, exclude=train.to_csr())
+        vector = model.fold_in(np.array([3, 17, 17]))  # a user known only from live history
+    """
+
+    name: ClassVar[str] = "als"
+
+    def __init__(
+        self,
+        factors: int = 64,
+        regularization: float = 0.05,
+        iterations: int = 15,
+        alpha: float = 10.0,
+        random_state: int = 0,
+    ) -> None:
+        self.factors = factors
+        self.regularization = regularization
+        self.iterations = iterations
+        self.alpha = alpha
+        self.random_state = random_state
+        self.user_factors_: np.ndarray | None = None
+        self.item_factors_: np.ndarray | None = None
+        self._yty: np.ndarray | None = None  # cached (D, D) Y^T Y for fold_in
+
+    @classmethod
+    def from_config(cls, config: MatrixFactorizationConfig) -> Self:
+        return cls(
+            factors=config.factors,
+            regularization=config.regularization,
+            iterations=config.iterations,
+            alpha=config.alpha,
+            random_state=config.random_state,
+        )
+
+    def get_params(self) -> dict[str, Any]:
+        return {
+            "factors": self.factors,
+            "regularization": self.regularization,
+            "iterations": self.iterations,
+            "alpha": self.alpha,
+            "random_state": self.random_state,
+        }
+
+    def _check_params(self) -> None:
+        problems = []
+        if not (isinstance(self.factors, int | np.integer) and self.factors >= 1):
+            problems.append(f"factors must be an int >= 1, got {self.factors!r}")
+        if not (isinstance(self.iterations, int | np.integer) and self.iterations >= 1):
+            problems.append(f"iterations must be an int >= 1, got {self.iterations!r}")
+        if not self.regularization >= 0:
+            problems.append(f"regularization must be >= 0, got {self.regularization!r}")
+        if not self.alpha > 0:
+            problems.append(f"alpha must be > 0, got {self.alpha!r}")
+        if problems:
+            raise ValidationError("ALSRecommender: " + "; ".join(problems))
+
+    def fit(self, interactions: Interactions) -> Self:
+        """Factorise the ``(n_users, n_items)`` confidence matrix of the positives.
+
+        Duplicate ``(user, item)`` pairs are summed before the confidence is computed.
+
+        Raises:
+            DataError: there are no interactions, or training diverged (NaN/inf factors).
+            ValidationError: a hyper-parameter is out of range or a weight is not a finite
+                positive number.
+        """
+        self._check_params()
+        if len(interactions) == 0:
+            raise DataError("ALSRecommender.fit: no interactions to factorise")
+        weight = np.asarray(interactions.weight)
+        if not (np.isfinite(weight).all() and (weight > 0).all()):
+            raise ValidationError(
+                "ALSRecommender.fit: interaction weights must be finite and > 0 (positives only)"
+            )
+        confidence = interactions.to_csr()
+        # implicit's solver takes the matrix value itself as c_ui (its `alpha` only rescales
+        # it), so pass 1 + alpha * w to get the paper's confidence.
+        confidence.data = (1.0 + self.alpha * confidence.data).astype(np.float32)
+        # implicit parallelises over users itself; a multi-threaded BLAS inside each of its
+        # threads oversubscribes the cores (implicit warns about it), so limit BLAS to one.
+        with threadpool_limits(1, "blas"):
+            als = AlternatingLeastSquares(
+                factors=self.factors,
+                regularization=self.regularization,
+                alpha=1.0,
+                dtype=np.float32,
+                iterations=self.iterations,
+                random_state=self.random_state,
+            )
+            try:
+                als.fit(confidence, show_progress=False)
+            except ModelFitError as exc:
+                raise DataError(
+                    "ALSRecommender.fit: training diverged (NaN factors); "
+                    "raise regularization or lower alpha"
+                ) from exc
+        user_factors = np.ascontiguousarray(als.user_factors, dtype=np.float32)
+        item_factors = np.ascontiguousarray(als.item_factors, dtype=np.float32)
+        if not (np.isfinite(user_factors).all() and np.isfinite(item_factors).all()):
+            raise DataError(
+                "ALSRecommender.fit: training diverged (non-finite factors); "
+                "raise regularization or lower alpha"
+            )
+        self.user_factors_, self.item_factors_ = user_factors, item_factors
+        self._yty = None
+        return self
+
+    def _fitted(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.user_factors_ is None or self.item_factors_ is None:
+            raise NotFittedError(f"{type(self).__name__} is not fitted; call fit() or load()")
+        return self.user_factors_, self.item_factors_
+
+    def user_embeddings(self) -> np.ndarray:
+        """``(n_users, D)`` float32 user vectors."""
+        return self._fitted()[0]
+
+    def item_embeddings(self) -> np.ndarray:
+        """``(n_items, D)`` float32 item vectors."""
+        return self._fitted()[1]
+
+    def fold_in(
+        self, item_idx_history: np.ndarray, weights: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The vector of a user from their item history, with the item vectors fixed.
+
+        Solves the ALS user equation ``x = (Y^T C Y + lambda I)^-1 Y^T C p``, computed as
+        ``(Y^T Y + Y_h^T (C_h - I) Y_h + lambda I) x = Y_h^T c_h`` where ``Y_h`` are the rows of
+        the history items and ``c_h = 1 + alpha * w_h``. Repeated items have their weights
+        summed, as in training. For a training user this is close to (not exactly) the stored
+        vector: training ends with an item solve, after the last user solve.
+
+        Args:
+            item_idx_history: ``(H,)`` int item indices the user interacted with positively.
+            weights: ``(H,)`` positive weights; ``None`` means 1.0 each.
+
+        Returns:
+            ``(D,)`` float32 user vector; zeros for an empty history.
+
+        Raises:
+            ValidationError: an index is outside ``[0, n_items)`` or the weights are invalid.
+        """
+        _, item_factors = self._fitted()
+        n_items, dim = item_factors.shape
+        items = np.asarray(item_idx_history).reshape(-1)
+        if items.size and not np.issubdtype(items.dtype, np.integer):
+            raise ValidationError(f"fold_in: item indices must be integers, got {items.dtype}")
+        items = items.astype(np.int64)
+        if weights is None:
+            w = np.ones(len(items), dtype=np.float64)
+        else:
+            w = np.asarray(weights, dtype=np.float64).reshape(-1)
+            if w.shape != items.shape:
+                raise ValidationError(f"fold_in: {len(w)} weights for {len(items)} history items")
+            if not (np.isfinite(w).all() and (w > 0).all()):
+                raise ValidationError("fold_in: weights must be finite and > 0")
+        if len(items) == 0:
+            return np.zeros(dim, dtype=np.float32)
+        if items.min() < 0 or items.max() >= n_items:
+            raise ValidationError(f"fold_in: item indices outside [0, {n_items})")
+        unique, inverse = np.unique(items, return_inverse=True)
+        confidence = 1.0 + self.alpha * np.bincount(inverse, weights=w)  # (H_unique,)
+        if self._yty is None:
+            y64 = item_factors.astype(np.float64)
+            self._yty = y64.T @ y64
+        y_h = item_factors[unique].astype(np.float64)  # (H_unique, D)
+        a = self._yty + (y_h.T * (confidence - 1.0)) @ y_h + self.regularization * np.eye(dim)
+        b = y_h.T @ confidence
+        try:
+            x = np.linalg.solve(a, b)
+        except np.linalg.LinAlgError:
+            # Singular only with regularization == 0 and too little history: least squares.
+            x = np.linalg.lstsq(a, b, rcond=None)[0]
+        return x.astype(np.float32)
+
+    def save(self, directory: Path) -> None:
+        """Write ``user_factors.npy``, ``item_factors.npy``, ``params.json`` and the manifest."""
+        user_factors, item_factors = self._fitted()
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        # Drop any previous manifest first: it is written last, so until then the directory
+        # reads as incomplete rather than as the old model with half of the new files.
+        (directory / MANIFEST).unlink(missing_ok=True)
+        np.save(directory / "user_factors.npy", user_factors, allow_pickle=False)
+        np.save(directory / "item_factors.npy", item_factors, allow_pickle=False)
+        params = json.dumps({"params": self.get_params()}, indent=2)
+        (directory / "params.json").write_text(params, encoding="utf-8")
+        write_manifest(
+            directory,
+            Manifest(
+                artifact=f"model/{self.name}",
+                schema_version=_SCHEMA_VERSION,
+                counts={
+                    "n_users": int(user_factors.shape[0]),
+                    "n_items": int(item_factors.shape[0]),
+                    "factors": int(user_factors.shape[1]),
+                },
+                extra={"params": self.get_params()},
+            ),
+        )
+
+    @classmethod
+    def load(cls, directory: Path, build_command: str = TRAIN_COMMAND) -> Self:
+        """Load a model written by :meth:`save`.
+
+        Raises:
+            ArtifactError: the directory, manifest or a file is missing or corrupt.
+        """
+        directory = Path(directory)
+        manifest = read_manifest(directory, f"model/{cls.name}", (_SCHEMA_VERSION,), build_command)
+        params_path = require_file(directory / "params.json", "ALS parameters", build_command)
+        try:
+            model = cls(**json.loads(params_path.read_text(encoding="utf-8"))["params"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ArtifactError(
+                params_path, f"corrupt ALS parameters ({exc})", build_command
+            ) from exc
+        factors = {}
+        for key, rows in (("user_factors", "n_users"), ("item_factors", "n_items")):
+            path = require_file(directory / f"{key}.npy", f"ALS {key}", build_command)
+            try:
+                array = np.load(path, allow_pickle=False)
+            except (OSError, ValueError, EOFError) as exc:
+                raise ArtifactError(path, f"corrupt ALS {key} ({exc})", build_command) from exc
+            expected = (manifest.counts.get(rows), manifest.counts.get("factors"))
+            if array.shape != expected or not np.isfinite(array).all():
+                raise ArtifactError(
+                    path,
+                    f"corrupt ALS {key}: expected finite {expected} array, got {array.shape}",
+                    build_command,
+                )
+            factors[key] = np.ascontiguousarray(array, dtype=np.float32)
+        model.user_factors_ = factors["user_factors"]
+        model.item_factors_ = factors["item_factors"]
+        return model

@@ -1,0 +1,245 @@
+"""The logistic-regression ranker: standardised features, one linear layer, a sigmoid.
+
+Trained with scikit-learn (``StandardScaler`` + ``LogisticRegression``) but stored and applied
+as plain numbers: ``p = sigmoid(((x - mean) / scale) . coef + intercept)``. The saved JSON is
+the whole model, so a loaded ranker predicts exactly what the trained one did, without pickle.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import numpy as np
+from scipy.special import expit
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+from feedforge.artifacts import (
+    MANIFEST,
+    Manifest,
+    read_manifest,
+    require_file,
+    write_json_atomic,
+    write_manifest,
+)
+from feedforge.config import RankerConfig
+from feedforge.errors import ArtifactError, DataError, NotFittedError, ValidationError
+from feedforge.models.base import Ranker
+
+TRAIN_COMMAND = "feedforge train"
+_SCHEMA_VERSION = 1
+_MODEL_FILE = "model.json"
+
+
+def _check_features(X: np.ndarray, feature_names: list[str], where: str) -> np.ndarray:
+    """``X`` as a ``(N, F)`` float64 array, or ValidationError naming the bad columns."""
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2:
+        raise ValidationError(f"{where}: X must be 2-D (N, F), got shape {X.shape}")
+    if X.shape[1] != len(feature_names):
+        raise ValidationError(
+            f"{where}: X has {X.shape[1]} columns but there are {len(feature_names)} features"
+        )
+    bad = ~np.isfinite(X).all(axis=0)
+    if bad.any():
+        names = [name for name, is_bad in zip(feature_names, bad, strict=True) if is_bad]
+        raise ValidationError(f"{where}: NaN or infinite values in feature columns {names}")
+    return X
+
+
+class LogisticRanker(Ranker):
+    """Logistic regression on standardised features.
+
+    Args:
+        C: Inverse L2 regularisation strength (scikit-learn's ``C``).
+        max_iter: Iteration cap of the lbfgs solver.
+
+    Attributes:
+        feature_names_: The ``F`` feature names, in the column order of ``X``.
+        mean_: ``(F,)`` float64 feature means of the training data.
+        scale_: ``(F,)`` float64 feature standard deviations (1.0 for constant features).
+        coef_: ``(F,)`` float64 weights on the standardised features.
+        intercept_: The bias.
+    """
+
+    name: ClassVar[str] = "logistic"
+
+    def __init__(self, C: float = 1.0, max_iter: int = 500) -> None:
+        self.C = C
+        self.max_iter = max_iter
+        self.feature_names_: list[str] | None = None
+        self.mean_: np.ndarray | None = None
+        self.scale_: np.ndarray | None = None
+        self.coef_: np.ndarray | None = None
+        self.intercept_: float | None = None
+
+    @classmethod
+    def from_config(cls, config: RankerConfig) -> Self:
+        return cls(C=config.C, max_iter=config.max_iter)
+
+    def get_params(self) -> dict[str, Any]:
+        return {"C": self.C, "max_iter": self.max_iter}
+
+    def fit(self, X: np.ndarray, y: np.ndarray, feature_names: list[str]) -> Self:
+        """Learn from ``(N, F)`` features and ``(N,)`` binary labels.
+
+        Args:
+            X: ``(N, F)`` float features, columns in the order of ``feature_names``.
+            y: ``(N,)`` labels in ``{0, 1}`` (bool accepted).
+            feature_names: ``F`` distinct column names.
+
+        Raises:
+            ValidationError: shapes disagree, names repeat, labels are not 0/1, or ``X`` holds
+                NaN/inf (the message names the columns).
+            DataError: there are no rows, or ``y`` has a single class.
+        """
+        if not self.C > 0:
+            raise ValidationError(f"LogisticRanker: C must be > 0, got {self.C!r}")
+        names = [str(name) for name in feature_names]
+        if len(set(names)) != len(names):
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            raise ValidationError(f"LogisticRanker.fit: repeated feature names {repeated}")
+        X = _check_features(X, names, "LogisticRanker.fit")
+        y = np.asarray(y).reshape(-1)
+        if len(y) != X.shape[0]:
+            raise ValidationError(f"LogisticRanker.fit: {X.shape[0]} rows of X but {len(y)} labels")
+        if len(y) == 0:
+            raise DataError("LogisticRanker.fit: no training rows")
+        if not np.isin(y, (0, 1)).all():
+            raise ValidationError("LogisticRanker.fit: labels must be 0 or 1")
+        y = y.astype(np.int64)
+        classes = np.unique(y)
+        if len(classes) < 2:
+            raise DataError(
+                f"LogisticRanker.fit: every label is {int(classes[0])}; a ranker needs both "
+                "positive and negative examples (check the label definition and the split)"
+            )
+        scaler = StandardScaler().fit(X)
+        model = LogisticRegression(C=self.C, max_iter=self.max_iter, class_weight=None)
+        model.fit(scaler.transform(X), y)
+        self.feature_names_ = names
+        self.mean_ = np.asarray(scaler.mean_, dtype=np.float64)
+        self.scale_ = np.asarray(scaler.scale_, dtype=np.float64)
+        self.coef_ = np.asarray(model.coef_, dtype=np.float64).reshape(-1)
+        self.intercept_ = float(model.intercept_[0])
+        return self
+
+    def _fitted(self) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, float]:
+        if (
+            self.feature_names_ is None
+            or self.mean_ is None
+            or self.scale_ is None
+            or self.coef_ is None
+            or self.intercept_ is None
+        ):
+            raise NotFittedError(f"{type(self).__name__} is not fitted; call fit() or load()")
+        return self.feature_names_, self.mean_, self.scale_, self.coef_, self.intercept_
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        """``(N,)`` float64 log-odds of the positive label for ``(N, F)`` features."""
+        names, mean, scale, coef, intercept = self._fitted()
+        X = _check_features(X, names, "LogisticRanker")
+        return ((X - mean) / scale) @ coef + intercept
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """``(N,)`` float64 probabilities of the positive label for ``(N, F)`` features.
+
+        Raises:
+            ValidationError: wrong number of columns, or NaN/inf (the message names columns).
+        """
+        return expit(self.decision_function(X))
+
+    def coefficients(self) -> dict[str, float]:
+        """Feature name -> weight, in standardised units (log-odds per standard deviation)."""
+        names, _, _, coef, _ = self._fitted()
+        return {name: float(c) for name, c in zip(names, coef, strict=True)}
+
+    def save(self, directory: Path) -> None:
+        """Write ``model.json`` (every parameter, as JSON numbers) and the manifest."""
+        names, mean, scale, coef, intercept = self._fitted()
+        directory = Path(directory)
+        # json writes floats with repr(), which round-trips float64 exactly.
+        payload = {
+            "feature_names": names,
+            "mean": mean.tolist(),
+            "scale": scale.tolist(),
+            "coef": coef.tolist(),
+            "intercept": intercept,
+            "params": self.get_params(),
+        }
+        # Drop any previous manifest first: it is written last, so until then the directory
+        # reads as incomplete rather than as the old model with half of the new files.
+        (directory / MANIFEST).unlink(missing_ok=True)
+        write_json_atomic(directory / _MODEL_FILE, payload)
+        write_manifest(
+            directory,
+            Manifest(
+                artifact=f"model/{self.name}",
+                schema_version=_SCHEMA_VERSION,
+                counts={"n_features": len(names)},
+                extra={"params": self.get_params(), "feature_names": names},
+            ),
+        )
+
+    @classmethod
+    def load(
+        cls,
+        directory: Path,
+        build_command: str = TRAIN_COMMAND,
+        expected_features: list[str] | None = None,
+    ) -> Self:
+        """Load a ranker written by :meth:`save`.
+
+        Args:
+            directory: The model directory.
+            expected_features: The feature list the caller will pass, in column order. A saved
+                ranker with another list is refused.
+            build_command: The command quoted in errors.
+
+        Raises:
+            ArtifactError: the directory or a file is missing or corrupt, or the saved features
+                differ from ``expected_features`` (the message lists missing and extra ones).
+        """
+        directory = Path(directory)
+        read_manifest(directory, f"model/{cls.name}", (_SCHEMA_VERSION,), build_command)
+        path = require_file(directory / _MODEL_FILE, "logistic ranker parameters", build_command)
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            model = cls(**raw["params"])
+            names = [str(n) for n in raw["feature_names"]]
+            arrays = [np.asarray(raw[k], dtype=np.float64) for k in ("mean", "scale", "coef")]
+            intercept = float(raw["intercept"])
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            raise ArtifactError(
+                path, f"corrupt logistic ranker parameters ({exc})", build_command
+            ) from exc
+        if any(a.shape != (len(names),) or not np.isfinite(a).all() for a in arrays) or not (
+            np.isfinite(intercept) and (arrays[1] > 0).all()
+        ):
+            raise ArtifactError(
+                path,
+                f"corrupt logistic ranker parameters: expected {len(names)} finite values each",
+                build_command,
+            )
+        if expected_features is not None and list(expected_features) != names:
+            raise ArtifactError(path, _feature_difference(names, expected_features), build_command)
+        model.feature_names_ = names
+        model.mean_, model.scale_, model.coef_ = arrays
+        model.intercept_ = intercept
+        return model
+
+
+def _feature_difference(saved: list[str], expected: list[str]) -> str:
+    missing = [name for name in expected if name not in saved]
+    extra = [name for name in saved if name not in expected]
+    if not missing and not extra:
+        return (
+            "the ranker was trained with the expected features in another order or with repeats "
+            f"(saved {saved}, expected {list(expected)})"
+        )
+    return (
+        "the ranker's features differ from the expected ones: "
+        f"missing from the model {missing}, extra in the model {extra}"
+    )

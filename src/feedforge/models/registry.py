@@ -1,0 +1,92 @@
+"""Every model by name: what the CLI, evaluation and serving use to build and load models.
+
+A new model is added here once; the shared contract test iterates :data:`RECOMMENDERS`, so it
+is tested from the moment it is registered.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TypeVar
+
+from feedforge.config import ModelsConfig
+from feedforge.errors import ConfigError
+from feedforge.models.als import ALSRecommender
+from feedforge.models.base import Ranker, Recommender
+from feedforge.models.logistic import LogisticRanker
+from feedforge.models.popularity import TRAIN_COMMAND, MostPopular
+
+RECOMMENDERS: dict[str, type[Recommender]] = {
+    MostPopular.name: MostPopular,
+    ALSRecommender.name: ALSRecommender,
+}
+RANKERS: dict[str, type[Ranker]] = {LogisticRanker.name: LogisticRanker}
+
+_T = TypeVar("_T")
+
+
+def _lookup(kind: str, registry: dict[str, _T], name: str) -> _T:
+    try:
+        return registry[name]
+    except KeyError:
+        known = ", ".join(sorted(registry))
+        raise ConfigError(f"unknown {kind} {name!r}; known: {known}") from None
+
+
+def create_recommender(name: str, config: ModelsConfig | None = None) -> Recommender:
+    """An unfitted recommender with its hyper-parameters from ``config`` (defaults if None).
+
+    Raises:
+        ConfigError: ``name`` is not registered.
+    """
+    config = config or ModelsConfig()
+    cls = _lookup("recommender", RECOMMENDERS, name)
+    if cls is MostPopular:
+        return MostPopular.from_config(config.popularity)
+    if cls is ALSRecommender:
+        return ALSRecommender.from_config(config.als)
+    return cls()
+
+
+def create_ranker(name: str, config: ModelsConfig | None = None) -> Ranker:
+    """An unfitted ranker with its hyper-parameters from ``config`` (defaults if None).
+
+    Raises:
+        ConfigError: ``name`` is not registered.
+    """
+    config = config or ModelsConfig()
+    cls = _lookup("ranker", RANKERS, name)
+    if cls is LogisticRanker:
+        return LogisticRanker.from_config(config.ranker)
+    return cls()
+
+
+def load_recommender(name: str, directory: Path, build_command: str = TRAIN_COMMAND) -> Recommender:
+    """Load the recommender ``name`` saved in ``directory``.
+
+    Raises:
+        ConfigError: ``name`` is not registered.
+        ArtifactError: the directory is missing, corrupt or holds another model.
+    """
+    cls = _lookup("recommender", RECOMMENDERS, name)
+    # Every registered model's load() takes build_command (the contract test checks it).
+    return cls.load(Path(directory), build_command=build_command)
+
+
+def load_ranker(
+    name: str,
+    directory: Path,
+    build_command: str = TRAIN_COMMAND,
+    expected_features: list[str] | None = None,
+) -> Ranker:
+    """Load the ranker ``name`` saved in ``directory``, checking its feature list.
+
+    Raises:
+        ConfigError: ``name`` is not registered.
+        ArtifactError: the directory is missing or corrupt, or its features differ from
+            ``expected_features``.
+    """
+    cls = _lookup("ranker", RANKERS, name)
+    return cls.load(
+        Path(directory), expected_features=expected_features, build_command=build_command
+    )

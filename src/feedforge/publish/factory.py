@@ -1,0 +1,36 @@
+"""Open the online store that the configuration names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from feedforge.config import StoreConfig
+from feedforge.publish.embedded import EmbeddedStore
+from feedforge.publish.redis_store import RedisStore
+from feedforge.publish.store import OnlineStore
+
+
+def open_store(config: StoreConfig, default_path: Path) -> OnlineStore:
+    """Open the backend picked by ``config.type``.
+
+    Args:
+        config: The ``store`` section of the settings.
+        default_path: The embedded store's file when ``config.path`` is unset, normally
+            :attr:`feedforge.workdir.Workdir.store_path`.
+
+    Returns:
+        An open store; close it (or use it as a context manager) when done. A Redis store
+        connects lazily, so opening one never fails because the server is down: call
+        :meth:`~feedforge.publish.store.OnlineStore.ping` to check.
+
+    Raises:
+        ConfigError: ``config.redis_url`` is not a Redis URL.
+        StoreError: the embedded file cannot be opened or is not a feedforge store.
+    """
+    if config.type == "redis":
+        return RedisStore.from_url(
+            config.redis_url,
+            namespace=config.namespace,
+            socket_timeout_s=config.socket_timeout_s,
+        )
+    return EmbeddedStore(config.path or default_path, namespace=config.namespace)

@@ -1,0 +1,207 @@
+"""Publishing: trained models + fresh features -> a new version in the online store.
+
+A publish
+
+1. writes a *serving bundle* ``WORKDIR/bundles/<version>/`` (item id order, the ranker),
+2. writes every key of the version into the online store (user and item embeddings as float32
+   bytes, user and item feature records, the metadata with the popularity fallback list),
+3. flips the store's ``current`` pointer to the new version in one atomic write, and
+4. deletes versions older than the newest ``store.keep_versions`` (never the current one).
+
+Readers resolve ``current`` once per request, so they see either the old or the new version,
+never a mix.
+
+Feature records hold the raw counters of :mod:`feedforge.datasets.features`, counted from
+every event strictly before the snapshot time (the log's last event).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from feedforge.artifacts import Manifest, new_version, write_manifest
+from feedforge.config import Settings
+from feedforge.datasets.features import FEATURES, snapshot_counters
+from feedforge.datasets.load import load_dataset
+from feedforge.errors import DataError
+from feedforge.events.catalog import read_catalog
+from feedforge.events.log import EventLog
+from feedforge.models.base import EmbeddingRecommender
+from feedforge.models.registry import load_ranker, load_recommender
+from feedforge.models.train import RANKER_NAME
+from feedforge.publish.store import OnlineStore
+from feedforge.workdir import Workdir
+
+BUNDLE_ARTIFACT = "serving-bundle"
+BUNDLE_SCHEMA_VERSION = 1
+USER_EMB, ITEM_EMB, USER_FEAT, ITEM_FEAT = "user_emb", "item_emb", "user_feat", "item_feat"
+POPULAR_LIST_SIZE = 1_000
+_CHUNK = 10_000
+
+Progress = Callable[[str], None]
+
+
+def _chunks(n: int) -> list[slice]:
+    return [slice(i, min(i + _CHUNK, n)) for i in range(0, n, _CHUNK)]
+
+
+def user_feature_records(
+    users: pl.DataFrame, user_categories: pl.DataFrame, seen: pl.DataFrame
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """One record per user: counters, clicks per category and the items already consumed."""
+    cats = user_categories.group_by("user_id").agg(
+        pl.struct("category", "user_category_clicks").alias("cats")
+    )
+    frame = (
+        users.join(cats, on="user_id", how="full", coalesce=True)
+        .join(seen, on="user_id", how="full", coalesce=True)
+        .with_columns(
+            pl.col("user_impressions").fill_null(0),
+            pl.col("user_clicks").fill_null(0),
+        )
+    )
+    ids = frame.get_column("user_id").to_list()
+    records = [
+        {
+            "impressions": int(row["user_impressions"]),
+            "clicks": int(row["user_clicks"]),
+            "category_clicks": {
+                c["category"]: int(c["user_category_clicks"]) for c in (row["cats"] or [])
+            },
+            "seen": row["seen"] or [],
+        }
+        for row in frame.iter_rows(named=True)
+    ]
+    return ids, records
+
+
+def item_feature_records(items: pl.DataFrame) -> tuple[list[str], list[dict[str, Any]]]:
+    """One record per catalog item: counters, primary category and creation time."""
+    frame = items.with_columns((pl.col("created_at").dt.epoch("us") / 1e6).alias("created_at_s"))
+    ids = frame.get_column("item_id").to_list()
+    records = [
+        {
+            "impressions": int(row["item_impressions"]),
+            "clicks": int(row["item_clicks"]),
+            "category": row["category"],
+            "created_at_s": row["created_at_s"],
+        }
+        for row in frame.iter_rows(named=True)
+    ]
+    return ids, records
+
+
+def publish(
+    workdir: Workdir, settings: Settings, store: OnlineStore, progress: Progress | None = None
+) -> str:
+    """Publish the trained models of ``workdir`` as a new version and make it current.
+
+    Returns:
+        The new version id.
+
+    Raises:
+        feedforge.errors.ArtifactError: the dataset or a model is missing.
+        feedforge.errors.StoreError: the online store failed; the current version is unchanged.
+    """
+    say = progress or (lambda _msg: None)
+    command = workdir.command("train")
+    dataset = load_dataset(workdir)
+    retrieval = load_recommender(
+        settings.models.retrieval, workdir.model_dir(settings.models.retrieval), command
+    )
+    if not isinstance(retrieval, EmbeddingRecommender):
+        raise DataError(f"retrieval model {settings.models.retrieval!r} has no embeddings")
+    popularity = load_recommender("popularity", workdir.model_dir("popularity"), command)
+    ranker = load_ranker(
+        RANKER_NAME, workdir.model_dir(RANKER_NAME), command, expected_features=list(FEATURES)
+    )
+    _, items, _ = read_catalog(workdir)
+    events = EventLog(workdir.events_dir).scan()
+    last = events.select(pl.col("timestamp").max()).collect().item()
+    snapshot_time = (last or datetime.now(UTC)) + timedelta(microseconds=1)
+
+    version = new_version()
+    say(f"writing serving bundle {version}")
+    bundle = workdir.bundles_dir / version
+    bundle.mkdir(parents=True)
+    dataset.items.save(bundle / "item_ids.parquet")
+    ranker.save(bundle / "ranker")
+
+    say("computing feature snapshot")
+    user_counts, item_counts, user_cats = snapshot_counters(events, items, snapshot_time)
+    seen = (
+        events.filter(pl.col("event_type").is_in(["click", "watch", "like", "purchase", "rating"]))
+        .group_by("user_id")
+        .agg(pl.col("item_id").unique().alias("seen"))
+        .collect()
+    )
+    user_ids, user_records = user_feature_records(user_counts, user_cats, seen)
+    item_ids, item_records = item_feature_records(item_counts)
+
+    say("writing embeddings and features to the online store")
+    u_ids = dataset.users.ids.to_list()
+    i_ids = dataset.items.ids.to_list()
+    u_emb, i_emb = retrieval.user_embeddings(), retrieval.item_embeddings()
+    for s in _chunks(len(u_ids)):
+        store.put_vectors(version, USER_EMB, u_ids[s], u_emb[s])
+    for s in _chunks(len(i_ids)):
+        store.put_vectors(version, ITEM_EMB, i_ids[s], i_emb[s])
+    for s in _chunks(len(user_ids)):
+        store.put_records(version, USER_FEAT, user_ids[s], user_records[s])
+    for s in _chunks(len(item_ids)):
+        store.put_records(version, ITEM_FEAT, item_ids[s], item_records[s])
+
+    popular_idx = np.argsort(-popularity.score(np.zeros(1, dtype=np.int64))[0], kind="stable")
+    meta = {
+        "version": version,
+        "published_at": datetime.now(UTC).isoformat(),
+        "snapshot_time": snapshot_time.isoformat(),
+        "objective": settings.objective,
+        "retrieval_model": settings.models.retrieval,
+        "ranker": RANKER_NAME,
+        "features": list(FEATURES),
+        "n_categories": dataset.n_categories,
+        "dim": int(i_emb.shape[1]),
+        "n_items": len(i_ids),
+        "n_users": len(u_ids),
+        "popular": dataset.items.id_of(popular_idx[:POPULAR_LIST_SIZE]),
+        "bundle": str(bundle),
+        "dataset_version": dataset.version,
+    }
+    write_manifest(
+        bundle,
+        Manifest(
+            artifact=BUNDLE_ARTIFACT,
+            schema_version=BUNDLE_SCHEMA_VERSION,
+            version=version,
+            inputs={"dataset": dataset.version},
+            counts={"items": len(i_ids), "users": len(u_ids)},
+            extra={k: v for k, v in meta.items() if k != "popular"},
+        ),
+    )
+    store.put_meta(version, meta)
+    store.set_current(version)
+    say(f"version {version} is live")
+    prune_versions(workdir, store, settings.store.keep_versions)
+    return version
+
+
+def prune_versions(workdir: Workdir, store: OnlineStore, keep: int) -> list[str]:
+    """Delete all but the newest ``keep`` versions (never the current one) and their bundles.
+
+    Returns:
+        The deleted version ids.
+    """
+    current = store.current_version()
+    versions = store.versions()
+    doomed = [v for v in versions[: max(len(versions) - keep, 0)] if v != current]
+    for version in doomed:
+        store.delete_version(version)
+        shutil.rmtree(workdir.bundles_dir / version, ignore_errors=True)
+    return doomed

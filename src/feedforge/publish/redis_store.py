@@ -1,0 +1,294 @@
+"""The Redis online store (the production backend).
+
+Design:
+
+* Keys come from :mod:`feedforge.publish.keys`; values are float32 bytes (vectors) and JSON
+  (records, metadata). The client uses ``decode_responses=False`` and hiredis when installed.
+* Reads are one round trip per call: one ``MGET`` (or, above :data:`CHUNK` keys, one
+  non-transactional pipeline of ``MGET`` s).
+* Bulk writes go through non-transactional pipelines of ``MSET`` s, :data:`CHUNK` keys per
+  round trip, so publishing a million items neither builds one giant command nor blocks the
+  server. They are not atomic, and need not be: a version is invisible until
+  :meth:`RedisStore.set_current` flips the pointer.
+* ``set_current`` and the first step of ``delete_version`` are small Lua scripts, so "the
+  version has metadata" / "the version is not current" is checked and acted on atomically.
+* Every connection or timeout failure becomes
+  :class:`~feedforge.errors.StoreUnavailableError` naming the URL (password removed); any
+  other Redis error becomes :class:`~feedforge.errors.StoreError`. No raw redis exception
+  leaves this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
+
+from feedforge.errors import ConfigError, StoreError, StoreUnavailableError, ValidationError
+from feedforge.publish.keys import (
+    Keys,
+    decode_record,
+    encode_record,
+    encode_records,
+    encode_vectors,
+    glob_pattern,
+)
+from feedforge.publish.store import OnlineStore, decode_vectors
+
+CHUNK = 10_000
+"""Keys per ``MGET``/``MSET`` and per pipeline round trip of bulk writes and deletes."""
+
+# KEYS: meta, current. ARGV: version. Sets the pointer only if the metadata exists.
+_SET_CURRENT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('SET', KEYS[2], ARGV[1])
+return 1
+"""
+
+# KEYS: current, versions, meta. ARGV: version. Unpublishes a version unless it is current;
+# afterwards set_current refuses it, so the bulk delete that follows cannot race a flip.
+_UNPUBLISH = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('DEL', KEYS[3])
+return 1
+"""
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (safe for logs and error messages)."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = parts.netloc.rsplit("@", 1)[1]
+        user = parts.username or ""
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    except ValueError:
+        return "<unparseable redis url>"
+
+
+def _bytes(value: object) -> bytes:
+    # The client is made with decode_responses=False, so every reply is bytes; redis-py's
+    # annotations still say bytes | str, hence the check.
+    if not isinstance(value, bytes):
+        raise StoreError(f"unexpected Redis reply of type {type(value).__name__}")
+    return value
+
+
+def _optional_bytes(value: object) -> bytes | None:
+    return None if value is None else _bytes(value)
+
+
+class RedisStore(OnlineStore):
+    """An :class:`~feedforge.publish.store.OnlineStore` on a Redis server.
+
+    Thread-safe: the redis-py client keeps a connection pool, so one instance can be shared by
+    every thread of a server (create it once, in the app's lifespan).
+
+    Args:
+        client: A redis-py client created with ``decode_responses=False``.
+        namespace: Key namespace (see :class:`~feedforge.publish.keys.Keys`).
+        url: The server's URL, used in error messages (redacted here).
+    """
+
+    def __init__(self, client: redis.Redis, namespace: str = "feedforge", url: str = "") -> None:
+        if client.get_connection_kwargs().get("decode_responses"):
+            raise ValidationError("RedisStore needs a client with decode_responses=False")
+        self.keys = Keys(namespace)
+        self.url = redact_url(url) if url else repr(client)
+        self._client = client
+        self._set_current = client.register_script(_SET_CURRENT)
+        self._unpublish = client.register_script(_UNPUBLISH)
+
+    @classmethod
+    def from_url(
+        cls, url: str, namespace: str = "feedforge", socket_timeout_s: float = 0.5
+    ) -> RedisStore:
+        """Create a store for ``url`` (e.g. ``redis://127.0.0.1:6379/0``); connects lazily.
+
+        A failed command is retried once after a short backoff, so an unreachable server
+        costs about two connect timeouts, not redis-py's default of ten retries.
+
+        Raises:
+            ConfigError: ``url`` is not a Redis URL.
+        """
+        try:
+            client = redis.Redis.from_url(
+                url,
+                socket_timeout=socket_timeout_s,
+                socket_connect_timeout=socket_timeout_s,
+                retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), retries=1),
+                decode_responses=False,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"invalid Redis URL {redact_url(url)!r}: {exc}") from exc
+        return cls(client, namespace, url=url)
+
+    @property
+    def client(self) -> redis.Redis:
+        """The underlying redis-py client."""
+        return self._client
+
+    def __repr__(self) -> str:
+        return f"RedisStore({self.url!r}, namespace={self.keys.namespace!r})"
+
+    @contextmanager
+    def _errors(self, operation: str) -> Iterator[None]:
+        try:
+            yield
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            raise StoreUnavailableError(
+                f"Redis at {self.url} is unavailable ({operation}): {exc}", url=self.url
+            ) from exc
+        except redis.exceptions.RedisError as exc:
+            raise StoreError(
+                f"Redis at {self.url} failed {operation}: {exc}", url=self.url
+            ) from exc
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _mget(self, keys: list[str]) -> list[bytes | None]:
+        if len(keys) <= CHUNK:
+            return [_optional_bytes(blob) for blob in self._client.mget(keys)] if keys else []
+        pipe = self._client.pipeline(transaction=False)
+        for start in range(0, len(keys), CHUNK):
+            pipe.mget(keys[start : start + CHUNK])
+        return [_optional_bytes(blob) for chunk in pipe.execute() for blob in chunk]
+
+    def _mset(self, keys: list[str], values: list[bytes]) -> None:
+        for start in range(0, len(keys), CHUNK):
+            pipe = self._client.pipeline(transaction=False)
+            pipe.mset(
+                dict(zip(keys[start : start + CHUNK], values[start : start + CHUNK], strict=True))
+            )
+            pipe.execute()
+
+    def _unlink_matching(self, prefix: str) -> None:
+        batch: list[bytes] = []
+        for key in self._client.scan_iter(match=glob_pattern(prefix), count=CHUNK):
+            batch.append(key)
+            if len(batch) >= CHUNK:
+                self._client.unlink(*batch)
+                batch.clear()
+        if batch:
+            self._client.unlink(*batch)
+
+    # -- versioned data -----------------------------------------------------------------------
+    def put_vectors(self, version: str, kind: str, ids: Sequence[str], vectors: np.ndarray) -> None:
+        keys = self.keys.items(version, kind, ids)
+        blobs = encode_vectors(ids, vectors)
+        with self._errors("put_vectors"):
+            self._mset(keys, blobs)
+
+    def get_vectors(
+        self, version: str, kind: str, ids: Sequence[str]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        keys = self.keys.items(version, kind, ids)
+        with self._errors("get_vectors"):
+            blobs = self._mget(keys)
+        return decode_vectors(blobs)
+
+    def put_records(
+        self, version: str, kind: str, ids: Sequence[str], records: Sequence[Mapping[str, Any]]
+    ) -> None:
+        keys = self.keys.items(version, kind, ids)
+        blobs = encode_records(ids, records)
+        with self._errors("put_records"):
+            self._mset(keys, blobs)
+
+    def get_records(
+        self, version: str, kind: str, ids: Sequence[str]
+    ) -> list[dict[str, Any] | None]:
+        keys = self.keys.items(version, kind, ids)
+        with self._errors("get_records"):
+            blobs = self._mget(keys)
+        return [None if blob is None else decode_record(blob) for blob in blobs]
+
+    def put_meta(self, version: str, meta: Mapping[str, Any]) -> None:
+        blob = encode_record(meta)
+        with self._errors("put_meta"):
+            pipe = self._client.pipeline(transaction=True)
+            pipe.set(self.keys.meta(version), blob)
+            pipe.zadd(self.keys.versions(), {version: 0})
+            pipe.execute()
+
+    def get_meta(self, version: str) -> dict[str, Any] | None:
+        with self._errors("get_meta"):
+            blob = self._client.get(self.keys.meta(version))
+        return None if blob is None else decode_record(_bytes(blob))
+
+    def set_current(self, version: str) -> None:
+        meta_key = self.keys.meta(version)
+        with self._errors("set_current"):
+            done = self._set_current(keys=[meta_key, self.keys.current()], args=[version])
+        if not done:
+            raise StoreError(
+                f"cannot make version {version!r} current: it has no metadata in {self.url} "
+                "(write everything, then put_meta, then set_current)",
+                version=version,
+            )
+
+    def current_version(self) -> str | None:
+        with self._errors("current_version"):
+            value = self._client.get(self.keys.current())
+        return None if value is None else _bytes(value).decode("utf-8")
+
+    def versions(self) -> list[str]:
+        # Every member has score 0, so ZRANGE returns them in byte order: oldest first.
+        with self._errors("versions"):
+            members = self._client.zrange(self.keys.versions(), 0, -1)
+        return [_bytes(member).decode("utf-8") for member in members]
+
+    def delete_version(self, version: str) -> None:
+        keys = [self.keys.current(), self.keys.versions(), self.keys.meta(version)]
+        with self._errors("delete_version"):
+            if not self._unpublish(keys=keys, args=[version]):
+                raise StoreError(
+                    f"refusing to delete version {version!r}: it is the current version",
+                    version=version,
+                )
+            self._unlink_matching(self.keys.version_prefix(version))
+
+    # -- live per-user state ------------------------------------------------------------------
+    def append_history(self, user_id: str, item_ids: Sequence[str], max_len: int) -> None:
+        if max_len < 1:
+            raise ValidationError(f"max_len must be >= 1, got {max_len}")
+        if not item_ids:
+            return
+        key = self.keys.history(user_id)
+        with self._errors("append_history"):
+            pipe = self._client.pipeline(transaction=False)
+            pipe.rpush(key, *item_ids)
+            pipe.ltrim(key, -max_len, -1)
+            pipe.execute()
+
+    def get_histories(self, user_ids: Sequence[str], n: int) -> list[list[str]]:
+        if n <= 0 or not user_ids:
+            return [[] for _ in user_ids]
+        with self._errors("get_histories"):
+            pipe = self._client.pipeline(transaction=False)
+            for user_id in user_ids:
+                pipe.lrange(self.keys.history(user_id), -n, -1)
+            lists = pipe.execute()
+        return [[_bytes(item).decode("utf-8") for item in reversed(items)] for items in lists]
+
+    def clear_histories(self) -> None:
+        with self._errors("clear_histories"):
+            self._unlink_matching(self.keys.history_prefix())
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def ping(self) -> bool:
+        try:
+            return bool(self._client.ping())
+        except Exception:
+            return False
+
+    def close(self) -> None:
+        with self._errors("close"):
+            self._client.close()

@@ -1,0 +1,149 @@
+"""The online store interface shared by every backend.
+
+Two kinds of data live in the store:
+
+* **Versioned, published data** (embeddings, feature records, metadata). A publish writes all
+  of a new version's keys first, then :meth:`OnlineStore.set_current` flips the ``current``
+  pointer in one atomic write, so a reader that resolves the pointer once per request never
+  sees a half-written version. Versions are immutable once published.
+* **Live per-user state** (the recent history), unversioned, updated on every ingested event.
+
+The key layout of both backends lives in :mod:`feedforge.publish.keys`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+
+class OnlineStore(ABC):
+    """A key-value online store. Backends: embedded (SQLite, no server) and Redis."""
+
+    # -- versioned data ---------------------------------------------------------------------
+    @abstractmethod
+    def put_vectors(self, version: str, kind: str, ids: Sequence[str], vectors: np.ndarray) -> None:
+        """Store one float32 vector per id.
+
+        Args:
+            version: The version being written (not yet current).
+            kind: A namespace such as ``"user_emb"`` or ``"item_emb"``.
+            ids: ``N`` ids.
+            vectors: ``(N, D)`` array, stored as little-endian float32 bytes.
+        """
+
+    @abstractmethod
+    def get_vectors(
+        self, version: str, kind: str, ids: Sequence[str]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Read vectors in one batched round trip.
+
+        Returns:
+            ``(N, D)`` float32 vectors (zeros where missing) and an ``(N,)`` bool mask of the
+            ids found. ``D`` is 0 when no id was found.
+        """
+
+    @abstractmethod
+    def put_records(
+        self, version: str, kind: str, ids: Sequence[str], records: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """Store one JSON-serialisable record (e.g. a feature dict) per id."""
+
+    @abstractmethod
+    def get_records(
+        self, version: str, kind: str, ids: Sequence[str]
+    ) -> list[dict[str, Any] | None]:
+        """Read records in one batched round trip; ``None`` where an id is missing."""
+
+    @abstractmethod
+    def put_meta(self, version: str, meta: Mapping[str, Any]) -> None:
+        """Store a version's metadata (JSON). A version without metadata is not publishable."""
+
+    @abstractmethod
+    def get_meta(self, version: str) -> dict[str, Any] | None:
+        """A version's metadata, or ``None`` if the version does not exist."""
+
+    @abstractmethod
+    def set_current(self, version: str) -> None:
+        """Atomically make ``version`` the current one.
+
+        Raises:
+            feedforge.errors.StoreError: the version has no metadata (was never written).
+        """
+
+    @abstractmethod
+    def current_version(self) -> str | None:
+        """The current version, or ``None`` before the first publish."""
+
+    @abstractmethod
+    def versions(self) -> list[str]:
+        """All versions that have metadata, oldest first (version ids sort by time)."""
+
+    @abstractmethod
+    def delete_version(self, version: str) -> None:
+        """Delete every key of a version.
+
+        Raises:
+            feedforge.errors.StoreError: ``version`` is the current version.
+        """
+
+    # -- live per-user state ----------------------------------------------------------------
+    @abstractmethod
+    def append_history(self, user_id: str, item_ids: Sequence[str], max_len: int) -> None:
+        """Append items to a user's recent history (the last id is the newest).
+
+        The history keeps the ``max_len`` newest entries.
+        """
+
+    @abstractmethod
+    def get_histories(self, user_ids: Sequence[str], n: int) -> list[list[str]]:
+        """Up to ``n`` newest history items per user, newest first, in one round trip."""
+
+    def get_history(self, user_id: str, n: int) -> list[str]:
+        """Up to ``n`` newest history items of one user, newest first."""
+        return self.get_histories([user_id], n)[0]
+
+    @abstractmethod
+    def clear_histories(self) -> None:
+        """Delete every user's live history (used when a work directory is rebuilt)."""
+
+    # -- lifecycle --------------------------------------------------------------------------
+    @abstractmethod
+    def ping(self) -> bool:
+        """``True`` when the backend answers; never raises."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections and file handles."""
+
+    def __enter__(self) -> OnlineStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def encode_vector(vector: np.ndarray) -> bytes:
+    """A vector as compact little-endian float32 bytes."""
+    return np.ascontiguousarray(vector, dtype="<f4").tobytes()
+
+
+def decode_vectors(blobs: Sequence[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
+    """Decode float32 blobs into an ``(N, D)`` array (zeros where ``None``) and a found mask."""
+    found = np.array([b is not None for b in blobs], dtype=bool)
+    dims = {len(b) // 4 for b in blobs if b is not None}
+    if not dims:
+        return np.zeros((len(blobs), 0), dtype=np.float32), found
+    if len(dims) != 1:
+        from feedforge.errors import StoreError
+
+        raise StoreError(f"stored vectors have mixed dimensions {sorted(dims)}")
+    (dim,) = dims
+    out = np.zeros((len(blobs), dim), dtype=np.float32)
+    for i, blob in enumerate(blobs):
+        if blob is not None:
+            out[i] = np.frombuffer(blob, dtype="<f4")
+    return out, found

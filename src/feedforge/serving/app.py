@@ -1,0 +1,173 @@
+"""The stateless FastAPI feed service.
+
+Endpoints: ``GET /recommend``, ``POST /events``, ``GET /health`` (plus ``/health/live`` and
+``/health/ready``), OpenAPI at ``/docs``. Heavy objects (the store client, the service) are
+created in the lifespan, never per request. Every :class:`~feedforge.errors.FeedforgeError`
+is turned into a JSON response with its HTTP status by one handler.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import Body, Depends, FastAPI, Query, Request
+from fastapi.responses import JSONResponse
+
+from feedforge import __version__
+from feedforge.config import Settings, load_settings
+from feedforge.errors import FeedforgeError, ValidationError
+from feedforge.events.schema import Event, validate_events
+from feedforge.publish.factory import open_store
+from feedforge.serving.pipeline import FeedService
+from feedforge.serving.schemas import FeedResponse, HealthResponse, IngestResponse, ScoredItem
+from feedforge.workdir import Workdir
+
+MAX_EVENTS_PER_REQUEST = 10_000
+
+
+def get_service(request: Request) -> FeedService:
+    service: FeedService = request.app.state.service
+    return service
+
+
+Service = Annotated[FeedService, Depends(get_service)]
+
+_EVENT_BODY_SCHEMA = {
+    "oneOf": [
+        {"$ref": "#/components/schemas/Event"},
+        {"type": "array", "items": {"$ref": "#/components/schemas/Event"}, "maxItems": 10000},
+    ]
+}
+
+
+def create_app(settings: Settings, workdir: Workdir) -> FastAPI:
+    """Build the app for a work directory; the store opens when the app starts."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = open_store(settings.store, workdir.store_path)
+        app.state.service = FeedService(settings, workdir, store)
+        try:
+            yield
+        finally:
+            store.close()
+
+    app = FastAPI(
+        title="feedforge",
+        version=__version__,
+        description="A personalized feed: retrieve -> rank -> re-rank over published models.",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(FeedforgeError)
+    async def _feedforge_error(_request: Request, exc: FeedforgeError) -> JSONResponse:
+        return JSONResponse(status_code=exc.http_status, content=exc.to_dict())
+
+    @app.get("/recommend", response_model=FeedResponse, tags=["feed"])
+    def recommend(
+        service: Service,
+        user_id: Annotated[str, Query(min_length=1, max_length=128)],
+        k: Annotated[int, Query(ge=1, le=500, description="Number of items")] = 10,
+    ) -> FeedResponse:
+        """The ranked feed of a user; unknown users get the popularity feed."""
+        feed = service.recommend(user_id, k)
+        return FeedResponse(
+            user_id=feed.user_id,
+            version=feed.version,
+            strategy=feed.strategy,
+            items=[
+                ScoredItem(item_id=i, score=s)
+                for i, s in zip(feed.item_ids, feed.scores, strict=True)
+            ],
+        )
+
+    @app.post(
+        "/events",
+        response_model=IngestResponse,
+        tags=["events"],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _EVENT_BODY_SCHEMA}},
+            }
+        },
+        responses={422: {"model": IngestResponse, "description": "Some events were rejected"}},
+    )
+    def post_events(
+        service: Service, payload: Annotated[Any, Body(include_in_schema=False)]
+    ) -> Any:
+        """Validate events (one object or a list), store the good ones durably, update the
+        users' live histories. Any rejected event makes the answer 422, listing each rejected
+        event's index, field and reason; the good ones are stored all the same."""
+        batch = payload if isinstance(payload, list) else [payload]
+        if len(batch) > MAX_EVENTS_PER_REQUEST:
+            raise ValidationError(
+                f"too many events in one request: {len(batch)} > {MAX_EVENTS_PER_REQUEST}"
+            )
+        good, issues = validate_events(
+            batch, max_future_skew_s=service.settings.serving.max_future_skew_s
+        )
+        result = service.ingest(good)
+        body = IngestResponse(
+            accepted=result.written,
+            duplicates=result.duplicates,
+            rejected=len(batch) - len(good),
+            errors=issues,
+        )
+        if issues:
+            return JSONResponse(status_code=422, content=json.loads(body.model_dump_json()))
+        return body
+
+    def _health(service: FeedService) -> JSONResponse:
+        ok, checks = service.health()
+        body = HealthResponse(
+            status="ok" if ok else "unavailable", version=checks.get("version"), checks=checks
+        )
+        return JSONResponse(status_code=200 if ok else 503, content=body.model_dump())
+
+    @app.get("/health", response_model=HealthResponse, tags=["health"])
+    def health(service: Service) -> JSONResponse:
+        """200 when the store answers and a published version is loaded, else 503."""
+        return _health(service)
+
+    @app.get("/health/ready", response_model=HealthResponse, tags=["health"])
+    def ready(service: Service) -> JSONResponse:
+        """Readiness: same as ``/health``."""
+        return _health(service)
+
+    @app.get("/health/live", tags=["health"])
+    def live() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "alive"}
+
+    # Make the Event schema available to the hand-written request body schema above.
+    original_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = original_openapi()
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            event_schema = Event.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(event_schema.pop("$defs", {}))
+            components["Event"] = event_schema
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """App factory for ``uvicorn --factory`` with several workers.
+
+    Reads ``FEEDFORGE_WORKDIR`` (required) and ``FEEDFORGE_CONFIG`` (optional YAML file).
+    """
+    workdir = os.environ.get("FEEDFORGE_WORKDIR")
+    if not workdir:
+        raise FeedforgeError("FEEDFORGE_WORKDIR is not set")
+    config = os.environ.get("FEEDFORGE_CONFIG") or None
+    return create_app(load_settings(config), Workdir.at(workdir))

@@ -1,0 +1,247 @@
+"""The online pipeline: retrieve -> rank -> re-rank, against the online store.
+
+The service holds no state of its own beyond a cache of the *current published version*
+(item ids, the item embedding matrix loaded from the store, the ranker from the version's
+bundle). Every request resolves the store's ``current`` pointer and reloads the cache when a
+new version was published, so a running service follows publishes without a restart.
+
+The user vector (documented behaviour):
+
+* a user with a published embedding ``u`` and live history items ``H`` (events ingested
+  through ``POST /events``) is scored with ``q = u + w * mean(V[H])`` where ``w`` is
+  ``serving.history_weight``;
+* a user with only live history gets ``q = mean(V[H])``;
+* a user with neither gets the popularity feed (cold start).
+
+Items the user already consumed (published ``seen`` list plus live history) never appear.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from feedforge.config import Settings
+from feedforge.datasets.features import SERVING_POSITION, derive_features
+from feedforge.datasets.idmap import IdMap
+from feedforge.errors import NotPublishedError
+from feedforge.events.log import AppendResult, EventLog
+from feedforge.events.schema import Event, EventType
+from feedforge.models.base import Ranker, top_k
+from feedforge.models.registry import load_ranker
+from feedforge.publish.publisher import ITEM_EMB, ITEM_FEAT, USER_EMB, USER_FEAT
+from feedforge.publish.store import OnlineStore
+from feedforge.workdir import Workdir
+
+HISTORY_EVENTS = frozenset(
+    {EventType.CLICK, EventType.WATCH, EventType.LIKE, EventType.PURCHASE, EventType.RATING}
+)
+"""Event types that enter a user's live history (impressions and skips do not)."""
+
+_LOAD_CHUNK = 10_000
+
+
+@dataclass(frozen=True)
+class LoadedVersion:
+    """One published version, loaded in memory."""
+
+    version: str
+    meta: dict[str, Any]
+    items: IdMap
+    item_matrix: np.ndarray  # (n_items, D) float32
+    ranker: Ranker
+    popular: list[str]
+    snapshot_time: float  # epoch seconds
+    published_at: float  # epoch seconds
+
+    def now(self) -> float:
+        """The scoring clock: the snapshot time advanced by the wall time since publishing."""
+        return self.snapshot_time + (datetime.now(UTC).timestamp() - self.published_at)
+
+
+@dataclass(frozen=True)
+class Feed:
+    user_id: str
+    version: str
+    strategy: str
+    item_ids: list[str]
+    scores: list[float]
+
+
+def load_version(store: OnlineStore, version: str, meta: dict[str, Any]) -> LoadedVersion:
+    """Load a published version's item embeddings (from the store) and ranker (bundle)."""
+    bundle = Path(meta["bundle"])
+    command = "feedforge publish"
+    items = IdMap.load(bundle / "item_ids.parquet", command)
+    ids = items.ids.to_list()
+    parts = []
+    for start in range(0, len(ids), _LOAD_CHUNK):
+        vectors, _found = store.get_vectors(version, ITEM_EMB, ids[start : start + _LOAD_CHUNK])
+        parts.append(vectors)
+    matrix = np.vstack(parts) if parts else np.zeros((0, int(meta["dim"])), dtype=np.float32)
+    ranker = load_ranker(
+        meta["ranker"], bundle / "ranker", command, expected_features=list(meta["features"])
+    )
+    return LoadedVersion(
+        version=version,
+        meta=meta,
+        items=items,
+        item_matrix=np.ascontiguousarray(matrix, dtype=np.float32),
+        ranker=ranker,
+        popular=list(meta["popular"]),
+        snapshot_time=datetime.fromisoformat(meta["snapshot_time"]).timestamp(),
+        published_at=datetime.fromisoformat(meta["published_at"]).timestamp(),
+    )
+
+
+class FeedService:
+    """Serves feeds and ingests events for one work directory and one online store."""
+
+    def __init__(self, settings: Settings, workdir: Workdir, store: OnlineStore) -> None:
+        self.settings = settings
+        self.workdir = workdir
+        self.store = store
+        self.log = EventLog(workdir.events_dir)
+        self._loaded: LoadedVersion | None = None
+        self._lock = threading.Lock()
+
+    # -- version cache ------------------------------------------------------------------------
+    def current(self) -> LoadedVersion:
+        """The loaded current version, reloaded when the store's pointer moved.
+
+        Raises:
+            NotPublishedError: nothing was published yet.
+            feedforge.errors.StoreUnavailableError: the store cannot be reached.
+        """
+        version = self.store.current_version()
+        if version is None:
+            raise NotPublishedError(
+                f"nothing is published yet; run `{self.workdir.command('publish')}`"
+            )
+        loaded = self._loaded
+        if loaded is not None and loaded.version == version:
+            return loaded
+        with self._lock:
+            if self._loaded is None or self._loaded.version != version:
+                meta = self.store.get_meta(version)
+                if meta is None:
+                    raise NotPublishedError(f"version {version} has no metadata in the store")
+                self._loaded = load_version(self.store, version, meta)
+            return self._loaded
+
+    # -- feeds ------------------------------------------------------------------------------
+    def recommend(self, user_id: str, k: int) -> Feed:
+        """The top-``k`` feed of a user (see the module docs for the pipeline)."""
+        state = self.current()
+        cfg = self.settings.serving
+        vectors, found = self.store.get_vectors(state.version, USER_EMB, [user_id])
+        record = self.store.get_records(state.version, USER_FEAT, [user_id])[0] or {}
+        history = self.store.get_history(user_id, cfg.history_length)
+        seen = set(record.get("seen", ())) | set(history)
+        hist_idx = [i for i in (state.items.get(h) for h in history) if i is not None]
+
+        if not found[0] and not hist_idx:
+            return self._popular(state, user_id, k, seen)
+        query = np.zeros(state.item_matrix.shape[1], dtype=np.float32)
+        if found[0] and vectors.shape[1] == query.shape[0]:
+            query += vectors[0]
+        if hist_idx:
+            weight = cfg.history_weight if found[0] else 1.0
+            query += weight * state.item_matrix[hist_idx].mean(axis=0)
+
+        scores = state.item_matrix @ query
+        seen_idx = [i for i in (state.items.get(s) for s in seen) if i is not None]
+        scores[seen_idx] = -np.inf
+        n_cand = min(cfg.candidates, int(np.isfinite(scores).sum()))
+        if n_cand == 0:
+            return self._popular(state, user_id, k, seen)
+        cand, cand_scores = top_k(scores[None, :], n_cand)
+        cand, cand_scores = cand[0], cand_scores[0]
+        cand_ids = state.items.id_of(cand)
+        p = self._rank(state, record, cand_ids, cand_scores)
+        order = np.argsort(-p, kind="stable")[:k]
+        return Feed(
+            user_id=user_id,
+            version=state.version,
+            strategy="personalized",
+            item_ids=[cand_ids[i] for i in order],
+            scores=[float(p[i]) for i in order],
+        )
+
+    def _rank(
+        self,
+        state: LoadedVersion,
+        user: dict[str, Any],
+        cand_ids: list[str],
+        retrieval: np.ndarray,
+    ) -> np.ndarray:
+        """Ranker probabilities of the candidates (features from one batched store read)."""
+        records = self.store.get_records(state.version, ITEM_FEAT, cand_ids)
+        n = len(cand_ids)
+        category_clicks = user.get("category_clicks", {})
+        now = state.now()
+        raw: dict[str, np.ndarray] = {
+            "position": np.full(n, SERVING_POSITION, dtype=np.float64),
+            "user_impressions": np.full(n, user.get("impressions", 0), dtype=np.float64),
+            "user_clicks": np.full(n, user.get("clicks", 0), dtype=np.float64),
+        }
+        item_imp = np.zeros(n)
+        item_clk = np.zeros(n)
+        cat_clk = np.zeros(n)
+        age = np.zeros(n)
+        for j, rec in enumerate(records):
+            if rec is None:  # not in the snapshot: documented defaults (zero counts, age 0)
+                continue
+            item_imp[j] = rec["impressions"]
+            item_clk[j] = rec["clicks"]
+            cat_clk[j] = category_clicks.get(rec["category"], 0)
+            age[j] = now - rec["created_at_s"] if rec["created_at_s"] is not None else 0.0
+        raw.update(
+            item_impressions=item_imp,
+            item_clicks=item_clk,
+            user_category_clicks=cat_clk,
+            item_age_seconds=age,
+        )
+        X = derive_features(raw, retrieval, int(state.meta["n_categories"]))
+        return state.ranker.predict_proba(X)
+
+    def _popular(self, state: LoadedVersion, user_id: str, k: int, seen: set[str]) -> Feed:
+        picked = [item for item in state.popular if item not in seen][:k]
+        return Feed(
+            user_id=user_id,
+            version=state.version,
+            strategy="popular",
+            item_ids=picked,
+            scores=[1.0 / (rank + 1) for rank in range(len(picked))],
+        )
+
+    # -- events -----------------------------------------------------------------------------
+    def ingest(self, events: list[Event]) -> AppendResult:
+        """Store events durably, then append their items to the users' live histories."""
+        result = self.log.append(events)
+        per_user: dict[str, list[str]] = {}
+        for event in sorted(events, key=lambda e: e.timestamp):
+            if event.event_type in HISTORY_EVENTS:
+                per_user.setdefault(event.user_id, []).append(event.item_id)
+        for user_id, items in per_user.items():
+            self.store.append_history(user_id, items, self.settings.serving.history_length)
+        return result
+
+    # -- health -----------------------------------------------------------------------------
+    def health(self) -> tuple[bool, dict[str, str]]:
+        """Whether the store answers and a published version is loadable, with details."""
+        checks: dict[str, str] = {}
+        ok = self.store.ping()
+        checks["store"] = "ok" if ok else "unreachable"
+        if ok:
+            try:
+                checks["version"] = self.current().version
+            except Exception as exc:
+                checks["version"] = f"unavailable: {exc}"
+                ok = False
+        return ok, checks

@@ -1,0 +1,39 @@
+"""Request and response schemas of the feed API (kept apart from the domain models)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from feedforge.events.schema import EventIssue
+
+
+class ScoredItem(BaseModel):
+    item_id: str
+    score: float = Field(
+        description="Ranker probability of the objective's positive label "
+        "(popularity feed: a rank-based score in (0, 1])"
+    )
+
+
+class FeedResponse(BaseModel):
+    user_id: str
+    version: str = Field(description="The published version that served this feed")
+    strategy: Literal["personalized", "popular"] = Field(
+        description="`popular` for cold-start users with neither embedding nor history"
+    )
+    items: list[ScoredItem]
+
+
+class IngestResponse(BaseModel):
+    accepted: int = Field(description="Events stored durably (new ones)")
+    duplicates: int = Field(description="Events whose event_id was already stored")
+    rejected: int = 0
+    errors: list[EventIssue] = []
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "unavailable"]
+    version: str | None = None
+    checks: dict[str, str] = {}

@@ -1,0 +1,72 @@
+"""The layout of a work directory: where each stage reads and writes its artifacts.
+
+::
+
+    WORKDIR/
+      raw/catalog/      items.parquet, users.parquet, manifest.json   (simulate / import)
+      raw/events/       date=YYYY-MM-DD/part-*.parquet                (append-only event log)
+      dataset/          splits, id maps, ranking examples, card       (build)
+      models/<name>/    model files + manifest.json                   (train)
+      reports/          evaluation.json                               (evaluate)
+      bundles/<ver>/    serving bundle of one published version       (publish)
+      store.sqlite3     the embedded online store                     (publish, serve)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Workdir:
+    """Paths inside one work directory. Creating it touches nothing on disk."""
+
+    root: Path
+
+    @classmethod
+    def at(cls, root: Path | str) -> Workdir:
+        return cls(Path(root).expanduser().resolve())
+
+    @property
+    def catalog_dir(self) -> Path:
+        return self.root / "raw" / "catalog"
+
+    @property
+    def items_path(self) -> Path:
+        return self.catalog_dir / "items.parquet"
+
+    @property
+    def users_path(self) -> Path:
+        return self.catalog_dir / "users.parquet"
+
+    @property
+    def events_dir(self) -> Path:
+        return self.root / "raw" / "events"
+
+    @property
+    def dataset_dir(self) -> Path:
+        return self.root / "dataset"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    def model_dir(self, name: str) -> Path:
+        return self.models_dir / name
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def bundles_dir(self) -> Path:
+        return self.root / "bundles"
+
+    @property
+    def store_path(self) -> Path:
+        return self.root / "store.sqlite3"
+
+    def command(self, stage: str) -> str:
+        """The CLI command that builds ``stage``'s artifact in this work directory."""
+        return f"feedforge {stage} --workdir {self.root}"

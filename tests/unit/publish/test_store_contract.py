@@ -1,0 +1,512 @@
+"""The contract every online-store backend passes (embedded SQLite and Redis alike).
+
+Each test runs once per backend through the ``backend`` fixture. Tests that inspect what was
+really written use ``backend.raw_keys`` (an SQL query on the file / a Redis ``SCAN``), not the
+store's own reads.
+"""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+
+from feedforge.config import StoreConfig
+from feedforge.errors import StoreError, StoreUnavailableError, ValidationError
+from feedforge.publish.embedded import EmbeddedStore
+from feedforge.publish.factory import open_store
+from feedforge.publish.keys import Keys, glob_pattern
+from feedforge.publish.redis_store import RedisStore
+from feedforge.publish.store import OnlineStore
+
+
+@dataclass
+class Backend:
+    """Opens stores on one backing store (a file or a Redis namespace) and inspects it."""
+
+    name: str
+    namespace: str
+    opener: Callable[[str], OnlineStore]
+    raw_keys: Callable[[str], list[str]]
+    opened: list[OnlineStore] = field(default_factory=list)
+
+    def open(self, namespace: str | None = None) -> OnlineStore:
+        """A new store object on the same data (like another process would open)."""
+        store = self.opener(namespace or self.namespace)
+        self.opened.append(store)
+        return store
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("embedded", id="embedded"),
+        pytest.param("redis", id="redis", marks=pytest.mark.redis),
+    ]
+)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    if request.param == "embedded":
+        path = tmp_path / "store.sqlite3"
+
+        def raw_sqlite_keys(prefix: str) -> list[str]:
+            with sqlite3.connect(path) as conn:
+                rows = conn.execute(
+                    "SELECT key FROM kv WHERE substr(key, 1, length(?)) = ?", (prefix, prefix)
+                ).fetchall()
+            return sorted(key for (key,) in rows)
+
+        made = Backend(
+            "embedded",
+            "test",
+            lambda ns: EmbeddedStore(path, namespace=ns, write_chunk=1_000),
+            raw_sqlite_keys,
+        )
+    else:
+        url: str = request.getfixturevalue("redis_url")
+        client: redis.Redis = request.getfixturevalue("redis_client")
+        namespace: str = request.getfixturevalue("redis_namespace")
+
+        def raw_redis_keys(prefix: str) -> list[str]:
+            return sorted(k.decode() for k in client.scan_iter(match=glob_pattern(prefix)))
+
+        made = Backend(
+            "redis",
+            namespace,
+            lambda ns: RedisStore.from_url(url, namespace=ns, socket_timeout_s=2.0),
+            raw_redis_keys,
+        )
+    yield made
+    for store in made.opened:
+        store.close()
+
+
+@pytest.fixture
+def store(backend: Backend) -> OnlineStore:
+    return backend.open()
+
+
+def publish(store: OnlineStore, version: str, n: int = 5, dim: int = 4) -> np.ndarray:
+    """Write a small complete version (vectors, records, meta); return its item vectors."""
+    ids = [f"i{k}" for k in range(n)]
+    vectors = np.arange(n * dim, dtype=np.float32).reshape(n, dim) + 0.25
+    store.put_vectors(version, "item_emb", ids, vectors)
+    store.put_vectors(version, "user_emb", ["u0", "u1"], vectors[:2] * -1)
+    store.put_records(version, "item_feat", ids, [{"id": i, "rank": k} for k, i in enumerate(ids)])
+    store.put_meta(version, {"version": version, "n_items": n})
+    return vectors
+
+
+# -- vectors and records ----------------------------------------------------------------------
+def test_vectors_round_trip_exactly(store: OnlineStore) -> None:
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(3, 8))  # float64 in, float32 out
+    store.put_vectors("v1", "item_emb", ["a", "b", "c"], vectors)
+
+    got, found = store.get_vectors("v1", "item_emb", ["c", "missing", "a"])
+
+    assert got.shape == (3, 8)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(found, [True, False, True])
+    np.testing.assert_array_equal(got[0], vectors[2].astype(np.float32))
+    np.testing.assert_array_equal(got[1], np.zeros(8, dtype=np.float32))
+    np.testing.assert_array_equal(got[2], vectors[0].astype(np.float32))
+
+
+def test_vectors_are_separated_by_version_and_kind(store: OnlineStore) -> None:
+    store.put_vectors("v1", "item_emb", ["x"], np.ones((1, 2)))
+    store.put_vectors("v1", "user_emb", ["x"], np.full((1, 2), 2.0))
+    store.put_vectors("v2", "item_emb", ["x"], np.full((1, 2), 3.0))
+
+    assert store.get_vectors("v1", "item_emb", ["x"])[0].tolist() == [[1.0, 1.0]]
+    assert store.get_vectors("v1", "user_emb", ["x"])[0].tolist() == [[2.0, 2.0]]
+    assert store.get_vectors("v2", "item_emb", ["x"])[0].tolist() == [[3.0, 3.0]]
+
+
+def test_get_vectors_with_nothing_found(store: OnlineStore) -> None:
+    got, found = store.get_vectors("v1", "item_emb", ["a", "b"])
+    assert got.shape == (2, 0)
+    assert got.dtype == np.float32
+    assert found.tolist() == [False, False]
+
+    got, found = store.get_vectors("v1", "item_emb", [])
+    assert got.shape[0] == 0
+    assert found.shape == (0,)
+
+
+def test_large_batches_cross_every_chunk_size(store: OnlineStore) -> None:
+    n = 25_001  # more than one Redis chunk, one SQLite IN-list and one embedded write chunk
+    ids = [f"item-{k}" for k in range(n)]
+    vectors = np.arange(n * 3, dtype=np.float32).reshape(n, 3)
+    store.put_vectors("v1", "item_emb", ids, vectors)
+
+    got, found = store.get_vectors("v1", "item_emb", ids[::-1])
+
+    assert found.all()
+    np.testing.assert_array_equal(got, vectors[::-1])
+
+
+@pytest.mark.parametrize(
+    ("ids", "vectors"),
+    [(["a", "b"], np.ones((3, 2))), (["a"], np.ones(2)), (["a"], np.ones((1, 0)))],
+)
+def test_put_vectors_rejects_bad_shapes(
+    store: OnlineStore, ids: list[str], vectors: np.ndarray
+) -> None:
+    with pytest.raises(ValidationError):
+        store.put_vectors("v1", "item_emb", ids, vectors)
+
+
+def test_bad_version_or_kind_names_are_rejected(store: OnlineStore) -> None:
+    with pytest.raises(ValidationError):
+        store.put_vectors("v:1", "item_emb", ["a"], np.ones((1, 2)))
+    with pytest.raises(ValidationError):
+        store.get_records("v1", "item*", ["a"])
+
+
+def test_records_round_trip(store: OnlineStore) -> None:
+    records = [
+        {"title": "Café ☕", "tags": ["a", "b"], "score": 0.5, "nested": {"n": None}},
+        {"count": np.int64(3), "emb": np.array([1.5, 2.0])},
+    ]
+    store.put_records("v1", "item_feat", ["a", "b:with:colons"], records)
+
+    got = store.get_records("v1", "item_feat", ["b:with:colons", "missing", "a"])
+
+    assert got == [{"count": 3, "emb": [1.5, 2.0]}, None, records[0]]
+    assert store.get_records("v1", "item_feat", []) == []
+
+
+def test_put_records_rejects_bad_input(store: OnlineStore) -> None:
+    with pytest.raises(ValidationError):
+        store.put_records("v1", "item_feat", ["a", "b"], [{"x": 1}])
+    with pytest.raises(ValidationError):
+        store.put_records("v1", "item_feat", ["a"], [{"x": object()}])
+
+
+# -- metadata, versions and the current pointer -----------------------------------------------
+def test_meta_round_trip(store: OnlineStore) -> None:
+    assert store.get_meta("v1") is None
+    store.put_meta("v1", {"created": "2026-01-01", "n": 3, "models": {"als": "x"}})
+    assert store.get_meta("v1") == {"created": "2026-01-01", "n": 3, "models": {"als": "x"}}
+
+
+def test_versions_and_current_pointer(store: OnlineStore) -> None:
+    assert store.current_version() is None
+    assert store.versions() == []
+
+    for version in ["20260102T000000000Z-bbbbbb", "20260101T000000000Z-aaaaaa"]:
+        publish(store, version)
+    store.put_vectors("20260103T000000000Z-cccccc", "item_emb", ["a"], np.ones((1, 2)))  # no meta
+
+    assert store.versions() == ["20260101T000000000Z-aaaaaa", "20260102T000000000Z-bbbbbb"]
+    store.set_current("20260101T000000000Z-aaaaaa")
+    assert store.current_version() == "20260101T000000000Z-aaaaaa"
+    store.set_current("20260102T000000000Z-bbbbbb")
+    assert store.current_version() == "20260102T000000000Z-bbbbbb"
+
+
+def test_set_current_refuses_a_version_without_meta(store: OnlineStore) -> None:
+    publish(store, "v1")
+    store.set_current("v1")
+    store.put_vectors("v2", "item_emb", ["a"], np.ones((1, 2)))  # written, never put_meta
+
+    for version in ["v2", "never-written"]:
+        with pytest.raises(StoreError, match=version):
+            store.set_current(version)
+
+    assert store.current_version() == "v1"
+
+
+# -- deletion ----------------------------------------------------------------------------------
+def test_delete_version_removes_every_key(backend: Backend, store: OnlineStore) -> None:
+    keys = Keys(backend.namespace)
+    for version in ["v1", "v10", "v2"]:  # v10 shares v1's text prefix: it must survive
+        publish(store, version, n=1_500)  # more keys than one embedded write chunk
+    store.set_current("v2")
+    before_v10 = backend.raw_keys(keys.version_prefix("v10"))
+    assert len(backend.raw_keys(keys.version_prefix("v1"))) == 1_500 + 2 + 1_500 + 1
+
+    store.delete_version("v1")
+
+    assert backend.raw_keys(keys.version_prefix("v1")) == []
+    assert backend.raw_keys(keys.version_prefix("v10")) == before_v10
+    assert store.versions() == ["v10", "v2"]
+    assert store.get_meta("v1") is None
+    assert not store.get_vectors("v1", "item_emb", ["i0"])[1].any()
+    with pytest.raises(StoreError):
+        store.set_current("v1")
+    store.delete_version("v1")  # deleting again is a no-op
+
+
+def test_delete_version_refuses_the_current_version(backend: Backend, store: OnlineStore) -> None:
+    vectors = publish(store, "v1")
+    store.set_current("v1")
+    n_keys = len(backend.raw_keys(Keys(backend.namespace).version_prefix("v1")))
+
+    with pytest.raises(StoreError, match="current"):
+        store.delete_version("v1")
+
+    assert store.current_version() == "v1"
+    assert store.versions() == ["v1"]
+    assert len(backend.raw_keys(Keys(backend.namespace).version_prefix("v1"))) == n_keys
+    np.testing.assert_array_equal(store.get_vectors("v1", "item_emb", ["i0"])[0], vectors[:1])
+
+
+# -- live history ------------------------------------------------------------------------------
+def test_history_append_trim_and_newest_first(store: OnlineStore) -> None:
+    store.append_history("u1", ["a", "b", "c"], max_len=5)
+    store.append_history("u1", ["d", "e", "f"], max_len=5)
+    store.append_history("u1", [], max_len=5)
+    store.append_history("u:2", ["x"], max_len=5)
+
+    assert store.get_history("u1", 100) == ["f", "e", "d", "c", "b"]
+    assert store.get_history("u1", 2) == ["f", "e"]
+    assert store.get_history("u1", 0) == []
+    assert store.get_histories(["u:2", "nobody", "u1"], 3) == [["x"], [], ["f", "e", "d"]]
+    assert store.get_histories([], 3) == []
+
+    store.append_history("u1", ["g"], max_len=2)
+    assert store.get_history("u1", 100) == ["g", "f"]
+    with pytest.raises(ValidationError):
+        store.append_history("u1", ["h"], max_len=0)
+
+
+def test_clear_histories_keeps_published_data(store: OnlineStore) -> None:
+    publish(store, "v1")
+    store.set_current("v1")
+    store.append_history("u1", ["a"], max_len=5)
+    store.append_history("u2", ["b"], max_len=5)
+
+    store.clear_histories()
+
+    assert store.get_histories(["u1", "u2"], 5) == [[], []]
+    assert store.current_version() == "v1"
+    assert store.get_meta("v1") is not None
+    store.append_history("u1", ["c"], max_len=5)
+    assert store.get_history("u1", 5) == ["c"]
+
+
+def test_namespaces_are_isolated(backend: Backend, store: OnlineStore) -> None:
+    other = backend.open(backend.namespace + "-other")
+    try:
+        publish(store, "v1")
+        store.set_current("v1")
+        store.append_history("u1", ["a"], max_len=5)
+        other.append_history("u1", ["z"], max_len=5)
+
+        assert other.current_version() is None
+        assert other.versions() == []
+        other.clear_histories()
+        assert store.get_history("u1", 5) == ["a"]
+    finally:
+        other.clear_histories()
+
+
+# -- sharing and concurrency -------------------------------------------------------------------
+def test_a_second_store_object_sees_the_first_ones_publish(backend: Backend) -> None:
+    writer, reader = backend.open(), backend.open()
+    assert reader.current_version() is None
+
+    vectors = publish(writer, "v1")
+    writer.set_current("v1")
+    writer.append_history("u1", ["a", "b"], max_len=5)
+
+    assert reader.current_version() == "v1"
+    np.testing.assert_array_equal(
+        reader.get_vectors("v1", "item_emb", ["i0", "i1"])[0], vectors[:2]
+    )
+    assert reader.get_history("u1", 5) == ["b", "a"]
+
+
+def test_embedded_store_is_shared_across_processes(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite3"
+    with EmbeddedStore(path) as store:
+        vectors = publish(store, "v1")
+        store.set_current("v1")
+    script = (
+        "import sys\n"
+        "from feedforge.publish.embedded import EmbeddedStore\n"
+        "with EmbeddedStore(sys.argv[1]) as store:\n"
+        "    version = store.current_version()\n"
+        "    got, found = store.get_vectors(version, 'item_emb', ['i0', 'i4'])\n"
+        "    print(version, found.tolist(), got.tolist())\n"
+        "    store.append_history('u1', ['from-child'], max_len=5)\n"
+    )
+
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(path)], capture_output=True, text=True, check=True
+    ).stdout
+
+    assert out.strip() == f"v1 [True, True] {vectors[[0, 4]].tolist()}"
+    with EmbeddedStore(path) as store:
+        assert store.get_history("u1", 5) == ["from-child"]
+
+
+def test_reader_never_sees_a_half_written_version(backend: Backend) -> None:
+    writer, reader = backend.open(), backend.open()
+    ids = [f"i{k}" for k in range(400)]
+    n_versions = 20
+    done, stop = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def publish_repeatedly() -> None:
+        try:
+            for i in range(1, n_versions + 1):
+                if stop.is_set():
+                    return
+                version = f"v{i:04d}"
+                # Two writes per kind, as a chunked publish does: half a version exists on the
+                # store for a while, but is not current until set_current.
+                for part in (ids[:200], ids[200:]):
+                    time.sleep(0.003)  # widen the window a broken store would expose
+                    writer.put_vectors(version, "item_emb", part, np.full((len(part), 8), i))
+                    writer.put_records(version, "item_feat", part, [{"i": i}] * len(part))
+                writer.put_meta(version, {"i": i})
+                writer.set_current(version)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=publish_repeatedly)
+    thread.start()
+    reads, seen = 0, set()
+    deadline = time.monotonic() + 60
+    try:
+        while (not done.is_set() or reads == 0) and time.monotonic() < deadline:
+            version = reader.current_version()
+            if version is None:
+                continue
+            meta = reader.get_meta(version)
+            vectors, found = reader.get_vectors(version, "item_emb", ids)
+            records = reader.get_records(version, "item_feat", ids)
+            assert meta is not None
+            assert found.all(), f"{version}: {int((~found).sum())} vectors missing"
+            assert (vectors == meta["i"]).all()
+            assert records == [{"i": meta["i"]}] * len(ids)
+            reads += 1
+            seen.add(version)
+    finally:  # never let the writer outlive the test (it would write after the cleanup)
+        stop.set()
+        thread.join()
+
+    assert not errors, errors
+    assert len(seen) >= 2, "the reader never overlapped the writer: the test proved nothing"
+    assert reader.current_version() == f"v{n_versions:04d}"
+
+
+def test_concurrent_history_writers_from_many_threads(store: OnlineStore) -> None:
+    errors: list[BaseException] = []
+
+    def append(user: str) -> None:
+        try:
+            for k in range(50):
+                store.append_history(user, [f"{user}-{k}"], max_len=20)
+                store.get_histories([user, "u0"], 5)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=append, args=(f"u{t}",)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert not errors, errors
+    for t in range(8):
+        assert store.get_history(f"u{t}", 100) == [f"u{t}-{k}" for k in range(49, 29, -1)]
+
+
+# -- lifecycle and failures --------------------------------------------------------------------
+def test_ping(store: OnlineStore) -> None:
+    assert store.ping() is True
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+REDIS_OPERATIONS: dict[str, Callable[[OnlineStore], object]] = {
+    "put_vectors": lambda s: s.put_vectors("v1", "item_emb", ["a"], np.ones((1, 2))),
+    "get_vectors": lambda s: s.get_vectors("v1", "item_emb", ["a"]),
+    "get_vectors_many": lambda s: s.get_vectors("v1", "item_emb", [str(k) for k in range(20_001)]),
+    "put_records": lambda s: s.put_records("v1", "item_feat", ["a"], [{"x": 1}]),
+    "get_records": lambda s: s.get_records("v1", "item_feat", ["a"]),
+    "put_meta": lambda s: s.put_meta("v1", {}),
+    "get_meta": lambda s: s.get_meta("v1"),
+    "set_current": lambda s: s.set_current("v1"),
+    "current_version": lambda s: s.current_version(),
+    "versions": lambda s: s.versions(),
+    "delete_version": lambda s: s.delete_version("v1"),
+    "append_history": lambda s: s.append_history("u1", ["a"], 5),
+    "get_histories": lambda s: s.get_histories(["u1"], 5),
+    "clear_histories": lambda s: s.clear_histories(),
+}
+
+
+@pytest.mark.parametrize("operation", sorted(REDIS_OPERATIONS))
+def test_redis_down_raises_store_unavailable(operation: str) -> None:
+    url = f"redis://:s3cret@127.0.0.1:{_free_port()}/0"
+    store = RedisStore.from_url(url, namespace="test", socket_timeout_s=0.2)
+    started = time.monotonic()
+
+    with pytest.raises(StoreUnavailableError) as info:
+        REDIS_OPERATIONS[operation](store)
+
+    assert time.monotonic() - started < 3
+    assert "127.0.0.1" in info.value.message
+    assert "s3cret" not in str(info.value)
+    assert isinstance(info.value.__cause__, redis.RedisError)
+    assert store.ping() is False
+    store.close()
+
+
+def test_embedded_store_that_cannot_open_names_its_path(tmp_path: Path) -> None:
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+
+    with pytest.raises(StoreUnavailableError, match="a-folder"):
+        EmbeddedStore(folder)
+
+
+def test_embedded_store_refuses_an_unknown_schema_version(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA user_version=99")
+
+    with pytest.raises(StoreError, match="schema version 99"):
+        EmbeddedStore(path)
+
+
+def test_closed_embedded_store_raises_store_error(tmp_path: Path) -> None:
+    store = EmbeddedStore(tmp_path / "store.sqlite3")
+    store.close()
+    with pytest.raises(StoreError, match="closed"):
+        store.current_version()
+    assert store.ping() is False
+
+
+def test_open_store_picks_the_configured_backend(tmp_path: Path) -> None:
+    default = tmp_path / "default.sqlite3"
+    with open_store(StoreConfig(), default) as store:
+        assert isinstance(store, EmbeddedStore)
+        assert store.path == default
+    custom = tmp_path / "custom" / "store.sqlite3"
+    with open_store(StoreConfig(path=custom, namespace="ns"), default) as store:
+        assert isinstance(store, EmbeddedStore)
+        assert (store.path, store.keys.namespace) == (custom, "ns")
+    redis_config = StoreConfig(type="redis", redis_url="redis://example.invalid:1/0")
+    with open_store(redis_config, default) as store:  # connects lazily: nothing is reached
+        assert isinstance(store, RedisStore)
+        assert store.keys.namespace == "feedforge"

@@ -132,6 +132,15 @@ def run_publish(workdir: Workdir, settings: Settings) -> str:
     return version
 
 
+def _reset_live_state(workdir: Workdir, settings: Settings) -> None:
+    """Forget live user histories left in the store by an earlier run (the demo rebuilds the
+    world from scratch, so histories of the old event log would be stale)."""
+    from feedforge.publish.factory import open_store
+
+    with open_store(settings.store, workdir.store_path) as store:
+        store.clear_histories()
+
+
 def print_report(report: dict[str, Any]) -> None:
     """Print the evaluation report as a table."""
     k = report["k"]
@@ -233,6 +242,7 @@ def demo_cmd(
     console.rule("[bold]feedforge demo")
     console.print(f"work directory: {wd.root}; objective: {settings.objective}")
     run_simulate(wd, settings, overwrite=True)
+    _reset_live_state(wd, settings)
     run_build(wd, settings)
     run_train(wd, settings)
     report = run_evaluate(wd, settings)

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from feedforge.errors import ConfigError
@@ -44,6 +44,15 @@ class SimulatorConfig(_Section):
     item_backlog_days: int = Field(
         180, ge=0, description="Items are created from this many days before the start on"
     )
+
+    @field_validator("start")
+    @classmethod
+    def _start_in_utc(cls, value: datetime) -> datetime:
+        # A naive start (YAML ``start: 2026-01-01``) means UTC, never the machine's local
+        # zone: the simulated world must not depend on where it runs.
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
 
 
 class DatasetConfig(_Section):
@@ -169,12 +178,15 @@ def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
             raise ConfigError(f"config file not found: {file}")
         try:
             loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{file}: not valid YAML: {exc}") from exc
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{file}: the top level must be a mapping of settings")
+        odd = [key for key in loaded if not isinstance(key, str)]
+        if odd:
+            raise ConfigError(f"{file}: setting names must be strings, found {odd[0]!r}")
         data = loaded
     data.update(overrides)
     try:

@@ -19,11 +19,13 @@ class IdMap:
     """A fitted, immutable mapping of string ids to indices ``0..n-1``.
 
     Args:
-        ids: The ids, in index order. Must be unique.
+        ids: The ids, in index order. Must be unique strings (no nulls).
     """
 
     def __init__(self, ids: Iterable[str]) -> None:
         self._ids = pl.Series("id", list(ids), dtype=pl.String)
+        if self._ids.null_count():
+            raise ValidationError("IdMap: ids must not be null")
         if self._ids.n_unique() != len(self._ids):
             raise ValidationError("IdMap: ids must be unique")
         self._lookup = pl.DataFrame(
@@ -77,5 +79,5 @@ class IdMap:
         try:
             frame = pl.read_parquet(path)
             return cls(frame.get_column("id").to_list())
-        except (pl.exceptions.PolarsError, OSError, ValidationError) as exc:
+        except (pl.exceptions.PolarsError, OSError, TypeError, ValidationError) as exc:
             raise ArtifactError(path, f"corrupt id map ({exc})", build_command) from exc

@@ -25,7 +25,13 @@ from pathlib import Path
 import polars as pl
 
 from feedforge.artifacts import new_version
-from feedforge.events.schema import EVENT_REQUIRED, EVENT_SCHEMA, Event, conform
+from feedforge.events.schema import (
+    EVENT_REQUIRED,
+    EVENT_SCHEMA,
+    Event,
+    check_event_values,
+    conform,
+)
 
 _LOCK = ".append.lock"
 
@@ -90,10 +96,12 @@ class EventLog:
             How many rows were written and how many duplicates were skipped.
 
         Raises:
-            feedforge.errors.ValidationError: the frame misses a column or has a wrong type.
+            feedforge.errors.ValidationError: the frame misses a column, has a wrong type or a
+                value an :class:`Event` would refuse (unknown type, negative watch time...).
         """
         if isinstance(events, pl.DataFrame):
             frame = conform(events, EVENT_SCHEMA, EVENT_REQUIRED, where)
+            check_event_values(frame, where)
         else:
             frame = pl.DataFrame([e.to_row() for e in events], schema=EVENT_SCHEMA)
         if frame.is_empty():

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import polars as pl
 import pydantic
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 
 class EventType(StrEnum):
@@ -28,6 +29,15 @@ class EventType(StrEnum):
 
 
 EVENT_TYPES: tuple[str, ...] = tuple(e.value for e in EventType)
+
+_PAYLOAD: dict[EventType, str] = {
+    EventType.WATCH: "watch_seconds",
+    EventType.PURCHASE: "price",
+    EventType.RATING: "value",
+}
+"""The payload field each event type must carry."""
+
+_MISSING_PAYLOAD = "missing_payload"
 
 Id = Annotated[str, Field(min_length=1, max_length=128)]
 
@@ -70,12 +80,15 @@ class Event(BaseModel):
 
     @model_validator(mode="after")
     def _required_payload(self) -> Event:
-        if self.event_type is EventType.WATCH and self.watch_seconds is None:
-            raise ValueError("watch_seconds is required for a watch event")
-        if self.event_type is EventType.PURCHASE and self.price is None:
-            raise ValueError("price is required for a purchase event")
-        if self.event_type is EventType.RATING and self.value is None:
-            raise ValueError("value is required for a rating event")
+        for kind, name in _PAYLOAD.items():
+            if self.event_type is kind and getattr(self, name) is None:
+                # A custom error type carries the field name, so batch validation can report
+                # ``watch_seconds`` instead of the whole event as the offending field.
+                raise PydanticCustomError(
+                    _MISSING_PAYLOAD,
+                    "{field} is required for a {kind} event",
+                    {"field": name, "kind": kind.value},
+                )
         return self
 
     def to_row(self) -> dict[str, Any]:
@@ -134,6 +147,8 @@ def validate_events(
         except pydantic.ValidationError as exc:
             for err in exc.errors():
                 loc = ".".join(str(p) for p in err["loc"]) or "<event>"
+                if err["type"] == _MISSING_PAYLOAD:
+                    loc = str(err.get("ctx", {}).get("field", loc))
                 issues.append(EventIssue(index=index, field=loc, reason=err["msg"]))
             continue
         if event.timestamp > limit:
@@ -235,6 +250,12 @@ def conform(
             continue
         expr = pl.col(name)
         current = frame.schema[name]
+        if isinstance(dtype, pl.Datetime) and current.is_numeric():
+            # polars would read the numbers as microseconds since 1970 without a word.
+            raise ValidationError(
+                f"{where}: column {name!r} of type {current} cannot be read as {dtype} "
+                "(numbers are not timestamps; pass a datetime column)"
+            )
         if isinstance(dtype, pl.Datetime) and isinstance(current, pl.Datetime):
             if current.time_zone is None:
                 expr = expr.dt.replace_time_zone("UTC")
@@ -257,3 +278,48 @@ def conform(
     if nulls:
         raise ValidationError(f"{where}: null values in required column(s) {nulls}")
     return out
+
+
+def check_event_values(frame: pl.DataFrame, where: str) -> None:
+    """Apply :class:`Event`'s value rules to a frame already cast by :func:`conform`.
+
+    Raises:
+        feedforge.errors.ValidationError: a row breaks a rule; the message names ``where``,
+            the column, the number of bad rows and the first bad row's index.
+    """
+    from feedforge.errors import ValidationError
+
+    et = pl.col("event_type")
+    rules: list[tuple[str, pl.Expr, str]] = [
+        ("event_type", ~et.is_in(EVENT_TYPES), f"must be one of {list(EVENT_TYPES)}"),
+        *(
+            (
+                c,
+                (pl.col(c).str.len_chars() < 1) | (pl.col(c).str.len_chars() > 128),
+                "must be 1 to 128 characters",
+            )
+            for c in ("event_id", "user_id", "item_id")
+        ),
+        *(
+            (c, pl.col(c).is_nan() | pl.col(c).is_infinite() | (pl.col(c) < 0), "must be >= 0")
+            for c in ("watch_seconds", "price")
+        ),
+        ("value", pl.col("value").is_nan() | pl.col("value").is_infinite(), "must be finite"),
+        ("position", (pl.col("position") < 0) | (pl.col("position") > 10_000), "out of range"),
+        *(
+            (name, (et == kind.value) & pl.col(name).is_null(), f"required for {kind.value}")
+            for kind, name in _PAYLOAD.items()
+        ),
+    ]
+    bad = frame.select(
+        *(
+            expr.fill_null(False).arg_true().alias(str(i)).implode()
+            for i, (_, expr, _) in enumerate(rules)
+        )
+    ).row(0)
+    for (column, _, reason), rows in zip(rules, bad, strict=True):
+        if rows:
+            raise ValidationError(
+                f"{where}: {len(rows)} row(s) with an invalid {column!r} ({reason}), "
+                f"first at row {rows[0]}"
+            )

@@ -1,9 +1,10 @@
-"""A seeded synthetic world: users, items, a user-response model and a logging policy.
+"""The simulator: feed sessions of a synthetic world, logged through a mixed policy.
 
-This is feedforge's embedded default data. :func:`generate_world` draws the latent world,
-:func:`response_probabilities` is the ground-truth user-response model (also used to score
-feeds in closed-loop experiments), and :func:`simulate` plays ``n_days`` of feed sessions
-through a mixed logging policy and writes the catalog and the event log of a work directory.
+This is feedforge's embedded default data. :func:`simulate` draws the latent world
+(:mod:`feedforge.events.world`), plays ``n_days`` of feed sessions through a mixed logging
+policy, samples each impression's outcome from the ground-truth user-response model
+(:mod:`feedforge.events.response`) and writes the catalog and the event log of a work
+directory. The world and response-model names are re-exported here for existing imports.
 
 Everything is vectorised with numpy and polars; the only Python loops run over days and over
 chunks of sessions. The same seed gives identical worlds, catalogs and events.
@@ -11,443 +12,65 @@ chunks of sessions. The same seed gives identical worlds, catalogs and events.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
-import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
-from pathlib import Path
-from typing import Any, NamedTuple
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
-import numpy.typing as npt
 import polars as pl
-import pyarrow as pa
-import pyarrow.compute as pc
 from scipy import sparse
 
 from feedforge.config import SimulatorConfig
-from feedforge.errors import ArtifactError, DataError, ValidationError
+from feedforge.errors import DataError
 from feedforge.events.catalog import write_catalog
 from feedforge.events.log import EventLog
-from feedforge.events.schema import ITEM_SCHEMA, USER_SCHEMA, EventType
+from feedforge.events.response import (
+    BETA_CONCENTRATION,
+    ResponseProbabilities,
+    affinity,
+    affinity_matrix,
+    expected_watch_seconds,
+    response_probabilities,
+)
+from feedforge.events.schema import EventType
+from feedforge.events.world import (
+    DAY_S,
+    DEVICES,
+    WORLD_FILE,
+    FloatArray,
+    IntArray,
+    World,
+    format_ids,
+    generate_world,
+    seeded_rng,
+    sequential_ids,
+    to_timestamps,
+)
 from feedforge.workdir import Workdir
 
-FloatArray = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.int64]
+__all__ = [
+    "WORLD_FILE",
+    "ResponseProbabilities",
+    "SimulationSummary",
+    "World",
+    "affinity",
+    "expected_watch_seconds",
+    "generate_world",
+    "response_probabilities",
+    "simulate",
+]
 
-DAY_S = 86_400
-LATENT_DIM = 16
-WORLD_FILE = "world.npz"
-WORLD_FORMAT = 1
-
-GENRES = (
-    "drama", "comedy", "action", "thriller", "documentary", "animation", "romance", "horror",
-    "sci-fi", "fantasy", "crime", "family", "music", "sports", "news", "kids", "reality",
-    "history", "nature", "travel",
-)  # fmt: skip
-COUNTRIES = ("US", "GB", "DE", "FR", "IN", "BR", "JP", "CA")
-COUNTRY_P = (0.35, 0.1, 0.1, 0.08, 0.15, 0.1, 0.07, 0.05)
-AGE_BUCKETS = ("18-24", "25-34", "35-44", "45-54", "55+")
-AGE_P = (0.2, 0.3, 0.22, 0.15, 0.13)
-DEVICES = ("tv", "mobile", "web")
 SURFACE = "home"
-PRICES = (0.99, 1.99, 2.99, 4.99, 9.99)
 # Sessions per hour of day (UTC): a small lunch bump and an evening peak.
 _HOURLY = (
     0.2
     + np.exp(-(((np.arange(24) - 20.5) / 2.5) ** 2))
     + 0.4 * np.exp(-(((np.arange(24) - 12.5) / 1.5) ** 2))
 )
-
-ZIPF_EXPONENT = 0.9  # item popularity prior ~ rank ** -ZIPF_EXPONENT
-TASTE_CONCENTRATION = 0.1  # Dirichlet concentration of user category taste (lower: pickier)
-LATENT_SCALE = 1.0  # std of the user-item latent dot product
-# Response-model coefficients (see response_probabilities).
-B_ATTRACT, W_AFFINITY, W_QUALITY, W_FRESH, FRESH_TAU_DAYS = -3.3, 1.0, 0.35, 0.7, 5.0
-B_COMPLETE, W_COMPLETE, BETA_CONCENTRATION = -0.8, 0.6, 3.0
-B_LIKE, W_LIKE = -3.5, 0.8
-B_BUY, W_BUY, W_PRICE = -3.0, 0.7, 0.4
-B_SKIP, W_SKIP = -1.0, -0.5
 # Logging policy: uniform exploration, popularity and (noisy) taste shares; catalog pool cap.
 POLICY_EXPLORE, POLICY_POPULAR, POLICY_TEMPERATURE, POOL_MAX = 0.15, 0.25, 0.5, 4096
-
-
-@dataclass(frozen=True, eq=False)
-class World:
-    """The latent state of a synthetic world. ``U`` users, ``I`` items, ``C`` categories.
-
-    Items are indexed in creation order (``item_created_at_s`` is non-decreasing), like
-    auto-increment ids. Times are UTC seconds since the epoch.
-
-    Attributes:
-        user_taste: ``(U, C)`` category taste, each row a Dirichlet draw summing to 1.
-        user_vectors: ``(U, D)`` latent taste; ``user_vectors @ item_vectors.T`` has std ~1.
-        user_activity: ``(U,)`` lognormal activity multiplier with mean ~1.
-        user_country: ``(U,)`` index into :data:`COUNTRIES`.
-        user_age_bucket: ``(U,)`` index into :data:`AGE_BUCKETS`.
-        user_device: ``(U,)`` preferred device, index into :data:`DEVICES`.
-        user_created_at_s: ``(U,)`` sign-up times, all before ``start_s``.
-        item_category: ``(I, 3)`` category indices, primary first, ``-1`` padded.
-        item_vectors: ``(I, D)`` latent item vectors.
-        item_quality: ``(I,)`` centred log-popularity prior, Zipf-like (heavy upper tail).
-        item_created_at_s: ``(I,)`` creation times, sorted.
-        item_duration: ``(I,)`` seconds, lognormal around 30 minutes.
-        item_price: ``(I,)`` 0 for free items, else one of :data:`PRICES`.
-        category_names: ``(C,)`` category names.
-        start_s: Start of the simulation.
-        n_days: Length of the simulation in days.
-    """
-
-    user_taste: npt.NDArray[np.float32]
-    user_vectors: npt.NDArray[np.float32]
-    user_activity: npt.NDArray[np.float32]
-    user_country: npt.NDArray[np.int8]
-    user_age_bucket: npt.NDArray[np.int8]
-    user_device: npt.NDArray[np.int8]
-    user_created_at_s: IntArray
-    item_category: npt.NDArray[np.int16]
-    item_vectors: npt.NDArray[np.float32]
-    item_quality: npt.NDArray[np.float32]
-    item_created_at_s: IntArray
-    item_duration: FloatArray
-    item_price: FloatArray
-    category_names: npt.NDArray[np.str_]
-    start_s: int
-    n_days: int
-
-    @property
-    def n_users(self) -> int:
-        return int(self.user_taste.shape[0])
-
-    @property
-    def n_items(self) -> int:
-        return int(self.item_vectors.shape[0])
-
-    @property
-    def end_s(self) -> int:
-        return self.start_s + self.n_days * DAY_S
-
-    def user_ids(self) -> pl.Series:
-        """User ids ``u000000`` ... in index order."""
-        return _ids("u", self.n_users)
-
-    def item_ids(self) -> pl.Series:
-        """Item ids ``i000000`` ... in index order."""
-        return _ids("i", self.n_items)
-
-    def items_frame(self) -> pl.DataFrame:
-        """The item catalog, typed as :data:`~feedforge.events.schema.ITEM_SCHEMA`."""
-        valid = self.item_category >= 0
-        offsets = np.zeros(self.n_items + 1, dtype=np.int32)
-        np.cumsum(valid.sum(axis=1), out=offsets[1:])
-        names = pa.array(self.category_names.tolist(), pa.string())
-        values = pc.take(names, pa.array(self.item_category[valid].astype(np.int32)))
-        categories = pl.Series("categories", pa.ListArray.from_arrays(pa.array(offsets), values))
-        primary = pl.Series(self.category_names.tolist()).gather(self.item_category[:, 0])
-        return pl.DataFrame(
-            {
-                "item_id": self.item_ids(),
-                "title": pl.select(
-                    pl.format("Item {} ({})", pl.int_range(self.n_items), primary)
-                ).to_series(),
-                "categories": categories,
-                "created_at": _timestamps(self.item_created_at_s),
-                "duration_seconds": self.item_duration,
-                "price": self.item_price,
-            },
-            schema=ITEM_SCHEMA,
-        )
-
-    def users_frame(self) -> pl.DataFrame:
-        """The user table, typed as :data:`~feedforge.events.schema.USER_SCHEMA`."""
-        return pl.DataFrame(
-            {
-                "user_id": self.user_ids(),
-                "created_at": _timestamps(self.user_created_at_s),
-                "country": pl.Series(COUNTRIES).gather(self.user_country),
-                "age_bucket": pl.Series(AGE_BUCKETS).gather(self.user_age_bucket),
-            },
-            schema=USER_SCHEMA,
-        )
-
-    def save(self, path: Path | str) -> None:
-        """Write the world to one ``.npz`` file (atomically; never pickled)."""
-        path = Path(path)
-        arrays: dict[str, Any] = {f.name: np.asarray(getattr(self, f.name)) for f in fields(self)}
-        tmp = path.with_name(f".{path.name}.tmp")
-        with tmp.open("wb") as fh:
-            np.savez(fh, format_version=np.asarray(WORLD_FORMAT), **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-
-    @classmethod
-    def load(cls, path: Path | str) -> World:
-        """Read a world written by :meth:`save`.
-
-        Raises:
-            ArtifactError: the file is missing, corrupt or of an unknown format version.
-        """
-        path = Path(path)
-        build = "feedforge simulate"
-        if not path.is_file():
-            raise ArtifactError(path, "missing simulator world", build)
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                version = int(data["format_version"])
-                if version != WORLD_FORMAT:
-                    raise ArtifactError(path, f"unknown world format {version}", build)
-                values: dict[str, Any] = {f.name: data[f.name] for f in fields(cls)}
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-            raise ArtifactError(path, f"corrupt simulator world ({exc})", build) from exc
-        values["start_s"] = int(values["start_s"])
-        values["n_days"] = int(values["n_days"])
-        return cls(**values)
-
-
-def _rng(seed: int, *stream: int) -> np.random.Generator:
-    # SeedSequence needs non-negative entries; masking keeps negative seeds deterministic.
-    return np.random.default_rng([seed & 0xFFFF_FFFF_FFFF_FFFF, *stream])
-
-
-def _format_ids(prefix: str, numbers: npt.NDArray[np.int64], width: int) -> pl.Series:
-    """``prefix`` + zero-padded ``numbers`` (padded wider when a number needs it)."""
-    width = max(width, len(str(int(numbers.max(initial=0)))))
-    digits = pl.Series(numbers, dtype=pl.Int64).cast(pl.String).str.zfill(width)
-    return pl.select(pl.concat_str(pl.lit(prefix), digits)).to_series()
-
-
-def _ids(prefix: str, n: int, start: int = 0, width: int = 6) -> pl.Series:
-    return _format_ids(prefix, np.arange(start, start + n, dtype=np.int64), width)
-
-
-def _timestamps(seconds: npt.NDArray[Any]) -> pl.Series:
-    micros = np.round(np.asarray(seconds, dtype=np.float64) * 1e6).astype(np.int64)
-    return pl.Series(micros).cast(pl.Datetime("us", "UTC"))
-
-
-def _sigmoid(x: FloatArray) -> FloatArray:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))  # stable for large |x|
-
-
-def generate_world(config: SimulatorConfig) -> World:
-    """Draw the latent world of ``config`` (deterministic in ``config.seed``).
-
-    Users get a sparse Dirichlet(:data:`TASTE_CONCENTRATION`) category taste (most users love
-    one to three categories), a ``D=16`` latent vector, a lognormal activity level, a country,
-    an age bucket, a preferred device and a sign-up time. Items get 1-3 distinct categories
-    (primary first), a latent vector, a Zipf(:data:`ZIPF_EXPONENT`) popularity prior, a creation
-    time uniform over ``[start - item_backlog_days, end)``, a lognormal duration (median 30 min,
-    2 min to 4 h) and a price (85 % free). Generating 1M items takes about a second.
-    """
-    rng = _rng(config.seed, 0)
-    n_u, n_i, n_c, dim = config.n_users, config.n_items, config.n_categories, LATENT_DIM
-    start_s = int(config.start.timestamp())
-    scale = np.float32(dim**-0.25)  # makes a user-item dot product have std ~1
-
-    sigma = 0.8
-    users: dict[str, Any] = {
-        "user_taste": rng.dirichlet(np.full(n_c, TASTE_CONCENTRATION), size=n_u).astype(np.float32),
-        "user_vectors": rng.standard_normal((n_u, dim), dtype=np.float32) * (scale * LATENT_SCALE),
-        "user_activity": rng.lognormal(-0.5 * sigma**2, sigma, n_u).astype(np.float32),
-        "user_country": rng.choice(len(COUNTRIES), n_u, p=COUNTRY_P).astype(np.int8),
-        "user_age_bucket": rng.choice(len(AGE_BUCKETS), n_u, p=AGE_P).astype(np.int8),
-        "user_device": rng.choice(len(DEVICES), n_u, p=(0.35, 0.45, 0.2)).astype(np.int8),
-        "user_created_at_s": start_s - rng.integers(1, 730 * DAY_S, n_u),
-    }
-
-    # Up to three distinct categories: random offsets from the primary, the second skipped.
-    n_cats = np.minimum(rng.choice(3, n_i, p=(0.5, 0.35, 0.15)) + 1, n_c)
-    primary = rng.choice(n_c, n_i, p=rng.dirichlet(np.full(n_c, 5.0)))
-    off1 = rng.integers(1, max(n_c, 2), n_i)
-    off2 = rng.integers(1, max(n_c - 1, 2), n_i)
-    off2 += off2 >= off1
-    category = np.stack([primary, (primary + off1) % n_c, (primary + off2) % n_c], axis=1)
-    category[np.arange(3)[None, :] >= n_cats[:, None]] = -1
-
-    ranks = rng.permutation(n_i).astype(np.float64) + 1.0
-    log_pop = -ZIPF_EXPONENT * np.log(ranks)
-    span = (config.item_backlog_days + config.n_days) * DAY_S
-    created = np.sort(start_s - config.item_backlog_days * DAY_S + rng.integers(0, span, n_i))
-    duration = np.clip(rng.lognormal(np.log(1800.0), 0.5, n_i), 120.0, 4 * 3600.0)
-    price = np.where(rng.random(n_i) < 0.15, rng.choice(PRICES, n_i), 0.0)
-    names = [GENRES[c] if c < len(GENRES) else f"category_{c:02d}" for c in range(n_c)]
-    return World(
-        **users,
-        item_category=category.astype(np.int16),
-        item_vectors=rng.standard_normal((n_i, dim), dtype=np.float32) * scale,
-        item_quality=(log_pop - log_pop.mean()).astype(np.float32),
-        item_created_at_s=created.astype(np.int64),
-        item_duration=np.round(duration).astype(np.float64),
-        item_price=price,
-        category_names=np.array(names, dtype=np.str_),
-        start_s=start_s,
-        n_days=config.n_days,
-    )
-
-
-# Weight of each of an item's categories, by its number of categories (primary first).
-_CATEGORY_WEIGHTS = np.array([[0, 0, 0], [1, 0, 0], [0.6, 0.4, 0], [0.6, 0.2, 0.2]])
-
-
-def affinity(
-    world: World, user_idx: npt.ArrayLike, item_idx: npt.ArrayLike, latent_weight: float = 1.0
-) -> FloatArray:
-    """Affinity of users to items: ``log(C * m + 0.1) + latent_weight * <u, v>``.
-
-    ``m = sum_j w_j * user_taste[u, cat_j]`` is the user's taste for the item's categories,
-    weighted 1 / (0.6, 0.4) / (0.6, 0.2, 0.2) for items with 1/2/3 categories, so a user
-    with uniform taste scores ``log(1.1)``; ``<u, v>`` is the latent dot product (std ~1).
-
-    Args:
-        world: The world.
-        user_idx: User indices, any shape broadcastable with ``item_idx``.
-        item_idx: Item indices.
-        latent_weight: Scale of the latent term (the logging policy sees it only partly).
-
-    Returns:
-        Affinities of the broadcast shape.
-    """
-    u, i = np.broadcast_arrays(np.asarray(user_idx, np.int64), np.asarray(item_idx, np.int64))
-    cats = world.item_category[i].astype(np.int64)
-    weights = _CATEGORY_WEIGHTS[(cats >= 0).sum(axis=-1)]
-    mix = (weights * world.user_taste[u[..., None], np.maximum(cats, 0)]).sum(axis=-1)
-    latent = np.einsum("...d,...d->...", world.user_vectors[u], world.item_vectors[i])
-    n_c = world.user_taste.shape[1]
-    return np.log(n_c * mix + 0.1) + latent_weight * latent.astype(np.float64)
-
-
-def _affinity_matrix(
-    world: World, users: IntArray, items: IntArray, latent_weight: float
-) -> npt.NDArray[np.float32]:
-    """``(S, P)`` float32 affinities of ``users`` to ``items`` via two matrix products."""
-    cats = world.item_category[items].astype(np.int64)
-    weights = _CATEGORY_WEIGHTS[(cats >= 0).sum(axis=1)]
-    valid = cats >= 0
-    item_cat = np.zeros((len(items), world.user_taste.shape[1]), dtype=np.float32)
-    item_cat[np.nonzero(valid)[0], cats[valid]] = weights[valid]
-    mix = world.user_taste[users] @ item_cat.T
-    latent = world.user_vectors[users] @ world.item_vectors[items].T
-    n_c = world.user_taste.shape[1]
-    mix *= n_c
-    mix += 0.1
-    out = np.log(mix, out=mix)
-    out += np.float32(latent_weight) * latent
-    return out
-
-
-@dataclass(frozen=True)
-class ResponseProbabilities:
-    """Per-impression outcome probabilities; every field has the broadcast input shape.
-
-    ``*_given_click`` fields are conditional on a click and ``like_rate`` / ``skip_rate`` are
-    the factors of the conditional like and skip probabilities; the others are per impression.
-    """
-
-    affinity: FloatArray
-    p_examine: FloatArray
-    p_attract: FloatArray
-    p_click: FloatArray
-    completion_mean: FloatArray
-    expected_watch_seconds: FloatArray
-    like_rate: FloatArray
-    p_like_given_click: FloatArray
-    p_like: FloatArray
-    p_purchase_given_click: FloatArray
-    p_purchase: FloatArray
-    expected_revenue: FloatArray
-    skip_rate: FloatArray
-    p_skip: FloatArray
-
-
-def response_probabilities(
-    world: World,
-    user_idx: npt.ArrayLike,
-    item_idx: npt.ArrayLike,
-    position: npt.ArrayLike,
-    now_s: npt.ArrayLike,
-) -> ResponseProbabilities:
-    """The ground-truth user-response model, vectorised over (user, item, position, time).
-
-    With ``a`` the :func:`affinity`, ``q`` the item's quality, ``age`` its age in days at
-    ``now_s`` and ``sigma`` the logistic function:
-
-    - examination (position bias): ``e = 1 / log2(position + 2)``
-    - attraction: ``r = sigma(-3 + a + 0.35 q + 0.7 exp(-age / 5))``
-    - click = examined AND attracted: ``p_click = e * r``
-    - completion fraction ``c ~ Beta(3 m, 3 (1 - m))`` with ``m = sigma(-0.3 + 0.6 a)``;
-      watch seconds = duration * c, so ``expected_watch_seconds = p_click * duration * m``
-    - like: ``P(like | click, c) = c * sigma(-1.2 + 0.8 a)``
-    - purchase (priced items only): ``P(buy | click) = sigma(-1.5 + 0.7 a - 0.4 log1p(price))``
-    - skip (examined, not attracted): ``p_skip = e * (1 - r) * sigma(-1 - 0.5 a)``
-
-    Args:
-        world: The world.
-        user_idx: User indices.
-        item_idx: Item indices.
-        position: 0-based feed positions (>= 0).
-        now_s: Impression times, UTC seconds since the epoch.
-
-    Returns:
-        The probabilities and expectations, in the broadcast shape of the inputs.
-
-    Raises:
-        ValidationError: a position is negative.
-    """
-    u, i, pos, now = np.broadcast_arrays(
-        np.asarray(user_idx, np.int64),
-        np.asarray(item_idx, np.int64),
-        np.asarray(position, np.int64),
-        np.asarray(now_s, np.float64),
-    )
-    if pos.size and pos.min() < 0:
-        raise ValidationError("positions must be >= 0")
-    a = affinity(world, u, i)
-    age_days = np.maximum(now - world.item_created_at_s[i], 0.0) / DAY_S
-    examine = 1.0 / np.log2(pos + 2.0)
-    fresh = np.exp(-age_days / FRESH_TAU_DAYS)
-    attract = _sigmoid(
-        B_ATTRACT + W_AFFINITY * a + W_QUALITY * world.item_quality[i] + W_FRESH * fresh
-    )
-    click = examine * attract
-    completion = _sigmoid(B_COMPLETE + W_COMPLETE * a)
-    like_rate = _sigmoid(B_LIKE + W_LIKE * a)
-    skip_rate = _sigmoid(B_SKIP + W_SKIP * a)
-    price = world.item_price[i]
-    buy = np.where(price > 0, _sigmoid(B_BUY + W_BUY * a - W_PRICE * np.log1p(price)), 0.0)
-    return ResponseProbabilities(
-        affinity=a,
-        p_examine=examine,
-        p_attract=attract,
-        p_click=click,
-        completion_mean=completion,
-        expected_watch_seconds=click * world.item_duration[i] * completion,
-        like_rate=like_rate,
-        p_like_given_click=completion * like_rate,
-        p_like=click * completion * like_rate,
-        p_purchase_given_click=buy,
-        p_purchase=click * buy,
-        expected_revenue=click * buy * price,
-        skip_rate=skip_rate,
-        p_skip=examine * (1.0 - attract) * skip_rate,
-    )
-
-
-def expected_watch_seconds(
-    world: World,
-    user_idx: npt.ArrayLike,
-    item_idx: npt.ArrayLike,
-    position: npt.ArrayLike,
-    now_s: npt.ArrayLike,
-) -> FloatArray:
-    """Ground-truth expected watch seconds of impressions (see :func:`response_probabilities`).
-
-    The value of a feed ``items[0..k-1]`` shown to ``user`` at ``now_s`` is
-    ``expected_watch_seconds(world, user, items, np.arange(k), now_s).sum()``.
-    """
-    return response_probabilities(world, user_idx, item_idx, position, now_s).expected_watch_seconds
 
 
 def _logging_policy(
@@ -486,7 +109,7 @@ def _logging_policy(
         valid = world.item_created_at_s[pool][None, :] <= t[:, None]
         valid &= watched[u][:, pool].toarray() == 0
         n_valid = valid.sum(axis=1, keepdims=True, dtype=np.float32)
-        logits = _affinity_matrix(world, u, pool, 0.5)
+        logits = affinity_matrix(world, u, pool, 0.5)
         logits *= np.float32(1.0 / POLICY_TEMPERATURE)
         logits[~valid] = -np.inf
         with np.errstate(divide="ignore", invalid="ignore"):  # rows without a valid item
@@ -561,7 +184,7 @@ def _simulate_day(
     first_request: int,
 ) -> _Day:
     """Sessions, feeds and sampled responses of one day, as an event frame."""
-    rng = _rng(config.seed, 1, day)
+    rng = seeded_rng(config.seed, 1, day)
     n_sessions = rng.poisson(world.user_activity * config.sessions_per_user_day)
     users = np.repeat(np.arange(world.n_users), n_sessions)
     hours = rng.choice(24, len(users), p=_HOURLY / _HOURLY.sum())
@@ -616,14 +239,14 @@ def _simulate_day(
     request += first_request
     frame = pl.DataFrame(
         {
-            "event_id": _ids(f"ev{config.seed}-", len(imp), start=first_event, width=9),
-            "timestamp": _timestamps(ts),
+            "event_id": sequential_ids(f"ev{config.seed}-", len(imp), start=first_event, width=9),
+            "timestamp": to_timestamps(ts),
             "user_id": ids[0].gather(user[imp]),
             "item_id": ids[1].gather(item[imp]),
             "event_type": pl.Series([e.value for e in _SIM_TYPES]).gather(code),
             "watch_seconds": pl.Series(np.where(is_watch, watch_seconds[imp], np.nan)),
             "price": pl.Series(np.where(is_buy, world.item_price[item[imp]], np.nan)),
-            "request_id": _format_ids(f"rq{config.seed}-", request[imp], 8),
+            "request_id": format_ids(f"rq{config.seed}-", request[imp], 8),
             "position": pl.Series(pos[imp], dtype=pl.Int32),
             "surface": pl.repeat(SURFACE, len(imp), eager=True),
             "device": pl.Series(DEVICES).gather(devices[sess[imp]]),

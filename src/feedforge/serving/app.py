@@ -9,7 +9,9 @@ is turned into a JSON response with its HTTP status by one handler.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -27,6 +29,8 @@ from feedforge.serving.schemas import FeedResponse, HealthResponse, IngestRespon
 from feedforge.workdir import Workdir
 
 MAX_EVENTS_PER_REQUEST = 10_000
+
+logger = logging.getLogger("feedforge.serving")
 
 
 def get_service(request: Request) -> FeedService:
@@ -62,6 +66,25 @@ def create_app(settings: Settings, workdir: Workdir) -> FastAPI:
         description="A personalized feed: retrieve -> rank -> re-rank over published models.",
         lifespan=lifespan,
     )
+
+    budget_ms = settings.serving.latency_budget_ms
+
+    @app.middleware("http")
+    async def _latency(request: Request, call_next: Any) -> Any:
+        # The latency budget is config (step 1, "clarify"): every answer reports its time,
+        # and an answer over budget is logged so it can be alerted on.
+        started = time.perf_counter()
+        response = await call_next(request)
+        elapsed_ms = (time.perf_counter() - started) * 1000.0
+        response.headers["Server-Timing"] = f"app;dur={elapsed_ms:.2f}"
+        if elapsed_ms > budget_ms and request.url.path == "/recommend":
+            logger.warning(
+                "latency budget exceeded: %s took %.1f ms > %.1f ms",
+                request.url.path,
+                elapsed_ms,
+                budget_ms,
+            )
+        return response
 
     @app.exception_handler(FeedforgeError)
     async def _feedforge_error(_request: Request, exc: FeedforgeError) -> JSONResponse:

@@ -1,8 +1,7 @@
-"""Tests of the synthetic world, the user-response model and the simulator."""
+"""Tests of the simulator: the logged events, the catalog it writes and its contract."""
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 
@@ -10,8 +9,11 @@ import numpy as np
 import polars as pl
 import pytest
 
+import feedforge.events.response as response_module
+import feedforge.events.simulator as simulator_module
+import feedforge.events.world as world_module
 from feedforge.config import SimulatorConfig
-from feedforge.errors import ArtifactError, DataError, ValidationError
+from feedforge.errors import DataError
 from feedforge.events.catalog import read_catalog
 from feedforge.events.log import EventLog
 from feedforge.events.schema import EVENT_SCHEMA, ITEM_SCHEMA, USER_SCHEMA
@@ -20,9 +22,7 @@ from feedforge.events.simulator import (
     SimulationSummary,
     World,
     affinity,
-    expected_watch_seconds,
     generate_world,
-    response_probabilities,
     simulate,
 )
 from feedforge.workdir import Workdir
@@ -61,66 +61,7 @@ def _of(events: pl.DataFrame, kind: str) -> pl.DataFrame:
     return events.filter(pl.col("event_type") == kind)
 
 
-# --- the world -------------------------------------------------------------------------------
-
-
-def test_world_shapes_and_ranges() -> None:
-    world = generate_world(SMALL)
-    assert world.user_taste.shape == (600, 8)
-    np.testing.assert_allclose(world.user_taste.sum(axis=1), 1.0, rtol=1e-5)
-    assert world.item_vectors.shape == (400, world.user_vectors.shape[1])
-    assert np.all(np.diff(world.item_created_at_s) >= 0), "items are indexed in creation order"
-    assert world.item_created_at_s.min() >= world.start_s - 10 * 86_400
-    assert world.item_created_at_s.max() < world.end_s
-    assert (world.item_created_at_s > world.start_s).any(), "new items appear during the run"
-    assert (world.item_price == 0).mean() > 0.6
-    assert (world.item_price > 0).any()
-    assert world.item_duration.min() > 0
-    assert np.all(world.user_created_at_s < world.start_s)
-    # Heavy-tailed popularity prior: the top 1% of items hold far more than 1% of the mass.
-    pop = np.sort(np.exp(world.item_quality))[::-1]
-    assert pop[:4].sum() / pop.sum() > 0.05
-
-
-def test_world_frames_match_schemas() -> None:
-    world = generate_world(SMALL)
-    items, users = world.items_frame(), world.users_frame()
-    assert items.schema == pl.Schema(ITEM_SCHEMA)
-    assert users.schema == pl.Schema(USER_SCHEMA)
-    assert items.get_column("item_id").is_unique().all()
-    assert users.get_column("user_id").is_unique().all()
-    assert items.get_column("item_id")[42] == "i000042"
-    assert users.get_column("user_id")[123] == "u000123"
-    n_cats = items.get_column("categories").list.len()
-    assert n_cats.min() == 1 and n_cats.max() == 3
-    assert (items.get_column("categories").list.n_unique() == n_cats).all()
-    primary = items.get_column("categories").list.first().to_list()
-    assert items.get_column("title").to_list() == [f"Item {i} ({c})" for i, c in enumerate(primary)]
-
-
-def test_world_save_load_roundtrip(tmp_path: Path) -> None:
-    world = generate_world(SMALL)
-    world.save(tmp_path / "w.npz")
-    loaded = World.load(tmp_path / "w.npz")
-    for f in dataclasses.fields(World):
-        np.testing.assert_array_equal(getattr(loaded, f.name), getattr(world, f.name))
-    with np.load(tmp_path / "w.npz", allow_pickle=False) as data:  # never pickled
-        assert "user_taste" in data.files
-    (tmp_path / "bad.npz").write_bytes(b"not a zip file")
-    with pytest.raises(ArtifactError):
-        World.load(tmp_path / "bad.npz")
-    with pytest.raises(ArtifactError, match="missing"):
-        World.load(tmp_path / "absent.npz")
-
-
-def test_large_catalog_is_fast() -> None:
-    config = SimulatorConfig(n_users=1_000, n_items=200_000)
-    began = time.perf_counter()
-    world = generate_world(config)
-    items = world.items_frame()
-    assert time.perf_counter() - began < 15
-    assert items.height == 200_000
-    assert items.get_column("item_id").is_unique().all()
+# --- the simulated logs ----------------------------------------------------------------------
 
 
 def test_large_catalog_simulates_on_a_pool(tmp_path: Path) -> None:
@@ -134,74 +75,6 @@ def test_large_catalog_simulates_on_a_pool(tmp_path: Path) -> None:
     created = generate_world(config).item_created_at_s[_index(shown.get_column("item_id"))]
     shown_s = shown.get_column("timestamp").dt.epoch("s").to_numpy()
     assert np.all(created <= shown_s)
-
-
-# --- the response model ----------------------------------------------------------------------
-
-
-def test_click_probability_decreases_with_position() -> None:
-    world = generate_world(SMALL)
-    positions = np.arange(50)
-    r = response_probabilities(world, 5, 17, positions, world.start_s)
-    assert np.all(np.diff(r.p_click) < 0)
-    assert np.all(np.diff(r.p_examine) < 0)
-    assert r.p_examine[0] == pytest.approx(1.0)
-    np.testing.assert_allclose(r.p_click, r.p_examine * r.p_attract)
-
-
-def test_response_increases_with_affinity() -> None:
-    world = generate_world(SMALL)
-    # Remove quality and freshness differences so that only affinity varies across items.
-    flat = dataclasses.replace(
-        world,
-        item_quality=np.zeros_like(world.item_quality),
-        item_created_at_s=np.full_like(world.item_created_at_s, world.start_s - 30 * 86_400),
-    )
-    items = np.arange(flat.n_items)
-    r = response_probabilities(flat, 11, items, 2, flat.start_s)
-    order = np.argsort(r.affinity)
-    a = r.affinity[order]
-    assert a[-1] - a[0] > 3, "affinities should spread widely"
-    strictly = np.diff(a) > 1e-9
-    for name in ("p_attract", "p_click", "completion_mean", "p_like_given_click"):
-        diffs = np.diff(getattr(r, name)[order])
-        assert np.all(diffs[strictly] >= 0), name
-        assert getattr(r, name)[order][-1] > getattr(r, name)[order][0], name
-    assert np.all(np.diff(r.p_skip[order])[strictly] <= 0)
-    np.testing.assert_allclose(r.affinity, affinity(flat, 11, items))
-
-
-def test_response_probabilities_are_consistent() -> None:
-    world = generate_world(SMALL)
-    rng = np.random.default_rng(0)
-    users = rng.integers(0, world.n_users, 5_000)
-    items = rng.integers(0, world.n_items, 5_000)
-    positions = rng.integers(0, 20, 5_000)
-    r = response_probabilities(world, users, items, positions, world.end_s)
-    for name in ("p_examine", "p_attract", "p_click", "p_like", "p_purchase", "p_skip"):
-        value = getattr(r, name)
-        assert value.shape == (5_000,)
-        assert np.all((value >= 0) & (value <= 1)), name
-    assert np.all(r.p_click + r.p_skip <= 1 + 1e-12)
-    assert np.all(r.p_purchase[world.item_price[items] == 0] == 0)
-    assert np.all(r.expected_watch_seconds <= r.p_click * world.item_duration[items] + 1e-9)
-    np.testing.assert_allclose(
-        expected_watch_seconds(world, users, items, positions, world.end_s),
-        r.expected_watch_seconds,
-    )
-    # Fresher items are more attractive, all else equal.
-    item = int(np.argmax(world.item_created_at_s))
-    created = world.item_created_at_s[item]
-    later = response_probabilities(world, 0, item, 0, [created, created + 30 * 86_400])
-    assert later.p_attract[0] > later.p_attract[1]
-
-
-def test_negative_position_is_rejected() -> None:
-    with pytest.raises(ValidationError):
-        response_probabilities(generate_world(SMALL), 0, 0, -1, 0.0)
-
-
-# --- the simulated logs ----------------------------------------------------------------------
 
 
 def test_same_seed_same_output(tmp_path: Path, events: pl.DataFrame) -> None:
@@ -351,3 +224,23 @@ def test_refuses_existing_log_unless_overwrite(tmp_path: Path) -> None:
     second = simulate(config, workdir, overwrite=True)
     assert second.counts == first.counts
     assert EventLog(workdir.events_dir).count() == first.n_events
+
+
+def test_world_and_response_model_are_reexported() -> None:
+    # Other stages import these names from feedforge.events.simulator.
+    assert simulator_module.World is world_module.World
+    assert simulator_module.generate_world is world_module.generate_world
+    assert simulator_module.WORLD_FILE == world_module.WORLD_FILE
+    assert simulator_module.response_probabilities is response_module.response_probabilities
+    assert simulator_module.expected_watch_seconds is response_module.expected_watch_seconds
+    assert simulator_module.affinity is response_module.affinity
+    required = {
+        "simulate",
+        "generate_world",
+        "World",
+        "response_probabilities",
+        "expected_watch_seconds",
+        "SimulationSummary",
+    }
+    assert required <= set(simulator_module.__all__)
+    assert all(hasattr(simulator_module, name) for name in simulator_module.__all__)

@@ -31,6 +31,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
+err_console = Console(stderr=True, soft_wrap=True)
 
 WorkdirOpt = Annotated[
     Path, typer.Option("--workdir", "-w", help="Work directory holding every artifact")
@@ -49,7 +50,8 @@ def _clean_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except FeedforgeError as exc:
-            console.print(f"[bold red]error:[/] {exc.message}")
+            # The message is plain text (paths may hold "[...]"), never wrapped or styled.
+            err_console.print("error:", exc.message, style="bold red", markup=False)
             raise typer.Exit(code=1) from exc
 
     return wrapper  # type: ignore[return-value]

@@ -104,7 +104,9 @@ class StoreConfig(_Section):
     """The online store. ``embedded`` needs no server; ``redis`` is the production backend."""
 
     type: Literal["embedded", "redis"] = "embedded"
-    path: Path | None = Field(None, description="Embedded store file; default WORKDIR/store")
+    path: Path | None = Field(
+        None, description="Embedded store file; default WORKDIR/store.sqlite3"
+    )
     redis_url: str = "redis://127.0.0.1:6379/0"
     namespace: str = Field("feedforge", pattern=r"^[A-Za-z0-9_.-]+$")
     socket_timeout_s: float = Field(0.5, gt=0)

@@ -121,6 +121,9 @@ def _counts_asof(
             by=by,
             strategy="backward",
             allow_exact_matches=False,
+            # Both sides are sorted on the timestamp just above, so within every ``by`` group
+            # too; polars cannot verify that with groups and would warn on every build.
+            check_sortedness=False,
         )
         .with_columns(pl.col(name).fill_null(0))
     )
@@ -173,7 +176,8 @@ def snapshot_counters(
 
     Returns:
         ``users`` (user_id, user_impressions, user_clicks), ``items`` (item_id, category,
-        created_at, item_impressions, item_clicks) and ``user_categories`` (user_id, category,
+        created_at, item_impressions, item_clicks; catalog items and any other item with
+        events before ``cutoff``) and ``user_categories`` (user_id, category,
         user_category_clicks).
     """
     cats = item_categories(items)
@@ -190,8 +194,12 @@ def snapshot_counters(
         .agg(is_imp.sum().alias("item_impressions"), is_clk.sum().alias("item_clicks"))
         .collect()
     )
-    item_frame = cats.join(item_counts, on="item_id", how="left").with_columns(
-        pl.col("item_impressions").fill_null(0), pl.col("item_clicks").fill_null(0)
+    # A full join: an item with events but no catalog row is counted too (category "", no
+    # creation time), exactly as point_in_time_counters counts it for training.
+    item_frame = cats.join(item_counts, on="item_id", how="full", coalesce=True).with_columns(
+        pl.col("category").fill_null(""),
+        pl.col("item_impressions").fill_null(0),
+        pl.col("item_clicks").fill_null(0),
     )
     user_categories = (
         before.filter(pl.col("event_type") == "click")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from feedforge.artifacts import Manifest, read_manifest, write_manifest
+from feedforge.artifacts import Manifest, read_manifest, require_file, write_manifest
+from feedforge.errors import ArtifactError
 from feedforge.events.schema import ITEM_SCHEMA, USER_SCHEMA, conform
 from feedforge.workdir import Workdir
 
@@ -59,8 +61,13 @@ def read_catalog(workdir: Workdir) -> tuple[Manifest, pl.DataFrame, pl.DataFrame
     manifest = read_manifest(
         workdir.catalog_dir, CATALOG_ARTIFACT, (CATALOG_SCHEMA_VERSION,), command
     )
-    from feedforge.artifacts import require_file
-
-    items = pl.read_parquet(require_file(workdir.items_path, "item catalog", command))
-    users = pl.read_parquet(require_file(workdir.users_path, "user table", command))
+    items = _read_table(workdir.items_path, "item catalog", command)
+    users = _read_table(workdir.users_path, "user table", command)
     return manifest, items, users
+
+
+def _read_table(path: Path, what: str, command: str) -> pl.DataFrame:
+    try:
+        return pl.read_parquet(require_file(path, what, command))
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise ArtifactError(path, f"corrupt {what} ({exc})", command) from exc

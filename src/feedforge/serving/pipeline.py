@@ -157,7 +157,8 @@ class FeedService:
         scores = state.item_matrix @ query
         seen_idx = [i for i in (state.items.get(s) for s in seen) if i is not None]
         scores[seen_idx] = -np.inf
-        n_cand = min(cfg.candidates, int(np.isfinite(scores).sum()))
+        # Retrieve at least k candidates: a feed of k > serving.candidates must not be cut short.
+        n_cand = min(max(cfg.candidates, k), int(np.isfinite(scores).sum()))
         if n_cand == 0:
             return self._popular(state, user_id, k, seen)
         cand, cand_scores = top_k(scores[None, :], n_cand)

@@ -1,0 +1,212 @@
+"""Fixtures of the integration suite: one small pipeline run, shared by every test.
+
+The pipeline (simulate -> build -> train -> evaluate) runs **once per session** into a temporary
+work directory, from a YAML config loaded with :func:`feedforge.config.load_settings`, exactly
+as the CLI would. Tests never publish into, or post events to, that directory: they get a copy
+(:func:`published_workdir` for read-only tests, :func:`fresh_workdir` or :func:`workdir_copy`
+for tests that change state) and publish into the copy, because the embedded store lives at
+``WORKDIR/store.sqlite3`` and published metadata holds absolute bundle paths, so a copied store
+would point back into the original directory.
+
+The small size (1,000 users, 300 items, 12 days) runs the whole pipeline in about a second
+and still separates the learned models from the popularity baseline on NDCG@10 by a wide
+margin for every simulator seed tried (1-10).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+import yaml
+
+from feedforge.config import Settings, load_settings
+from feedforge.datasets.build import build_dataset
+from feedforge.datasets.load import load_dataset
+from feedforge.evaluation.evaluate import evaluate
+from feedforge.events.log import EventLog
+from feedforge.events.simulator import simulate
+from feedforge.models.train import train_models
+from feedforge.publish.factory import open_store
+from feedforge.publish.publisher import publish
+from feedforge.workdir import Workdir
+
+SMALL_CONFIG: dict[str, Any] = {
+    "simulator": {"seed": 7, "n_users": 1000, "n_items": 300, "n_days": 12},
+    "dataset": {"validation_days": 2, "test_days": 2},
+    "models": {"als": {"factors": 16, "iterations": 5}},
+}
+"""Settings of every integration run (a tiny world; the rest are the defaults)."""
+
+CONSUMED_EVENT_TYPES = ("click", "watch", "like", "purchase", "rating")
+"""Event types after which an item counts as consumed (never recommended again)."""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_feedforge_env() -> Iterator[None]:
+    """Settings from the developer's ``FEEDFORGE_*`` variables must not leak into the suite."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in list(os.environ):
+            if name.startswith("FEEDFORGE_"):
+                mp.delenv(name)
+        yield
+
+
+def _write_config(path: Path, **sections: Any) -> Path:
+    path.write_text(yaml.safe_dump({**SMALL_CONFIG, **sections}), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def write_config() -> Callable[..., Path]:
+    """``write_config(path, **sections)``: :data:`SMALL_CONFIG` as YAML, sections replaced."""
+    return _write_config
+
+
+@pytest.fixture(scope="session")
+def small_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The YAML file of the small pipeline (also passed to the CLI with ``--config``)."""
+    return _write_config(tmp_path_factory.mktemp("config") / "small.yaml")
+
+
+@pytest.fixture(scope="session")
+def small_settings(small_config: Path) -> Settings:
+    return load_settings(small_config)
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(tmp_path_factory: pytest.TempPathFactory, small_settings: Settings) -> Workdir:
+    """A work directory with catalog, events, dataset, models and report (not published).
+
+    Treat it as read-only: take a copy (:func:`workdir_copy`) before changing anything.
+    """
+    workdir = Workdir.at(tmp_path_factory.mktemp("trained"))
+    simulate(small_settings.simulator, workdir)
+    build_dataset(workdir, small_settings)
+    train_models(workdir, small_settings)
+    evaluate(workdir, small_settings)
+    return workdir
+
+
+def _copy(source: Workdir, target: Path) -> Workdir:
+    # Without the published state: bundles, the embedded store and its WAL files.
+    shutil.copytree(
+        source.root,
+        target,
+        ignore=shutil.ignore_patterns("bundles", "store.sqlite3*", ".append.lock"),
+    )
+    return Workdir.at(target)
+
+
+def _publish(workdir: Workdir, settings: Settings) -> str:
+    with open_store(settings.store, workdir.store_path) as store:
+        return publish(workdir, settings, store)
+
+
+@pytest.fixture(scope="session")
+def publish_into() -> Callable[[Workdir, Settings], str]:
+    """``publish_into(workdir, settings)``: publish into the store ``settings`` names."""
+    return _publish
+
+
+@pytest.fixture
+def workdir_copy(
+    trained_workdir: Workdir, small_settings: Settings, tmp_path: Path
+) -> Callable[..., Workdir]:
+    """``workdir_copy(settings=None, publish=True)``: a private copy of the trained work
+    directory, published once with ``settings`` (default: the small settings) unless
+    ``publish`` is false."""
+    made = 0
+
+    def factory(settings: Settings | None = None, publish: bool = True) -> Workdir:
+        nonlocal made
+        made += 1
+        workdir = _copy(trained_workdir, tmp_path / f"workdir-{made}")
+        if publish:
+            _publish(workdir, settings or small_settings)
+        return workdir
+
+    return factory
+
+
+@pytest.fixture(scope="session")
+def published_workdir(
+    trained_workdir: Workdir, small_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Workdir:
+    """A published copy of the trained work directory, shared by read-only tests.
+
+    Tests using it may post events only for users of their own (see :func:`new_user_id`).
+    """
+    workdir = _copy(trained_workdir, tmp_path_factory.mktemp("published") / "w")
+    _publish(workdir, small_settings)
+    return workdir
+
+
+@pytest.fixture
+def fresh_workdir(workdir_copy: Callable[..., Workdir]) -> Workdir:
+    """A published copy of the trained work directory, private to one test."""
+    return workdir_copy()
+
+
+def _consumed_items(workdir: Workdir) -> dict[str, set[str]]:
+    frame = (
+        EventLog(workdir.events_dir)
+        .scan()
+        .filter(pl.col("event_type").is_in(CONSUMED_EVENT_TYPES))
+        .select("user_id", "item_id")
+        .collect()
+    )
+    out: dict[str, set[str]] = {}
+    for user_id, item_id in frame.iter_rows():
+        out.setdefault(user_id, set()).add(item_id)
+    return out
+
+
+@pytest.fixture(scope="session")
+def consumed_items() -> Callable[[Workdir], dict[str, set[str]]]:
+    """``consumed_items(workdir)``: user -> items consumed, read from the raw event log (not
+    from the store), so it checks what publishing derived."""
+    return _consumed_items
+
+
+@pytest.fixture(scope="session")
+def known_user(trained_workdir: Workdir) -> str:
+    """The user with a trained embedding who consumed the most items."""
+    consumed = _consumed_items(trained_workdir)
+    known = set(load_dataset(trained_workdir).users.ids.to_list())
+    return max(sorted(known & consumed.keys()), key=lambda u: len(consumed[u]))
+
+
+@pytest.fixture
+def new_user_id() -> str:
+    """A user id no other test (and no simulated event) uses."""
+    return f"it-user-{uuid.uuid4().hex[:12]}"
+
+
+EventFactory = Callable[..., dict[str, Any]]
+
+
+@pytest.fixture
+def make_event() -> EventFactory:
+    """Build a valid JSON event (a watch now, by default); keyword arguments override fields."""
+
+    def factory(**fields: Any) -> dict[str, Any]:
+        event: dict[str, Any] = {
+            "event_id": f"it-{uuid.uuid4().hex}",
+            "timestamp": datetime.now(UTC).isoformat(),
+            "user_id": "it-user",
+            "item_id": "i000001",
+            "event_type": "watch",
+            "watch_seconds": 120.0,
+        }
+        event.update(fields)
+        return {k: v for k, v in event.items() if v is not None}
+
+    return factory

@@ -1,0 +1,500 @@
+"""The feed API over a really published work directory (embedded store).
+
+Every client is a ``TestClient`` used as a context manager, so the app's lifespan opens the
+store exactly as ``feedforge serve`` does.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pytest
+from fastapi.testclient import TestClient
+
+from feedforge.config import Settings, load_settings
+from feedforge.datasets.load import load_dataset
+from feedforge.errors import FeedforgeError
+from feedforge.events.log import EventLog
+from feedforge.models.base import EmbeddingRecommender
+from feedforge.models.registry import load_recommender
+from feedforge.publish.embedded import EmbeddedStore
+from feedforge.publish.publisher import USER_FEAT
+from feedforge.serving.app import create_app, create_app_from_env
+from feedforge.workdir import Workdir
+
+pytestmark = pytest.mark.integration
+
+Consumed = Callable[[Workdir], dict[str, set[str]]]
+EventFactory = Callable[..., dict[str, Any]]
+
+
+def serve(settings: Settings, workdir: Workdir) -> TestClient:
+    return TestClient(create_app(settings, workdir))
+
+
+@pytest.fixture(scope="module")
+def client(published_workdir: Workdir, small_settings: Settings) -> Iterator[TestClient]:
+    """A client on the shared published work directory (post events for new users only)."""
+    with serve(small_settings, published_workdir) as test_client:
+        yield test_client
+
+
+def current_version(workdir: Workdir) -> str | None:
+    with EmbeddedStore(workdir.store_path) as store:
+        return store.current_version()
+
+
+def get_feed(client: TestClient, user_id: str, k: int = 10) -> dict[str, Any]:
+    response = client.get("/recommend", params={"user_id": user_id, "k": k})
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def item_ids(feed: dict[str, Any]) -> list[str]:
+    return [item["item_id"] for item in feed["items"]]
+
+
+def assert_well_formed(feed: dict[str, Any], k: int, excluded: set[str]) -> None:
+    items = item_ids(feed)
+    scores = [item["score"] for item in feed["items"]]
+    assert len(items) == k
+    assert len(set(items)) == k, "duplicate items in the feed"
+    assert not set(items) & excluded, f"consumed items recommended: {set(items) & excluded}"
+    assert scores == sorted(scores, reverse=True), scores
+    assert all(np.isfinite(scores))
+
+
+def stored_events(workdir: Workdir, event_ids: list[str]) -> pl.DataFrame:
+    return EventLog(workdir.events_dir).scan().filter(pl.col("event_id").is_in(event_ids)).collect()
+
+
+# -- /recommend -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [10, 150, 250])
+def test_known_user_gets_k_distinct_unconsumed_items_by_descending_score(
+    client: TestClient,
+    published_workdir: Workdir,
+    small_settings: Settings,
+    known_user: str,
+    consumed_items: Consumed,
+    k: int,
+) -> None:
+    consumed = consumed_items(published_workdir)[known_user]
+    version = current_version(published_workdir)
+    assert version is not None
+    catalog = set(load_dataset(published_workdir).items.ids.to_list())
+    assert len(catalog - consumed) >= k > 0
+    if k == 250:  # more than the retrieval stage's default candidates
+        assert k > small_settings.serving.candidates
+
+    # The published `seen` list is exactly what the raw log says the user consumed.
+    with EmbeddedStore(published_workdir.store_path) as store:
+        record = store.get_records(version, USER_FEAT, [known_user])[0]
+    assert record is not None
+    assert set(record["seen"]) == consumed
+
+    feed = get_feed(client, known_user, k)
+    assert feed["user_id"] == known_user
+    assert feed["strategy"] == "personalized"
+    assert feed["version"] == version
+    assert_well_formed(feed, k, consumed)
+    assert set(item_ids(feed)) <= catalog
+
+
+def test_k_above_what_is_left_returns_every_unconsumed_item(
+    client: TestClient, published_workdir: Workdir, known_user: str, consumed_items: Consumed
+) -> None:
+    catalog = set(load_dataset(published_workdir).items.ids.to_list())
+    left = catalog - consumed_items(published_workdir)[known_user]
+    assert len(left) < 500
+    feed = get_feed(client, known_user, 500)
+    assert feed["strategy"] == "personalized"
+    assert_well_formed(feed, len(left), catalog - left)
+    assert set(item_ids(feed)) == left
+
+    popular = get_feed(client, "it-nobody-at-all", 500)
+    assert popular["strategy"] == "popular"
+    assert_well_formed(popular, len(catalog), set())
+
+
+def test_excluding_consumed_items_is_not_vacuous(
+    published_workdir: Workdir, known_user: str, consumed_items: Consumed
+) -> None:
+    """Guard for the test above: without the exclusion, consumed items would top the feed."""
+    dataset = load_dataset(published_workdir)
+    als = load_recommender("als", published_workdir.model_dir("als"))
+    assert isinstance(als, EmbeddingRecommender)
+    user = dataset.users.get(known_user)
+    assert user is not None
+    scores = als.item_embeddings() @ als.user_embeddings()[user]
+    top10 = set(dataset.items.id_of(np.argsort(-scores)[:10]))
+    assert top10 & consumed_items(published_workdir)[known_user]
+
+
+def test_unknown_user_gets_the_popular_feed(
+    client: TestClient, published_workdir: Workdir, new_user_id: str
+) -> None:
+    version = current_version(published_workdir)
+    assert version is not None
+    with EmbeddedStore(published_workdir.store_path) as store:
+        meta = store.get_meta(version)
+    assert meta is not None
+
+    feed = get_feed(client, new_user_id, 10)
+    assert feed["strategy"] == "popular"
+    assert feed["version"] == version
+    assert item_ids(feed) == meta["popular"][:10]
+    assert_well_formed(feed, 10, set())
+
+
+@pytest.mark.parametrize(
+    ("params", "bad"),
+    [
+        ({"user_id": "u000000", "k": 0}, "k"),
+        ({"user_id": "u000000", "k": 501}, "k"),
+        ({"user_id": "u000000", "k": "ten"}, "k"),
+        ({"k": 10}, "user_id"),
+        ({"user_id": "", "k": 10}, "user_id"),
+    ],
+    ids=["k=0", "k=501", "k-not-int", "no-user_id", "empty-user_id"],
+)
+def test_bad_recommend_parameters_are_422(
+    client: TestClient, params: dict[str, Any], bad: str
+) -> None:
+    response = client.get("/recommend", params=params)
+    assert response.status_code == 422, response.text
+    assert [err["loc"] for err in response.json()["detail"]] == [["query", bad]]
+
+
+# -- events change feeds ----------------------------------------------------------------------
+
+
+def test_watching_the_top_item_removes_it_and_changes_the_feed(
+    fresh_workdir: Workdir,
+    small_settings: Settings,
+    known_user: str,
+    consumed_items: Consumed,
+    make_event: EventFactory,
+) -> None:
+    consumed = consumed_items(fresh_workdir)[known_user]
+    with serve(small_settings, fresh_workdir) as client:
+        before = get_feed(client, known_user)
+        top = item_ids(before)[0]
+        event = make_event(user_id=known_user, item_id=top)
+        response = client.post("/events", json=event)
+        assert response.status_code == 200, response.text
+        assert response.json()["accepted"] == 1
+
+        after = get_feed(client, known_user)
+    assert after["strategy"] == "personalized"
+    assert top not in item_ids(after)
+    assert item_ids(after) != item_ids(before)
+    assert_well_formed(after, 10, consumed | {top})
+    assert stored_events(fresh_workdir, [event["event_id"]]).height == 1
+
+
+def test_a_new_user_with_events_gets_a_history_based_feed(
+    client: TestClient, published_workdir: Workdir, make_event: EventFactory
+) -> None:
+    items = pl.read_parquet(published_workdir.items_path).with_columns(
+        pl.col("categories").list.first().alias("category")
+    )
+    known_items = set(load_dataset(published_workdir).items.ids.to_list())
+    by_category = (
+        items.filter(pl.col("item_id").is_in(known_items))
+        .group_by("category")
+        .agg(pl.col("item_id").sort().head(3))
+        .filter(pl.col("item_id").list.len() == 3)
+        .sort("category")
+    )
+    (cat_a, items_a), (cat_b, items_b) = by_category.head(2).iter_rows()
+    popular = item_ids(get_feed(client, "it-nobody-at-all"))
+
+    feeds = {}
+    for name, watched in (("a", items_a), ("b", items_b)):
+        user = f"it-new-{name}-{datetime.now(UTC).timestamp()}"
+        assert get_feed(client, user)["strategy"] == "popular"
+        events = [
+            make_event(user_id=user, item_id=item_id, event_type=kind, watch_seconds=ws)
+            for item_id, (kind, ws) in zip(
+                watched, [("watch", 300.0), ("click", None), ("like", None)], strict=True
+            )
+        ]
+        response = client.post("/events", json=events)
+        assert response.status_code == 200, response.text
+        assert response.json()["accepted"] == 3
+        feed = get_feed(client, user)
+        assert feed["strategy"] == "personalized", (cat_a, cat_b)
+        assert_well_formed(feed, 10, set(watched))
+        feeds[name] = item_ids(feed)
+    # History-based: different histories give different feeds, neither the popular one.
+    assert feeds["a"] != feeds["b"]
+    assert popular not in (feeds["a"], feeds["b"])
+
+
+# -- /events ingestion and validation ---------------------------------------------------------
+
+
+def test_post_a_single_event_object(
+    client: TestClient, published_workdir: Workdir, new_user_id: str, make_event: EventFactory
+) -> None:
+    event = make_event(user_id=new_user_id, item_id="i000003", watch_seconds=42.5)
+    response = client.post("/events", json=event)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"accepted": 1, "duplicates": 0, "rejected": 0, "errors": []}
+    row = stored_events(published_workdir, [event["event_id"]]).row(0, named=True)
+    assert (row["user_id"], row["item_id"], row["event_type"], row["watch_seconds"]) == (
+        new_user_id,
+        "i000003",
+        "watch",
+        42.5,
+    )
+
+
+def test_post_a_list_of_events(
+    client: TestClient, published_workdir: Workdir, new_user_id: str, make_event: EventFactory
+) -> None:
+    events = [
+        make_event(user_id=new_user_id, item_id="i000004", event_type="impression"),
+        make_event(user_id=new_user_id, item_id="i000004", event_type="click"),
+        make_event(user_id=new_user_id, item_id="i000004", event_type="purchase", price=1.99),
+        make_event(user_id=new_user_id, item_id="i000005", event_type="rating", value=4.5),
+    ]
+    response = client.post("/events", json=events)
+    assert response.status_code == 200, response.text
+    assert response.json()["accepted"] == 4
+    stored = stored_events(published_workdir, [e["event_id"] for e in events])
+    assert sorted(stored.get_column("event_type").to_list()) == sorted(
+        ["impression", "click", "purchase", "rating"]
+    )
+
+
+def test_a_batch_with_bad_events_is_422_and_keeps_the_good_ones(
+    client: TestClient, published_workdir: Workdir, new_user_id: str, make_event: EventFactory
+) -> None:
+    good = [make_event(user_id=new_user_id), make_event(user_id=new_user_id, event_type="click")]
+    batch = [
+        good[0],
+        make_event(user_id=None),
+        good[1],
+        make_event(user_id=new_user_id, watch_seconds=-1.0),
+        make_event(user_id=new_user_id, event_type="teleport"),
+    ]
+    response = client.post("/events", json=batch)
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert (body["accepted"], body["duplicates"], body["rejected"]) == (2, 0, 3)
+    assert [(e["index"], e["field"]) for e in body["errors"]] == [
+        (1, "user_id"),
+        (3, "watch_seconds"),
+        (4, "event_type"),
+    ]
+    assert all(e["reason"] for e in body["errors"])
+    stored = stored_events(published_workdir, [e["event_id"] for e in batch])
+    assert sorted(stored.get_column("event_id").to_list()) == sorted(e["event_id"] for e in good)
+
+
+def _future() -> str:
+    return (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "reason"),
+    [
+        ({"item_id": None}, "item_id", "required"),
+        ({"event_id": None}, "event_id", "required"),
+        ({"user_id": 123}, "user_id", "string"),
+        ({"watch_seconds": "long"}, "watch_seconds", "number"),
+        ({"timestamp": "yesterday"}, "timestamp", "datetime"),
+        ({"event_type": "teleport"}, "event_type", "watch"),
+        ({"timestamp": _future}, "timestamp", "future"),
+        ({"watch_seconds": -5.0}, "watch_seconds", "greater than or equal to 0"),
+        ({"event_type": "purchase", "price": -0.99}, "price", "greater than or equal to 0"),
+        ({"timestamp": "2026-01-05T10:00:00"}, "timestamp", "timezone"),
+        ({"watch_seconds": None}, "watch_seconds", "required"),
+        ({"event_type": "purchase"}, "price", "required"),
+        ({"colour": "red"}, "colour", "Extra inputs"),
+    ],
+    ids=[
+        "missing-item_id",
+        "missing-event_id",
+        "user_id-not-string",
+        "watch_seconds-not-number",
+        "timestamp-not-datetime",
+        "unknown-event_type",
+        "future-timestamp",
+        "negative-watch_seconds",
+        "negative-price",
+        "naive-timestamp",
+        "watch-without-watch_seconds",
+        "purchase-without-price",
+        "unknown-field",
+    ],
+)
+def test_an_invalid_event_is_rejected_naming_the_field(
+    client: TestClient,
+    published_workdir: Workdir,
+    make_event: EventFactory,
+    new_user_id: str,
+    fields: dict[str, Any],
+    field: str,
+    reason: str,
+) -> None:
+    fields = {k: v() if callable(v) else v for k, v in fields.items()}
+    event = make_event(**{"user_id": new_user_id, **fields})
+    response = client.post("/events", json=event)
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert (body["accepted"], body["rejected"]) == (0, 1)
+    assert [(e["index"], e["field"]) for e in body["errors"]] == [(0, field)]
+    assert reason.lower() in body["errors"][0]["reason"].lower()
+    if "event_id" in event:
+        assert stored_events(published_workdir, [event["event_id"]]).is_empty()
+
+
+def test_a_resent_event_is_stored_once(
+    client: TestClient, published_workdir: Workdir, new_user_id: str, make_event: EventFactory
+) -> None:
+    event = make_event(user_id=new_user_id)
+    other = make_event(user_id=new_user_id, event_type="click")
+
+    first = client.post("/events", json=event).json()
+    assert (first["accepted"], first["duplicates"]) == (1, 0)
+    again = client.post("/events", json=event)
+    assert again.status_code == 200, again.text
+    assert (again.json()["accepted"], again.json()["duplicates"]) == (0, 1)
+    mixed = client.post("/events", json=[event, other, other]).json()
+    assert (mixed["accepted"], mixed["duplicates"]) == (1, 2)
+
+    stored = stored_events(published_workdir, [event["event_id"], other["event_id"]])
+    assert sorted(stored.get_column("event_id").to_list()) == sorted(
+        [event["event_id"], other["event_id"]]
+    )
+
+
+# -- health and docs --------------------------------------------------------------------------
+
+
+def test_health_is_200_when_a_version_is_published(
+    client: TestClient, published_workdir: Workdir
+) -> None:
+    for path in ("/health", "/health/ready"):
+        response = client.get(path)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["status"] == "ok"
+        assert body["version"] == current_version(published_workdir)
+        assert body["checks"]["store"] == "ok"
+
+
+def test_health_is_503_before_anything_is_published(
+    tmp_path: Path, small_settings: Settings, make_event: EventFactory
+) -> None:
+    workdir = Workdir.at(tmp_path / "fresh")
+    with serve(small_settings, workdir) as client:
+        for path in ("/health", "/health/ready"):
+            response = client.get(path)
+            assert response.status_code == 503, response.text
+            body = response.json()
+            assert body["status"] == "unavailable"
+            assert body["checks"]["store"] == "ok"
+            assert "nothing is published" in body["checks"]["version"]
+        assert client.get("/health/live").status_code == 200
+
+        feed = client.get("/recommend", params={"user_id": "u000000"})
+        assert feed.status_code == 503, feed.text
+        assert feed.json()["error"] == "NotPublishedError"
+        assert f"feedforge publish --workdir {workdir.root}" in feed.json()["message"]
+
+        # Ingestion needs no published version: events are logged before the first publish.
+        event = make_event(user_id="u000000")
+        posted = client.post("/events", json=event)
+        assert posted.status_code == 200, posted.text
+        assert stored_events(workdir, [event["event_id"]]).height == 1
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def test_health_is_503_when_redis_is_unreachable(
+    tmp_path: Path, small_config: Path, make_event: EventFactory
+) -> None:
+    url = f"redis://127.0.0.1:{_free_port()}/0"
+    settings = load_settings(
+        small_config, store={"type": "redis", "redis_url": url, "socket_timeout_s": 0.2}
+    )
+    with serve(settings, Workdir.at(tmp_path / "w")) as client:
+        health = client.get("/health")
+        assert health.status_code == 503, health.text
+        assert health.json()["status"] == "unavailable"
+        assert health.json()["checks"]["store"] == "unreachable"
+        assert client.get("/health/live").status_code == 200
+
+        feed = client.get("/recommend", params={"user_id": "u000000"})
+        assert feed.status_code == 503, feed.text
+        assert feed.json()["error"] == "StoreUnavailableError"
+        posted = client.post("/events", json=make_event())
+        assert posted.status_code == 503, posted.text
+
+
+def test_live_health_docs_and_openapi(client: TestClient) -> None:
+    assert client.get("/health/live").json() == {"status": "alive"}
+    docs = client.get("/docs")
+    assert docs.status_code == 200
+    assert "swagger" in docs.text.lower()
+
+    response = client.get("/openapi.json")
+    assert response.status_code == 200
+    spec = response.json()
+    assert "get" in spec["paths"]["/recommend"]
+    params = {p["name"] for p in spec["paths"]["/recommend"]["get"]["parameters"]}
+    assert {"user_id", "k"} <= params
+    body = spec["paths"]["/events"]["post"]["requestBody"]["content"]["application/json"]
+    refs = _refs(body["schema"])
+    assert "#/components/schemas/Event" in refs
+    event = spec["components"]["schemas"]["Event"]
+    assert {"event_id", "timestamp", "user_id", "item_id", "event_type"} <= set(event["required"])
+    assert {"watch_seconds", "price", "value", "context"} <= set(event["properties"])
+    # Every reference in the document resolves (the Event schema's own $defs were moved in).
+    for ref in _refs(spec):
+        name = ref.removeprefix("#/components/schemas/")
+        assert name in spec["components"]["schemas"], ref
+
+
+def _refs(node: Any) -> set[str]:
+    if isinstance(node, dict):
+        found = {node["$ref"]} if isinstance(node.get("$ref"), str) else set()
+        return found.union(*(_refs(v) for v in node.values()))
+    if isinstance(node, list):
+        return set().union(*(_refs(v) for v in node))
+    return set()
+
+
+def test_the_app_factory_of_feedforge_serve_reads_the_environment(
+    monkeypatch: pytest.MonkeyPatch, published_workdir: Workdir, small_config: Path
+) -> None:
+    monkeypatch.setenv("FEEDFORGE_WORKDIR", str(published_workdir.root))
+    monkeypatch.setenv("FEEDFORGE_CONFIG", str(small_config))
+    monkeypatch.setenv("FEEDFORGE_SERVING__HISTORY_LENGTH", "7")
+    app = create_app_from_env()
+    with TestClient(app) as client:
+        assert client.get("/health").json()["version"] == current_version(published_workdir)
+        service = client.app.state.service  # type: ignore[attr-defined]
+        assert service.settings.simulator.n_users == 1000  # from the YAML file
+        assert service.settings.serving.history_length == 7  # from the environment
+
+    monkeypatch.delenv("FEEDFORGE_WORKDIR")
+    with pytest.raises(FeedforgeError, match="FEEDFORGE_WORKDIR"):
+        create_app_from_env()

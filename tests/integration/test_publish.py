@@ -1,0 +1,151 @@
+"""Versioned publishing into the embedded store: retention, atomic switch, other processes."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from feedforge.config import Settings, load_settings
+from feedforge.datasets.load import load_dataset
+from feedforge.publish.embedded import EmbeddedStore
+from feedforge.publish.publisher import ITEM_EMB, publish
+from feedforge.serving.app import create_app
+from feedforge.workdir import Workdir
+
+pytestmark = pytest.mark.integration
+
+PublishInto = Callable[[Workdir, Settings], str]
+
+
+def version_of(client: TestClient) -> str:
+    response = client.get("/recommend", params={"user_id": "u000000", "k": 5})
+    assert response.status_code == 200, response.text
+    assert len(response.json()["items"]) == 5
+    version: str = response.json()["version"]
+    return version
+
+
+@pytest.mark.parametrize("keep", [1, 2])
+def test_publishing_keeps_the_newest_versions_and_their_bundles(
+    small_config: Path,
+    workdir_copy: Callable[..., Workdir],
+    publish_into: PublishInto,
+    keep: int,
+) -> None:
+    settings = load_settings(small_config, store={"keep_versions": keep})
+    workdir = workdir_copy(publish=False)
+    versions = [publish_into(workdir, settings) for _ in range(keep + 2)]
+    assert versions == sorted(versions), "version ids must sort in publish order"
+    kept, dropped = versions[-keep:], versions[:-keep]
+
+    item = load_dataset(workdir).items.ids[0]
+    with EmbeddedStore(workdir.store_path) as store:
+        assert store.versions() == kept
+        assert store.current_version() == versions[-1]
+        for version in kept:
+            assert store.get_meta(version) is not None
+            assert store.get_vectors(version, ITEM_EMB, [item])[1].tolist() == [True]
+        for version in dropped:
+            assert store.get_meta(version) is None
+            assert store.get_vectors(version, ITEM_EMB, [item])[1].tolist() == [False]
+    assert sorted(p.name for p in workdir.bundles_dir.iterdir()) == kept
+    for version in kept:
+        assert (workdir.bundles_dir / version / "manifest.json").is_file()
+
+
+class GatedStore(EmbeddedStore):
+    """The real embedded store, whose pointer flip waits until the test opens the gate."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.reached = threading.Event()
+        self.gate = threading.Event()
+
+    def set_current(self, version: str) -> None:
+        self.reached.set()
+        if not self.gate.wait(timeout=30):
+            raise TimeoutError("the test never opened the gate")
+        super().set_current(version)
+
+
+def test_readers_keep_the_old_version_until_the_pointer_flips(
+    fresh_workdir: Workdir, small_settings: Settings
+) -> None:
+    with TestClient(create_app(small_settings, fresh_workdir)) as client:
+        old = version_of(client)
+        store = GatedStore(fresh_workdir.store_path)
+        new: list[str] = []
+        publisher = threading.Thread(
+            target=lambda: new.append(publish(fresh_workdir, small_settings, store))
+        )
+        publisher.start()
+        try:
+            assert store.reached.wait(timeout=30), "publish never reached the pointer flip"
+            # Every key, the metadata and the bundle of the new version are written...
+            with EmbeddedStore(fresh_workdir.store_path) as reader:
+                pending = [v for v in reader.versions() if v != old]
+                assert len(pending) == 1
+                assert reader.current_version() == old
+            assert (fresh_workdir.bundles_dir / pending[0] / "manifest.json").is_file()
+            # ...yet the running app keeps serving the old version, request after request.
+            assert {version_of(client) for _ in range(3)} == {old}
+            assert client.get("/health").json()["version"] == old
+        finally:
+            store.gate.set()
+            publisher.join(timeout=30)
+            store.close()
+        assert new == pending
+        assert version_of(client) == new[0]
+        assert client.get("/health").json()["version"] == new[0]
+
+
+def test_a_publish_from_another_process_is_seen_by_apps(
+    tmp_path: Path,
+    small_config: Path,
+    small_settings: Settings,
+    workdir_copy: Callable[..., Workdir],
+) -> None:
+    workdir = workdir_copy()
+    with TestClient(create_app(small_settings, workdir)) as running:
+        old = version_of(running)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from feedforge.cli import main; main()",
+                "publish",
+                "--workdir",
+                str(workdir.root),
+                "--config",
+                str(small_config),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "COLUMNS": "500"},
+            check=False,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        match = re.search(r"published version (\S+)", done.stdout)
+        assert match, done.stdout
+        new = match.group(1)
+        assert new != old
+        # The app that was already running follows the other process's publish...
+        assert version_of(running) == new
+
+    # ...and so does an app created afterwards.
+    with TestClient(create_app(small_settings, workdir)) as later:
+        assert later.get("/health").json() == {
+            "status": "ok",
+            "version": new,
+            "checks": {"store": "ok", "version": new},
+        }
+        assert version_of(later) == new

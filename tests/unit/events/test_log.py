@@ -1,0 +1,358 @@
+"""Tests of raw-data storage: the append-only event log and the versioned catalog."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+from feedforge.errors import ArtifactError, ValidationError
+from feedforge.events.catalog import read_catalog, write_catalog
+from feedforge.events.log import AppendResult, EventLog
+from feedforge.events.schema import EVENT_SCHEMA, ITEM_SCHEMA, USER_SCHEMA, Event
+from feedforge.workdir import Workdir
+
+T0 = datetime(2026, 1, 1, 22, 0, tzinfo=UTC)
+
+
+def _events(ids: list[str], *, hours: list[float] | None = None, **extra: Any) -> pl.DataFrame:
+    hours = hours if hours is not None else [float(i) for i in range(len(ids))]
+    data: dict[str, Any] = {
+        "event_id": ids,
+        "timestamp": [T0 + timedelta(hours=h) for h in hours],
+        "user_id": [f"u{i % 3}" for i in range(len(ids))],
+        "item_id": [f"i{i % 5}" for i in range(len(ids))],
+        "event_type": ["impression"] * len(ids),
+    }
+    data.update(extra)
+    return pl.DataFrame(data)
+
+
+def _raw_rows(log: EventLog) -> pl.DataFrame:
+    """Every stored row, without the de-duplicating safety net of :meth:`EventLog.scan`."""
+    files = log.files()
+    if not files:
+        return pl.DataFrame(schema=EVENT_SCHEMA)
+    return pl.concat([pl.read_parquet(f) for f in files])
+
+
+def test_round_trip_keeps_every_column(tmp_path: Path) -> None:
+    log = EventLog(tmp_path / "events")
+    frame = pl.DataFrame(
+        {
+            "event_id": ["a", "b", "c"],
+            "timestamp": [T0, T0 + timedelta(seconds=5), T0 + timedelta(seconds=9)],
+            "user_id": ["u1", "u1", "u2"],
+            "item_id": ["i1", "i1", "i2"],
+            "event_type": ["impression", "watch", "purchase"],
+            "watch_seconds": [None, 61.5, None],
+            "price": [None, None, 4.99],
+            "request_id": ["r1", "r1", "r2"],
+            "position": [0, 0, 3],
+            "surface": ["home"] * 3,
+            "device": ["tv", "tv", "web"],
+        }
+    )
+    result = log.append(frame)
+    assert result == AppendResult(written=3, duplicates=0)
+    back = log.scan().collect().sort("event_id")
+    assert back.schema == pl.Schema(EVENT_SCHEMA)
+    expected = frame.with_columns(
+        pl.col("position").cast(pl.Int32), pl.lit(None, pl.Float64).alias("value")
+    ).select(list(EVENT_SCHEMA))
+    assert back.equals(expected)
+    assert log.count() == 3
+
+
+def test_empty_log_scans_to_an_empty_typed_frame(tmp_path: Path) -> None:
+    log = EventLog(tmp_path / "nothing-here")
+    assert log.files() == []
+    assert log.count() == 0
+    assert log.scan().collect().schema == pl.Schema(EVENT_SCHEMA)
+    assert log.append(_events([])) == AppendResult(0, 0)
+
+
+def test_partitioned_by_utc_date(tmp_path: Path) -> None:
+    log = EventLog(tmp_path)
+    # 23:30 in Berlin on Jan 2nd is 22:30 UTC on Jan 2nd; 00:30 Berlin on Jan 3rd is 23:30
+    # UTC on Jan 2nd: both belong to the UTC date 2026-01-02.
+    local = pl.DataFrame(
+        {
+            "event_id": ["x", "y", "z"],
+            "timestamp": [
+                datetime(2026, 1, 2, 23, 30),
+                datetime(2026, 1, 3, 0, 30),
+                datetime(2026, 1, 3, 1, 30),
+            ],
+            "user_id": ["u"] * 3,
+            "item_id": ["i"] * 3,
+            "event_type": ["click"] * 3,
+        }
+    ).with_columns(pl.col("timestamp").dt.replace_time_zone("Europe/Berlin"))
+    log.append(local)
+    log.append(_events(["a", "b"], hours=[0.0, 5.0]))  # 2026-01-01 22:00 and 01-02 03:00 UTC
+    dirs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
+    assert dirs == ["date=2026-01-01", "date=2026-01-02", "date=2026-01-03"]
+    stored = {
+        d: sorted(pl.read_parquet(list((tmp_path / d).glob("*.parquet")))["event_id"].to_list())
+        for d in dirs
+    }
+    assert stored == {
+        "date=2026-01-01": ["a"],
+        "date=2026-01-02": ["b", "x", "y"],
+        "date=2026-01-03": ["z"],
+    }
+    for file in log.files():
+        ts = pl.read_parquet(file).get_column("timestamp")
+        assert ts.dt.strftime("%Y-%m-%d").unique().to_list() == [file.parent.name[5:]]
+
+
+def test_duplicates_within_a_batch_are_stored_once(tmp_path: Path) -> None:
+    log = EventLog(tmp_path)
+    result = log.append(_events(["a", "b", "a", "c", "b"], hours=[0, 1, 0, 2, 1]))
+    assert result == AppendResult(written=3, duplicates=2)
+    assert sorted(_raw_rows(log).get_column("event_id").to_list()) == ["a", "b", "c"]
+
+
+def test_duplicates_of_earlier_appends_are_skipped(tmp_path: Path) -> None:
+    log = EventLog(tmp_path)
+    assert log.append(_events(["a", "b", "c"])) == AppendResult(3, 0)
+    # "b" and "c" are re-sent (same timestamps), "d" is new.
+    resent = _events(["b", "c", "d"], hours=[1, 2, 3])
+    assert log.append(resent) == AppendResult(written=1, duplicates=2)
+    assert log.append(resent) == AppendResult(written=0, duplicates=3)
+    rows = _raw_rows(log)
+    assert sorted(rows.get_column("event_id").to_list()) == ["a", "b", "c", "d"]
+    assert log.count() == 4
+
+
+def test_append_event_objects(tmp_path: Path) -> None:
+    log = EventLog(tmp_path)
+    events = [
+        Event(
+            event_id=f"e{n}",
+            timestamp=T0 + timedelta(hours=n),
+            user_id="u1",
+            item_id="i1",
+            event_type="watch",
+            watch_seconds=10.0 * n,
+            context={"request_id": "r1", "position": n},
+        )
+        for n in range(4)
+    ]
+    assert log.append(events) == AppendResult(written=4, duplicates=0)
+    assert log.append(events[:2]) == AppendResult(written=0, duplicates=2)
+    back = log.scan().collect().sort("event_id")
+    assert back.get_column("watch_seconds").to_list() == [0.0, 10.0, 20.0, 30.0]
+    assert back.get_column("position").to_list() == [0, 1, 2, 3]
+    assert back.get_column("request_id").to_list() == ["r1"] * 4
+    assert back.get_column("timestamp").to_list() == [e.timestamp for e in events]
+    assert log.append([]) == AppendResult(0, 0)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        _events(["a", "b", "c"], hours=[0, 30, 60]).drop("user_id"),
+        _events(["a", "b", "c"], hours=[0, 30, 60], colour=["r", "g", "b"]),
+        _events(["a", "b", "c"], hours=[0, 30, 60], watch_seconds=["1", "2", "lots"]),
+        _events(["a", "b", "c"], hours=[0, 30, 60], event_type=["click", "click", "hover"]),
+        _events(["a", "b", "c"], hours=[0, 30, 60], item_id=["i1", None, "i3"]),
+        _events(
+            ["a", "b", "c"],
+            hours=[0, 30, 60],
+            event_type=["watch"] * 3,
+            watch_seconds=[1.0, 2.0, -3.0],
+        ),
+    ],
+)
+def test_bad_frame_raises_and_writes_nothing(tmp_path: Path, frame: pl.DataFrame) -> None:
+    log = EventLog(tmp_path / "events")
+    with pytest.raises(ValidationError, match="from-test"):
+        log.append(frame, where="from-test")
+    assert log.files() == []
+    assert not list(tmp_path.rglob("*.parquet"))
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_files_are_committed_atomically(tmp_path: Path) -> None:
+    log = EventLog(tmp_path)
+    for batch in range(3):
+        ids = [f"b{batch}-{n}" for n in range(10)]
+        log.append(_events(ids, hours=[n * 7.0 for n in range(10)]))
+    everything = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert not [p for p in everything if p.name.endswith(".tmp")]
+    data_files = [p for p in everything if p.suffix == ".parquet"]
+    assert sorted(data_files) == log.files()
+    assert all(p.name.startswith("part-") and p.parent.name.startswith("date=") for p in data_files)
+    # Every committed file is complete and readable on its own.
+    assert sum(pl.read_parquet(p).height for p in data_files) == 30
+
+
+_WORKER = textwrap.dedent(
+    """
+    import json, sys, time
+    from datetime import UTC, datetime, timedelta
+    from pathlib import Path
+    import polars as pl
+    from feedforge.events.log import EventLog
+
+    root, go, ranges = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3])
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    log = EventLog(root)
+    Path(sys.argv[4]).touch()  # imports done: ready
+    deadline = time.monotonic() + 30
+    while not go.exists() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    written = duplicates = 0
+    order = [n for first, last in ranges for n in range(first, last)]
+    for lo in range(0, len(order), 10):
+        ids = order[lo : lo + 10]
+        result = log.append(pl.DataFrame({
+            "event_id": [f"e{n:04d}" for n in ids],
+            # the same id always has the same timestamp; ids spread over three UTC dates
+            "timestamp": [t0 + timedelta(minutes=10 * n) for n in ids],
+            "user_id": [f"u{n % 7}" for n in ids],
+            "item_id": [f"i{n % 11}" for n in ids],
+            "event_type": ["impression"] * len(ids),
+        }))
+        written += result.written
+        duplicates += result.duplicates
+    print(json.dumps({"written": written, "duplicates": duplicates}))
+    """
+)
+
+
+def test_concurrent_appends_store_each_event_once(tmp_path: Path) -> None:
+    root, go = tmp_path / "events", tmp_path / "go"
+    # Two processes send overlapping ids, 0..299 and 100..399 (200 in common), both starting
+    # with the shared ones so that they race on the same ids and partitions.
+    plans = ([[100, 300], [0, 100]], [[100, 300], [300, 400]])
+    ready = [tmp_path / f"ready-{n}" for n in range(len(plans))]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WORKER, str(root), str(go), json.dumps(plan), str(flag)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for plan, flag in zip(plans, ready, strict=True)
+    ]
+    deadline = time.monotonic() + 30
+    while not all(f.exists() for f in ready) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    go.touch()  # release both workers together so their appends interleave
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    rows = _raw_rows(EventLog(root))
+    ids = rows.get_column("event_id")
+    assert ids.len() == 400
+    assert ids.n_unique() == 400
+    assert sum(r["written"] for r in results) == 400
+    assert sum(r["duplicates"] for r in results) == 200
+    assert all(r["written"] > 0 for r in results)
+    assert len({p.parent.name for p in EventLog(root).files()}) == 3
+    assert not list(root.rglob("*.tmp"))
+
+
+# -- catalog ---------------------------------------------------------------------------------
+
+
+def _items(ids: list[str]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "item_id": ids,
+            "title": [f"Title {i}" for i in ids],
+            "categories": [["drama", "crime"]] + [[] for _ in ids[1:]],
+            "created_at": [T0 - timedelta(days=n) for n in range(len(ids))],
+            "duration_seconds": [3600.0] + [None] * (len(ids) - 1),
+        }
+    )
+
+
+def _users(ids: list[str]) -> pl.DataFrame:
+    return pl.DataFrame({"user_id": ids, "country": ["DE"] * len(ids)})
+
+
+def test_catalog_round_trip(tmp_path: Path) -> None:
+    workdir = Workdir.at(tmp_path)
+    written = write_catalog(workdir, _items(["i1", "i2", "i3"]), _users(["u1", "u2"]), {"a": 1})
+    manifest, items, users = read_catalog(workdir)
+    assert manifest == written
+    assert manifest.counts == {"items": 3, "users": 2}
+    assert manifest.extra == {"a": 1}
+    assert items.schema == pl.Schema(ITEM_SCHEMA)
+    assert users.schema == pl.Schema(USER_SCHEMA)
+    assert items.get_column("item_id").to_list() == ["i1", "i2", "i3"]
+    assert items.item(0, "categories").to_list() == ["drama", "crime"]
+    assert items.get_column("created_at").to_list()[0] == T0
+    assert users.get_column("country").to_list() == ["DE", "DE"]
+
+
+@pytest.mark.parametrize(
+    ("items", "users", "match"),
+    [
+        (["i1", "i2", "i1"], ["u1"], "items: 1 duplicate item_id"),
+        (["i1"], ["u1", "u1", "u2", "u2"], "users: 2 duplicate user_id"),
+    ],
+)
+def test_catalog_rejects_duplicate_ids(
+    tmp_path: Path, items: list[str], users: list[str], match: str
+) -> None:
+    workdir = Workdir.at(tmp_path)
+    with pytest.raises(ValidationError, match=match):
+        write_catalog(workdir, _items(items), _users(users))
+    assert not workdir.catalog_dir.exists() or not list(workdir.catalog_dir.iterdir())
+
+
+def test_catalog_rejects_items_without_required_columns(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="title"):
+        write_catalog(Workdir.at(tmp_path), _items(["i1"]).drop("title"), _users(["u1"]))
+
+
+def test_missing_catalog_names_path_and_command(tmp_path: Path) -> None:
+    workdir = Workdir.at(tmp_path)
+    with pytest.raises(ArtifactError) as info:
+        read_catalog(workdir)
+    message = str(info.value)
+    assert str(workdir.catalog_dir) in message
+    assert "feedforge simulate" in message
+    assert info.value.build_command == f"feedforge simulate --workdir {workdir.root}"
+
+
+def test_catalog_with_a_missing_table(tmp_path: Path) -> None:
+    workdir = Workdir.at(tmp_path)
+    write_catalog(workdir, _items(["i1"]), _users(["u1"]))
+    workdir.users_path.unlink()
+    with pytest.raises(ArtifactError, match="missing user table") as info:
+        read_catalog(workdir)
+    assert str(workdir.users_path) in str(info.value)
+    assert "feedforge simulate" in str(info.value)
+
+
+def test_corrupt_catalog_table_names_the_file(tmp_path: Path) -> None:
+    from feedforge.config import SimulatorConfig
+    from feedforge.errors import ArtifactError
+    from feedforge.events.catalog import read_catalog, write_catalog
+    from feedforge.events.world import generate_world
+    from feedforge.workdir import Workdir
+
+    workdir = Workdir.at(tmp_path)
+    world = generate_world(SimulatorConfig(n_users=5, n_items=5, n_days=2))
+    write_catalog(workdir, world.items_frame(), world.users_frame())
+    workdir.items_path.write_bytes(b"not parquet at all")
+    with pytest.raises(ArtifactError) as info:
+        read_catalog(workdir)
+    assert str(workdir.items_path) in str(info.value)
+    assert "feedforge simulate" in str(info.value)

@@ -89,10 +89,18 @@ class RankerConfig(_Section):
 
 
 class ModelsConfig(_Section):
-    retrieval: Literal["als"] = "als"
+    """Which models to train and their hyper-parameters.
+
+    ``popularity``, ``als`` and ``ranker`` have typed sections; every other model takes its
+    constructor's keyword arguments from ``params.<model name>`` (e.g.
+    ``params: {sasrec: {epochs: 50}}``); an unknown argument is a configuration error.
+    """
+
+    retrieval: Literal["als", "bpr", "ease", "two_tower", "sasrec"] = "als"
     popularity: PopularityConfig = PopularityConfig()
     als: MatrixFactorizationConfig = MatrixFactorizationConfig()
     ranker: RankerConfig = RankerConfig()
+    params: dict[str, dict[str, float | int | str | bool | None]] = Field(default_factory=dict)
 
 
 class EvaluationConfig(_Section):
@@ -123,6 +131,23 @@ class ServingConfig(_Section):
     max_future_skew_s: float = Field(300.0, ge=0, description="Event timestamps this far ahead ok")
     history_weight: float = Field(
         1.0, ge=0, description="Weight of live history in the user vector (see serving docs)"
+    )
+    ann: Literal["hnsw", "exact"] = Field(
+        "hnsw",
+        description="Candidate retrieval: an HNSW index built at publish (exact search is the "
+        "fallback), or exact brute force over every item. Publish builds the index of this "
+        "kind; serve with `exact` to skip a published index",
+    )
+    ann_m: int = Field(32, ge=4, le=128, description="HNSW links per node (publish time)")
+    ann_ef_construction: int = Field(
+        200, ge=8, le=4096, description="HNSW beam width while building (publish time)"
+    )
+    ann_ef_search: int = Field(
+        128,
+        ge=1,
+        le=65_536,
+        description="HNSW beam width while serving; each search widens it to the number of "
+        "items it fetches (candidates plus excluded items). Higher: better recall, slower",
     )
 
 

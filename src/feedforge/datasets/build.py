@@ -215,6 +215,11 @@ def build_dataset(
     item_map = IdMap.fit(train_events.select("item_id").unique().collect().get_column("item_id"))
     users.save(out / "ids" / "users.parquet")
     item_map.save(out / "ids" / "items.parquet")
+    # Content features of the id-mapped items (categories), in id-map order, for models
+    # that use side information.
+    pl.DataFrame({"item_id": item_map.ids}).join(
+        items.select("item_id", "categories"), on="item_id", how="left", maintain_order="left"
+    ).write_parquet(out / "ids" / "item_categories.parquet")
 
     def with_idx(frame: pl.DataFrame) -> pl.DataFrame:
         return frame.with_columns(

@@ -64,8 +64,36 @@ class Dataset:
         _check_split(split)
         return self._read(f"ranking_{split}")
 
+    def item_features(self) -> sp.csr_matrix | None:
+        """``(n_items, n_categories)`` multi-hot CSR of the id-mapped items' categories, or
+        ``None`` when the dataset has no category file or no categories."""
+        path = self.root / "ids" / "item_categories.parquet"
+        if not path.is_file():
+            return None
+        cats = pl.read_parquet(path).get_column("categories")
+        exploded = (
+            pl.DataFrame({"categories": cats})
+            .with_row_index("row")
+            .explode("categories")
+            .drop_nulls()
+        )
+        if exploded.is_empty():
+            return None
+        names = exploded.get_column("categories").unique().sort()
+        codes = exploded.get_column("categories").replace_strict(
+            names, pl.int_range(names.len(), eager=True), return_dtype=pl.Int64
+        )
+        return sp.csr_matrix(
+            (
+                np.ones(exploded.height, dtype=np.float32),
+                (exploded.get_column("row").to_numpy(), codes.to_numpy()),
+            ),
+            shape=(len(self.items), int(codes.max() or 0) + 1),
+        )
+
     def train_interactions(self) -> Interactions:
-        """Train-split positives of users and items in the id maps, for retrieval training."""
+        """Train-split positives of users and items in the id maps, for retrieval training
+        (with the items' category features and the ratings, where there are any)."""
         pos = self.positives("train").drop_nulls(["user_idx", "item_idx"])
         return Interactions(
             user_idx=pos.get_column("user_idx").to_numpy().astype(np.int32),
@@ -74,6 +102,7 @@ class Dataset:
             timestamp_us=pos.get_column("timestamp").dt.epoch("us").to_numpy().astype(np.int64),
             n_users=len(self.users),
             n_items=len(self.items),
+            item_features=self.item_features(),
         )
 
     def relevant(self, split: str, objective: str) -> sp.csr_matrix:

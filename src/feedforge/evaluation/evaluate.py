@@ -38,7 +38,6 @@ from feedforge.models.train import RANKER_NAME, ranker_training_data
 from feedforge.workdir import Workdir
 
 Progress = Callable[[str], None]
-RETRIEVAL_MODELS = ("popularity", "als")
 
 
 def two_stage_recommend(
@@ -109,45 +108,48 @@ def evaluate(
         "models": {},
     }
     command = workdir.command("train")
+    retrieval_name = settings.models.retrieval
     recommenders: dict[str, Recommender] = {}
-    for name in RETRIEVAL_MODELS:
+    for name in ("popularity", retrieval_name):
         say(f"evaluating {name}")
         model = load_recommender(name, workdir.model_dir(name), build_command=command)
         recommenders[name] = model
         recs, _ = model.recommend(users, k, exclude=train_csr)
         report["models"][name] = ranking_report(recs, relevant_users, n_items, k)
 
-    say("evaluating the two-stage pipeline (als -> logistic)")
-    ranker = load_ranker(RANKER_NAME, workdir.model_dir(RANKER_NAME), build_command=command)
-    als = recommenders["als"]
-    if not isinstance(als, EmbeddingRecommender):
-        raise DataError("the two-stage pipeline needs an embedding retrieval model")
-    _, items, _ = read_catalog(workdir)
-    cutoff = datetime.fromisoformat(dataset.split_bounds["t2"])
-    snapshot = snapshot_counters(EventLog(workdir.events_dir).scan(), items, cutoff)
-    recs = two_stage_recommend(
-        als,
-        ranker,
-        dataset,
-        snapshot,
-        cutoff,
-        users,
-        k,
-        settings.evaluation.candidates,
-        train_csr,
-    )
-    report["models"][f"als+{RANKER_NAME}"] = ranking_report(recs, relevant_users, n_items, k)
-
-    X, y = ranker_training_data(dataset, "test", als, settings.objective)
-    p = ranker.predict_proba(X)
-    report["ranker"] = {
-        "model": RANKER_NAME,
-        "split": "test",
-        "impressions": len(y),
-        "positive_rate": float(y.mean()) if len(y) else 0.0,
-        "auc": auc(y, p),
-        "log_loss": log_loss(y, p),
-    }
+    retrieval = recommenders[retrieval_name]
+    ranker_dir = workdir.model_dir(RANKER_NAME)
+    if not isinstance(retrieval, EmbeddingRecommender) or not ranker_dir.is_dir():
+        say("no ranker trained: skipping the two-stage pipeline")
+    else:
+        say(f"evaluating the two-stage pipeline ({retrieval_name} -> {RANKER_NAME})")
+        ranker = load_ranker(RANKER_NAME, ranker_dir, build_command=command)
+        _, items, _ = read_catalog(workdir)
+        cutoff = datetime.fromisoformat(dataset.split_bounds["t2"])
+        snapshot = snapshot_counters(EventLog(workdir.events_dir).scan(), items, cutoff)
+        recs = two_stage_recommend(
+            retrieval,
+            ranker,
+            dataset,
+            snapshot,
+            cutoff,
+            users,
+            k,
+            settings.evaluation.candidates,
+            train_csr,
+        )
+        two_stage = f"{retrieval_name}+{RANKER_NAME}"
+        report["models"][two_stage] = ranking_report(recs, relevant_users, n_items, k)
+        X, y = ranker_training_data(dataset, "test", retrieval, settings.objective)
+        p = ranker.predict_proba(X)
+        report["ranker"] = {
+            "model": RANKER_NAME,
+            "split": "test",
+            "impressions": len(y),
+            "positive_rate": float(y.mean()) if len(y) else 0.0,
+            "auc": auc(y, p) if len(y) and y.min() != y.max() else None,
+            "log_loss": log_loss(y, p) if len(y) and y.min() != y.max() else None,
+        }
     reports = workdir.reports_dir
     reports.mkdir(parents=True, exist_ok=True)
     write_json_atomic(reports / "evaluation.json", report)

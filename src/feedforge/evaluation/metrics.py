@@ -104,8 +104,9 @@ def per_user_metrics(
     """Every per-user top-K metric, for bootstraps and segment breakdowns.
 
     Returns:
-        ``{"ndcg", "recall", "recall_total", "map", "hitrate", "precision"}`` -> ``(U,)``
-        float64 arrays, NaN for users with no relevant item. Formulas: see each function.
+        ``{"ndcg", "recall", "recall_total", "map", "map_total", "hitrate", "precision"}`` ->
+        ``(U,)`` float64 arrays, NaN for users with no relevant item. Formulas: see each
+        function.
     """
     hits, n_rel, k = _hits(recommended, relevant, k)
     h = hits.sum(axis=1).astype(np.float64)
@@ -116,12 +117,14 @@ def per_user_metrics(
     dcg = hits @ discount
     ideal = np.concatenate([[0.0], np.cumsum(discount)])[capped.astype(np.int64)]
     precision_at_j = np.cumsum(hits, axis=1) / ranks  # (U, k)
-    average_precision = (precision_at_j * hits).sum(axis=1) / safe_capped
+    precision_sum = (precision_at_j * hits).sum(axis=1)
+    average_precision = precision_sum / safe_capped
     values = {
         "ndcg": dcg / np.maximum(ideal, 1e-300),
         "recall": h / safe_capped,
         "recall_total": h / np.maximum(n_rel, 1),
         "map": average_precision,
+        "map_total": precision_sum / np.maximum(n_rel, 1),
         "hitrate": (h > 0).astype(np.float64),
         "precision": h / k,
     }
@@ -163,6 +166,17 @@ def map_at_k(recommended: np.ndarray, relevant: Relevant, k: int | None = None) 
     ``P@j = (sum_{i<=j} hit_i) / j`` is the precision of the first ``j`` ranks.
     """
     return _mean(per_user_metrics(recommended, relevant, k)["map"])
+
+
+def map_total(recommended: np.ndarray, relevant: Relevant, k: int | None = None) -> float:
+    """Mean over users with ``R >= 1`` of ``sum_{j=1..k} P@j * hit_j / R``.
+
+    Microsoft Recommenders' ``map`` (``recommenders.evaluation.python_evaluation.map``, the
+    metric of its MovieLens benchmark): the same sum as :func:`map_at_k` but divided by the
+    user's *total* number of relevant items ``R`` instead of ``min(k, R)``, so a user with more
+    than ``k`` relevant items cannot reach 1.0.
+    """
+    return _mean(per_user_metrics(recommended, relevant, k)["map_total"])
 
 
 def hitrate_at_k(recommended: np.ndarray, relevant: Relevant, k: int | None = None) -> float:

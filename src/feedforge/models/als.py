@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import numpy as np
+import scipy.sparse as sp
 from implicit.cpu.als import AlternatingLeastSquares
 from implicit.recommender_base import ModelFitError
 from threadpoolctl import threadpool_limits
@@ -219,6 +220,40 @@ class ALSRecommender(EmbeddingRecommender):
             # Singular only with regularization == 0 and too little history: least squares.
             x = np.linalg.lstsq(a, b, rcond=None)[0]
         return x.astype(np.float32)
+
+    def score_from_history(self, user_items: sp.csr_matrix) -> np.ndarray:
+        """Scores for arbitrary histories (users held out of training, cold users).
+
+        Each row is folded in with :meth:`fold_in` (its stored values are the weights) and
+        scored against the item vectors.
+
+        Args:
+            user_items: ``(B, n_items)`` sparse matrix of each user's positive weights;
+                explicit zeros are ignored.
+
+        Returns:
+            ``(B, n_items)`` float32 scores; an empty row scores 0 everywhere.
+
+        Raises:
+            ValidationError: not a sparse matrix, wrong number of columns, or a stored
+                weight that is not finite and > 0.
+        """
+        _, item_factors = self._fitted()
+        n_items = item_factors.shape[0]
+        if not sp.issparse(user_items) or user_items.shape[1] != n_items:
+            raise ValidationError(
+                f"ALS score_from_history: user_items must be a scipy sparse matrix with "
+                f"{n_items} columns, got {type(user_items).__name__} "
+                f"of shape {getattr(user_items, 'shape', None)}"
+            )
+        matrix = sp.csr_matrix(user_items, dtype=np.float64, copy=True)
+        matrix.eliminate_zeros()
+        vectors = np.zeros((matrix.shape[0], item_factors.shape[1]), dtype=np.float32)
+        for row in range(matrix.shape[0]):
+            start, stop = matrix.indptr[row], matrix.indptr[row + 1]
+            if stop > start:
+                vectors[row] = self.fold_in(matrix.indices[start:stop], matrix.data[start:stop])
+        return vectors @ item_factors.T
 
     def save(self, directory: Path) -> None:
         """Write ``user_factors.npy``, ``item_factors.npy``, ``params.json`` and the manifest."""

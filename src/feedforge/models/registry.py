@@ -13,12 +13,16 @@ from feedforge.config import ModelsConfig
 from feedforge.errors import ConfigError
 from feedforge.models.als import ALSRecommender
 from feedforge.models.base import Ranker, Recommender
+from feedforge.models.bpr import BPRRecommender
+from feedforge.models.ease import EASERecommender
 from feedforge.models.logistic import LogisticRanker
 from feedforge.models.popularity import TRAIN_COMMAND, MostPopular
 
 RECOMMENDERS: dict[str, type[Recommender]] = {
     MostPopular.name: MostPopular,
     ALSRecommender.name: ALSRecommender,
+    EASERecommender.name: EASERecommender,
+    BPRRecommender.name: BPRRecommender,
 }
 RANKERS: dict[str, type[Ranker]] = {LogisticRanker.name: LogisticRanker}
 
@@ -45,7 +49,11 @@ def create_recommender(name: str, config: ModelsConfig | None = None) -> Recomme
         return MostPopular.from_config(config.popularity)
     if cls is ALSRecommender:
         return ALSRecommender.from_config(config.als)
-    return cls()
+    params = config.params.get(name, {})
+    try:
+        return cls(**params)
+    except TypeError as exc:
+        raise ConfigError(f"models.params.{name}: {exc}") from exc
 
 
 def create_ranker(name: str, config: ModelsConfig | None = None) -> Ranker:

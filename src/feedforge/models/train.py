@@ -1,12 +1,14 @@
 """The training stage: fit every configured model on a built dataset and save it.
 
-* Retrieval models (popularity baseline, matrix factorisation) learn from the train split.
+* The popularity baseline and the configured retrieval model (``models.retrieval``) learn
+  from the train split.
 * The ranker learns from the **validation** split's impressions: their ``retrieval_score``
   feature comes from a retrieval model that never saw them, as it will be at serving time.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -17,11 +19,8 @@ from feedforge.config import Settings
 from feedforge.datasets.build import RANKING_LABEL
 from feedforge.datasets.features import FEATURES, feature_matrix
 from feedforge.datasets.load import Dataset, load_dataset
-from feedforge.errors import DataError
-from feedforge.models.als import ALSRecommender
 from feedforge.models.base import EmbeddingRecommender, Model
-from feedforge.models.logistic import LogisticRanker
-from feedforge.models.popularity import MostPopular
+from feedforge.models.registry import create_ranker, create_recommender
 from feedforge.workdir import Workdir
 
 RANKER_NAME = "logistic"
@@ -53,6 +52,10 @@ def train_models(
 ) -> dict[str, Manifest]:
     """Fit and save the popularity baseline, the retrieval model and the ranker.
 
+    The ranker needs labelled impressions in the validation split and an embedding retrieval
+    model; without them (e.g. an imported rating dataset) it is skipped and serving orders
+    candidates by the retrieval score.
+
     Returns:
         Model name -> manifest of the saved model.
 
@@ -67,26 +70,25 @@ def train_models(
     saved: dict[str, Manifest] = {}
 
     say("fitting popularity")
-    popularity = MostPopular(window_days=cfg.popularity.window_days).fit(train)
+    popularity = create_recommender("popularity", cfg).fit(train)
     saved["popularity"] = _save(popularity, workdir, "popularity", dataset)
 
-    say("fitting ALS matrix factorisation")
-    als = ALSRecommender(
-        factors=cfg.als.factors,
-        regularization=cfg.als.regularization,
-        iterations=cfg.als.iterations,
-        alpha=cfg.als.alpha,
-        random_state=cfg.als.random_state,
-    ).fit(train)
-    saved["als"] = _save(als, workdir, "als", dataset)
+    name = cfg.retrieval
+    say(f"fitting the retrieval model {name}")
+    retrieval = create_recommender(name, cfg).fit(train)
+    saved[name] = _save(retrieval, workdir, name, dataset)
+    if not isinstance(retrieval, EmbeddingRecommender):
+        say(f"{name} has no embeddings: no ranker (it ranks retrieval-score features)")
+        return saved
 
+    X, y = ranker_training_data(dataset, "validation", retrieval, settings.objective)
+    if len(y) == 0 or y.min() == y.max():
+        # Logs without impressions (e.g. imported rating datasets) cannot train a ranker;
+        # serving then orders candidates by the retrieval score alone.
+        say("no labelled impressions in the validation split: no ranker trained")
+        shutil.rmtree(workdir.model_dir(RANKER_NAME), ignore_errors=True)
+        return saved
     say("fitting the logistic-regression ranker")
-    X, y = ranker_training_data(dataset, "validation", als, settings.objective)
-    if len(y) == 0:
-        raise DataError(
-            "the validation split has no impressions to train the ranker on; "
-            "lengthen dataset.validation_days or simulate more days"
-        )
-    ranker = LogisticRanker(C=cfg.ranker.C, max_iter=cfg.ranker.max_iter).fit(X, y, list(FEATURES))
+    ranker = create_ranker(RANKER_NAME, cfg).fit(X, y, list(FEATURES))
     saved[RANKER_NAME] = _save(ranker, workdir, RANKER_NAME, dataset)
     return saved

@@ -1,0 +1,329 @@
+"""EASE: an item-item linear autoencoder with a closed-form solution (Steck, WWW 2019).
+
+"Embarrassingly Shallow Autoencoders for Sparse Data" learns an ``(n_items, n_items)`` weight
+matrix ``B`` that reconstructs each user's row from the other items:
+
+    min_B |X - X B|_F^2 + lambda |B|_F^2   subject to   diag(B) = 0
+
+whose solution is ``B = I - P diag(1 / diag(P))`` with ``P = (X^T X + lambda I)^-1``, i.e.
+``B_ij = -P_ij / P_jj`` off the diagonal. A user's scores are their history row times ``B``.
+
+``B`` is dense, so memory grows with ``n_items^2``: fine up to a few tens of thousands of items,
+refused above ``max_items``. EASE is not an embedding model (no user vectors to publish); it
+scores any history, which makes it usable for users unseen at training time
+(:meth:`EASERecommender.score_from_history`).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import numpy as np
+import scipy.linalg
+import scipy.sparse as sp
+
+from feedforge.artifacts import MANIFEST, Manifest, read_manifest, require_file, write_manifest
+from feedforge.errors import ArtifactError, DataError, NotFittedError, ValidationError
+from feedforge.models.base import Interactions, Recommender
+
+TRAIN_COMMAND = "feedforge train"
+_SCHEMA_VERSION = 1
+# Peak memory of fit in bytes per B entry: the float64 Gram matrix, inverted in place, plus the
+# float32 copy of B made from it.
+_BYTES_PER_ENTRY = 8 + 4
+# Dense (users x items) float64 entries per chunk when accumulating the Gram matrix.
+_GRAM_CHUNK_ENTRIES = 1 << 24
+# The chunk and its product with X^T, when there are more users than items.
+_WORKSPACE_BYTES = 2 * 8 * _GRAM_CHUNK_ENTRIES
+
+
+def required_gib(n_items: int) -> float:
+    """Approximate peak memory of :meth:`EASERecommender.fit` in GiB for ``n_items`` items.
+
+    Excludes the sparse training matrix itself, which the caller already holds.
+    """
+    return (_BYTES_PER_ENTRY * float(n_items) ** 2 + _WORKSPACE_BYTES) / 2**30
+
+
+def _gram(matrix: sp.csr_matrix) -> np.ndarray:
+    """``X^T X`` of a ``(n_users, n_items)`` CSR matrix as a dense float64 array.
+
+    Built from column blocks (``X^T X[:, block]`` is a sparse-times-dense product) so that no
+    sparse intermediate with up to ``n_items^2`` stored entries is ever created.
+    """
+    n_users, n_items = matrix.shape
+    x = matrix.astype(np.float64).tocsc()
+    xt = x.T.tocsr()  # (n_items, n_users)
+    gram = np.empty((n_items, n_items), dtype=np.float64)
+    step = max(1, _GRAM_CHUNK_ENTRIES // max(n_users, 1))
+    for start in range(0, n_items, step):
+        stop = min(start + step, n_items)
+        gram[:, start:stop] = xt @ x[:, start:stop].toarray()
+    return gram
+
+
+class EASERecommender(Recommender):
+    """EASE: ``score(u) = X[u] @ B`` with ``B`` the closed-form item-item weights.
+
+    Args:
+        l2: The L2 strength ``lambda`` on ``B`` (> 0). Typical values are 100 to 1000 for
+            binary data; larger catalogs and denser data want larger values.
+        implicit: ``True`` binarises the user-item matrix (any positive is 1); ``False`` uses
+            the summed interaction weights, in training and in :meth:`score_from_history`.
+        max_items: Refuse catalogs larger than this; ``B`` and its inverse are dense, so fit
+            needs about ``12 * n_items^2`` bytes (see :func:`required_gib`).
+
+    Attributes:
+        item_weights_: ``(n_items, n_items)`` float32 ``B`` with a zero diagonal.
+        user_items_: ``(n_users, n_items)`` float32 CSR training matrix (binarised when
+            ``implicit``), kept to score training users.
+
+    Example::
+
+        model = EASERecommender(l2=500.0).fit(train)
+        ids, scores = model.recommend(np.array([0, 1]), k=10, exclude=train.to_csr())
+        cold = model.score_from_history(histories)  # (B, n_items) for users unseen in training
+    """
+
+    name: ClassVar[str] = "ease"
+
+    def __init__(self, l2: float = 500.0, implicit: bool = True, max_items: int = 20_000) -> None:
+        self.l2 = l2
+        self.implicit = implicit
+        self.max_items = max_items
+        self.item_weights_: np.ndarray | None = None
+        self.user_items_: sp.csr_matrix | None = None
+
+    def get_params(self) -> dict[str, Any]:
+        return {"l2": self.l2, "implicit": self.implicit, "max_items": self.max_items}
+
+    def _check_params(self) -> None:
+        problems = []
+        if isinstance(self.l2, bool) or not (
+            isinstance(self.l2, int | float | np.number) and np.isfinite(self.l2)
+        ):
+            problems.append(f"l2 must be a finite number > 0, got {self.l2!r}")
+        elif not self.l2 > 0:
+            problems.append(f"l2 must be > 0 (the Gram matrix may be singular), got {self.l2!r}")
+        if not isinstance(self.implicit, bool | np.bool_):
+            problems.append(f"implicit must be a bool, got {self.implicit!r}")
+        max_items = self.max_items
+        if isinstance(max_items, bool) or not (
+            isinstance(max_items, int | np.integer) and max_items >= 1
+        ):
+            problems.append(f"max_items must be an int >= 1, got {self.max_items!r}")
+        if problems:
+            raise ValidationError("EASERecommender: " + "; ".join(problems))
+
+    def _prepare(self, matrix: sp.csr_matrix) -> sp.csr_matrix:
+        """The float32 CSR matrix EASE multiplies: binarised when ``implicit``."""
+        matrix = sp.csr_matrix(matrix, dtype=np.float32, copy=True)
+        matrix.sum_duplicates()
+        matrix.eliminate_zeros()
+        if self.implicit:
+            matrix.data[:] = 1.0
+        return matrix
+
+    def fit(self, interactions: Interactions) -> Self:
+        """Solve for ``B`` from the ``(n_users, n_items)`` matrix of positives.
+
+        Duplicate ``(user, item)`` pairs are summed (``implicit=False``) or count once.
+
+        Raises:
+            DataError: there are no interactions, or the solve produced non-finite values.
+            ValidationError: a hyper-parameter is out of range, a weight is not a finite
+                positive number, or the catalog exceeds ``max_items``.
+        """
+        self._check_params()
+        if len(interactions) == 0:
+            raise DataError("EASERecommender.fit: no interactions to learn from")
+        n_items = interactions.n_items
+        if n_items > self.max_items:
+            raise ValidationError(
+                f"EASERecommender.fit: {n_items} items exceed max_items={self.max_items}; the "
+                f"dense item-item solve needs about {required_gib(n_items):.1f} GiB. Raise "
+                "max_items if the machine has the memory, or use a factorisation model"
+            )
+        weight = np.asarray(interactions.weight)
+        if not (np.isfinite(weight).all() and (weight > 0).all()):
+            raise ValidationError(
+                "EASERecommender.fit: interaction weights must be finite and > 0 (positives only)"
+            )
+        user_items = self._prepare(interactions.to_csr())
+        gram = _gram(user_items)
+        gram[np.diag_indices(n_items)] += self.l2
+        # The Gram matrix is symmetric, so its transpose is a Fortran-ordered view of the same
+        # data: LAPACK inverts it in place, without a second n_items^2 copy.
+        try:
+            p = scipy.linalg.inv(gram.T, overwrite_a=True, check_finite=False).T
+        except np.linalg.LinAlgError as exc:  # only reachable through rounding: l2 > 0
+            raise DataError(f"EASERecommender.fit: singular Gram matrix ({exc})") from exc
+        del gram
+        diag = np.diag(p).copy()
+        p /= -diag[None, :]  # B_ij = -P_ij / P_jj
+        p[np.diag_indices(n_items)] = 0.0
+        weights = p.astype(np.float32)
+        del p
+        if not np.isfinite(weights).all():
+            raise DataError("EASERecommender.fit: non-finite item weights; raise l2")
+        self.item_weights_, self.user_items_ = weights, user_items
+        return self
+
+    def _fitted(self) -> tuple[np.ndarray, sp.csr_matrix]:
+        if self.item_weights_ is None or self.user_items_ is None:
+            raise NotFittedError(f"{type(self).__name__} is not fitted; call fit() or load()")
+        return self.item_weights_, self.user_items_
+
+    def score(self, user_idx: np.ndarray) -> np.ndarray:
+        """``(B, n_items)`` float32 scores of training users from their training history.
+
+        Users without training interactions score 0 everywhere.
+
+        Raises:
+            ValidationError: a user index is outside ``[0, n_users)``.
+        """
+        weights, user_items = self._fitted()
+        users = np.asarray(user_idx).reshape(-1)
+        if users.size and not np.issubdtype(users.dtype, np.integer):
+            raise ValidationError(f"EASE score: user indices must be integers, got {users.dtype}")
+        n_users = user_items.shape[0]
+        if users.size and (users.min() < 0 or users.max() >= n_users):
+            raise ValidationError(
+                f"EASE score: user indices outside [0, {n_users}); "
+                "use score_from_history for users unseen in training"
+            )
+        return np.asarray(user_items[users] @ weights, dtype=np.float32)
+
+    def score_from_history(self, user_items: sp.csr_matrix) -> np.ndarray:
+        """Scores for arbitrary histories, e.g. users held out of training or cold users.
+
+        Args:
+            user_items: ``(B, n_items)`` sparse matrix of each user's positives (weights, used
+                only when ``implicit=False``). Another sparse format is converted with a
+                warning.
+
+        Returns:
+            ``(B, n_items)`` float32 scores; an empty row scores 0 everywhere.
+
+        Raises:
+            ValidationError: not a sparse matrix, wrong number of columns, or a stored value
+                that is not a finite number >= 0 (explicit zeros are ignored).
+        """
+        weights, _ = self._fitted()
+        matrix = _check_history(user_items, weights.shape[0], "EASE score_from_history")
+        return np.asarray(self._prepare(matrix) @ weights, dtype=np.float32)
+
+    def save(self, directory: Path) -> None:
+        """Write ``item_weights.npy``, ``user_items.npz``, ``params.json`` and the manifest."""
+        weights, user_items = self._fitted()
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        # Drop any previous manifest first: it is written last, so until then the directory
+        # reads as incomplete rather than as the old model with half of the new files.
+        (directory / MANIFEST).unlink(missing_ok=True)
+        np.save(directory / "item_weights.npy", weights, allow_pickle=False)
+        np.savez(
+            directory / "user_items.npz",
+            data=user_items.data,
+            indices=user_items.indices,
+            indptr=user_items.indptr,
+        )
+        params = json.dumps({"params": self.get_params()}, indent=2)
+        (directory / "params.json").write_text(params, encoding="utf-8")
+        write_manifest(
+            directory,
+            Manifest(
+                artifact=f"model/{self.name}",
+                schema_version=_SCHEMA_VERSION,
+                counts={
+                    "n_users": int(user_items.shape[0]),
+                    "n_items": int(weights.shape[0]),
+                    "nnz": int(user_items.nnz),
+                },
+                extra={"params": self.get_params()},
+            ),
+        )
+
+    @classmethod
+    def load(cls, directory: Path, build_command: str = TRAIN_COMMAND) -> Self:
+        """Load a model written by :meth:`save`.
+
+        Raises:
+            ArtifactError: the directory, manifest or a file is missing or corrupt.
+        """
+        directory = Path(directory)
+        manifest = read_manifest(directory, f"model/{cls.name}", (_SCHEMA_VERSION,), build_command)
+        params_path = require_file(directory / "params.json", "EASE parameters", build_command)
+        try:
+            model = cls(**json.loads(params_path.read_text(encoding="utf-8"))["params"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ArtifactError(
+                params_path, f"corrupt EASE parameters ({exc})", build_command
+            ) from exc
+        n_users, n_items = manifest.counts.get("n_users"), manifest.counts.get("n_items")
+        if not isinstance(n_users, int) or not isinstance(n_items, int):
+            raise ArtifactError(
+                directory / MANIFEST, "EASE manifest lacks n_users/n_items counts", build_command
+            )
+
+        path = require_file(directory / "item_weights.npy", "EASE item weights", build_command)
+        try:
+            weights = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise ArtifactError(path, f"corrupt EASE item weights ({exc})", build_command) from exc
+        if weights.shape != (n_items, n_items) or not np.isfinite(weights).all():
+            raise ArtifactError(
+                path,
+                f"corrupt EASE item weights: expected a finite {(n_items, n_items)} array, "
+                f"got {weights.shape}",
+                build_command,
+            )
+
+        path = require_file(directory / "user_items.npz", "EASE user-item matrix", build_command)
+        try:
+            with np.load(path, allow_pickle=False) as arrays:
+                data, indices, indptr = arrays["data"], arrays["indices"], arrays["indptr"]
+            user_items = sp.csr_matrix((data, indices, indptr), shape=(n_users, n_items))
+            user_items.check_format(full_check=True)
+        except (OSError, ValueError, EOFError, KeyError, TypeError, AttributeError,
+                zipfile.BadZipFile) as exc:  # fmt: skip
+            # AttributeError: the file is a plain .npy, whose array has no context manager.
+            raise ArtifactError(
+                path, f"corrupt EASE user-item matrix ({exc})", build_command
+            ) from exc
+        if user_items.nnz != manifest.counts.get("nnz") or not np.isfinite(user_items.data).all():
+            raise ArtifactError(
+                path, "corrupt EASE user-item matrix: non-finite values or wrong nnz", build_command
+            )
+        model.item_weights_ = np.ascontiguousarray(weights, dtype=np.float32)
+        model.user_items_ = sp.csr_matrix(user_items, dtype=np.float32)
+        return model
+
+
+def _check_history(user_items: Any, n_items: int, where: str) -> sp.csr_matrix:
+    """Validate a ``(B, n_items)`` history matrix; other sparse formats become CSR with a warning.
+
+    Raises:
+        ValidationError: not sparse, wrong width, or a value that is not finite and >= 0.
+    """
+    if not sp.issparse(user_items):
+        raise ValidationError(
+            f"{where}: user_items must be a scipy sparse CSR matrix, "
+            f"got {type(user_items).__name__}"
+        )
+    if user_items.format != "csr":
+        warnings.warn(
+            f"{where}: converting a {user_items.format} matrix to CSR", RuntimeWarning, stacklevel=3
+        )
+    matrix = sp.csr_matrix(user_items)
+    if matrix.ndim != 2 or matrix.shape[1] != n_items:
+        raise ValidationError(
+            f"{where}: user_items must have {n_items} columns (items), got shape {matrix.shape}"
+        )
+    if not (np.isfinite(matrix.data).all() and (matrix.data >= 0).all()):
+        raise ValidationError(f"{where}: user_items values must be finite and >= 0")
+    return matrix

@@ -158,7 +158,7 @@ def print_report(report: dict[str, Any]) -> None:
         table.add_row(model, *(f"{metrics[f'{n}@{k}']:.4f}" for n in names))
     console.print(table)
     ranker = report.get("ranker")
-    if ranker:
+    if ranker and ranker["auc"] is not None:
         console.print(
             f"ranker {ranker['model']} on {ranker['impressions']} test impressions: "
             f"AUC {ranker['auc']:.4f}, log loss {ranker['log_loss']:.4f}"
@@ -174,6 +174,81 @@ def simulate_cmd(
 ) -> None:
     """Generate the synthetic world: catalog, users and an event log."""
     run_simulate(Workdir.at(workdir), _settings(config), overwrite)
+
+
+@app.command("import")
+@_clean_errors
+def import_cmd(
+    source: Annotated[
+        str,
+        typer.Option(
+            "--dataset",
+            help="ml-100k, ml-1m, ml-10m, ml-20m, ml-25m, ml-latest, ml-latest-small, csv, "
+            "parquet or user-item-text",
+        ),
+    ],
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="Dataset directory or file")],
+    workdir: WorkdirOpt = DEFAULT_WORKDIR,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing raw data")] = False,
+) -> None:
+    """Import a real dataset into the work directory's event log and catalog."""
+    from feedforge.events.importers import import_dataset
+
+    with _progress("import") as say:
+        summary = import_dataset(
+            source, data_dir, Workdir.at(workdir), overwrite=overwrite, progress=say
+        )
+    console.print(
+        f"imported {summary.events_written} events ({summary.duplicates} duplicate rows "
+        f"dropped), {summary.users} users, {summary.items} items"
+    )
+
+
+bench_app = typer.Typer(
+    help="Benchmarks: quality and speed tables for docs/benchmarks.", no_args_is_help=True
+)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("quality")
+@_clean_errors
+def bench_quality_cmd(
+    dataset: Annotated[str, typer.Option(help="ml-100k, ml-latest-small, ... (see import)")],
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="Where the dataset's files are")],
+    protocol: Annotated[
+        str,
+        typer.Option(help="msr-stratified, leave-one-out, temporal or strong-generalization"),
+    ],
+    negatives: Annotated[
+        int | None, typer.Option(help="leave-one-out: sampled negatives (default: full ranking)")
+    ] = None,
+    models: Annotated[
+        list[str] | None, typer.Option("--model", help="Only these models (repeatable)")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Where the tables go")] = Path("docs/benchmarks"),
+) -> None:
+    """Train, tune (on validation) and evaluate every model and the peers on one protocol."""
+    from feedforge.bench.quality import run_quality
+
+    with _progress("bench quality") as say:
+        report = run_quality(
+            dataset, data_dir, protocol, out, negatives=negatives, models=models, progress=say
+        )
+    table = Table(title=f"{dataset} / {report['protocol']}")
+    table.add_column("model")
+    table.add_column("source")
+    for metric in report["metrics"]:
+        table.add_column(metric, justify="right")
+    table.add_column("train s", justify="right")
+    for row in report["rows"]:
+        table.add_row(
+            row["model"],
+            row["source"],
+            *(f"{row['metrics'][m]:.4f}" if m in row["metrics"] else "" for m in report["metrics"]),
+            "" if row["train_seconds"] is None else f"{row['train_seconds']:.1f}",
+        )
+    console.print(table)
+    console.print(f"written to {out}")
 
 
 @app.command("build")

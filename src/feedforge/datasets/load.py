@@ -88,7 +88,7 @@ class Dataset:
                 np.ones(exploded.height, dtype=np.float32),
                 (exploded.get_column("row").to_numpy(), codes.to_numpy()),
             ),
-            shape=(len(self.items), int(codes.max() or 0) + 1),
+            shape=(len(self.items), names.len()),
         )
 
     def train_interactions(self) -> Interactions:

@@ -1,0 +1,4 @@
+"""Benchmarks: scripts that measure quality and speed and write tables to docs/benchmarks.
+
+They are commands (``feedforge bench ...``), never timed tests.
+"""

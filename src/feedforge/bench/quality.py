@@ -1,0 +1,332 @@
+"""The quality benchmark: every retrieval model and the peers on one real dataset and protocol.
+
+``feedforge bench quality --dataset ml-100k --data-dir ../shared/data/ml-100k
+--protocol msr-stratified`` imports the dataset into a temporary work directory (through the
+same importer as ``feedforge import``), splits it with the named protocol, chooses each
+model's hyper-parameters on the protocol's **validation** fold only, refits the chosen
+setting on the test fold's training data, evaluates it on the test fold, and writes one table
+to ``docs/benchmarks/quality_<dataset>_<protocol>.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from feedforge.artifacts import write_json_atomic
+from feedforge.bench.peers import ImplicitPeer
+from feedforge.errors import ConfigError
+from feedforge.evaluation.protocols import PROTOCOLS, ProtocolSplit, evaluate_fold
+from feedforge.events.importers import import_dataset
+from feedforge.events.log import EventLog
+from feedforge.models.base import EmbeddingRecommender, Recommender
+from feedforge.models.registry import RECOMMENDERS
+from feedforge.workdir import Workdir
+
+Progress = Callable[[str], None]
+
+PUBLISHED_ML100K_MSR: list[dict[str, Any]] = [
+    {
+        "model": "BiVAE",
+        "metrics": {
+            "ndcg@10": 0.475,
+            "map_total@10": 0.146,
+            "precision@10": 0.412,
+            "recall_total@10": 0.219,
+        },
+    },
+    {"model": "BPR (cornac)", "metrics": {"ndcg@10": 0.442}},
+    {"model": "LightGCN", "metrics": {"ndcg@10": 0.420}},
+    {"model": "NCF", "metrics": {"ndcg@10": 0.396}},
+    {"model": "SAR", "metrics": {"ndcg@10": 0.382}},
+]
+"""The Microsoft Recommenders README's ML-100k table (source: "published"). Its ``MAP`` and
+``Recall@10`` divide by the user's total number of test items: our ``map_total@10`` and
+``recall_total@10``."""
+
+
+def grid(**axes: list[Any]) -> list[dict[str, Any]]:
+    """Every combination of the given hyper-parameter values."""
+    names = list(axes)
+    return [dict(zip(names, values, strict=True)) for values in product(*axes.values())]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model of the benchmark: how to build it and which settings to try on validation."""
+
+    name: str
+    source: str
+    build: Callable[[dict[str, Any]], Recommender]
+    grid: list[dict[str, Any]] = field(default_factory=lambda: [{}])
+
+
+def _ours(name: str) -> Callable[[dict[str, Any]], Recommender]:
+    return lambda params: RECOMMENDERS[name](**params)
+
+
+def default_specs(quick: bool = False) -> list[ModelSpec]:
+    """The benchmark's models. ``quick`` shrinks every grid to one small setting (tests)."""
+    specs = [
+        ModelSpec("popularity", "feedforge", _ours("popularity"), [{"window_days": 1e5}]),
+        ModelSpec(
+            "ease",
+            "feedforge",
+            _ours("ease"),
+            [{"l2": 200.0}] if quick else grid(l2=[50.0, 100.0, 200.0, 300.0, 500.0, 1000.0]),
+        ),
+        ModelSpec(
+            "als",
+            "feedforge",
+            _ours("als"),
+            [{"factors": 16, "iterations": 3}]
+            if quick
+            else grid(
+                factors=[64, 128],
+                regularization=[0.05, 1.0, 5.0],
+                alpha=[1.0, 5.0, 20.0],
+                iterations=[15],
+            ),
+        ),
+        ModelSpec(
+            "bpr",
+            "feedforge",
+            _ours("bpr"),
+            [{"factors": 16, "iterations": 5}]
+            if quick
+            else grid(
+                factors=[64, 128],
+                learning_rate=[0.01, 0.05],
+                regularization=[0.001, 0.01],
+                iterations=[200],
+            ),
+        ),
+        ModelSpec("two_tower", "feedforge", _ours("two_tower"), [{"epochs": 1}] if quick else [{}]),
+        ModelSpec("sasrec", "feedforge", _ours("sasrec"), [{"epochs": 1}] if quick else [{}]),
+        ModelSpec(
+            "implicit ALS (defaults)",
+            "peer",
+            lambda p: ImplicitPeer("als", p),
+            [{"iterations": 2} if quick else {}],
+        ),
+        ModelSpec(
+            "implicit BPR (defaults)",
+            "peer",
+            lambda p: ImplicitPeer("bpr", p),
+            [{"iterations": 2} if quick else {}],
+        ),
+        ModelSpec(
+            "implicit ALS (tuned)",
+            "peer",
+            lambda p: ImplicitPeer("als", p),
+            [{"factors": 16, "iterations": 2}]
+            if quick
+            else grid(
+                factors=[64, 128],
+                regularization=[0.01, 0.1, 1.0],
+                alpha=[1.0, 10.0, 40.0],
+            ),
+        ),
+        ModelSpec(
+            "implicit BPR (tuned)",
+            "peer",
+            lambda p: ImplicitPeer("bpr", p),
+            [{"factors": 16, "iterations": 2}]
+            if quick
+            else grid(
+                factors=[64, 128],
+                learning_rate=[0.01, 0.05],
+                regularization=[0.001, 0.01],
+                iterations=[200],
+            ),
+        ),
+    ]
+    # Models not registered (yet) are left out rather than failing the whole benchmark.
+    return [s for s in specs if s.source == "peer" or s.name in RECOMMENDERS]
+
+
+def interactions_frame(workdir: Workdir) -> pl.DataFrame:
+    """``user_id, item_id, timestamp, rating`` of every interaction event in a work directory's
+    log (ratings carry their value; other interactions a null rating)."""
+    return (
+        EventLog(workdir.events_dir)
+        .scan()
+        .filter(pl.col("event_type") != "impression")
+        .select("user_id", "item_id", "timestamp", pl.col("value").alias("rating"))
+        .sort("timestamp", "user_id", "item_id")
+        .collect()
+    )
+
+
+def _primary(split: ProtocolSplit) -> str:
+    return next((m for m in split.metrics if m.startswith("ndcg")), split.metrics[0])
+
+
+def tune(spec: ModelSpec, split: ProtocolSplit, say: Progress) -> tuple[dict[str, Any], float]:
+    """The setting with the best primary metric on the validation fold."""
+    primary = _primary(split)
+    best: tuple[dict[str, Any], float] = (spec.grid[0], -np.inf)
+    if len(spec.grid) == 1:
+        return spec.grid[0], float("nan")
+    for params in spec.grid:
+        model = spec.build(params).fit(split.validation.train)
+        value = evaluate_fold(model, split.validation, split.metrics, split.k)[primary]
+        say(f"{spec.name} {params}: validation {primary} {value:.4f}")
+        if value > best[1]:
+            best = (params, value)
+    return best
+
+
+def ann_recall(model: EmbeddingRecommender, k: int = 10) -> dict[str, Any]:
+    """Recall@k of the HNSW index against exact search, with the users as queries."""
+    from feedforge.publish.ann import AnnIndex, recall_at_k_vs_exact
+
+    items = np.ascontiguousarray(model.item_embeddings(), dtype=np.float32)
+    queries = np.ascontiguousarray(model.user_embeddings(), dtype=np.float32)
+    index = AnnIndex.build(items, kind="hnsw")
+    return {
+        "model": model.name,
+        "index": "faiss HNSW (inner product)",
+        f"recall@{k}_vs_exact": recall_at_k_vs_exact(index, items, queries, k),
+        "recall@100_vs_exact": recall_at_k_vs_exact(index, items, queries, 100),
+        "items": int(items.shape[0]),
+        "queries": int(queries.shape[0]),
+    }
+
+
+def run_quality(
+    dataset: str,
+    data_dir: Path,
+    protocol: str,
+    out_dir: Path | None,
+    *,
+    negatives: int | None = None,
+    models: list[str] | None = None,
+    quick: bool = False,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Run the benchmark and (when ``out_dir`` is given) write its JSON and Markdown table.
+
+    Raises:
+        ConfigError: an unknown protocol or model name.
+    """
+    say = progress or (lambda _msg: None)
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"unknown protocol {protocol!r}; known: {sorted(PROTOCOLS)}")
+    specs = default_specs(quick)
+    if models:
+        unknown = set(models) - {s.name for s in specs}
+        if unknown:
+            raise ConfigError(
+                f"unknown benchmark model(s) {sorted(unknown)}; known: {[s.name for s in specs]}"
+            )
+        specs = [s for s in specs if s.name in models]
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="feedforge-bench-") as tmp:
+        workdir = Workdir.at(tmp)
+        say(f"importing {dataset} from {data_dir}")
+        summary = import_dataset(dataset, Path(data_dir), workdir)
+        frame = interactions_frame(workdir)
+    options: dict[str, Any] = {"negatives": negatives} if protocol == "leave-one-out" else {}
+    split = PROTOCOLS[protocol](frame, **options)
+    rows: list[dict[str, Any]] = []
+    best_embedding: tuple[float, EmbeddingRecommender] | None = None
+    primary = _primary(split)
+    for spec in specs:
+        say(f"tuning {spec.name} on validation ({len(spec.grid)} settings)")
+        params, validation = tune(spec, split, say)
+        model = spec.build(params)
+        t0 = time.perf_counter()
+        model.fit(split.test.train)
+        seconds = time.perf_counter() - t0
+        metrics = evaluate_fold(model, split.test, split.metrics, split.k)
+        say(f"{spec.name}: test {primary} {metrics[primary]:.4f} ({seconds:.1f}s)")
+        rows.append(
+            {
+                "model": spec.name,
+                "source": spec.source,
+                "metrics": metrics,
+                "train_seconds": round(seconds, 3),
+                "params": params,
+                "validation": {
+                    primary: None if np.isnan(validation) else validation,
+                    "settings_tried": len(spec.grid),
+                },
+            }
+        )
+        if (
+            spec.source == "feedforge"
+            and isinstance(model, EmbeddingRecommender)
+            and (best_embedding is None or metrics[primary] > best_embedding[0])
+        ):
+            best_embedding = (metrics[primary], model)
+    if dataset == "ml-100k" and protocol == "msr-stratified":
+        rows += [{**r, "source": "published", "train_seconds": None} for r in PUBLISHED_ML100K_MSR]
+    report: dict[str, Any] = {
+        "dataset": dataset,
+        "protocol": protocol if negatives is None else f"{protocol} ({negatives} negatives)",
+        "k": split.k,
+        "metrics": list(split.metrics),
+        "rows": rows,
+        "split": split.info,
+        "import": {"events": summary.events_written, "duplicates": summary.duplicates},
+        "ann": ann_recall(best_embedding[1]) if best_embedding else None,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "total_seconds": round(time.perf_counter() - started, 1),
+        "command": "feedforge " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+    }
+    if out_dir is not None:
+        name = f"quality_{dataset}_{protocol}" + ("" if negatives is None else f"_{negatives}neg")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out_dir / f"{name}.json", report)
+        (out_dir / f"{name}.md").write_text(render_markdown(report), encoding="utf-8")
+    return report
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The report as a Markdown table."""
+    metrics = report["metrics"]
+    lines = [
+        f"# Quality: {report['dataset']}, protocol `{report['protocol']}`",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        f"Machine: {report['machine']['cpus']} CPUs, {report['machine']['platform']}; "
+        f"total {report['total_seconds']} s. Hyper-parameters chosen on the validation fold "
+        "only; the test fold is used once per model.",
+        "",
+        "| model | source | " + " | ".join(metrics) + " | train s |",
+        "|---|---|" + "---|" * len(metrics) + "---|",
+    ]
+    for row in report["rows"]:
+        cells = [f"{row['metrics'][m]:.4f}" if m in row["metrics"] else "" for m in metrics]
+        secs = "" if row["train_seconds"] is None else f"{row['train_seconds']:.1f}"
+        lines.append(f"| {row['model']} | {row['source']} | " + " | ".join(cells) + f" | {secs} |")
+    ann = report.get("ann")
+    if ann:
+        lines += [
+            "",
+            f"ANN ({ann['index']}) on {ann['model']} embeddings: "
+            f"recall@10 vs exact {ann['recall@10_vs_exact']:.4f}, "
+            f"recall@100 vs exact {ann['recall@100_vs_exact']:.4f} "
+            f"({ann['items']} items, {ann['queries']} user queries).",
+        ]
+    lines += ["", "Parameters chosen:", ""]
+    lines += [f"- {r['model']}: `{r['params']}`" for r in report["rows"] if "params" in r]
+    return "\n".join(lines) + "\n"

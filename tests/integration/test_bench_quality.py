@@ -1,0 +1,84 @@
+"""The quality benchmark end to end, on a small ML-100k-format dataset the test writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from feedforge.bench.quality import run_quality
+from feedforge.errors import ConfigError
+
+
+def write_ml100k(directory: Path, n_users: int = 60, n_items: int = 40, seed: int = 0) -> Path:
+    """A tiny ML-100k layout: two taste groups, so learned models beat popularity."""
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True)
+    lines = []
+    for user in range(1, n_users + 1):
+        group = user % 2
+        liked = [i for i in range(1, n_items + 1) if i % 2 == group]
+        chosen = rng.choice(liked, size=12, replace=False)
+        for t, item in enumerate(chosen):
+            lines.append(f"{user}\t{item}\t{int(rng.integers(1, 6))}\t{880000000 + user * 100 + t}")
+    (directory / "u.data").write_text("\n".join(lines) + "\n", encoding="latin-1")
+    genres = "|".join(["0"] * 19)
+    items = [f"{i}|Movie {i} (1995)|01-Jan-1995||http://x|{genres}" for i in range(1, n_items + 1)]
+    (directory / "u.item").write_text("\n".join(items) + "\n", encoding="latin-1")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_ml100k(tmp_path_factory.mktemp("bench") / "ml-100k")
+
+
+def test_msr_stratified_table(data_dir: Path, tmp_path: Path) -> None:
+    report = run_quality(
+        "ml-100k",
+        data_dir,
+        "msr-stratified",
+        tmp_path,
+        models=["popularity", "ease", "implicit ALS (defaults)"],
+        quick=True,
+    )
+    saved = json.loads((tmp_path / "quality_ml-100k_msr-stratified.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(report["rows"]))
+    assert saved["command"].startswith("feedforge ")
+    table = (tmp_path / "quality_ml-100k_msr-stratified.md").read_text()
+    rows = {r["model"]: r for r in saved["rows"]}
+    assert {"popularity", "ease", "implicit ALS (defaults)", "BiVAE"} <= set(rows)
+    assert rows["BiVAE"]["source"] == "published"
+    assert rows["implicit ALS (defaults)"]["source"] == "peer"
+    for name in ("popularity", "ease", "implicit ALS (defaults)"):
+        metrics = rows[name]["metrics"]
+        assert set(metrics) == {"map_total@10", "ndcg@10", "precision@10", "recall_total@10"}
+        assert all(0.0 <= v <= 1.0 for v in metrics.values())
+        assert rows[name]["train_seconds"] >= 0
+        assert f"| {name} |" in table
+    # Two disjoint taste groups: the item model must beat popularity.
+    assert rows["ease"]["metrics"]["ndcg@10"] > rows["popularity"]["metrics"]["ndcg@10"]
+
+
+def test_leave_one_out_sampled(data_dir: Path, tmp_path: Path) -> None:
+    report = run_quality(
+        "ml-100k",
+        data_dir,
+        "leave-one-out",
+        tmp_path,
+        negatives=20,
+        models=["popularity", "ease"],
+        quick=True,
+    )
+    assert (tmp_path / "quality_ml-100k_leave-one-out_20neg.json").is_file()
+    assert report["metrics"] == ["hr@10", "ndcg@10"]
+    assert not any(r["source"] == "published" for r in report["rows"])
+
+
+def test_unknown_names_are_refused(data_dir: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown protocol"):
+        run_quality("ml-100k", data_dir, "random", None)
+    with pytest.raises(ConfigError, match="unknown benchmark model"):
+        run_quality("ml-100k", data_dir, "msr-stratified", None, models=["nope"])

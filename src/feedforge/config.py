@@ -122,6 +122,14 @@ class StoreConfig(_Section):
 
 
 class ServingConfig(_Section):
+    """The online service.
+
+    The ``ann*`` fields pick the candidate retrieval (:mod:`feedforge.publish.ann`):
+    ``ann_m`` and ``ann_ef_construction`` shape the index ``feedforge publish`` builds;
+    ``ann`` and ``ann_ef_search`` are read at publish and again when a service loads a version,
+    so a running deployment can switch to exact search or widen the beam without republishing.
+    """
+
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     latency_budget_ms: float = Field(50.0, gt=0)
@@ -143,11 +151,13 @@ class ServingConfig(_Section):
         200, ge=8, le=4096, description="HNSW beam width while building (publish time)"
     )
     ann_ef_search: int = Field(
-        128,
+        1024,
         ge=1,
         le=65_536,
         description="HNSW beam width while serving; each search widens it to the number of "
-        "items it fetches (candidates plus excluded items). Higher: better recall, slower",
+        "items it fetches (candidates plus excluded items). Higher: better recall, slower. "
+        "1024 keeps recall@200 near 0.95 on 1M clustered items (2-3 ms); a beam of just the "
+        "200 fetched gave 0.59 there",
     )
 
 

@@ -2,7 +2,9 @@
 
 A publish
 
-1. writes a *serving bundle* ``WORKDIR/bundles/<version>/`` (item id order, the ranker),
+1. writes a *serving bundle* ``WORKDIR/bundles/<version>/`` (item id order, the ranker, the
+   ANN index over the retrieval model's item embeddings in ``ann/``, of the kind
+   ``serving.ann`` names; see :mod:`feedforge.publish.ann`),
 2. writes every key of the version into the online store (user and item embeddings as float32
    bytes, user and item feature records, the metadata with the popularity fallback list),
 3. flips the store's ``current`` pointer to the new version in one atomic write, and
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -35,6 +38,7 @@ from feedforge.events.log import EventLog
 from feedforge.models.base import EmbeddingRecommender
 from feedforge.models.registry import load_ranker, load_recommender
 from feedforge.models.train import RANKER_NAME
+from feedforge.publish.ann import AnnIndex
 from feedforge.publish.store import OnlineStore
 from feedforge.workdir import Workdir
 
@@ -42,6 +46,8 @@ BUNDLE_ARTIFACT = "serving-bundle"
 BUNDLE_SCHEMA_VERSION = 1
 USER_EMB, ITEM_EMB, USER_FEAT, ITEM_FEAT = "user_emb", "item_emb", "user_feat", "item_feat"
 POPULAR_LIST_SIZE = 1_000
+ANN_DIR = "ann"
+ANN_SEED = 0
 _CHUNK = 10_000
 
 Progress = Callable[[str], None]
@@ -132,6 +138,18 @@ def publish(
     bundle.mkdir(parents=True)
     dataset.items.save(bundle / "item_ids.parquet")
     ranker.save(bundle / "ranker")
+    u_emb, i_emb = retrieval.user_embeddings(), retrieval.item_embeddings()
+    serving = settings.serving
+    say(f"building the {serving.ann} ANN index over {len(i_emb)} item embeddings")
+    index = AnnIndex.build(
+        i_emb,
+        kind=serving.ann,
+        m=serving.ann_m,
+        ef_construction=serving.ann_ef_construction,
+        ef_search=serving.ann_ef_search,
+        seed=ANN_SEED,
+    )
+    index.save(bundle / ANN_DIR)
 
     say("computing feature snapshot")
     user_counts, item_counts, user_cats = snapshot_counters(events, items, snapshot_time)
@@ -147,7 +165,6 @@ def publish(
     say("writing embeddings and features to the online store")
     u_ids = dataset.users.ids.to_list()
     i_ids = dataset.items.ids.to_list()
-    u_emb, i_emb = retrieval.user_embeddings(), retrieval.item_embeddings()
     for s in _chunks(len(u_ids)):
         store.put_vectors(version, USER_EMB, u_ids[s], u_emb[s])
     for s in _chunks(len(i_ids)):
@@ -172,6 +189,7 @@ def publish(
         "n_users": len(u_ids),
         "popular": dataset.items.id_of(popular_idx[:POPULAR_LIST_SIZE]),
         "bundle": str(bundle),
+        "ann": {"dir": ANN_DIR, **asdict(index.params)},
         "dataset_version": dataset.version,
     }
     write_manifest(

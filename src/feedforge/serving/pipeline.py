@@ -14,6 +14,17 @@ The user vector (documented behaviour):
 * a user with neither gets the popularity feed (cold start).
 
 Items the user already consumed (published ``seen`` list plus live history) never appear.
+
+Candidate retrieval (the ``max(serving.candidates, k)`` items of largest ``V[i] · q`` the
+ranker re-scores) goes through the version's ANN index (:mod:`feedforge.publish.ann`):
+
+* ``serving.ann = "hnsw"`` (default): the HNSW index of the version's bundle, searched with an
+  over-fetch of the number of consumed items, which are then dropped. When fewer candidates
+  than needed survive, that request falls back to exact search. A version whose index is
+  missing or corrupt is served with exact search (a warning is logged at load).
+* ``serving.ann = "exact"``: ``item_matrix @ q`` over every item, the published index unused.
+
+:attr:`Feed.retrieval` says which search answered.
 """
 
 from __future__ import annotations
@@ -26,15 +37,16 @@ from typing import Any
 
 import numpy as np
 
-from feedforge.config import Settings
+from feedforge.config import ServingConfig, Settings
 from feedforge.datasets.features import SERVING_POSITION, derive_features
 from feedforge.datasets.idmap import IdMap
 from feedforge.errors import NotPublishedError
 from feedforge.events.log import AppendResult, EventLog
 from feedforge.events.schema import Event, EventType
-from feedforge.models.base import Ranker, top_k
+from feedforge.models.base import Ranker
 from feedforge.models.registry import load_ranker
-from feedforge.publish.publisher import ITEM_EMB, ITEM_FEAT, USER_EMB, USER_FEAT
+from feedforge.publish.ann import AnnIndex, RetrievalMethod, load_or_exact
+from feedforge.publish.publisher import ANN_DIR, ITEM_EMB, ITEM_FEAT, USER_EMB, USER_FEAT
 from feedforge.publish.store import OnlineStore
 from feedforge.workdir import Workdir
 
@@ -54,6 +66,7 @@ class LoadedVersion:
     meta: dict[str, Any]
     items: IdMap
     item_matrix: np.ndarray  # (n_items, D) float32
+    index: AnnIndex  # candidate retrieval over item_matrix
     ranker: Ranker
     popular: list[str]
     snapshot_time: float  # epoch seconds
@@ -71,10 +84,25 @@ class Feed:
     strategy: str
     item_ids: list[str]
     scores: list[float]
+    retrieval: RetrievalMethod | None = None  # the search that found the candidates
 
 
-def load_version(store: OnlineStore, version: str, meta: dict[str, Any]) -> LoadedVersion:
-    """Load a published version's item embeddings (from the store) and ranker (bundle)."""
+def load_version(
+    store: OnlineStore,
+    version: str,
+    meta: dict[str, Any],
+    serving: ServingConfig | None = None,
+) -> LoadedVersion:
+    """Load a published version's item embeddings (store), ranker and ANN index (bundle).
+
+    Args:
+        store: The online store.
+        version: The version to load.
+        meta: Its metadata.
+        serving: ``ann`` picks the index (``exact`` ignores the bundle's) and
+            ``ann_ef_search`` its search beam; default :class:`ServingConfig`'s defaults.
+    """
+    cfg = serving or ServingConfig()
     bundle = Path(meta["bundle"])
     command = "feedforge publish"
     items = IdMap.load(bundle / "item_ids.parquet", command)
@@ -84,6 +112,12 @@ def load_version(store: OnlineStore, version: str, meta: dict[str, Any]) -> Load
         vectors, _found = store.get_vectors(version, ITEM_EMB, ids[start : start + _LOAD_CHUNK])
         parts.append(vectors)
     matrix = np.vstack(parts) if parts else np.zeros((0, int(meta["dim"])), dtype=np.float32)
+    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+    if cfg.ann == "exact":
+        index = AnnIndex.exact(matrix)
+    else:
+        ann_dir = bundle / str((meta.get("ann") or {}).get("dir", ANN_DIR))
+        index = load_or_exact(ann_dir, matrix, ef_search=cfg.ann_ef_search)
     ranker = load_ranker(
         meta["ranker"], bundle / "ranker", command, expected_features=list(meta["features"])
     )
@@ -91,7 +125,8 @@ def load_version(store: OnlineStore, version: str, meta: dict[str, Any]) -> Load
         version=version,
         meta=meta,
         items=items,
-        item_matrix=np.ascontiguousarray(matrix, dtype=np.float32),
+        item_matrix=matrix,
+        index=index,
         ranker=ranker,
         popular=list(meta["popular"]),
         snapshot_time=datetime.fromisoformat(meta["snapshot_time"]).timestamp(),
@@ -131,7 +166,7 @@ class FeedService:
                 meta = self.store.get_meta(version)
                 if meta is None:
                     raise NotPublishedError(f"version {version} has no metadata in the store")
-                self._loaded = load_version(self.store, version, meta)
+                self._loaded = load_version(self.store, version, meta, self.settings.serving)
             return self._loaded
 
     # -- feeds ------------------------------------------------------------------------------
@@ -154,15 +189,12 @@ class FeedService:
             weight = cfg.history_weight if found[0] else 1.0
             query += weight * state.item_matrix[hist_idx].mean(axis=0)
 
-        scores = state.item_matrix @ query
         seen_idx = [i for i in (state.items.get(s) for s in seen) if i is not None]
-        scores[seen_idx] = -np.inf
         # Retrieve at least k candidates: a feed of k > serving.candidates must not be cut short.
-        n_cand = min(max(cfg.candidates, k), int(np.isfinite(scores).sum()))
-        if n_cand == 0:
+        found_cand = state.index.retrieve(query, max(cfg.candidates, k), exclude=seen_idx)
+        if len(found_cand.ids) == 0:
             return self._popular(state, user_id, k, seen)
-        cand, cand_scores = top_k(scores[None, :], n_cand)
-        cand, cand_scores = cand[0], cand_scores[0]
+        cand, cand_scores = found_cand.ids, found_cand.scores
         cand_ids = state.items.id_of(cand)
         p = self._rank(state, record, cand_ids, cand_scores)
         order = np.argsort(-p, kind="stable")[:k]
@@ -172,6 +204,7 @@ class FeedService:
             strategy="personalized",
             item_ids=[cand_ids[i] for i in order],
             scores=[float(p[i]) for i in order],
+            retrieval=found_cand.method,
         )
 
     def _rank(

@@ -74,7 +74,7 @@ class Dataset:
         exploded = (
             pl.DataFrame({"categories": cats})
             .with_row_index("row")
-            .explode("categories")
+            .explode("categories", empty_as_null=True)
             .drop_nulls()
         )
         if exploded.is_empty():

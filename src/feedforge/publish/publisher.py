@@ -124,8 +124,13 @@ def publish(
     if not isinstance(retrieval, EmbeddingRecommender):
         raise DataError(f"retrieval model {settings.models.retrieval!r} has no embeddings")
     popularity = load_recommender("popularity", workdir.model_dir("popularity"), command)
-    ranker = load_ranker(
-        RANKER_NAME, workdir.model_dir(RANKER_NAME), command, expected_features=list(FEATURES)
+    # No ranker is trained on logs without impressions (imported rating data): the version
+    # then ranks candidates by their retrieval score.
+    ranker_dir = workdir.model_dir(RANKER_NAME)
+    ranker = (
+        load_ranker(RANKER_NAME, ranker_dir, command, expected_features=list(FEATURES))
+        if ranker_dir.is_dir()
+        else None
     )
     _, items, _ = read_catalog(workdir)
     events = EventLog(workdir.events_dir).scan()
@@ -137,7 +142,8 @@ def publish(
     bundle = workdir.bundles_dir / version
     bundle.mkdir(parents=True)
     dataset.items.save(bundle / "item_ids.parquet")
-    ranker.save(bundle / "ranker")
+    if ranker is not None:
+        ranker.save(bundle / "ranker")
     u_emb, i_emb = retrieval.user_embeddings(), retrieval.item_embeddings()
     serving = settings.serving
     say(f"building the {serving.ann} ANN index over {len(i_emb)} item embeddings")
@@ -181,7 +187,7 @@ def publish(
         "snapshot_time": snapshot_time.isoformat(),
         "objective": settings.objective,
         "retrieval_model": settings.models.retrieval,
-        "ranker": RANKER_NAME,
+        "ranker": RANKER_NAME if ranker is not None else None,
         "features": list(FEATURES),
         "n_categories": dataset.n_categories,
         "dim": int(i_emb.shape[1]),

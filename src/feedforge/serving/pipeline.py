@@ -67,7 +67,7 @@ class LoadedVersion:
     items: IdMap
     item_matrix: np.ndarray  # (n_items, D) float32
     index: AnnIndex  # candidate retrieval over item_matrix
-    ranker: Ranker
+    ranker: Ranker | None  # None: candidates are ordered by their retrieval score
     popular: list[str]
     snapshot_time: float  # epoch seconds
     published_at: float  # epoch seconds
@@ -118,8 +118,12 @@ def load_version(
     else:
         ann_dir = bundle / str((meta.get("ann") or {}).get("dir", ANN_DIR))
         index = load_or_exact(ann_dir, matrix, ef_search=cfg.ann_ef_search)
-    ranker = load_ranker(
-        meta["ranker"], bundle / "ranker", command, expected_features=list(meta["features"])
+    ranker = (
+        load_ranker(
+            meta["ranker"], bundle / "ranker", command, expected_features=list(meta["features"])
+        )
+        if meta.get("ranker")
+        else None
     )
     return LoadedVersion(
         version=version,
@@ -214,7 +218,10 @@ class FeedService:
         cand_ids: list[str],
         retrieval: np.ndarray,
     ) -> np.ndarray:
-        """Ranker probabilities of the candidates (features from one batched store read)."""
+        """Ranker probabilities of the candidates (features from one batched store read), or
+        their retrieval scores when the version has no ranker."""
+        if state.ranker is None:
+            return np.asarray(retrieval, dtype=np.float64)
         records = self.store.get_records(state.version, ITEM_FEAT, cand_ids)
         n = len(cand_ids)
         category_clicks = user.get("category_clicks", {})

@@ -12,8 +12,8 @@ from feedforge.events.schema import EventIssue
 class ScoredItem(BaseModel):
     item_id: str
     score: float = Field(
-        description="Ranker probability of the objective's positive label "
-        "(popularity feed: a rank-based score in (0, 1])"
+        description="Ranker probability of the objective's positive label; the retrieval "
+        "score when the version has no ranker; popularity feed: a rank-based score in (0, 1]"
     )
 
 

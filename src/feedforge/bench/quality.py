@@ -94,8 +94,8 @@ def default_specs(quick: bool = False) -> list[ModelSpec]:
             [{"factors": 16, "iterations": 3}]
             if quick
             else grid(
-                factors=[64, 128],
-                regularization=[0.05, 1.0, 5.0],
+                factors=[16, 32, 64, 128],
+                regularization=[0.05, 1.0, 10.0],
                 alpha=[1.0, 5.0, 20.0],
                 iterations=[15],
             ),
@@ -106,11 +106,13 @@ def default_specs(quick: bool = False) -> list[ModelSpec]:
             _ours("bpr"),
             [{"factors": 16, "iterations": 5}]
             if quick
+            # implicit samples BPR negatives by popularity: long training buries popular
+            # items, so the iteration count is part of the search.
             else grid(
                 factors=[64, 128],
                 learning_rate=[0.01, 0.05],
-                regularization=[0.001, 0.01],
-                iterations=[200],
+                regularization=[0.01],
+                iterations=[30, 60, 100],
             ),
         ),
         ModelSpec("two_tower", "feedforge", _ours("two_tower"), [{"epochs": 1}] if quick else [{}]),
@@ -134,7 +136,7 @@ def default_specs(quick: bool = False) -> list[ModelSpec]:
             [{"factors": 16, "iterations": 2}]
             if quick
             else grid(
-                factors=[64, 128],
+                factors=[16, 32, 64, 128],
                 regularization=[0.01, 0.1, 1.0],
                 alpha=[1.0, 10.0, 40.0],
             ),
@@ -148,8 +150,8 @@ def default_specs(quick: bool = False) -> list[ModelSpec]:
             else grid(
                 factors=[64, 128],
                 learning_rate=[0.01, 0.05],
-                regularization=[0.001, 0.01],
-                iterations=[200],
+                regularization=[0.01],
+                iterations=[30, 60, 100],
             ),
         ),
     ]
@@ -198,7 +200,7 @@ def ann_recall(model: EmbeddingRecommender, k: int = 10) -> dict[str, Any]:
     index = AnnIndex.build(items, kind="hnsw")
     return {
         "model": model.name,
-        "index": "faiss HNSW (inner product)",
+        "index": "faiss HNSW (inner product reduced to L2)",
         f"recall@{k}_vs_exact": recall_at_k_vs_exact(index, items, queries, k),
         "recall@100_vs_exact": recall_at_k_vs_exact(index, items, queries, 100),
         "items": int(items.shape[0]),

@@ -17,12 +17,16 @@ from feedforge.models.bpr import BPRRecommender
 from feedforge.models.ease import EASERecommender
 from feedforge.models.logistic import LogisticRanker
 from feedforge.models.popularity import TRAIN_COMMAND, MostPopular
+from feedforge.models.sasrec import SASRecRecommender
+from feedforge.models.two_tower import TwoTowerRecommender
 
 RECOMMENDERS: dict[str, type[Recommender]] = {
     MostPopular.name: MostPopular,
     ALSRecommender.name: ALSRecommender,
     EASERecommender.name: EASERecommender,
     BPRRecommender.name: BPRRecommender,
+    TwoTowerRecommender.name: TwoTowerRecommender,
+    SASRecRecommender.name: SASRecRecommender,
 }
 RANKERS: dict[str, type[Ranker]] = {LogisticRanker.name: LogisticRanker}
 

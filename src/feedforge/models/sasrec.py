@@ -23,7 +23,7 @@ so every item is a training target once; scoring uses the last ``max_len`` items
 
 Example::
 
-    model = SASRecRecommender(max_len=200, epochs=40).fit(train)
+    model = SASRecRecommender(max_len=50, epochs=20).fit(train)
     ids, scores = model.recommend(np.array([0, 1]), k=10, exclude=train.to_csr())
     vector = model.fold_in(np.array([3, 17, 42]))  # a user known only from live history
 """
@@ -64,7 +64,9 @@ class SASRecNet(nn.Module):
     """The SASRec network: item sequences in, one hidden state per position out.
 
     Item index ``i`` is token ``i + 1``; token 0 is padding. Sequences are left-aligned and
-    right-padded, so the causal mask alone keeps padding out of every real position.
+    right-padded, so the causal mask alone keeps padding out of every real position; position
+    ids count back from each row's last real item (``max_len - 1``), as the original's left
+    padding does.
 
     Args:
         n_items: Catalog size.
@@ -95,7 +97,6 @@ class SASRecNet(nn.Module):
             for _ in range(num_blocks)
         )
         self.final_norm = nn.LayerNorm(dim)
-        self.right_aligned = False
         std = dim**-0.5
         nn.init.normal_(self.item_embedding.weight, std=std)
         nn.init.normal_(self.position_embedding.weight, std=std)
@@ -116,13 +117,13 @@ class SASRecNet(nn.Module):
             ``(B, T, D)``; row ``t`` has seen tokens ``0..t`` only.
         """
         length = tokens.shape[1]
-        positions = torch.arange(length, device=tokens.device).unsqueeze(0)  # (1, T)
-        if self.right_aligned:
-            # Number positions so every row's last real item sits at max_len - 1, as in the
-            # original left-padded SASRec: position = recency from the window's end.
-            n_real = (tokens != 0).sum(dim=1, keepdim=True)
-            max_len = self.position_embedding.num_embeddings
-            positions = (positions + (max_len - n_real)).clamp(0, max_len - 1)
+        # Number positions so every row's last real item sits at max_len - 1, as in the
+        # original (left-padded) SASRec: a position says how recent an item is. On ML-100k this
+        # beat numbering from the window's start (validation NDCG@10 0.117 vs 0.103).
+        n_real = (tokens != 0).sum(dim=1, keepdim=True)
+        max_len = self.position_embedding.num_embeddings
+        positions = torch.arange(length, device=tokens.device).unsqueeze(0) + (max_len - n_real)
+        positions = positions.clamp(0, max_len - 1)  # (B, T); padding rows are clamped
         x = self.dropout(self.item_embedding(tokens) + self.position_embedding(positions))
         mask = nn.Transformer.generate_square_subsequent_mask(length, device=tokens.device)
         for block in self.blocks:
@@ -191,10 +192,11 @@ class SASRecRecommender(EmbeddingRecommender):
         embedding_dim: Hidden size ``D``.
         num_blocks: Self-attention blocks.
         num_heads: Attention heads (must divide ``embedding_dim``).
-        max_len: Longest sequence the model reads (``200`` suits MovieLens).
+        max_len: Longest sequence the model reads. 50 beat 200 on MovieLens leave-one-out
+            validation (the next item depends mostly on the recent session) and trains faster.
         dropout: Dropout rate.
         epochs: Passes over the training windows.
-        batch_size: Windows per step.
+        batch_size: Windows per step. Small batches (many steps) converge in few epochs.
         learning_rate: AdamW learning rate.
         weight_decay: AdamW decoupled weight decay.
         negatives: ``None`` for the full softmax; else uniform sampled negatives per batch.
@@ -214,11 +216,11 @@ class SASRecRecommender(EmbeddingRecommender):
         embedding_dim: int = 64,
         num_blocks: int = 2,
         num_heads: int = 1,
-        max_len: int = 200,
+        max_len: int = 50,
         dropout: float = 0.2,
-        epochs: int = 40,
-        batch_size: int = 64,
-        learning_rate: float = 1e-3,
+        epochs: int = 20,
+        batch_size: int = 16,
+        learning_rate: float = 2e-3,
         weight_decay: float = 0.0,
         negatives: int | None = None,
         device: Device = "auto",

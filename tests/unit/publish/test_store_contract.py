@@ -76,7 +76,8 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
         namespace: str = request.getfixturevalue("redis_namespace")
 
         def raw_redis_keys(prefix: str) -> list[str]:
-            return sorted(k.decode() for k in client.scan_iter(match=glob_pattern(prefix)))
+            # SCAN may return a key more than once (while Redis rehashes): count each once.
+            return sorted({k.decode() for k in client.scan_iter(match=glob_pattern(prefix))})
 
         made = Backend(
             "redis",

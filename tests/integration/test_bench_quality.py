@@ -41,7 +41,7 @@ def test_msr_stratified_table(data_dir: Path, tmp_path: Path) -> None:
         data_dir,
         "msr-stratified",
         tmp_path,
-        models=["popularity", "ease", "implicit ALS (defaults)"],
+        models=["popularity", "ease", "als", "implicit ALS (defaults)"],
         quick=True,
     )
     saved = json.loads((tmp_path / "quality_ml-100k_msr-stratified.json").read_text())
@@ -60,6 +60,13 @@ def test_msr_stratified_table(data_dir: Path, tmp_path: Path) -> None:
         assert f"| {name} |" in table
     # Two disjoint taste groups: the item model must beat popularity.
     assert rows["ease"]["metrics"]["ndcg@10"] > rows["popularity"]["metrics"]["ndcg@10"]
+    # The ANN index is measured for every embedding model of ours (not EASE, not the peers),
+    # at the published index's settings and the serving retrieval depth.
+    (ann,) = saved["ann"]
+    assert ann["model"] == "als" and ann["ef_search"] == 1024
+    assert set(ann["recall_vs_exact"]) == {"@10", "@200"}
+    assert all(0.0 <= v <= 1.0 for v in ann["recall_vs_exact"].values())
+    assert "| als | " in table.split("ANN recall")[1]
 
 
 def test_leave_one_out_sampled(data_dir: Path, tmp_path: Path) -> None:

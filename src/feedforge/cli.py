@@ -159,9 +159,10 @@ def print_report(report: dict[str, Any]) -> None:
     console.print(table)
     ranker = report.get("ranker")
     if ranker and ranker["auc"] is not None:
+        loss = "" if ranker["log_loss"] is None else f", log loss {ranker['log_loss']:.4f}"
         console.print(
             f"ranker {ranker['model']} on {ranker['impressions']} test impressions: "
-            f"AUC {ranker['auc']:.4f}, log loss {ranker['log_loss']:.4f}"
+            f"AUC {ranker['auc']:.4f}{loss}"
         )
 
 
@@ -247,6 +248,32 @@ def bench_quality_cmd(
             *(f"{row['metrics'][m]:.4f}" if m in row["metrics"] else "" for m in report["metrics"]),
             "" if row["train_seconds"] is None else f"{row['train_seconds']:.1f}",
         )
+    console.print(table)
+    console.print(f"written to {out}")
+
+
+@bench_app.command("ranking")
+@_clean_errors
+def bench_ranking_cmd(
+    config: ConfigOpt = None,
+    feed_users: Annotated[
+        int, typer.Option(min=1, help="Test users whose feeds are scored with ground truth")
+    ] = 2_000,
+    out: Annotated[Path, typer.Option(help="Where the tables go")] = Path("docs/benchmarks"),
+) -> None:
+    """Every ranker against logistic regression on simulator data (with ground truth)."""
+    from feedforge.bench.ranking import run_ranking
+
+    with _progress("bench ranking") as say:
+        report = run_ranking(_settings(config), out, feed_users=feed_users, progress=say)
+    columns = ("auc", "log_loss", "ece", "ndcg@10", "feed_clicks", "feed_watch_minutes")
+    table = Table(title=f"ranking / simulator / objective {report['objective']}")
+    table.add_column("model")
+    for name in columns:
+        table.add_column(name, justify="right")
+    for row in report["rows"]:
+        m = row["metrics"]
+        table.add_row(row["model"], *("" if c not in m else f"{m[c]:.4f}" for c in columns))
     console.print(table)
     console.print(f"written to {out}")
 

@@ -84,6 +84,15 @@ class MatrixFactorizationConfig(_Section):
 
 
 class RankerConfig(_Section):
+    """The ranking stage's model. ``type`` picks it; ``C`` and ``max_iter`` are the logistic
+    regression's, every other ranker takes its keyword arguments from ``models.params.<type>``
+    (e.g. ``params: {lightgbm: {objective: lambdarank}}``)."""
+
+    type: Literal["logistic", "tree", "lightgbm"] = Field(
+        "logistic",
+        description="logistic regression, a shallow decision tree, or LightGBM (binary or "
+        "lambdarank)",
+    )
     C: float = Field(1.0, gt=0, description="Inverse L2 strength of the logistic regression")
     max_iter: int = Field(500, ge=10)
 
@@ -161,6 +170,58 @@ class ServingConfig(_Section):
     )
 
 
+class BusinessRule(_Section):
+    """One business rule of the re-ranking stage, matching items by id or primary category.
+
+    ``boost`` multiplies the matched items' scores by ``factor``; ``bury`` moves them below
+    every other candidate; ``block`` removes them from the feed (unavailable); ``pin`` puts the
+    first matched item that the user may see at slot ``position`` (added to the candidates
+    even when retrieval did not find it).
+    """
+
+    action: Literal["boost", "bury", "block", "pin"]
+    item_ids: list[str] = Field(default_factory=list)
+    categories: list[str] = Field(default_factory=list)
+    factor: float = Field(2.0, gt=0, description="boost: score multiplier")
+    position: int = Field(0, ge=0, description="pin: 0-based slot")
+
+
+class ExplorationConfig(_Section):
+    """Exploration of the re-ranking stage; every shown item's propensity is recorded.
+
+    ``epsilon_greedy``: each slot shows the best remaining item with probability
+    ``1 - epsilon``, else a uniformly random remaining one. ``softmax``: each slot samples the
+    remaining items with probability proportional to ``exp(utility / temperature)``
+    (Plackett-Luce), utilities min-max scaled to [0, 1] over the candidates.
+    """
+
+    type: Literal["none", "epsilon_greedy", "softmax"] = "none"
+    epsilon: float = Field(0.1, ge=0, le=1)
+    temperature: float = Field(0.1, gt=0)
+    seed: int | None = Field(None, description="Fixed seed (tests); None draws fresh entropy")
+
+
+class ReRankConfig(_Section):
+    """The re-ranking stage after scoring (see :mod:`feedforge.serving.rerank`)."""
+
+    category_cap: int | None = Field(
+        None, ge=1, description="At most this many items of one primary category per feed"
+    )
+    mmr_lambda: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Maximal marginal relevance: lambda * relevance - (1 - lambda) * the "
+        "largest cosine similarity to an item already placed (1 = relevance only)",
+    )
+    freshness_boost: float = Field(
+        0.0, ge=0, description="Scores times 1 + boost * exp(-age_days / freshness_tau_days)"
+    )
+    freshness_tau_days: float = Field(7.0, gt=0)
+    rules: list[BusinessRule] = Field(default_factory=list)
+    exploration: ExplorationConfig = ExplorationConfig()
+
+
 class Settings(BaseSettings):
     """All of feedforge's settings."""
 
@@ -178,6 +239,7 @@ class Settings(BaseSettings):
     evaluation: EvaluationConfig = EvaluationConfig()
     store: StoreConfig = StoreConfig()
     serving: ServingConfig = ServingConfig()
+    reranking: ReRankConfig = ReRankConfig()
 
     @classmethod
     def settings_customise_sources(

@@ -19,10 +19,15 @@ import pytest
 from feedforge.config import DatasetConfig
 from feedforge.datasets.build import SPLITS, ranking_examples
 from feedforge.datasets.features import (
+    DEVICES,
     RAW_COUNTERS,
+    WINDOWS,
+    item_records,
     point_in_time_counters,
+    raw_from_records,
     snapshot_candidate_counters,
     snapshot_counters,
+    user_records,
 )
 from feedforge.events.schema import EVENT_SCHEMA, ITEM_SCHEMA
 
@@ -40,18 +45,23 @@ def _primary_category(items: pl.DataFrame) -> dict[str, str]:
 
 
 def naive_counters(
-    events: pl.DataFrame, items: pl.DataFrame, user: str, item: str, at: datetime
+    events: pl.DataFrame,
+    items: pl.DataFrame,
+    user: str,
+    item: str,
+    at: datetime,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Raw counters of ``(user, item)`` at time ``at``, counted the slow, obvious way."""
     category = _primary_category(items)
-    created = dict(items.select("item_id", "created_at").iter_rows())
+    attrs = {r["item_id"]: r for r in items.iter_rows(named=True)}
     before = events.filter(pl.col("timestamp") < at)
     shown = before.filter(pl.col("event_type") == "impression")
     clicks = before.filter(pl.col("event_type") == "click")
     user_clicks = clicks.filter(pl.col("user_id") == user)
     own_category = category.get(item, "")
-    age = (at - created[item]).total_seconds() if item in created else 0.0
-    return {
+    age = (at - attrs[item]["created_at"]).total_seconds() if item in attrs else 0.0
+    out: dict[str, Any] = {
         "user_impressions": shown.filter(pl.col("user_id") == user).height,
         "user_clicks": user_clicks.height,
         "item_impressions": shown.filter(pl.col("item_id") == item).height,
@@ -60,7 +70,28 @@ def naive_counters(
             category.get(i, "") == own_category for i in user_clicks.get_column("item_id")
         ),
         "item_age_seconds": age,
+        "item_duration_seconds": (attrs.get(item, {}).get("duration_seconds") or 0.0),
+        "item_price": (attrs.get(item, {}).get("price") or 0.0),
+        "hour": at.astimezone(UTC).hour,
     }
+    for suffix, length in WINDOWS.items():
+        recent = pl.col("timestamp") >= at - length
+        for who, key in (("user", user), ("item", item)):
+            mine = pl.col(f"{who}_id") == key
+            out[f"{who}_impressions_{suffix}"] = shown.filter(mine & recent).height
+            out[f"{who}_clicks_{suffix}"] = clicks.filter(mine & recent).height
+    if device in DEVICES:
+        out["device_code"] = DEVICES.index(device) + 1
+    else:  # the user's most recent earlier impression with a device
+        mine = shown.filter((pl.col("user_id") == user) & pl.col("device").is_not_null())
+        if mine.height == 0:
+            out["device_code"] = 0
+        else:
+            last = mine.filter(pl.col("timestamp") == mine.get_column("timestamp").max())
+            out["device_code"] = max(
+                DEVICES.index(d) + 1 if d in DEVICES else 0 for d in last.get_column("device")
+            )
+    return out
 
 
 def _assert_counters_equal(row: dict[str, Any], expected: dict[str, Any], label: str) -> None:
@@ -79,7 +110,12 @@ def test_counters_equal_a_naive_recount(built: Built, split: str) -> None:
     sample = frame[picks.tolist()]
     for row in sample.iter_rows(named=True):
         expected = naive_counters(
-            built.events, built.items, row["user_id"], row["item_id"], row["timestamp"]
+            built.events,
+            built.items,
+            row["user_id"],
+            row["item_id"],
+            row["timestamp"],
+            built.events.filter(pl.col("event_id") == row["event_id"]).item(0, "device"),
         )
         _assert_counters_equal(row, expected, row["event_id"])
     # The sample must exercise the counters, or equality would prove little.
@@ -87,6 +123,10 @@ def test_counters_equal_a_naive_recount(built: Built, split: str) -> None:
     assert sample.get_column("item_clicks").sum() > 0
     assert sample.get_column("user_category_clicks").sum() > 0
     assert sample.get_column("user_impressions").sum() > 0
+    assert sample.get_column("item_clicks_1d").sum() > 0
+    assert sample.get_column("user_impressions_7d").sum() > 0
+    assert (sample.get_column("user_impressions_1d") < sample.get_column("user_impressions")).any()
+    assert sample.get_column("device_code").n_unique() > 1
 
 
 def test_same_request_impressions_do_not_see_each_other(built: Built) -> None:
@@ -200,7 +240,14 @@ def test_counters_exclude_the_present_and_the_future() -> None:
     assert rows["B"]["position"] == 1
     # the naive recount agrees on the hand-built log too
     for event_id, row in rows.items():
-        naive = naive_counters(COUNTER_LOG, ITEMS, row["user_id"], row["item_id"], row["timestamp"])
+        naive = naive_counters(
+            COUNTER_LOG,
+            ITEMS,
+            row["user_id"],
+            row["item_id"],
+            row["timestamp"],
+            COUNTER_LOG.filter(pl.col("event_id") == event_id).item(0, "device"),
+        )
         _assert_counters_equal(row, naive, event_id)
 
 
@@ -308,3 +355,27 @@ def test_snapshot_equals_point_in_time_on_the_simulated_log(built: Built) -> Non
     assert events.filter(pl.col("timestamp") == busy).height > 1
     for cutoff in (busy, built.bounds["t1"]):
         _parity(events, built.items, pairs, cutoff)
+
+
+def test_store_records_give_the_snapshot_counters() -> None:
+    """The service's path (JSON records -> raw counters) equals the offline snapshot path."""
+    cutoff = T + timedelta(seconds=60)
+    snapshot = snapshot_counters(COUNTER_LOG.lazy(), ITEMS, cutoff)
+    users, items, user_cats = snapshot
+    seen = pl.DataFrame({"user_id": ["u1"], "seen": [["i1"]]})
+    user_ids, user_recs = user_records(users, user_cats, seen)
+    item_ids, item_recs = item_records(items)
+    by_user = dict(zip(user_ids, user_recs, strict=True))
+    by_item = dict(zip(item_ids, item_recs, strict=True))
+    candidates = ["i1", "i2", "i3", "i-unknown"]
+    for user, device in (("u1", None), ("u1", "web"), ("u2", None), ("u-new", "tv")):
+        pairs = pl.DataFrame({"user_id": [user] * len(candidates), "item_id": candidates})
+        offline = snapshot_candidate_counters(pairs, snapshot, cutoff, device)
+        raw, missing = raw_from_records(
+            by_user.get(user), [by_item.get(i) for i in candidates], cutoff.timestamp(), device
+        )
+        assert missing == 1  # i-unknown has no record: documented defaults
+        for name in RAW_COUNTERS:
+            expected = offline.get_column(name).cast(pl.Float64).to_numpy()
+            np.testing.assert_allclose(raw[name], expected, atol=1e-6, err_msg=f"{user} {name}")
+    assert by_user["u1"]["last_device"] == 0  # COUNTER_LOG impressions carry no device

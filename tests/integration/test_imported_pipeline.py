@@ -12,7 +12,7 @@ from feedforge.config import load_settings
 from feedforge.datasets.build import build_dataset
 from feedforge.evaluation.evaluate import evaluate
 from feedforge.events.importers import import_dataset
-from feedforge.models.train import RANKER_NAME, train_models
+from feedforge.models.train import train_models
 from feedforge.publish.factory import open_store
 from feedforge.publish.publisher import publish
 from feedforge.serving.app import create_app
@@ -50,7 +50,7 @@ def test_imported_ratings_run_through_every_stage(tmp_path: Path) -> None:
     build_dataset(workdir, settings)
     saved = train_models(workdir, settings)
     assert set(saved) == {"popularity", "bpr"}  # no impressions: no ranker
-    assert not workdir.model_dir(RANKER_NAME).exists()
+    assert not workdir.model_dir(settings.models.ranker.type).exists()
     report = evaluate(workdir, settings)
     assert set(report["models"]) == {"popularity", "bpr"}
     assert "ranker" not in report

@@ -13,24 +13,46 @@ Features are derived in two steps:
    ``position``                  impression slot (0 = top); fixed to :data:`SERVING_POSITION`
                                  when serving, so the model's position effect is a constant
                                  offset that cannot reorder candidates (position de-biasing)
-   ``user_impressions_log``      ``log1p(user impressions)``
-   ``user_ctr``                  ``(user clicks + 1) / (user impressions + 10)``
-   ``item_impressions_log``      ``log1p(item impressions)``
-   ``item_ctr``                  ``(item clicks + 1) / (item impressions + 10)``
+   ``user_impressions_log``      ``log1p(user impressions)``, all time (also ``_1d``/``_7d``:
+                                 the last day / week before the moment of scoring)
+   ``user_ctr``                  ``(user clicks + 1) / (user impressions + 10)`` (and
+                                 ``_1d``, ``_7d``)
+   ``item_impressions_log``      ``log1p(item impressions)`` (and ``_1d``, ``_7d``)
+   ``item_ctr``                  ``(item clicks + 1) / (item impressions + 10)`` (and ``_1d``,
+                                 ``_7d``: smoothed CTR over recent windows, i.e. trending)
    ``item_age_days_log``         ``log1p(max(0, age in days))`` at the moment of scoring
+   ``item_duration_log``         ``log1p(duration in minutes)`` (0 when unknown)
+   ``item_price_log``            ``log1p(price)`` (0 for free or unknown)
    ``user_category_affinity``    ``(user clicks in the item's primary category + 1)
-                                 / (user clicks + n_categories)``
+                                 / (user clicks + n_categories)`` (user x item cross)
    ``retrieval_score``           dot product of the retrieval model's user and item
                                  embeddings (added by the training stage; 0 when unknown)
+   ``hour_sin``, ``hour_cos``    the UTC hour of day of the impression (serving: of the
+                                 request) on the unit circle
+   ``device_tv`` ... ``_web``    one-hot device of the request; when the request names none,
+                                 the user's most recent impression's device before the moment
+                                 of scoring (all 0 when unknown)
    ============================  ===========================================================
+
+Windowed counters count events in ``[t - w, t)``; like every counter they exclude events at
+the moment of scoring itself.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import polars as pl
+
+WINDOWS: dict[str, timedelta] = {"1d": timedelta(days=1), "7d": timedelta(days=7)}
+"""The recent windows of the windowed counters (suffix -> length)."""
+
+DEVICES: tuple[str, ...] = ("tv", "mobile", "web")
+"""Devices with a one-hot feature; ``device_code`` ``j + 1`` is ``DEVICES[j]``, 0 unknown."""
+
+_WINDOWED = ("user_impressions", "user_clicks", "item_impressions", "item_clicks")
 
 RAW_COUNTERS: tuple[str, ...] = (
     "position",
@@ -40,6 +62,11 @@ RAW_COUNTERS: tuple[str, ...] = (
     "item_clicks",
     "user_category_clicks",
     "item_age_seconds",
+    *(f"{name}_{w}" for w in WINDOWS for name in _WINDOWED),
+    "item_duration_seconds",
+    "item_price",
+    "hour",
+    "device_code",
 )
 
 FEATURES: tuple[str, ...] = (
@@ -48,9 +75,19 @@ FEATURES: tuple[str, ...] = (
     "user_ctr",
     "item_impressions_log",
     "item_ctr",
+    *(
+        f"{name}_{w}"
+        for w in WINDOWS
+        for name in ("user_impressions_log", "user_ctr", "item_impressions_log", "item_ctr")
+    ),
     "item_age_days_log",
+    "item_duration_log",
+    "item_price_log",
     "user_category_affinity",
     "retrieval_score",
+    "hour_sin",
+    "hour_cos",
+    *(f"device_{d}" for d in DEVICES),
 )
 
 SERVING_POSITION = 0
@@ -73,30 +110,48 @@ def derive_features(
         ``(N, len(FEATURES))`` float64 matrix, columns in :data:`FEATURES` order.
     """
     f = {k: np.asarray(v, dtype=np.float64) for k, v in raw.items()}
-    user_clicks = f["user_clicks"]
+
+    def ctr(clicks: np.ndarray, impressions: np.ndarray) -> np.ndarray:
+        return (clicks + _CTR_PRIOR_CLICKS) / (impressions + _CTR_PRIOR_IMPRESSIONS)
+
     columns = {
         "position": f["position"],
-        "user_impressions_log": np.log1p(f["user_impressions"]),
-        "user_ctr": (user_clicks + _CTR_PRIOR_CLICKS)
-        / (f["user_impressions"] + _CTR_PRIOR_IMPRESSIONS),
-        "item_impressions_log": np.log1p(f["item_impressions"]),
-        "item_ctr": (f["item_clicks"] + _CTR_PRIOR_CLICKS)
-        / (f["item_impressions"] + _CTR_PRIOR_IMPRESSIONS),
         "item_age_days_log": np.log1p(np.maximum(f["item_age_seconds"], 0.0) / 86_400.0),
+        "item_duration_log": np.log1p(np.maximum(f["item_duration_seconds"], 0.0) / 60.0),
+        "item_price_log": np.log1p(np.maximum(f["item_price"], 0.0)),
         "user_category_affinity": (f["user_category_clicks"] + 1.0)
-        / (user_clicks + max(n_categories, 1)),
+        / (f["user_clicks"] + max(n_categories, 1)),
         "retrieval_score": np.asarray(retrieval_score, dtype=np.float64),
+        "hour_sin": np.sin(2 * np.pi * f["hour"] / 24.0),
+        "hour_cos": np.cos(2 * np.pi * f["hour"] / 24.0),
     }
+    for suffix in ("", *(f"_{w}" for w in WINDOWS)):
+        for who in ("user", "item"):
+            shown, clicks = f[f"{who}_impressions{suffix}"], f[f"{who}_clicks{suffix}"]
+            columns[f"{who}_impressions_log{suffix}"] = np.log1p(shown)
+            columns[f"{who}_ctr{suffix}"] = ctr(clicks, shown)
+    for j, device in enumerate(DEVICES):
+        columns[f"device_{device}"] = (f["device_code"] == j + 1).astype(np.float64)
     return np.column_stack([columns[name] for name in FEATURES])
 
 
+def device_code(device: pl.Expr) -> pl.Expr:
+    """The ``device_code`` raw counter of a device-name column: ``j + 1`` for ``DEVICES[j]``,
+    else 0 (unknown or null)."""
+    mapping = {d: j + 1 for j, d in enumerate(DEVICES)}
+    return device.replace_strict(mapping, default=0, return_dtype=pl.Int64).fill_null(0)
+
+
 def item_categories(items: pl.DataFrame) -> pl.DataFrame:
-    """``item_id``, ``category`` (the primary, i.e. first, category; ``""`` if none) and
-    ``created_at`` of each catalog item."""
+    """``item_id``, ``category`` (the primary, i.e. first, category; ``""`` if none),
+    ``created_at``, ``item_duration_seconds`` and ``item_price`` (0 when unknown) of each
+    catalog item."""
     return items.select(
         "item_id",
         pl.col("categories").list.first().fill_null("").alias("category"),
         "created_at",
+        pl.col("duration_seconds").cast(pl.Float64).fill_null(0.0).alias("item_duration_seconds"),
+        pl.col("price").cast(pl.Float64).fill_null(0.0).alias("item_price"),
     )
 
 
@@ -129,20 +184,53 @@ def _counts_asof(
     )
 
 
+def _windowed_asof(
+    left: pl.LazyFrame, events: pl.LazyFrame, by: list[str], name: str
+) -> pl.LazyFrame:
+    """Add ``<name>_<w>`` for each of :data:`WINDOWS`: ``events`` in ``[t - w, t)``, i.e. the
+    all-time count ``name`` (already on ``left``) minus the count strictly before ``t - w``."""
+    for suffix, length in WINDOWS.items():
+        shifted = left.with_columns(
+            pl.col("timestamp").alias("_at"), (pl.col("timestamp") - length).alias("timestamp")
+        )
+        left = (
+            _counts_asof(shifted, events, by, "_before")
+            .with_columns(
+                pl.col("_at").alias("timestamp"),
+                (pl.col(name) - pl.col("_before")).alias(f"{name}_{suffix}"),
+            )
+            .drop("_at", "_before")
+        )
+    return left
+
+
+def _device_events(events: pl.LazyFrame) -> pl.LazyFrame:
+    """``user_id, timestamp, _device``: the device code of each user's impressions, one row
+    per (user, instant); the largest code when one instant names several."""
+    return (
+        events.filter((pl.col("event_type") == "impression") & pl.col("device").is_not_null())
+        .group_by("user_id", "timestamp")
+        .agg(device_code(pl.col("device")).max().alias("_device"))
+    )
+
+
 def point_in_time_counters(
     impressions: pl.LazyFrame, events: pl.LazyFrame, items: pl.DataFrame
 ) -> pl.LazyFrame:
     """Raw counters for each impression from events strictly before its timestamp.
 
     Args:
-        impressions: Rows with ``event_id``, ``timestamp``, ``user_id``, ``item_id`` and
-            ``position``.
+        impressions: Rows with ``event_id``, ``timestamp``, ``user_id``, ``item_id``,
+            ``position`` and optionally ``device`` (the request's; null or absent: the user's
+            last impression device before the timestamp).
         events: The whole event log (impressions and clicks are counted from it).
-        items: The catalog (for categories and creation times).
+        items: The catalog (for categories, creation times, durations and prices).
 
     Returns:
         ``impressions`` plus every column of :data:`RAW_COUNTERS`.
     """
+    if "device" not in impressions.collect_schema().names():
+        impressions = impressions.with_columns(pl.lit(None, pl.String).alias("device"))
     cats = item_categories(items).lazy()
     shown = events.filter(pl.col("event_type") == "impression").select(
         "user_id", "item_id", "timestamp"
@@ -154,19 +242,50 @@ def point_in_time_counters(
         .with_columns(pl.col("category").fill_null(""))
     )
     out = impressions.join(cats, on="item_id", how="left").with_columns(
-        pl.col("category").fill_null("")
+        pl.col("category").fill_null(""),
+        pl.col("item_duration_seconds").fill_null(0.0),
+        pl.col("item_price").fill_null(0.0),
     )
     out = _counts_asof(out, shown, ["user_id"], "user_impressions")
     out = _counts_asof(out, clicks, ["user_id"], "user_clicks")
     out = _counts_asof(out, shown, ["item_id"], "item_impressions")
     out = _counts_asof(out, clicks, ["item_id"], "item_clicks")
     out = _counts_asof(out, clicks, ["user_id", "category"], "user_category_clicks")
+    out = _windowed_asof(out, shown, ["user_id"], "user_impressions")
+    out = _windowed_asof(out, clicks, ["user_id"], "user_clicks")
+    out = _windowed_asof(out, shown, ["item_id"], "item_impressions")
+    out = _windowed_asof(out, clicks, ["item_id"], "item_clicks")
+    last_device = _device_events(events).sort("timestamp")
+    out = out.sort("timestamp").join_asof(
+        last_device,
+        on="timestamp",
+        by="user_id",
+        strategy="backward",
+        allow_exact_matches=False,
+        check_sortedness=False,
+    )
     return out.with_columns(
         ((pl.col("timestamp") - pl.col("created_at")).dt.total_microseconds() / 1e6)
         .fill_null(0.0)
         .alias("item_age_seconds"),
         pl.col("position").fill_null(SERVING_POSITION),
-    ).drop("created_at")
+        pl.col("timestamp").dt.hour().cast(pl.Int64).alias("hour"),
+        pl.when(device_code(pl.col("device")) > 0)
+        .then(device_code(pl.col("device")))
+        .otherwise(pl.col("_device").fill_null(0))
+        .alias("device_code"),
+    ).drop("created_at", "_device")
+
+
+def _window_sums(cutoff: datetime, prefix: str) -> list[pl.Expr]:
+    """Impressions and clicks in each window ``[cutoff - w, cutoff)``, as ``<prefix>_..._<w>``."""
+    exprs = []
+    for suffix, length in WINDOWS.items():
+        recent = pl.col("timestamp") >= cutoff - length
+        for kind, name in (("impression", "impressions"), ("click", "clicks")):
+            hit = ((pl.col("event_type") == kind) & recent).cast(pl.Int64)
+            exprs.append(hit.sum().alias(f"{prefix}_{name}_{suffix}"))
+    return exprs
 
 
 def snapshot_counters(
@@ -175,31 +294,50 @@ def snapshot_counters(
     """Counters from every event strictly before ``cutoff``, for the online store.
 
     Returns:
-        ``users`` (user_id, user_impressions, user_clicks), ``items`` (item_id, category,
-        created_at, item_impressions, item_clicks; catalog items and any other item with
-        events before ``cutoff``) and ``user_categories`` (user_id, category,
-        user_category_clicks).
+        ``users`` (user_id, user_impressions, user_clicks, their windowed counts and
+        ``user_last_device``, the device code of the user's last impression), ``items``
+        (item_id, category, created_at, item_duration_seconds, item_price, item_impressions,
+        item_clicks and their windowed counts; catalog items and any other item with events
+        before ``cutoff``) and ``user_categories`` (user_id, category, user_category_clicks).
     """
     cats = item_categories(items)
     before = events.filter(pl.col("timestamp") < cutoff)
     is_imp = (pl.col("event_type") == "impression").cast(pl.Int64)
     is_clk = (pl.col("event_type") == "click").cast(pl.Int64)
+    last_device = (
+        _device_events(before)
+        .sort("timestamp")
+        .group_by("user_id")
+        .agg(pl.col("_device").last().alias("user_last_device"))
+    )
     users = (
         before.group_by("user_id")
-        .agg(is_imp.sum().alias("user_impressions"), is_clk.sum().alias("user_clicks"))
+        .agg(
+            is_imp.sum().alias("user_impressions"),
+            is_clk.sum().alias("user_clicks"),
+            *_window_sums(cutoff, "user"),
+        )
+        .join(last_device, on="user_id", how="left")
+        .with_columns(pl.col("user_last_device").fill_null(0))
         .collect()
     )
     item_counts = (
         before.group_by("item_id")
-        .agg(is_imp.sum().alias("item_impressions"), is_clk.sum().alias("item_clicks"))
+        .agg(
+            is_imp.sum().alias("item_impressions"),
+            is_clk.sum().alias("item_clicks"),
+            *_window_sums(cutoff, "item"),
+        )
         .collect()
     )
     # A full join: an item with events but no catalog row is counted too (category "", no
     # creation time), exactly as point_in_time_counters counts it for training.
+    counted = [c for c in item_counts.columns if c != "item_id"]
     item_frame = cats.join(item_counts, on="item_id", how="full", coalesce=True).with_columns(
         pl.col("category").fill_null(""),
-        pl.col("item_impressions").fill_null(0),
-        pl.col("item_clicks").fill_null(0),
+        pl.col("item_duration_seconds").fill_null(0.0),
+        pl.col("item_price").fill_null(0.0),
+        *(pl.col(c).fill_null(0) for c in counted),
     )
     user_categories = (
         before.filter(pl.col("event_type") == "click")
@@ -262,13 +400,15 @@ def snapshot_candidate_counters(
     candidates: pl.DataFrame,
     snapshot: tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame],
     now: datetime,
+    device: str | None = None,
 ) -> pl.DataFrame:
     """Raw counters of (user, candidate item) pairs from a :func:`snapshot_counters` snapshot.
 
     Args:
         candidates: Rows with ``user_id`` and ``item_id`` (any other columns are kept).
         snapshot: ``(users, items, user_categories)`` from :func:`snapshot_counters`.
-        now: The scoring time (for item age). ``position`` is :data:`SERVING_POSITION`.
+        now: The scoring time (item age, hour). ``position`` is :data:`SERVING_POSITION`.
+        device: The request's device; ``None``: each user's last impression device.
     """
     users, items, user_categories = snapshot
     out = (
@@ -280,10 +420,134 @@ def snapshot_candidate_counters(
         .sort("_row")
         .drop("_row")
     )
+    counters = [c for c in RAW_COUNTERS if c not in ("position", "item_age_seconds", "hour")]
+    requested = device_code(pl.lit(device, dtype=pl.String))
     return out.with_columns(
         pl.lit(SERVING_POSITION).alias("position"),
-        *(pl.col(c).fill_null(0) for c in RAW_COUNTERS[1:6]),
+        *(pl.col(c).fill_null(0) for c in counters if c != "device_code"),
         ((pl.lit(now) - pl.col("created_at")).dt.total_microseconds() / 1e6)
         .fill_null(0.0)
         .alias("item_age_seconds"),
+        pl.lit(now.astimezone(UTC).hour, dtype=pl.Int64).alias("hour"),
+        pl.when(requested > 0)
+        .then(requested)
+        .otherwise(pl.col("user_last_device").fill_null(0))
+        .alias("device_code"),
     )
+
+
+# -- online-store records -----------------------------------------------------------------
+# The snapshot as the online store holds it: one JSON record per user and per item. The
+# publisher writes them (:func:`user_records`, :func:`item_records`); the service reads them
+# back into raw counters with :func:`raw_from_records`, the same numbers
+# :func:`snapshot_candidate_counters` gives offline.
+
+USER_RECORD_COUNTERS: tuple[str, ...] = (
+    "user_impressions",
+    "user_clicks",
+    *(f"user_{n}_{w}" for w in WINDOWS for n in ("impressions", "clicks")),
+)
+ITEM_RECORD_COUNTERS: tuple[str, ...] = (
+    "item_impressions",
+    "item_clicks",
+    *(f"item_{n}_{w}" for w in WINDOWS for n in ("impressions", "clicks")),
+)
+
+
+def user_records(
+    users: pl.DataFrame, user_categories: pl.DataFrame, seen: pl.DataFrame
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """One record per user: counters (:data:`USER_RECORD_COUNTERS`), the last device, clicks
+    per category and the items already consumed."""
+    cats = user_categories.group_by("user_id").agg(
+        pl.struct("category", "user_category_clicks").alias("cats")
+    )
+    frame = (
+        users.join(cats, on="user_id", how="full", coalesce=True)
+        .join(seen, on="user_id", how="full", coalesce=True)
+        .with_columns(
+            *(pl.col(c).fill_null(0) for c in USER_RECORD_COUNTERS),
+            pl.col("user_last_device").fill_null(0),
+        )
+    )
+    ids = frame.get_column("user_id").to_list()
+    records = [
+        {
+            **{c: int(row[c]) for c in USER_RECORD_COUNTERS},
+            "last_device": int(row["user_last_device"]),
+            "category_clicks": {
+                c["category"]: int(c["user_category_clicks"]) for c in (row["cats"] or [])
+            },
+            "seen": row["seen"] or [],
+        }
+        for row in frame.iter_rows(named=True)
+    ]
+    return ids, records
+
+
+def item_records(items: pl.DataFrame) -> tuple[list[str], list[dict[str, Any]]]:
+    """One record per item: counters (:data:`ITEM_RECORD_COUNTERS`), primary category,
+    creation time (epoch seconds), duration and price."""
+    frame = items.with_columns((pl.col("created_at").dt.epoch("us") / 1e6).alias("created_at_s"))
+    ids = frame.get_column("item_id").to_list()
+    records = [
+        {
+            **{c: int(row[c]) for c in ITEM_RECORD_COUNTERS},
+            "category": row["category"],
+            "created_at_s": row["created_at_s"],
+            "duration_seconds": float(row["item_duration_seconds"]),
+            "price": float(row["item_price"]),
+        }
+        for row in frame.iter_rows(named=True)
+    ]
+    return ids, records
+
+
+def raw_from_records(
+    user: dict[str, Any] | None,
+    items: list[dict[str, Any] | None],
+    now_s: float,
+    device: str | None = None,
+) -> tuple[dict[str, np.ndarray], int]:
+    """Raw counters of one user's candidates from their online-store records.
+
+    A missing record (a user or item absent from the snapshot) takes the documented defaults:
+    zero counts, age 0, duration and price 0, category ``""``; so does a record lacking a
+    field (e.g. written by an older publisher).
+
+    Args:
+        user: The user's record, or None.
+        items: Each candidate's item record, or None.
+        now_s: Scoring time, epoch seconds (item age and hour of day).
+        device: The request's device; None: the user's last device.
+
+    Returns:
+        The raw counters (each ``(N,)``) and how many candidates had no item record.
+    """
+    user = user or {}
+    n = len(items)
+    category_clicks = user.get("category_clicks", {})
+    raw: dict[str, np.ndarray] = {
+        c: np.full(n, float(user.get(c, 0))) for c in USER_RECORD_COUNTERS
+    }
+    raw["position"] = np.full(n, float(SERVING_POSITION))
+    raw["hour"] = np.full(n, float(datetime.fromtimestamp(now_s, UTC).hour))
+    code = DEVICES.index(device) + 1 if device in DEVICES else 0
+    raw["device_code"] = np.full(n, float(code or user.get("last_device", 0)))
+    for c in (*ITEM_RECORD_COUNTERS, "user_category_clicks", "item_age_seconds"):
+        raw[c] = np.zeros(n)
+    raw["item_duration_seconds"] = np.zeros(n)
+    raw["item_price"] = np.zeros(n)
+    missing = 0
+    for j, rec in enumerate(items):
+        if rec is None:
+            missing += 1
+            continue
+        for c in ITEM_RECORD_COUNTERS:
+            raw[c][j] = rec.get(c, 0)
+        raw["user_category_clicks"][j] = category_clicks.get(rec.get("category", ""), 0)
+        created = rec.get("created_at_s")
+        raw["item_age_seconds"][j] = now_s - created if created is not None else 0.0
+        raw["item_duration_seconds"][j] = rec.get("duration_seconds", 0.0)
+        raw["item_price"][j] = rec.get("price", 0.0)
+    return raw, missing

@@ -34,7 +34,7 @@ from feedforge.events.catalog import read_catalog
 from feedforge.events.log import EventLog
 from feedforge.models.base import EmbeddingRecommender, Ranker, Recommender, top_k
 from feedforge.models.registry import load_ranker, load_recommender
-from feedforge.models.train import RANKER_NAME, ranker_training_data
+from feedforge.models.train import ranker_training_data
 from feedforge.workdir import Workdir
 
 Progress = Callable[[str], None]
@@ -118,12 +118,13 @@ def evaluate(
         report["models"][name] = ranking_report(recs, relevant_users, n_items, k)
 
     retrieval = recommenders[retrieval_name]
-    ranker_dir = workdir.model_dir(RANKER_NAME)
+    ranker_name = settings.models.ranker.type
+    ranker_dir = workdir.model_dir(ranker_name)
     if not isinstance(retrieval, EmbeddingRecommender) or not ranker_dir.is_dir():
         say("no ranker trained: skipping the two-stage pipeline")
     else:
-        say(f"evaluating the two-stage pipeline ({retrieval_name} -> {RANKER_NAME})")
-        ranker = load_ranker(RANKER_NAME, ranker_dir, build_command=command)
+        say(f"evaluating the two-stage pipeline ({retrieval_name} -> {ranker_name})")
+        ranker = load_ranker(ranker_name, ranker_dir, build_command=command)
         _, items, _ = read_catalog(workdir)
         cutoff = datetime.fromisoformat(dataset.split_bounds["t2"])
         snapshot = snapshot_counters(EventLog(workdir.events_dir).scan(), items, cutoff)
@@ -138,17 +139,22 @@ def evaluate(
             settings.evaluation.candidates,
             train_csr,
         )
-        two_stage = f"{retrieval_name}+{RANKER_NAME}"
+        two_stage = f"{retrieval_name}+{ranker_name}"
         report["models"][two_stage] = ranking_report(recs, relevant_users, n_items, k)
-        X, y = ranker_training_data(dataset, "test", retrieval, settings.objective)
-        p = ranker.predict_proba(X)
+        test = ranker_training_data(dataset, "test", retrieval, settings.objective)
+        y, p = test.y, ranker.predict_proba(test.X)
+        both = bool(len(y)) and y.min() != y.max()
+        # A value-weighted ranker (watch_time, revenue) estimates value odds, not the
+        # label's probability: its log loss against the label means nothing.
+        weighted = not np.allclose(test.weight, 1.0)
         report["ranker"] = {
-            "model": RANKER_NAME,
+            "model": ranker_name,
             "split": "test",
             "impressions": len(y),
             "positive_rate": float(y.mean()) if len(y) else 0.0,
-            "auc": auc(y, p) if len(y) and y.min() != y.max() else None,
-            "log_loss": log_loss(y, p) if len(y) and y.min() != y.max() else None,
+            "value_weighted": weighted,
+            "auc": auc(y, p) if both else None,
+            "log_loss": log_loss(y, p) if both and not weighted else None,
         }
     reports = workdir.reports_dir
     reports.mkdir(parents=True, exist_ok=True)

@@ -219,12 +219,31 @@ class Ranker(Model):
     feature_names_: list[str] | None = None
 
     @abstractmethod
-    def fit(self, X: np.ndarray, y: np.ndarray, feature_names: list[str]) -> Self:
-        """Learn from ``(N, F)`` float features and ``(N,)`` binary labels."""
+    def fit(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        feature_names: list[str],
+        group: np.ndarray | None = None,
+        sample_weight: np.ndarray | None = None,
+    ) -> Self:
+        """Learn from ``(N, F)`` float features and ``(N,)`` binary labels.
+
+        ``group`` is the ``(N,)`` request key of each row (the feed it was shown in):
+        listwise rankers learn orderings within a request from it; pointwise ones ignore it.
+        ``sample_weight`` (``(N,)``, >= 0) weights each row's loss, e.g. a positive by its
+        watch time (:func:`feedforge.datasets.build.ranking_target`).
+        """
 
     @abstractmethod
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """``(N,)`` probabilities of the positive label for ``(N, F)`` features."""
+        """``(N,)`` probabilities of the positive label for ``(N, F)`` features (calibrated:
+        listwise rankers map their scores to probabilities with a fitted calibrator)."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """A human-readable account of the fitted model (coefficients, the tree, or
+        feature importances)."""
 
     @classmethod
     @abstractmethod

@@ -25,28 +25,20 @@ from feedforge.artifacts import (
     write_manifest,
 )
 from feedforge.config import RankerConfig
-from feedforge.errors import ArtifactError, DataError, NotFittedError, ValidationError
+from feedforge.errors import ArtifactError, NotFittedError, ValidationError
 from feedforge.models.base import Ranker
+from feedforge.models.ranker_utils import (
+    check_expected_features,
+    check_feature_names,
+    check_features,
+    check_group,
+    check_labels,
+    check_weight,
+)
 
 TRAIN_COMMAND = "feedforge train"
 _SCHEMA_VERSION = 1
 _MODEL_FILE = "model.json"
-
-
-def _check_features(X: np.ndarray, feature_names: list[str], where: str) -> np.ndarray:
-    """``X`` as a ``(N, F)`` float64 array, or ValidationError naming the bad columns."""
-    X = np.asarray(X, dtype=np.float64)
-    if X.ndim != 2:
-        raise ValidationError(f"{where}: X must be 2-D (N, F), got shape {X.shape}")
-    if X.shape[1] != len(feature_names):
-        raise ValidationError(
-            f"{where}: X has {X.shape[1]} columns but there are {len(feature_names)} features"
-        )
-    bad = ~np.isfinite(X).all(axis=0)
-    if bad.any():
-        names = [name for name, is_bad in zip(feature_names, bad, strict=True) if is_bad]
-        raise ValidationError(f"{where}: NaN or infinite values in feature columns {names}")
-    return X
 
 
 class LogisticRanker(Ranker):
@@ -82,13 +74,22 @@ class LogisticRanker(Ranker):
     def get_params(self) -> dict[str, Any]:
         return {"C": self.C, "max_iter": self.max_iter}
 
-    def fit(self, X: np.ndarray, y: np.ndarray, feature_names: list[str]) -> Self:
+    def fit(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        feature_names: list[str],
+        group: np.ndarray | None = None,
+        sample_weight: np.ndarray | None = None,
+    ) -> Self:
         """Learn from ``(N, F)`` features and ``(N,)`` binary labels.
 
         Args:
             X: ``(N, F)`` float features, columns in the order of ``feature_names``.
             y: ``(N,)`` labels in ``{0, 1}`` (bool accepted).
             feature_names: ``F`` distinct column names.
+            group: ``(N,)`` request keys; a pointwise model ignores them.
+            sample_weight: ``(N,)`` weights of the rows' log loss (None: all 1).
 
         Raises:
             ValidationError: shapes disagree, names repeat, labels are not 0/1, or ``X`` holds
@@ -97,28 +98,14 @@ class LogisticRanker(Ranker):
         """
         if not self.C > 0:
             raise ValidationError(f"LogisticRanker: C must be > 0, got {self.C!r}")
-        names = [str(name) for name in feature_names]
-        if len(set(names)) != len(names):
-            repeated = sorted({n for n in names if names.count(n) > 1})
-            raise ValidationError(f"LogisticRanker.fit: repeated feature names {repeated}")
-        X = _check_features(X, names, "LogisticRanker.fit")
-        y = np.asarray(y).reshape(-1)
-        if len(y) != X.shape[0]:
-            raise ValidationError(f"LogisticRanker.fit: {X.shape[0]} rows of X but {len(y)} labels")
-        if len(y) == 0:
-            raise DataError("LogisticRanker.fit: no training rows")
-        if not np.isin(y, (0, 1)).all():
-            raise ValidationError("LogisticRanker.fit: labels must be 0 or 1")
-        y = y.astype(np.int64)
-        classes = np.unique(y)
-        if len(classes) < 2:
-            raise DataError(
-                f"LogisticRanker.fit: every label is {int(classes[0])}; a ranker needs both "
-                "positive and negative examples (check the label definition and the split)"
-            )
+        names = check_feature_names(feature_names, "LogisticRanker.fit")
+        X = check_features(X, names, "LogisticRanker.fit")
+        y = check_labels(y, X.shape[0], "LogisticRanker.fit")
+        check_group(group, X.shape[0], "LogisticRanker.fit")
+        weight = check_weight(sample_weight, X.shape[0], "LogisticRanker.fit")
         scaler = StandardScaler().fit(X)
         model = LogisticRegression(C=self.C, max_iter=self.max_iter, class_weight=None)
-        model.fit(scaler.transform(X), y)
+        model.fit(scaler.transform(X), y, sample_weight=weight)
         self.feature_names_ = names
         self.mean_ = np.asarray(scaler.mean_, dtype=np.float64)
         self.scale_ = np.asarray(scaler.scale_, dtype=np.float64)
@@ -140,7 +127,7 @@ class LogisticRanker(Ranker):
     def decision_function(self, X: np.ndarray) -> np.ndarray:
         """``(N,)`` float64 log-odds of the positive label for ``(N, F)`` features."""
         names, mean, scale, coef, intercept = self._fitted()
-        X = _check_features(X, names, "LogisticRanker")
+        X = check_features(X, names, "LogisticRanker")
         return ((X - mean) / scale) @ coef + intercept
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
@@ -155,6 +142,14 @@ class LogisticRanker(Ranker):
         """Feature name -> weight, in standardised units (log-odds per standard deviation)."""
         names, _, _, coef, _ = self._fitted()
         return {name: float(c) for name, c in zip(names, coef, strict=True)}
+
+    def describe(self) -> str:
+        """The intercept and each standardised coefficient, largest magnitude first."""
+        names, mean, scale, coef, intercept = self._fitted()
+        lines = [f"logistic regression: log-odds = {intercept:+.4f}"]
+        for j in np.argsort(-np.abs(coef), kind="stable"):
+            lines.append(f"  {coef[j]:+.4f} * ({names[j]} - {mean[j]:.4g}) / {scale[j]:.4g}")
+        return "\n".join(lines)
 
     def save(self, directory: Path) -> None:
         """Write ``model.json`` (every parameter, as JSON numbers) and the manifest."""
@@ -223,23 +218,8 @@ class LogisticRanker(Ranker):
                 f"corrupt logistic ranker parameters: expected {len(names)} finite values each",
                 build_command,
             )
-        if expected_features is not None and list(expected_features) != names:
-            raise ArtifactError(path, _feature_difference(names, expected_features), build_command)
+        check_expected_features(names, expected_features, path, build_command)
         model.feature_names_ = names
         model.mean_, model.scale_, model.coef_ = arrays
         model.intercept_ = intercept
         return model
-
-
-def _feature_difference(saved: list[str], expected: list[str]) -> str:
-    missing = [name for name in expected if name not in saved]
-    extra = [name for name in saved if name not in expected]
-    if not missing and not extra:
-        return (
-            "the ranker was trained with the expected features in another order or with repeats "
-            f"(saved {saved}, expected {list(expected)})"
-        )
-    return (
-        "the ranker's features differ from the expected ones: "
-        f"missing from the model {missing}, extra in the model {extra}"
-    )

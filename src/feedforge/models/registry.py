@@ -15,9 +15,11 @@ from feedforge.models.als import ALSRecommender
 from feedforge.models.base import Ranker, Recommender
 from feedforge.models.bpr import BPRRecommender
 from feedforge.models.ease import EASERecommender
+from feedforge.models.gbdt import LightGBMRanker
 from feedforge.models.logistic import LogisticRanker
 from feedforge.models.popularity import TRAIN_COMMAND, MostPopular
 from feedforge.models.sasrec import SASRecRecommender
+from feedforge.models.tree import DecisionTreeRanker
 from feedforge.models.two_tower import TwoTowerRecommender
 
 RECOMMENDERS: dict[str, type[Recommender]] = {
@@ -28,7 +30,11 @@ RECOMMENDERS: dict[str, type[Recommender]] = {
     TwoTowerRecommender.name: TwoTowerRecommender,
     SASRecRecommender.name: SASRecRecommender,
 }
-RANKERS: dict[str, type[Ranker]] = {LogisticRanker.name: LogisticRanker}
+RANKERS: dict[str, type[Ranker]] = {
+    LogisticRanker.name: LogisticRanker,
+    DecisionTreeRanker.name: DecisionTreeRanker,
+    LightGBMRanker.name: LightGBMRanker,
+}
 
 _T = TypeVar("_T")
 
@@ -70,7 +76,11 @@ def create_ranker(name: str, config: ModelsConfig | None = None) -> Ranker:
     cls = _lookup("ranker", RANKERS, name)
     if cls is LogisticRanker:
         return LogisticRanker.from_config(config.ranker)
-    return cls()
+    params = config.params.get(name, {})
+    try:
+        return cls(**params)
+    except TypeError as exc:
+        raise ConfigError(f"models.params.{name}: {exc}") from exc
 
 
 def load_recommender(name: str, directory: Path, build_command: str = TRAIN_COMMAND) -> Recommender:

@@ -2,28 +2,28 @@
 
 * The popularity baseline and the configured retrieval model (``models.retrieval``) learn
   from the train split.
-* The ranker learns from the **validation** split's impressions: their ``retrieval_score``
-  feature comes from a retrieval model that never saw them, as it will be at serving time.
+* The ranker (``models.ranker.type``) learns from the **validation** split's impressions:
+  their ``retrieval_score`` feature comes from a retrieval model that never saw them, as it
+  will be at serving time. Each impression's request is its group (listwise rankers learn the
+  order within a feed from it).
 """
 
 from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from feedforge.artifacts import Manifest, read_manifest, write_manifest
 from feedforge.config import Settings
-from feedforge.datasets.build import RANKING_LABEL
+from feedforge.datasets.build import ranking_target
 from feedforge.datasets.features import FEATURES, feature_matrix
 from feedforge.datasets.load import Dataset, load_dataset
 from feedforge.models.base import EmbeddingRecommender, Model
 from feedforge.models.registry import create_ranker, create_recommender
 from feedforge.workdir import Workdir
-
-RANKER_NAME = "logistic"
 
 Progress = Callable[[str], None]
 
@@ -35,16 +35,34 @@ def _save(model: Model, workdir: Workdir, name: str, dataset: Dataset) -> Manife
     return write_manifest(directory, replace(manifest, inputs={"dataset": dataset.version}))
 
 
+@dataclass(frozen=True)
+class RankingData:
+    """A split's impressions as the ranker sees them.
+
+    Attributes:
+        X: ``(N, F)`` features, columns in :data:`~feedforge.datasets.features.FEATURES`.
+        y: ``(N,)`` binary labels of the objective (:func:`ranking_target`).
+        weight: ``(N,)`` sample weights of the objective.
+        group: ``(N,)`` request id of each impression (``""`` when missing).
+    """
+
+    X: np.ndarray
+    y: np.ndarray
+    weight: np.ndarray
+    group: np.ndarray
+
+
 def ranker_training_data(
     dataset: Dataset, split: str, retrieval: EmbeddingRecommender, objective: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(N, F)`` features and ``(N,)`` binary labels of a split's impressions."""
+) -> RankingData:
+    """Features, labels, weights and requests of a split's impressions for an objective."""
     frame = dataset.ranking(split)
     X = feature_matrix(
         frame, retrieval.user_embeddings(), retrieval.item_embeddings(), dataset.n_categories
     )
-    y = frame.get_column(RANKING_LABEL[objective]).to_numpy().astype(np.int8)
-    return X, y
+    y, weight = ranking_target(frame, objective)
+    group = frame.get_column("request_id").fill_null("").to_numpy().astype(str)
+    return RankingData(X, y, weight, group)
 
 
 def train_models(
@@ -81,14 +99,17 @@ def train_models(
         say(f"{name} has no embeddings: no ranker (it ranks retrieval-score features)")
         return saved
 
-    X, y = ranker_training_data(dataset, "validation", retrieval, settings.objective)
-    if len(y) == 0 or y.min() == y.max():
+    ranker_name = cfg.ranker.type
+    data = ranker_training_data(dataset, "validation", retrieval, settings.objective)
+    if len(data.y) == 0 or data.y.min() == data.y.max():
         # Logs without impressions (e.g. imported rating datasets) cannot train a ranker;
         # serving then orders candidates by the retrieval score alone.
         say("no labelled impressions in the validation split: no ranker trained")
-        shutil.rmtree(workdir.model_dir(RANKER_NAME), ignore_errors=True)
+        shutil.rmtree(workdir.model_dir(ranker_name), ignore_errors=True)
         return saved
-    say("fitting the logistic-regression ranker")
-    ranker = create_ranker(RANKER_NAME, cfg).fit(X, y, list(FEATURES))
-    saved[RANKER_NAME] = _save(ranker, workdir, RANKER_NAME, dataset)
+    say(f"fitting the {ranker_name} ranker on {len(data.y)} validation impressions")
+    ranker = create_ranker(ranker_name, cfg).fit(
+        data.X, data.y, list(FEATURES), group=data.group, sample_weight=data.weight
+    )
+    saved[ranker_name] = _save(ranker, workdir, ranker_name, dataset)
     return saved

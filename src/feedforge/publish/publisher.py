@@ -23,21 +23,19 @@ import shutil
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import numpy as np
 import polars as pl
 
 from feedforge.artifacts import Manifest, new_version, write_manifest
 from feedforge.config import Settings
-from feedforge.datasets.features import FEATURES, snapshot_counters
+from feedforge.datasets.features import FEATURES, item_records, snapshot_counters, user_records
 from feedforge.datasets.load import load_dataset
-from feedforge.errors import DataError
+from feedforge.errors import ArtifactError, DataError
 from feedforge.events.catalog import read_catalog
 from feedforge.events.log import EventLog
 from feedforge.models.base import EmbeddingRecommender
-from feedforge.models.registry import load_ranker, load_recommender
-from feedforge.models.train import RANKER_NAME
+from feedforge.models.registry import RANKERS, load_ranker, load_recommender
 from feedforge.publish.ann import AnnIndex
 from feedforge.publish.store import OnlineStore
 from feedforge.workdir import Workdir
@@ -55,52 +53,6 @@ Progress = Callable[[str], None]
 
 def _chunks(n: int) -> list[slice]:
     return [slice(i, min(i + _CHUNK, n)) for i in range(0, n, _CHUNK)]
-
-
-def user_feature_records(
-    users: pl.DataFrame, user_categories: pl.DataFrame, seen: pl.DataFrame
-) -> tuple[list[str], list[dict[str, Any]]]:
-    """One record per user: counters, clicks per category and the items already consumed."""
-    cats = user_categories.group_by("user_id").agg(
-        pl.struct("category", "user_category_clicks").alias("cats")
-    )
-    frame = (
-        users.join(cats, on="user_id", how="full", coalesce=True)
-        .join(seen, on="user_id", how="full", coalesce=True)
-        .with_columns(
-            pl.col("user_impressions").fill_null(0),
-            pl.col("user_clicks").fill_null(0),
-        )
-    )
-    ids = frame.get_column("user_id").to_list()
-    records = [
-        {
-            "impressions": int(row["user_impressions"]),
-            "clicks": int(row["user_clicks"]),
-            "category_clicks": {
-                c["category"]: int(c["user_category_clicks"]) for c in (row["cats"] or [])
-            },
-            "seen": row["seen"] or [],
-        }
-        for row in frame.iter_rows(named=True)
-    ]
-    return ids, records
-
-
-def item_feature_records(items: pl.DataFrame) -> tuple[list[str], list[dict[str, Any]]]:
-    """One record per catalog item: counters, primary category and creation time."""
-    frame = items.with_columns((pl.col("created_at").dt.epoch("us") / 1e6).alias("created_at_s"))
-    ids = frame.get_column("item_id").to_list()
-    records = [
-        {
-            "impressions": int(row["item_impressions"]),
-            "clicks": int(row["item_clicks"]),
-            "category": row["category"],
-            "created_at_s": row["created_at_s"],
-        }
-        for row in frame.iter_rows(named=True)
-    ]
-    return ids, records
 
 
 def publish(
@@ -126,9 +78,20 @@ def publish(
     popularity = load_recommender("popularity", workdir.model_dir("popularity"), command)
     # No ranker is trained on logs without impressions (imported rating data): the version
     # then ranks candidates by their retrieval score.
-    ranker_dir = workdir.model_dir(RANKER_NAME)
+    ranker_name = settings.models.ranker.type
+    ranker_dir = workdir.model_dir(ranker_name)
+    others = [name for name in RANKERS if name != ranker_name and workdir.model_dir(name).is_dir()]
+    if not ranker_dir.is_dir() and others:
+        # A ranker was trained, but not the configured one: publishing without it would
+        # silently serve retrieval order.
+        raise ArtifactError(
+            ranker_dir,
+            f"missing the configured ranker models.ranker.type={ranker_name!r} "
+            f"(trained rankers here: {others})",
+            workdir.command("train"),
+        )
     ranker = (
-        load_ranker(RANKER_NAME, ranker_dir, command, expected_features=list(FEATURES))
+        load_ranker(ranker_name, ranker_dir, command, expected_features=list(FEATURES))
         if ranker_dir.is_dir()
         else None
     )
@@ -165,8 +128,8 @@ def publish(
         .agg(pl.col("item_id").unique().alias("seen"))
         .collect()
     )
-    user_ids, user_records = user_feature_records(user_counts, user_cats, seen)
-    item_ids, item_records = item_feature_records(item_counts)
+    user_ids, user_recs = user_records(user_counts, user_cats, seen)
+    item_ids, item_recs = item_records(item_counts)
 
     say("writing embeddings and features to the online store")
     u_ids = dataset.users.ids.to_list()
@@ -176,9 +139,9 @@ def publish(
     for s in _chunks(len(i_ids)):
         store.put_vectors(version, ITEM_EMB, i_ids[s], i_emb[s])
     for s in _chunks(len(user_ids)):
-        store.put_records(version, USER_FEAT, user_ids[s], user_records[s])
+        store.put_records(version, USER_FEAT, user_ids[s], user_recs[s])
     for s in _chunks(len(item_ids)):
-        store.put_records(version, ITEM_FEAT, item_ids[s], item_records[s])
+        store.put_records(version, ITEM_FEAT, item_ids[s], item_recs[s])
 
     popular_idx = np.argsort(-popularity.score(np.zeros(1, dtype=np.int64))[0], kind="stable")
     meta = {
@@ -187,7 +150,7 @@ def publish(
         "snapshot_time": snapshot_time.isoformat(),
         "objective": settings.objective,
         "retrieval_model": settings.models.retrieval,
-        "ranker": RANKER_NAME if ranker is not None else None,
+        "ranker": ranker_name if ranker is not None else None,
         "features": list(FEATURES),
         "n_categories": dataset.n_categories,
         "dim": int(i_emb.shape[1]),

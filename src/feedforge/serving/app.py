@@ -95,16 +95,25 @@ def create_app(settings: Settings, workdir: Workdir) -> FastAPI:
         service: Service,
         user_id: Annotated[str, Query(min_length=1, max_length=128)],
         k: Annotated[int, Query(ge=1, le=500, description="Number of items")] = 10,
+        device: Annotated[
+            str | None,
+            Query(
+                max_length=64,
+                description="The requesting device (tv, mobile, web; a ranking feature). "
+                "Default: the user's last device",
+            ),
+        ] = None,
     ) -> FeedResponse:
         """The ranked feed of a user; unknown users get the popularity feed."""
-        feed = service.recommend(user_id, k)
+        feed = service.recommend(user_id, k, device)
+        propensities = feed.propensities or [1.0] * len(feed.item_ids)
         return FeedResponse(
             user_id=feed.user_id,
             version=feed.version,
             strategy=feed.strategy,
             items=[
-                ScoredItem(item_id=i, score=s)
-                for i, s in zip(feed.item_ids, feed.scores, strict=True)
+                ScoredItem(item_id=i, score=s, propensity=p)
+                for i, s, p in zip(feed.item_ids, feed.scores, propensities, strict=True)
             ],
         )
 

@@ -15,6 +15,10 @@ The user vector (documented behaviour):
 
 Items the user already consumed (published ``seen`` list plus live history) never appear.
 
+After the ranker, the re-ranking stage (:mod:`feedforge.serving.rerank`, ``reranking``
+config) applies business rules, freshness, category caps or MMR diversity and optional
+exploration; every served item carries the propensity with which it was picked.
+
 Candidate retrieval (the ``max(serving.candidates, k)`` items of largest ``V[i] · q`` the
 ranker re-scores) goes through the version's ANN index (:mod:`feedforge.publish.ann`):
 
@@ -38,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from feedforge.config import ServingConfig, Settings
-from feedforge.datasets.features import SERVING_POSITION, derive_features
+from feedforge.datasets.features import derive_features, raw_from_records
 from feedforge.datasets.idmap import IdMap
 from feedforge.errors import NotPublishedError
 from feedforge.events.log import AppendResult, EventLog
@@ -48,6 +52,7 @@ from feedforge.models.registry import load_ranker
 from feedforge.publish.ann import AnnIndex, RetrievalMethod, load_or_exact
 from feedforge.publish.publisher import ANN_DIR, ITEM_EMB, ITEM_FEAT, USER_EMB, USER_FEAT
 from feedforge.publish.store import OnlineStore
+from feedforge.serving.rerank import Candidates, pinned_item_ids, rerank
 from feedforge.workdir import Workdir
 
 HISTORY_EVENTS = frozenset(
@@ -85,6 +90,7 @@ class Feed:
     item_ids: list[str]
     scores: list[float]
     retrieval: RetrievalMethod | None = None  # the search that found the candidates
+    propensities: list[float] | None = None  # per item; None means all 1 (deterministic)
 
 
 def load_version(
@@ -148,6 +154,8 @@ class FeedService:
         self.log = EventLog(workdir.events_dir)
         self._loaded: LoadedVersion | None = None
         self._lock = threading.Lock()
+        self.missing_item_features = 0
+        """Candidates scored with default features because the snapshot had no record."""
 
     # -- version cache ------------------------------------------------------------------------
     def current(self) -> LoadedVersion:
@@ -174,8 +182,11 @@ class FeedService:
             return self._loaded
 
     # -- feeds ------------------------------------------------------------------------------
-    def recommend(self, user_id: str, k: int) -> Feed:
-        """The top-``k`` feed of a user (see the module docs for the pipeline)."""
+    def recommend(self, user_id: str, k: int, device: str | None = None) -> Feed:
+        """The top-``k`` feed of a user (see the module docs for the pipeline).
+
+        ``device`` is the request's device (a ranking feature); None uses the user's last.
+        """
         state = self.current()
         cfg = self.settings.serving
         vectors, found = self.store.get_vectors(state.version, USER_EMB, [user_id])
@@ -196,58 +207,69 @@ class FeedService:
         seen_idx = [i for i in (state.items.get(s) for s in seen) if i is not None]
         # Retrieve at least k candidates: a feed of k > serving.candidates must not be cut short.
         found_cand = state.index.retrieve(query, max(cfg.candidates, k), exclude=seen_idx)
-        if len(found_cand.ids) == 0:
+        cand, cand_scores = list(found_cand.ids), list(found_cand.scores)
+        # Pinned items join the candidates even when retrieval missed them (unless seen).
+        for item_id in pinned_item_ids(self.settings.reranking):
+            idx = state.items.get(item_id)
+            if idx is not None and item_id not in seen and idx not in cand:
+                cand.append(idx)
+                cand_scores.append(float(state.item_matrix[idx] @ query))
+        if not cand:
             return self._popular(state, user_id, k, seen)
-        cand, cand_scores = found_cand.ids, found_cand.scores
-        cand_ids = state.items.id_of(cand)
-        p = self._rank(state, record, cand_ids, cand_scores)
-        order = np.argsort(-p, kind="stable")[:k]
+        cand_ids = state.items.id_of(np.asarray(cand, dtype=np.int64))
+        records = self.store.get_records(state.version, ITEM_FEAT, cand_ids)
+        retrieval_scores = np.asarray(cand_scores, dtype=np.float64)
+        scores = self._rank(state, record, records, retrieval_scores, device)
+        now = state.now()
+        shown = rerank(
+            Candidates(
+                item_ids=cand_ids,
+                scores=scores,
+                categories=[(r or {}).get("category", "") for r in records],
+                age_days=np.array(
+                    [
+                        (now - r["created_at_s"]) / 86_400.0
+                        if r is not None and r.get("created_at_s") is not None
+                        else np.nan
+                        for r in records
+                    ]
+                ),
+                vectors=state.item_matrix[cand],
+            ),
+            k,
+            self.settings.reranking,
+        )
         return Feed(
             user_id=user_id,
             version=state.version,
             strategy="personalized",
-            item_ids=[cand_ids[i] for i in order],
-            scores=[float(p[i]) for i in order],
+            item_ids=shown.item_ids,
+            scores=shown.scores,
             retrieval=found_cand.method,
+            propensities=shown.propensities,
         )
 
     def _rank(
         self,
         state: LoadedVersion,
         user: dict[str, Any],
-        cand_ids: list[str],
+        records: list[dict[str, Any] | None],
         retrieval: np.ndarray,
+        device: str | None,
     ) -> np.ndarray:
-        """Ranker probabilities of the candidates (features from one batched store read), or
-        their retrieval scores when the version has no ranker."""
+        """Ranker probabilities of the candidates (``records``: their feature records from one
+        batched store read), or their retrieval scores when the version has no ranker.
+
+        Candidates missing from the snapshot take the documented defaults
+        (:func:`~feedforge.datasets.features.raw_from_records`) and are counted in
+        :attr:`FeedService.missing_item_features`.
+        """
         if state.ranker is None:
             return np.asarray(retrieval, dtype=np.float64)
-        records = self.store.get_records(state.version, ITEM_FEAT, cand_ids)
-        n = len(cand_ids)
-        category_clicks = user.get("category_clicks", {})
-        now = state.now()
-        raw: dict[str, np.ndarray] = {
-            "position": np.full(n, SERVING_POSITION, dtype=np.float64),
-            "user_impressions": np.full(n, user.get("impressions", 0), dtype=np.float64),
-            "user_clicks": np.full(n, user.get("clicks", 0), dtype=np.float64),
-        }
-        item_imp = np.zeros(n)
-        item_clk = np.zeros(n)
-        cat_clk = np.zeros(n)
-        age = np.zeros(n)
-        for j, rec in enumerate(records):
-            if rec is None:  # not in the snapshot: documented defaults (zero counts, age 0)
-                continue
-            item_imp[j] = rec["impressions"]
-            item_clk[j] = rec["clicks"]
-            cat_clk[j] = category_clicks.get(rec["category"], 0)
-            age[j] = now - rec["created_at_s"] if rec["created_at_s"] is not None else 0.0
-        raw.update(
-            item_impressions=item_imp,
-            item_clicks=item_clk,
-            user_category_clicks=cat_clk,
-            item_age_seconds=age,
-        )
+        raw, missing = raw_from_records(user, records, state.now(), device)
+        if missing:
+            with self._lock:
+                self.missing_item_features += missing
         X = derive_features(raw, retrieval, int(state.meta["n_categories"]))
         return state.ranker.predict_proba(X)
 

@@ -13,7 +13,15 @@ class ScoredItem(BaseModel):
     item_id: str
     score: float = Field(
         description="Ranker probability of the objective's positive label; the retrieval "
-        "score when the version has no ranker; popularity feed: a rank-based score in (0, 1]"
+        "score when the version has no ranker; popularity feed: a rank-based score in (0, 1]. "
+        "Re-ranking boosts (business rules, freshness) are included"
+    )
+    propensity: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Probability with which re-ranking picked this item for its slot, given "
+        "the slots above it (1 without exploration); log it for off-policy evaluation",
     )
 
 

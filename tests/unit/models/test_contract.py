@@ -257,28 +257,7 @@ def test_registry_create_and_unknown_names(tmp_path: Path) -> None:
         create_recommender("nope")
 
 
-# -- rankers --------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", sorted(RANKERS))
-def test_ranker_contract(name: str, tmp_path: Path) -> None:
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(200, 3))
-    y = (X[:, 0] + 0.3 * rng.normal(size=200) > 0).astype(int)
-    features = ["a", "b", "c"]
-    ranker = create_ranker(name)
-    with pytest.raises(NotFittedError):
-        ranker.predict_proba(X)
-    assert ranker.fit(X, y, features) is ranker
-    p = ranker.predict_proba(X)
-    assert p.shape == (200,) and ((p >= 0) & (p <= 1)).all()
-    assert ranker.feature_names_ == features
-    ranker.save(tmp_path / "ranker")
-    loaded = load_ranker(name, tmp_path / "ranker", expected_features=features)
-    np.testing.assert_allclose(loaded.predict_proba(X), p, rtol=0, atol=1e-12)
-    with pytest.raises(ArtifactError) as info:
-        RANKERS[name].load(tmp_path / "missing")
-    assert str(tmp_path / "missing") in str(info.value)
+# Rankers have their own shared contract: tests/unit/models/test_rankers.py.
 
 
 # -- model-specific behaviour ---------------------------------------------------------------

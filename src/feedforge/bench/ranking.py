@@ -1,0 +1,384 @@
+"""The ranking benchmark: every ranker against the logistic-regression baseline, on simulator
+data, with the simulator's ground truth measuring the feeds each one would serve.
+
+``feedforge bench ranking`` simulates a world (``simulator`` config), builds the dataset and
+trains the configured retrieval model on the train split, exactly as ``feedforge demo`` does.
+Then, for each ranker:
+
+1. **fit** on the validation split's impressions (features point in time; label and weight
+   from :func:`~feedforge.datasets.build.ranking_target`; request = group), as
+   ``feedforge train`` does;
+2. **impression metrics** on the test split's logged impressions: AUC, log loss, expected
+   calibration error (10 equal-mass bins; both for the unweighted ``clicks`` objective only)
+   and NDCG@10 of the order within each request
+   (:func:`~feedforge.evaluation.ranking_metrics.request_ndcg`, gain = the objective's
+   value);
+3. **feed metrics** with ground truth: for up to ``feed_users`` test users, the two-stage
+   feed at the test boundary (top ``evaluation.candidates`` from retrieval, features from the
+   snapshot the online store would hold, ranked, top 10 shown at positions 0..9) is scored by
+   the simulator's response model (:func:`~feedforge.events.response.response_probabilities`):
+   expected clicks, watch minutes and revenue per feed; catalog coverage and intra-list
+   category diversity;
+4. **scoring latency**: median milliseconds of ``predict_proba`` on 1,000 candidate rows.
+
+A ``retrieval order`` row (the candidates by retrieval score, no ranker) is the reference
+for the feed metrics. The **objective switch** section trains the LightGBM ranker once per
+objective and reports the ground-truth value of each objective for each trained feed, so the
+table shows what choosing ``watch_time`` over ``clicks`` does to the feed.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from feedforge.artifacts import write_json_atomic
+from feedforge.config import ModelsConfig, Settings
+from feedforge.datasets.build import build_dataset
+from feedforge.datasets.features import FEATURES, snapshot_counters
+from feedforge.datasets.load import Dataset, load_dataset
+from feedforge.errors import ConfigError
+from feedforge.evaluation.evaluate import two_stage_recommend
+from feedforge.evaluation.metrics import auc, log_loss
+from feedforge.evaluation.ranking_metrics import (
+    calibration_error,
+    intra_list_diversity,
+    request_ndcg,
+)
+from feedforge.events.catalog import read_catalog
+from feedforge.events.log import EventLog
+from feedforge.events.response import response_probabilities
+from feedforge.events.simulator import WORLD_FILE, simulate
+from feedforge.events.world import World
+from feedforge.models.base import EmbeddingRecommender, Ranker
+from feedforge.models.registry import create_ranker, create_recommender
+from feedforge.models.train import RankingData, ranker_training_data
+from feedforge.workdir import Workdir
+
+Progress = Callable[[str], None]
+FEED_K = 10
+OBJECTIVES = ("clicks", "watch_time", "revenue")
+
+
+@dataclass(frozen=True)
+class RankerSpec:
+    """One row of the table: a registered ranker and its ``models.params``."""
+
+    label: str
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def build(self, models: ModelsConfig) -> Ranker:
+        config = models.model_copy(update={"params": {**models.params, self.name: self.params}})
+        return create_ranker(self.name, config)
+
+
+def default_specs() -> list[RankerSpec]:
+    """The benchmark's rankers, baseline first."""
+    return [
+        RankerSpec("logistic", "logistic"),
+        RankerSpec("tree", "tree"),
+        RankerSpec("lightgbm (binary)", "lightgbm", {"objective": "binary"}),
+        RankerSpec("lightgbm (lambdarank)", "lightgbm", {"objective": "lambdarank"}),
+    ]
+
+
+@dataclass
+class Bench:
+    """The simulated world, its dataset and the trained retrieval model, shared by every row."""
+
+    dataset: Dataset
+    world: World
+    retrieval: EmbeddingRecommender
+    snapshot: tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]
+    cutoff: datetime
+    feed_users: np.ndarray  # dataset user indices
+    world_users: np.ndarray  # the same users' world indices
+    world_item_of: np.ndarray  # dataset item index -> world item index
+    n_candidates: int
+
+    def feeds(self, ranker: Ranker | None) -> np.ndarray:
+        """``(U, FEED_K)`` dataset item indices of the two-stage (or retrieval-only) feeds."""
+        exclude = self.dataset.train_interactions().to_csr()
+        if ranker is None:
+            items, _ = self.retrieval.recommend(self.feed_users, FEED_K, exclude=exclude)
+            return items
+        return two_stage_recommend(
+            self.retrieval,
+            ranker,
+            self.dataset,
+            self.snapshot,
+            self.cutoff,
+            self.feed_users,
+            FEED_K,
+            self.n_candidates,
+            exclude,
+        )
+
+    def feed_value(self, feeds: np.ndarray) -> dict[str, float]:
+        """Ground-truth expected outcomes per feed, coverage and diversity."""
+        valid = feeds >= 0
+        items = self.world_item_of[np.where(valid, feeds, 0)]
+        truth = response_probabilities(
+            self.world,
+            self.world_users[:, None],
+            items,
+            np.arange(feeds.shape[1])[None, :],
+            self.cutoff.timestamp(),
+        )
+
+        def per_feed(values: np.ndarray) -> float:
+            return float(np.where(valid, values, 0.0).sum(axis=1).mean())
+
+        categories = np.where(valid, self.world.item_category[items, 0], -1)
+        return {
+            "feed_clicks": per_feed(truth.p_click),
+            "feed_watch_minutes": per_feed(truth.expected_watch_seconds) / 60.0,
+            "feed_revenue": per_feed(truth.expected_revenue),
+            "coverage": float(np.unique(feeds[valid]).size / len(self.dataset.items)),
+            "diversity": intra_list_diversity(categories),
+        }
+
+
+def prepare(settings: Settings, workdir: Workdir, feed_users: int, say: Progress) -> Bench:
+    """Simulate, build, train retrieval and snapshot features into ``workdir``."""
+    say(
+        f"simulating {settings.simulator.n_users} users x {settings.simulator.n_items} items "
+        f"x {settings.simulator.n_days} days"
+    )
+    simulate(settings.simulator, workdir)
+    say("building the dataset")
+    build_dataset(workdir, settings)
+    dataset = load_dataset(workdir)
+    say(f"training retrieval ({settings.models.retrieval})")
+    retrieval = create_recommender(settings.models.retrieval, settings.models)
+    retrieval.fit(dataset.train_interactions())
+    if not isinstance(retrieval, EmbeddingRecommender):
+        raise ConfigError(
+            f"models.retrieval={settings.models.retrieval!r} has no embeddings; the ranking "
+            "stage needs an embedding retrieval model"
+        )
+    world = World.load(workdir.catalog_dir / WORLD_FILE)
+    _, items, _ = read_catalog(workdir)
+    cutoff = datetime.fromisoformat(dataset.split_bounds["t2"])
+    snapshot = snapshot_counters(EventLog(workdir.events_dir).scan(), items, cutoff)
+    test_users = (
+        dataset.ranking("test").get_column("user_idx").drop_nulls().unique().sort().to_numpy()
+    )
+    rng = np.random.default_rng(0)
+    if len(test_users) > feed_users:
+        test_users = np.sort(rng.choice(test_users, feed_users, replace=False))
+    world_user = {u: j for j, u in enumerate(world.user_ids().to_list())}
+    world_item = {i: j for j, i in enumerate(world.item_ids().to_list())}
+    return Bench(
+        dataset=dataset,
+        world=world,
+        retrieval=retrieval,
+        snapshot=snapshot,
+        cutoff=cutoff,
+        feed_users=test_users.astype(np.int64),
+        world_users=np.array([world_user[u] for u in dataset.users.id_of(test_users)]),
+        world_item_of=np.array([world_item[i] for i in dataset.items.ids.to_list()]),
+        n_candidates=settings.evaluation.candidates,
+    )
+
+
+def impression_metrics(ranker: Ranker, data: RankingData) -> dict[str, Any]:
+    """AUC, log loss, calibration error and per-request NDCG@10 on logged impressions.
+
+    NDCG's gain is the objective's value of each impression (the label for ``clicks``, the
+    value weight, i.e. watch seconds or revenue over its mean, otherwise). Log loss and
+    calibration error are those of the label; a value-weighted ranker's output estimates
+    value odds, not the label's probability, so for it they are reported as None.
+    """
+    p = ranker.predict_proba(data.X)
+    y = data.y
+    gain = np.where(y == 1, data.weight, 0.0)
+    ndcg, requests = request_ndcg(data.group, gain, p, FEED_K)
+    weighted = not np.allclose(data.weight, 1.0)
+    return {
+        "auc": auc(y, p),
+        "log_loss": None if weighted else log_loss(y, p),
+        "ece": None if weighted else calibration_error(y, p),
+        f"ndcg@{FEED_K}": ndcg,
+        "mean_p": float(p.mean()),
+        "label_rate": float(y.mean()),
+        "requests_with_positive": requests,
+    }
+
+
+def scoring_ms(ranker: Ranker, X: np.ndarray, rows: int = 1_000, repeats: int = 50) -> float:
+    """Median milliseconds of one ``predict_proba`` call on ``rows`` candidate rows."""
+    batch = X[np.arange(rows) % len(X)]
+    ranker.predict_proba(batch)  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        ranker.predict_proba(batch)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1e3)
+
+
+def run_ranking(
+    settings: Settings,
+    out_dir: Path | None,
+    *,
+    feed_users: int = 2_000,
+    quick: bool = False,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Run the benchmark and (when ``out_dir`` is given) write ``ranking_simulator.json`` and
+    ``.md``. ``quick`` skips the objective switch and the latency loop (tests)."""
+    say = progress or (lambda _msg: None)
+    started = time.perf_counter()
+    objective = settings.objective
+    rows: list[dict[str, Any]] = []
+    switch: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="feedforge-bench-ranking-") as tmp:
+        bench = prepare(settings, Workdir.at(tmp), feed_users, say)
+        train = ranker_training_data(bench.dataset, "validation", bench.retrieval, objective)
+        test = ranker_training_data(bench.dataset, "test", bench.retrieval, objective)
+        fit_args = {"group": train.group, "sample_weight": train.weight}
+        say("retrieval-order feeds")
+        rows.append(
+            {
+                "model": "retrieval order (no ranker)",
+                "metrics": bench.feed_value(bench.feeds(None)),
+                "train_seconds": None,
+            }
+        )
+        for spec in default_specs():
+            say(f"fitting {spec.label} on {len(train.y)} validation impressions")
+            ranker = spec.build(settings.models)
+            t0 = time.perf_counter()
+            ranker.fit(train.X, train.y, list(FEATURES), **fit_args)
+            seconds = time.perf_counter() - t0
+            metrics = impression_metrics(ranker, test)
+            say(f"{spec.label}: ground-truth feeds")
+            metrics |= bench.feed_value(bench.feeds(ranker))
+            if not quick:
+                metrics["score_ms_1000"] = scoring_ms(ranker, test.X)
+            rows.append(
+                {
+                    "model": spec.label,
+                    "ranker": spec.name,
+                    "params": ranker.get_params(),
+                    "metrics": metrics,
+                    "train_seconds": round(seconds, 3),
+                    "describe": ranker.describe(),
+                }
+            )
+        if not quick:
+            spec = RankerSpec("lightgbm (binary)", "lightgbm", {"objective": "binary"})
+            for goal in OBJECTIVES:
+                say(f"objective switch: {goal}")
+                data = ranker_training_data(bench.dataset, "validation", bench.retrieval, goal)
+                ranker = spec.build(settings.models).fit(
+                    data.X, data.y, list(FEATURES), group=data.group, sample_weight=data.weight
+                )
+                switch.append({"objective": goal, **bench.feed_value(bench.feeds(ranker))})
+        info = {
+            "impressions_train": len(train.y),
+            "impressions_test": len(test.y),
+            "feed_users": len(bench.feed_users),
+            "items": len(bench.dataset.items),
+            "candidates": bench.n_candidates,
+            "split": bench.dataset.split_bounds,
+        }
+    report: dict[str, Any] = {
+        "dataset": "simulator",
+        "objective": objective,
+        "label": {
+            "clicks": "clicked",
+            "watch_time": "watch_seconds > 0, positives weighted by watch seconds",
+            "revenue": "revenue > 0, positives weighted by revenue",
+        }[objective],
+        "retrieval": settings.models.retrieval,
+        "simulator": settings.simulator.model_dump(mode="json"),
+        "features": list(FEATURES),
+        "rows": rows,
+        "objective_switch": switch,
+        "data": info,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "total_seconds": round(time.perf_counter() - started, 1),
+        "command": "feedforge " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+    }
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out_dir / "ranking_simulator.json", report)
+        (out_dir / "ranking_simulator.md").write_text(render_markdown(report), encoding="utf-8")
+    return report
+
+
+_IMPRESSION_COLUMNS = ("auc", "log_loss", "ece", f"ndcg@{FEED_K}")
+_FEED_COLUMNS = ("feed_clicks", "feed_watch_minutes", "feed_revenue", "coverage", "diversity")
+
+
+def _cell(value: Any) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown tables."""
+    sim = report["simulator"]
+    data = report["data"]
+    lines = [
+        f"# Ranking: simulator, objective `{report['objective']}`",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        f"Simulator: {sim['n_users']} users, {sim['n_items']} items, {sim['n_days']} days, seed "
+        f"{sim['seed']}. Rankers fit on {data['impressions_train']} validation impressions "
+        f"(label `{report['label']}`), measured on {data['impressions_test']} test "
+        f"impressions; feeds for {data['feed_users']} test users re-rank the top "
+        f"{data['candidates']} `{report['retrieval']}` candidates and are scored with the "
+        "simulator's ground-truth response model (expected outcomes per 10-item feed). "
+        f"Machine: {report['machine']['cpus']} CPUs; total {report['total_seconds']} s.",
+        "",
+        "| model | " + " | ".join((*_IMPRESSION_COLUMNS, *_FEED_COLUMNS)) + " | score ms / 1000 "
+        "| train s |",
+        "|---|" + "---|" * (len(_IMPRESSION_COLUMNS) + len(_FEED_COLUMNS) + 2),
+    ]
+    for row in report["rows"]:
+        m = row["metrics"]
+        cells = [_cell(m.get(c)) for c in (*_IMPRESSION_COLUMNS, *_FEED_COLUMNS)]
+        ms = m.get("score_ms_1000")
+        secs = row["train_seconds"]
+        lines.append(
+            f"| {row['model']} | " + " | ".join(cells) + f" | {'' if ms is None else f'{ms:.3f}'} "
+            f"| {'' if secs is None else f'{secs:.1f}'} |"
+        )
+    if report["objective_switch"]:
+        lines += [
+            "",
+            "## Objective switch (LightGBM binary, one ranker per objective)",
+            "",
+            "Ground-truth value per feed of each objective's feed:",
+            "",
+            "| trained for | " + " | ".join(_FEED_COLUMNS) + " |",
+            "|---|" + "---|" * len(_FEED_COLUMNS),
+        ]
+        for entry in report["objective_switch"]:
+            cells = [_cell(entry[c]) for c in _FEED_COLUMNS]
+            lines.append(f"| {entry['objective']} | " + " | ".join(cells) + " |")
+    lines += ["", "## The interpretable baselines", ""]
+    for row in report["rows"]:
+        if row.get("ranker") in ("logistic", "tree"):
+            lines += [f"{row['model']}:", "", "```", row["describe"], "```", ""]
+    return "\n".join(lines).rstrip() + "\n"

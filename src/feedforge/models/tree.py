@@ -1,0 +1,276 @@
+"""A shallow decision-tree ranker: the interpretable baseline whose whole model prints on a page.
+
+Trained with scikit-learn's ``DecisionTreeClassifier`` (CART, Gini impurity), stored and
+applied as plain arrays: each node's feature, threshold and children, and each leaf's
+positive rate. A row goes left when ``float32(x[feature]) <= threshold`` (scikit-learn's own
+rule, so a loaded tree predicts exactly what the trained one did), and its probability is the
+training positive rate of the leaf it lands in. No pickle: the saved JSON is the whole model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import numpy as np
+from sklearn.tree import DecisionTreeClassifier
+
+from feedforge.artifacts import (
+    MANIFEST,
+    Manifest,
+    read_manifest,
+    require_file,
+    write_json_atomic,
+    write_manifest,
+)
+from feedforge.errors import ArtifactError, NotFittedError, ValidationError
+from feedforge.models.base import Ranker
+from feedforge.models.ranker_utils import (
+    check_expected_features,
+    check_feature_names,
+    check_features,
+    check_group,
+    check_labels,
+    check_weight,
+)
+
+TRAIN_COMMAND = "feedforge train"
+_SCHEMA_VERSION = 1
+_MODEL_FILE = "tree.json"
+_LEAF = -1
+
+
+class DecisionTreeRanker(Ranker):
+    """CART decision tree of bounded depth; each leaf predicts its training positive rate.
+
+    Args:
+        max_depth: Deepest split level (the tree has at most ``2 ** max_depth`` leaves).
+        min_samples_leaf: Fewest training rows in a leaf (keeps leaf rates stable).
+        random_state: Seed of scikit-learn's feature permutation (ties between splits).
+
+    Attributes:
+        feature_names_: The ``F`` feature names, in the column order of ``X``.
+        left_, right_: ``(n_nodes,)`` int64 child node ids (``-1`` at leaves).
+        feature_: ``(n_nodes,)`` int64 split feature (``-1`` at leaves).
+        threshold_: ``(n_nodes,)`` float64 split threshold.
+        rate_: ``(n_nodes,)`` float64 (weighted) positive rate of the training rows reaching
+            each node.
+        samples_: ``(n_nodes,)`` int64 training rows reaching each node.
+
+    Example::
+
+        ranker = DecisionTreeRanker(max_depth=4).fit(X, y, feature_names)
+        print(ranker.describe())
+    """
+
+    name: ClassVar[str] = "tree"
+
+    def __init__(
+        self, max_depth: int = 5, min_samples_leaf: int = 200, random_state: int = 0
+    ) -> None:
+        self.max_depth = max_depth
+        self.min_samples_leaf = min_samples_leaf
+        self.random_state = random_state
+        self.feature_names_: list[str] | None = None
+        self.left_: np.ndarray | None = None
+        self.right_: np.ndarray | None = None
+        self.feature_: np.ndarray | None = None
+        self.threshold_: np.ndarray | None = None
+        self.rate_: np.ndarray | None = None
+        self.samples_: np.ndarray | None = None
+
+    def get_params(self) -> dict[str, Any]:
+        return {
+            "max_depth": self.max_depth,
+            "min_samples_leaf": self.min_samples_leaf,
+            "random_state": self.random_state,
+        }
+
+    def _check_params(self) -> None:
+        problems = []
+        for key in ("max_depth", "min_samples_leaf"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+                problems.append(f"{key} must be an int >= 1, got {value!r}")
+        if problems:
+            raise ValidationError("DecisionTreeRanker: " + "; ".join(problems))
+
+    def fit(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        feature_names: list[str],
+        group: np.ndarray | None = None,
+        sample_weight: np.ndarray | None = None,
+    ) -> Self:
+        """Grow the tree on ``(N, F)`` features and ``(N,)`` binary labels.
+
+        Args:
+            X: ``(N, F)`` float features, columns in the order of ``feature_names``.
+            y: ``(N,)`` labels in ``{0, 1}``.
+            feature_names: ``F`` distinct column names.
+            group: ``(N,)`` request keys; a pointwise model ignores them.
+            sample_weight: ``(N,)`` weights of the rows (leaf rates become weighted rates).
+
+        Raises:
+            ValidationError: bad hyper-parameters, shapes, names, labels or NaN/inf features.
+            DataError: no rows, or a single class.
+        """
+        self._check_params()
+        names = check_feature_names(feature_names, "DecisionTreeRanker.fit")
+        X = check_features(X, names, "DecisionTreeRanker.fit")
+        y = check_labels(y, X.shape[0], "DecisionTreeRanker.fit")
+        check_group(group, X.shape[0], "DecisionTreeRanker.fit")
+        weight = check_weight(sample_weight, X.shape[0], "DecisionTreeRanker.fit")
+        model = DecisionTreeClassifier(
+            max_depth=int(self.max_depth),
+            min_samples_leaf=int(self.min_samples_leaf),
+            random_state=self.random_state,
+        ).fit(X, y, sample_weight=weight)
+        tree = model.tree_
+        # value holds per-class weights or (scikit-learn >= 1.4) fractions: normalise either.
+        value = np.asarray(tree.value, dtype=np.float64)[:, 0, :]
+        positive = list(model.classes_).index(1)
+        self.feature_names_ = names
+        self.left_ = np.asarray(tree.children_left, dtype=np.int64)
+        self.right_ = np.asarray(tree.children_right, dtype=np.int64)
+        self.feature_ = np.where(self.left_ == _LEAF, _LEAF, tree.feature).astype(np.int64)
+        self.threshold_ = np.asarray(tree.threshold, dtype=np.float64)
+        self.rate_ = value[:, positive] / value.sum(axis=1)
+        self.samples_ = np.asarray(tree.n_node_samples, dtype=np.int64)
+        return self
+
+    def _fitted(self) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        if (
+            self.feature_names_ is None
+            or self.left_ is None
+            or self.right_ is None
+            or self.feature_ is None
+            or self.threshold_ is None
+            or self.rate_ is None
+        ):
+            raise NotFittedError(f"{type(self).__name__} is not fitted; call fit() or load()")
+        return self.feature_names_, self.left_, self.right_, self.feature_, self.threshold_
+
+    def leaves(self, X: np.ndarray) -> np.ndarray:
+        """``(N,)`` int64 leaf node id of each row of ``(N, F)`` features."""
+        names, left, right, feature, threshold = self._fitted()
+        X32 = check_features(X, names, "DecisionTreeRanker").astype(np.float32)
+        node = np.zeros(len(X32), dtype=np.int64)
+        active = np.flatnonzero(left[node] != _LEAF)
+        while active.size:  # one pass per tree level, all rows of the level at once
+            at = node[active]
+            go_left = X32[active, feature[at]] <= threshold[at]
+            node[active] = np.where(go_left, left[at], right[at])
+            active = active[left[node[active]] != _LEAF]
+        return node
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """``(N,)`` float64 positive rate of each row's leaf.
+
+        Raises:
+            ValidationError: wrong number of columns, or NaN/inf (the message names columns).
+        """
+        leaves = self.leaves(X)
+        assert self.rate_ is not None  # set with the arrays _fitted() checked
+        return self.rate_[leaves]
+
+    def describe(self) -> str:
+        """The tree as indented rules, with each node's rows and positive rate."""
+        names, left, right, feature, threshold = self._fitted()
+        assert self.rate_ is not None and self.samples_ is not None
+        rate, samples = self.rate_, self.samples_
+        lines = [f"decision tree ({int((left == _LEAF).sum())} leaves)"]
+
+        def walk(node: int, depth: int) -> None:
+            pad = "  " * depth
+            stats = f"n={int(samples[node])}, p={rate[node]:.4f}"
+            if left[node] == _LEAF:
+                lines.append(f"{pad}leaf: {stats}")
+                return
+            name, cut = names[int(feature[node])], float(threshold[node])
+            lines.append(f"{pad}if {name} <= {cut:.6g}:  ({stats})")
+            walk(int(left[node]), depth + 1)
+            lines.append(f"{pad}else:  # {name} > {cut:.6g}")
+            walk(int(right[node]), depth + 1)
+
+        walk(0, 1)
+        return "\n".join(lines)
+
+    def save(self, directory: Path) -> None:
+        """Write ``tree.json`` (every node, as JSON numbers) and the manifest."""
+        names, left, right, feature, threshold = self._fitted()
+        assert self.rate_ is not None and self.samples_ is not None
+        directory = Path(directory)
+        payload = {
+            "feature_names": names,
+            "left": left.tolist(),
+            "right": right.tolist(),
+            "feature": feature.tolist(),
+            "threshold": threshold.tolist(),
+            "rate": self.rate_.tolist(),
+            "samples": self.samples_.tolist(),
+            "params": self.get_params(),
+        }
+        (directory / MANIFEST).unlink(missing_ok=True)  # incomplete until the manifest is back
+        write_json_atomic(directory / _MODEL_FILE, payload)
+        write_manifest(
+            directory,
+            Manifest(
+                artifact=f"model/{self.name}",
+                schema_version=_SCHEMA_VERSION,
+                counts={"n_features": len(names), "n_nodes": len(left)},
+                extra={"params": self.get_params(), "feature_names": names},
+            ),
+        )
+
+    @classmethod
+    def load(
+        cls,
+        directory: Path,
+        build_command: str = TRAIN_COMMAND,
+        expected_features: list[str] | None = None,
+    ) -> Self:
+        """Load a tree written by :meth:`save`.
+
+        Raises:
+            ArtifactError: the directory or file is missing or corrupt (including a node that
+                points outside the tree or a split on a feature that does not exist), or the
+                saved features differ from ``expected_features``.
+        """
+        directory = Path(directory)
+        read_manifest(directory, f"model/{cls.name}", (_SCHEMA_VERSION,), build_command)
+        path = require_file(directory / _MODEL_FILE, "decision tree", build_command)
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            model = cls(**raw["params"])
+            names = [str(n) for n in raw["feature_names"]]
+            ints = [np.asarray(raw[k], dtype=np.int64) for k in ("left", "right", "feature")]
+            threshold = np.asarray(raw["threshold"], dtype=np.float64)
+            rate = np.asarray(raw["rate"], dtype=np.float64)
+            samples = np.asarray(raw["samples"], dtype=np.int64)
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            raise ArtifactError(path, f"corrupt decision tree ({exc})", build_command) from exc
+        left, right, feature = ints
+        n = len(left)
+        arrays_ok = n > 0 and all(
+            a.shape == (n,) for a in (right, feature, threshold, rate, samples)
+        )
+        inner = arrays_ok and left != _LEAF
+        if not (
+            arrays_ok
+            and np.isfinite(rate).all()
+            and ((rate >= 0) & (rate <= 1)).all()
+            and ((left[inner] > np.flatnonzero(inner)) & (left[inner] < n)).all()
+            and ((right[inner] > np.flatnonzero(inner)) & (right[inner] < n)).all()
+            and ((feature[inner] >= 0) & (feature[inner] < len(names))).all()
+        ):
+            raise ArtifactError(
+                path, "corrupt decision tree: inconsistent node arrays", build_command
+            )
+        check_expected_features(names, expected_features, path, build_command)
+        model.feature_names_ = names
+        model.left_, model.right_, model.feature_ = left, right, feature
+        model.threshold_, model.rate_, model.samples_ = threshold, rate, samples
+        return model

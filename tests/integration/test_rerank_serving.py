@@ -1,0 +1,70 @@
+"""The served feed goes through the configured re-ranking stage (embedded store)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from feedforge.config import Settings
+from feedforge.events.catalog import read_catalog
+from feedforge.serving.app import create_app
+from feedforge.workdir import Workdir
+
+pytestmark = pytest.mark.integration
+
+
+def feed(settings: Settings, workdir: Workdir, user: str, k: int = 10) -> list[dict[str, Any]]:
+    with TestClient(create_app(settings, workdir)) as client:
+        response = client.get("/recommend", params={"user_id": user, "k": k})
+    assert response.status_code == 200, response.text
+    assert response.json()["strategy"] == "personalized"
+    items: list[dict[str, Any]] = response.json()["items"]
+    return items
+
+
+def with_reranking(settings: Settings, **reranking: Any) -> Settings:
+    return Settings(**{**settings.model_dump(), "reranking": reranking})
+
+
+def test_rules_caps_and_exploration_shape_the_served_feed(
+    published_workdir: Workdir, small_settings: Settings, known_user: str
+) -> None:
+    _, items, _ = read_catalog(published_workdir)
+    category = dict(
+        zip(items.get_column("item_id"), items.get_column("categories").list.first(), strict=True)
+    )
+    plain = feed(small_settings, published_workdir, known_user)
+    assert all(item["propensity"] == 1.0 for item in plain)
+    top, second = plain[0]["item_id"], plain[1]["item_id"]
+
+    # Block the top item and pin the tenth one at slot 0.
+    tenth = plain[9]["item_id"]
+    ruled = with_reranking(
+        small_settings,
+        rules=[
+            {"action": "block", "item_ids": [top]},
+            {"action": "pin", "item_ids": [tenth], "position": 0},
+        ],
+    )
+    shown = [item["item_id"] for item in feed(ruled, published_workdir, known_user)]
+    assert top not in shown and shown[0] == tenth and shown[1] == second
+
+    # At most two items per primary category.
+    capped = feed(with_reranking(small_settings, category_cap=2), published_workdir, known_user)
+    counts: dict[str, int] = {}
+    for item in capped:
+        counts[category[item["item_id"]]] = counts.get(category[item["item_id"]], 0) + 1
+    assert max(counts.values()) <= 2 and len(capped) == 10
+
+    # Softmax exploration: propensities below 1, reproducible with a fixed seed.
+    explore = with_reranking(
+        small_settings, exploration={"type": "softmax", "temperature": 0.05, "seed": 1}
+    )
+    first = feed(explore, published_workdir, known_user)
+    assert [i["item_id"] for i in first] == [
+        i["item_id"] for i in feed(explore, published_workdir, known_user)
+    ]
+    assert all(0 < item["propensity"] <= 1 for item in first)
+    assert any(item["propensity"] < 1 for item in first)

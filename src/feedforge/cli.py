@@ -273,7 +273,7 @@ def bench_ranking_cmd(
         table.add_column(name, justify="right")
     for row in report["rows"]:
         m = row["metrics"]
-        table.add_row(row["model"], *("" if c not in m else f"{m[c]:.4f}" for c in columns))
+        table.add_row(row["model"], *("" if m.get(c) is None else f"{m[c]:.4f}" for c in columns))
     console.print(table)
     console.print(f"written to {out}")
 

@@ -156,6 +156,12 @@ class ServingConfig(_Section):
         "kind; serve with `exact` to skip a published index",
     )
     ann_m: int = Field(32, ge=4, le=128, description="HNSW links per node (publish time)")
+    ann_metric: Literal["auto", "l2-reduction", "inner-product"] = Field(
+        "auto",
+        description="The HNSW graph's space (publish time): the MIPS -> L2 reduction, the inner "
+        "product itself, or auto: the reduction unless its recall@candidates on a sample of the "
+        "users' vectors is below 0.95 and the inner-product graph recalls more",
+    )
     ann_ef_construction: int = Field(
         200, ge=8, le=4096, description="HNSW beam width while building (publish time)"
     )

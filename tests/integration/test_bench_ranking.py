@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from feedforge.bench.ranking import default_specs, run_ranking
+from feedforge.cli import app
 from feedforge.config import Settings
 
 from .conftest import SMALL_CONFIG
@@ -36,3 +39,23 @@ def test_ranking_table(tmp_path: Path) -> None:
     baseline = rows["retrieval order (no ranker)"]["metrics"]
     assert "auc" not in baseline and baseline["feed_clicks"] > 0
     assert "if " in table and "logistic regression: log-odds" in table  # printed baselines
+
+
+@pytest.mark.integration
+def test_bench_ranking_command(
+    tmp_path: Path, write_config: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`feedforge bench ranking` end to end, on the default (value-weighted) objective."""
+    config = write_config(tmp_path / "small.yaml")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(
+        app, ["bench", "ranking", "--config", str(config), "--feed-users", "100", "--out", "out"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "ranking_simulator.json").read_text())
+    assert report["objective"] == "watch_time"
+    switch = {row["objective"]: row for row in report["objective_switch"]}
+    assert set(switch) == {"clicks", "watch_time", "revenue"}
+    assert all(row["metrics"]["log_loss"] is None for row in report["rows"][1:])  # weighted
+    assert all(row["metrics"]["score_ms_1000"] > 0 for row in report["rows"][1:])
+    assert "ranking / simulator / objective watch_time" in result.output

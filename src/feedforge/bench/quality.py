@@ -196,8 +196,9 @@ def ann_recall(model: EmbeddingRecommender, serving: ServingConfig | None = None
     """Recall of the HNSW index against exact search, with the users' vectors as queries.
 
     The index is built exactly as ``feedforge publish`` builds it (``serving.ann_m``,
-    ``ann_ef_construction``, the publish seed) and searched with the serving beam
-    (``ann_ef_search``), so the numbers are those of the served feed. Recall is reported at 10
+    ``ann_ef_construction``, ``ann_metric`` with the users' vectors as probes, the publish
+    seed) and searched with the serving beam (``ann_ef_search``), so the numbers are those of
+    the served feed. Recall is reported at 10
     and at ``serving.candidates`` (the retrieval depth the ranker sees).
     """
     from feedforge.publish.ann import AnnIndex, recall_at_k_vs_exact
@@ -213,11 +214,16 @@ def ann_recall(model: EmbeddingRecommender, serving: ServingConfig | None = None
         ef_construction=serving.ann_ef_construction,
         ef_search=serving.ann_ef_search,
         seed=ANN_SEED,
+        metric=serving.ann_metric,
+        probe_queries=queries,
+        probe_k=serving.candidates,
     )
     depths = sorted({10, serving.candidates})
     return {
         "model": model.name,
-        "index": "faiss HNSW (inner product reduced to L2)",
+        "index": "faiss HNSW",
+        "metric": index.params.metric,
+        "probe_recall": index.params.probe_recall,
         "m": serving.ann_m,
         "ef_construction": serving.ann_ef_construction,
         "ef_search": serving.ann_ef_search,
@@ -344,16 +350,17 @@ def render_markdown(report: dict[str, Any]) -> str:
             "",
             f"ANN recall against exact search, each model's user vectors as queries: "
             f"{first['index']}, m={first['m']}, efConstruction={first['ef_construction']}, "
-            f"efSearch={first['ef_search']} (the index `feedforge publish` builds and the "
-            f"beam the service searches with); {first['items']} items, {first['queries']} "
-            "queries.",
+            f"efSearch={first['ef_search']}, graph space chosen by `serving.ann_metric` "
+            "(the index `feedforge publish` builds and the beam the service searches with); "
+            f"{first['items']} items, {first['queries']} queries.",
             "",
-            "| model | " + " | ".join(f"recall{d}" for d in depths) + " |",
-            "|---|" + "---|" * len(depths),
+            "| model | graph | " + " | ".join(f"recall{d}" for d in depths) + " |",
+            "|---|---|" + "---|" * len(depths),
         ]
         for entry in report["ann"]:
             cells = [f"{entry['recall_vs_exact'][d]:.4f}" for d in depths]
-            lines.append(f"| {entry['model']} | " + " | ".join(cells) + " |")
+            graph = entry.get("metric", "l2-reduction")
+            lines.append(f"| {entry['model']} | {graph} | " + " | ".join(cells) + " |")
     lines += ["", "Parameters chosen:", ""]
     lines += [f"- {r['model']}: `{r['params']}`" for r in report["rows"] if "params" in r]
     return "\n".join(lines) + "\n"

@@ -50,12 +50,9 @@ from feedforge.datasets.build import build_dataset
 from feedforge.datasets.features import FEATURES, snapshot_counters
 from feedforge.datasets.load import Dataset, load_dataset
 from feedforge.errors import ConfigError
-from feedforge.evaluation.evaluate import two_stage_recommend
-from feedforge.evaluation.metrics import auc, log_loss
+from feedforge.evaluation.evaluate import ranker_metrics, two_stage_recommend
 from feedforge.evaluation.ranking_metrics import (
-    calibration_error,
     intra_list_diversity,
-    request_ndcg,
 )
 from feedforge.events.catalog import read_catalog
 from feedforge.events.log import EventLog
@@ -64,7 +61,7 @@ from feedforge.events.simulator import WORLD_FILE, simulate
 from feedforge.events.world import World
 from feedforge.models.base import EmbeddingRecommender, Ranker
 from feedforge.models.registry import create_ranker, create_recommender
-from feedforge.models.train import RankingData, ranker_training_data
+from feedforge.models.train import ranker_training_data
 from feedforge.workdir import Workdir
 
 Progress = Callable[[str], None]
@@ -195,30 +192,6 @@ def prepare(settings: Settings, workdir: Workdir, feed_users: int, say: Progress
     )
 
 
-def impression_metrics(ranker: Ranker, data: RankingData) -> dict[str, Any]:
-    """AUC, log loss, calibration error and per-request NDCG@10 on logged impressions.
-
-    NDCG's gain is the objective's value of each impression (the label for ``clicks``, the
-    value weight, i.e. watch seconds or revenue over its mean, otherwise). Log loss and
-    calibration error are those of the label; a value-weighted ranker's output estimates
-    value odds, not the label's probability, so for it they are reported as None.
-    """
-    p = ranker.predict_proba(data.X)
-    y = data.y
-    gain = np.where(y == 1, data.weight, 0.0)
-    ndcg, requests = request_ndcg(data.group, gain, p, FEED_K)
-    weighted = not np.allclose(data.weight, 1.0)
-    return {
-        "auc": auc(y, p),
-        "log_loss": None if weighted else log_loss(y, p),
-        "ece": None if weighted else calibration_error(y, p),
-        f"ndcg@{FEED_K}": ndcg,
-        "mean_p": float(p.mean()),
-        "label_rate": float(y.mean()),
-        "requests_with_positive": requests,
-    }
-
-
 def scoring_ms(ranker: Ranker, X: np.ndarray, rows: int = 1_000, repeats: int = 50) -> float:
     """Median milliseconds of one ``predict_proba`` call on ``rows`` candidate rows."""
     batch = X[np.arange(rows) % len(X)]
@@ -265,7 +238,7 @@ def run_ranking(
             t0 = time.perf_counter()
             ranker.fit(train.X, train.y, list(FEATURES), **fit_args)
             seconds = time.perf_counter() - t0
-            metrics = impression_metrics(ranker, test)
+            metrics = ranker_metrics(ranker, test, FEED_K)
             say(f"{spec.label}: ground-truth feeds")
             metrics |= bench.feed_value(bench.feeds(ranker))
             if not quick:

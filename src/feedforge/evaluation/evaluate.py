@@ -5,7 +5,9 @@ positive for the configured objective; each model ranks the whole catalog, minus
 user interacted with in train; relevance is the test split's positives. The two-stage
 pipeline (retrieval -> ranker) re-scores the retrieval model's top ``evaluation.candidates``
 with features snapshotted at the test boundary, exactly as the online store would hold them.
-The ranker's AUC and log loss are measured on the test impressions.
+The ranker's AUC, log loss and calibration error (both for unweighted objectives only) and
+the NDCG@k of its order within each test request (gain: the objective's value) are measured
+on the test impressions.
 """
 
 from __future__ import annotations
@@ -30,11 +32,12 @@ from feedforge.datasets.features import (
 from feedforge.datasets.load import Dataset, load_dataset
 from feedforge.errors import DataError
 from feedforge.evaluation.metrics import auc, log_loss, ranking_report
+from feedforge.evaluation.ranking_metrics import calibration_error, request_ndcg
 from feedforge.events.catalog import read_catalog
 from feedforge.events.log import EventLog
 from feedforge.models.base import EmbeddingRecommender, Ranker, Recommender, top_k
 from feedforge.models.registry import load_ranker, load_recommender
-from feedforge.models.train import ranker_training_data
+from feedforge.models.train import RankingData, ranker_training_data
 from feedforge.workdir import Workdir
 
 Progress = Callable[[str], None]
@@ -77,6 +80,32 @@ def two_stage_recommend(
     p[~np.isfinite(cand_scores)] = -np.inf
     order, _ = top_k(p, k)
     return np.take_along_axis(cand, order, axis=1)
+
+
+def ranker_metrics(ranker: Ranker, data: RankingData, k: int = 10) -> dict[str, Any]:
+    """A ranker on logged impressions: AUC of the label, log loss and expected calibration
+    error, and the mean NDCG@k of its order within each request (gain: the objective's
+    value, i.e. the label times its weight).
+
+    A value-weighted ranker (``watch_time``, ``revenue``) estimates value odds, not the
+    label's probability, so its log loss and calibration error are None; so is every metric
+    a single-class sample leaves undefined.
+    """
+    y, p = data.y, ranker.predict_proba(data.X)
+    both = bool(len(y)) and y.min() != y.max()
+    weighted = not np.allclose(data.weight, 1.0)
+    ndcg, requests = request_ndcg(data.group, np.where(y == 1, data.weight, 0.0), p, k)
+    return {
+        "impressions": len(y),
+        "positive_rate": float(y.mean()) if len(y) else 0.0,
+        "mean_p": float(p.mean()) if len(y) else 0.0,
+        "value_weighted": weighted,
+        "auc": auc(y, p) if both else None,
+        "log_loss": log_loss(y, p) if both and not weighted else None,
+        "ece": calibration_error(y, p) if both and not weighted else None,
+        f"ndcg@{k}": ndcg if requests else None,
+        "requests_with_positive": requests,
+    }
 
 
 def evaluate(
@@ -142,19 +171,10 @@ def evaluate(
         two_stage = f"{retrieval_name}+{ranker_name}"
         report["models"][two_stage] = ranking_report(recs, relevant_users, n_items, k)
         test = ranker_training_data(dataset, "test", retrieval, settings.objective)
-        y, p = test.y, ranker.predict_proba(test.X)
-        both = bool(len(y)) and y.min() != y.max()
-        # A value-weighted ranker (watch_time, revenue) estimates value odds, not the
-        # label's probability: its log loss against the label means nothing.
-        weighted = not np.allclose(test.weight, 1.0)
         report["ranker"] = {
             "model": ranker_name,
             "split": "test",
-            "impressions": len(y),
-            "positive_rate": float(y.mean()) if len(y) else 0.0,
-            "value_weighted": weighted,
-            "auc": auc(y, p) if both else None,
-            "log_loss": log_loss(y, p) if both and not weighted else None,
+            **ranker_metrics(ranker, test, k),
         }
     reports = workdir.reports_dir
     reports.mkdir(parents=True, exist_ok=True)

@@ -25,22 +25,16 @@ from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
 
 from feedforge.artifacts import (
-    MANIFEST,
-    Manifest,
     read_manifest,
     require_file,
-    write_json_atomic,
-    write_manifest,
 )
 from feedforge.errors import ArtifactError, DataError, NotFittedError, ValidationError
 from feedforge.models.base import Ranker
 from feedforge.models.ranker_utils import (
     check_expected_features,
-    check_feature_names,
     check_features,
-    check_group,
-    check_labels,
-    check_weight,
+    check_fit_input,
+    write_ranker,
 )
 
 TRAIN_COMMAND = "feedforge train"
@@ -220,11 +214,8 @@ class LightGBMRanker(Ranker):
 
         self._check_params()
         where = "LightGBMRanker.fit"
-        names = check_feature_names(feature_names, where)
-        X = check_features(X, names, where)
-        y = check_labels(y, X.shape[0], where)
-        group = check_group(group, X.shape[0], where)
-        weight = check_weight(sample_weight, X.shape[0], where)
+        fit = check_fit_input(X, y, feature_names, group, sample_weight, where)
+        names, X, y, group, weight = fit.names, fit.X, fit.y, fit.group, fit.weight
         if self.objective == "lambdarank":
             if group is None:
                 raise ValidationError(
@@ -359,26 +350,14 @@ class LightGBMRanker(Ranker):
         """Write ``model.txt`` (LightGBM's text format), ``params.json`` and the manifest."""
         names, booster = self._fitted()
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / MANIFEST).unlink(missing_ok=True)  # incomplete until the manifest is back
-        tmp = directory / (_MODEL_FILE + ".tmp")
-        tmp.write_text(booster.model_to_string(), encoding="utf-8")
-        tmp.replace(directory / _MODEL_FILE)
         payload = {
             "params": self.get_params(),
             "feature_names": names,
             "calibration": list(self.calibration_) if self.calibration_ else None,
         }
-        write_json_atomic(directory / _PARAMS_FILE, payload)
-        write_manifest(
-            directory,
-            Manifest(
-                artifact=f"model/{self.name}",
-                schema_version=_SCHEMA_VERSION,
-                counts={"n_features": len(names), "n_trees": int(booster.num_trees())},
-                extra={"params": self.get_params(), "feature_names": names},
-            ),
-        )
+        files = {_MODEL_FILE: booster.model_to_string(), _PARAMS_FILE: payload}
+        counts = {"n_trees": int(booster.num_trees())}
+        write_ranker(directory, self.name, _SCHEMA_VERSION, files, names, self.get_params(), counts)
 
     @classmethod
     def load(

@@ -17,23 +17,17 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from feedforge.artifacts import (
-    MANIFEST,
-    Manifest,
     read_manifest,
     require_file,
-    write_json_atomic,
-    write_manifest,
 )
 from feedforge.config import RankerConfig
 from feedforge.errors import ArtifactError, NotFittedError, ValidationError
 from feedforge.models.base import Ranker
 from feedforge.models.ranker_utils import (
     check_expected_features,
-    check_feature_names,
     check_features,
-    check_group,
-    check_labels,
-    check_weight,
+    check_fit_input,
+    write_ranker,
 )
 
 TRAIN_COMMAND = "feedforge train"
@@ -98,11 +92,8 @@ class LogisticRanker(Ranker):
         """
         if not self.C > 0:
             raise ValidationError(f"LogisticRanker: C must be > 0, got {self.C!r}")
-        names = check_feature_names(feature_names, "LogisticRanker.fit")
-        X = check_features(X, names, "LogisticRanker.fit")
-        y = check_labels(y, X.shape[0], "LogisticRanker.fit")
-        check_group(group, X.shape[0], "LogisticRanker.fit")
-        weight = check_weight(sample_weight, X.shape[0], "LogisticRanker.fit")
+        fit = check_fit_input(X, y, feature_names, group, sample_weight, "LogisticRanker.fit")
+        names, X, y, weight = fit.names, fit.X, fit.y, fit.weight
         scaler = StandardScaler().fit(X)
         model = LogisticRegression(C=self.C, max_iter=self.max_iter, class_weight=None)
         model.fit(scaler.transform(X), y, sample_weight=weight)
@@ -164,18 +155,14 @@ class LogisticRanker(Ranker):
             "intercept": intercept,
             "params": self.get_params(),
         }
-        # Drop any previous manifest first: it is written last, so until then the directory
-        # reads as incomplete rather than as the old model with half of the new files.
-        (directory / MANIFEST).unlink(missing_ok=True)
-        write_json_atomic(directory / _MODEL_FILE, payload)
-        write_manifest(
+        write_ranker(
             directory,
-            Manifest(
-                artifact=f"model/{self.name}",
-                schema_version=_SCHEMA_VERSION,
-                counts={"n_features": len(names)},
-                extra={"params": self.get_params(), "feature_names": names},
-            ),
+            self.name,
+            _SCHEMA_VERSION,
+            {_MODEL_FILE: payload},
+            names,
+            payload["params"],
+            {},
         )
 
     @classmethod

@@ -8,10 +8,13 @@ shown in) and the sample weights have one entry per row.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from feedforge.artifacts import MANIFEST, Manifest, write_json_atomic, write_manifest
 from feedforge.errors import ArtifactError, DataError, ValidationError
 
 
@@ -108,3 +111,76 @@ def check_expected_features(
     """ArtifactError listing the difference when ``expected`` is given and differs."""
     if expected is not None and list(expected) != list(saved):
         raise ArtifactError(path, feature_difference(saved, list(expected)), build_command)
+
+
+@dataclass(frozen=True)
+class FitInput:
+    """The checked arguments of a ranker's ``fit``."""
+
+    names: list[str]
+    X: np.ndarray  # (N, F) float64
+    y: np.ndarray  # (N,) int64 in {0, 1}, both present
+    group: np.ndarray | None  # (N,)
+    weight: np.ndarray | None  # (N,) float64 >= 0
+
+
+def check_fit_input(
+    X: np.ndarray,
+    y: np.ndarray,
+    feature_names: list[str],
+    group: np.ndarray | None,
+    sample_weight: np.ndarray | None,
+    where: str,
+) -> FitInput:
+    """Every check of a ranker's ``fit`` arguments, in one place (see the module docs).
+
+    Raises:
+        ValidationError: repeated names, a bad shape, NaN/inf features (named), labels other
+            than 0/1, or mismatched or invalid groups or weights.
+        DataError: no rows, or a single class.
+    """
+    names = check_feature_names(feature_names, where)
+    X = check_features(X, names, where)
+    y = check_labels(y, X.shape[0], where)
+    return FitInput(
+        names,
+        X,
+        y,
+        check_group(group, X.shape[0], where),
+        check_weight(sample_weight, X.shape[0], where),
+    )
+
+
+def write_ranker(
+    directory: Path,
+    name: str,
+    schema_version: int,
+    files: dict[str, str | dict[str, Any]],
+    names: list[str],
+    params: dict[str, Any],
+    counts: dict[str, int],
+) -> None:
+    """Write a ranker's files (text, or JSON for a dict) and then its manifest.
+
+    Any previous manifest is removed first: it is written last, so until then the directory
+    reads as incomplete rather than as the old model with half of the new files.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / MANIFEST).unlink(missing_ok=True)
+    for filename, content in files.items():
+        if isinstance(content, dict):
+            write_json_atomic(directory / filename, content)
+        else:
+            tmp = directory / f".{filename}.tmp"
+            tmp.write_text(content, encoding="utf-8")
+            tmp.replace(directory / filename)
+    write_manifest(
+        directory,
+        Manifest(
+            artifact=f"model/{name}",
+            schema_version=schema_version,
+            counts={"n_features": len(names), **counts},
+            extra={"params": params, "feature_names": names},
+        ),
+    )

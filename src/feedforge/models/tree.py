@@ -17,22 +17,16 @@ import numpy as np
 from sklearn.tree import DecisionTreeClassifier
 
 from feedforge.artifacts import (
-    MANIFEST,
-    Manifest,
     read_manifest,
     require_file,
-    write_json_atomic,
-    write_manifest,
 )
 from feedforge.errors import ArtifactError, NotFittedError, ValidationError
 from feedforge.models.base import Ranker
 from feedforge.models.ranker_utils import (
     check_expected_features,
-    check_feature_names,
     check_features,
-    check_group,
-    check_labels,
-    check_weight,
+    check_fit_input,
+    write_ranker,
 )
 
 TRAIN_COMMAND = "feedforge train"
@@ -118,11 +112,9 @@ class DecisionTreeRanker(Ranker):
             DataError: no rows, or a single class.
         """
         self._check_params()
-        names = check_feature_names(feature_names, "DecisionTreeRanker.fit")
-        X = check_features(X, names, "DecisionTreeRanker.fit")
-        y = check_labels(y, X.shape[0], "DecisionTreeRanker.fit")
-        check_group(group, X.shape[0], "DecisionTreeRanker.fit")
-        weight = check_weight(sample_weight, X.shape[0], "DecisionTreeRanker.fit")
+        where = "DecisionTreeRanker.fit"
+        fit = check_fit_input(X, y, feature_names, group, sample_weight, where)
+        names, X, y, weight = fit.names, fit.X, fit.y, fit.weight
         model = DecisionTreeClassifier(
             max_depth=int(self.max_depth),
             min_samples_leaf=int(self.min_samples_leaf),
@@ -213,17 +205,9 @@ class DecisionTreeRanker(Ranker):
             "samples": self.samples_.tolist(),
             "params": self.get_params(),
         }
-        (directory / MANIFEST).unlink(missing_ok=True)  # incomplete until the manifest is back
-        write_json_atomic(directory / _MODEL_FILE, payload)
-        write_manifest(
-            directory,
-            Manifest(
-                artifact=f"model/{self.name}",
-                schema_version=_SCHEMA_VERSION,
-                counts={"n_features": len(names), "n_nodes": len(left)},
-                extra={"params": self.get_params(), "feature_names": names},
-            ),
-        )
+        counts = {"n_nodes": len(left)}
+        files: dict[str, str | dict[str, Any]] = {_MODEL_FILE: payload}
+        write_ranker(directory, self.name, _SCHEMA_VERSION, files, names, payload["params"], counts)
 
     @classmethod
     def load(

@@ -117,7 +117,12 @@ def publish(
         ef_construction=serving.ann_ef_construction,
         ef_search=serving.ann_ef_search,
         seed=ANN_SEED,
+        metric=serving.ann_metric,
+        probe_queries=u_emb,
+        probe_k=serving.candidates,
     )
+    if index.params.probe_recall:
+        say(f"ANN graph {index.params.metric} (probe recall {index.params.probe_recall})")
     index.save(bundle / ANN_DIR)
 
     say("computing feature snapshot")

@@ -298,3 +298,58 @@ def test_load_or_exact_falls_back_to_exact_search_with_a_warning(
     assert "ANN index unusable" in caplog.text and str(saved / INDEX_FILE) in caplog.text
     ids, _ = index.search(small[:2], 5)
     np.testing.assert_array_equal(ids, brute_force(small, small[:2], 5)[0])
+
+
+# -- graph space ------------------------------------------------------------------------------
+def spread_norms(n: int = 3000, d: int = 16, seed: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings whose norms spread over two orders of magnitude, like iALS item factors
+    (most items small, a few large), and user queries of the same kind."""
+    rng = np.random.default_rng(seed)
+    items = rng.normal(size=(n, d)).astype(np.float32)
+    items *= (np.exp(rng.normal(-1.5, 1.0, size=n)) / np.linalg.norm(items, axis=1))[:, None]
+    users = rng.normal(size=(400, d)).astype(np.float32)
+    return items, users
+
+
+def test_inner_product_graph_searches_and_round_trips(tmp_path: Path) -> None:
+    items, users = spread_norms()
+    index = AnnIndex.build(items, metric="inner-product", ef_search=512, seed=0)
+    assert index.params.metric == "inner-product"
+    assert recall_at_k_vs_exact(index, items, users, 50) > 0.95
+    ids, scores = index.search(users[:5], 50)
+    np.testing.assert_allclose(scores, np.take_along_axis(users[:5] @ items.T, ids, 1), rtol=1e-5)
+    index.save(tmp_path / "ann")
+    loaded = AnnIndex.load(tmp_path / "ann", items)
+    assert loaded.params == index.params
+    np.testing.assert_array_equal(loaded.search(users, 50)[0], index.search(users, 50)[0])
+
+
+def test_auto_keeps_the_graph_that_recalls_more() -> None:
+    items, users = spread_norms()
+    auto = AnnIndex.build(items, metric="auto", probe_queries=users, probe_k=100, seed=0)
+    recalls = auto.params.probe_recall
+    assert recalls is not None and recalls["l2-reduction"] < 0.95  # the reduction struggles
+    assert auto.params.metric == max(recalls, key=lambda metric: recalls[metric])
+    assert recall_at_k_vs_exact(auto, items, users, 100) >= recalls["l2-reduction"]
+    # Where the reduction is good enough it is kept, without building the second graph.
+    clustered_items = clustered(2000, 16, seed=1)
+    kept = AnnIndex.build(
+        clustered_items, metric="auto", probe_queries=clustered(300, 16, seed=2), probe_k=10
+    )
+    assert kept.params.metric == "l2-reduction"
+    assert set(kept.params.probe_recall or {}) == {"l2-reduction"}
+    with pytest.raises(ValidationError, match="probe_queries"):
+        AnnIndex.build(items, metric="auto")
+    with pytest.raises(ValidationError, match="metric"):
+        AnnIndex.build(items, metric="cosine")  # type: ignore[arg-type]
+
+
+def test_an_index_saved_before_the_metric_field_loads_as_the_reduction(
+    saved: Path, small: np.ndarray
+) -> None:
+    manifest = saved / "manifest.json"
+    payload = json.loads(manifest.read_text())
+    payload["extra"].pop("metric")
+    payload["extra"].pop("probe_recall")
+    manifest.write_text(json.dumps(payload))
+    assert AnnIndex.load(saved, small).params.metric == "l2-reduction"

@@ -15,9 +15,11 @@ from fastapi.testclient import TestClient
 
 from feedforge.config import Settings, load_settings
 from feedforge.datasets.load import load_dataset
+from feedforge.errors import ArtifactError
 from feedforge.publish.embedded import EmbeddedStore
 from feedforge.publish.publisher import ITEM_EMB, publish
 from feedforge.serving.app import create_app
+from feedforge.serving.pipeline import load_version
 from feedforge.workdir import Workdir
 
 pytestmark = pytest.mark.integration
@@ -149,3 +151,30 @@ def test_a_publish_from_another_process_is_seen_by_apps(
             "checks": {"store": "ok", "version": new},
         }
         assert version_of(later) == new
+
+
+def test_a_version_published_with_other_features_is_refused_at_load(
+    fresh_workdir: Workdir,
+) -> None:
+    """A version from an older feature set must not be scored with today's columns."""
+    with EmbeddedStore(fresh_workdir.store_path) as store:
+        version = store.current_version()
+        assert version is not None
+        meta = store.get_meta(version)
+        assert meta is not None and meta["ranker"]
+        store.put_meta(version, {**meta, "features": [*meta["features"][:-1], "old_feature"]})
+        with pytest.raises(ArtifactError) as info:
+            load_version(store, version, store.get_meta(version) or {})
+    message = str(info.value)
+    assert "another feature list" in message and "old_feature" in message
+    assert "feedforge publish" in message
+
+
+def test_publish_refuses_when_the_configured_ranker_was_not_trained(
+    fresh_workdir: Workdir, small_settings: Settings
+) -> None:
+    other = Settings(**{**small_settings.model_dump(), "models": {"ranker": {"type": "tree"}}})
+    with EmbeddedStore(fresh_workdir.store_path) as store, pytest.raises(ArtifactError) as info:
+        publish(fresh_workdir, other, store)
+    assert "models.ranker.type='tree'" in str(info.value)
+    assert "feedforge train" in str(info.value)

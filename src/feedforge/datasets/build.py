@@ -253,7 +253,9 @@ def build_dataset(
             item_map.index(frame.get_column("item_id")).alias("item_idx"),
         )
 
-    positives = with_idx(positives)
+    # Joins do not keep row order: sort, so the same log always builds the same files (and
+    # order-sensitive learners, e.g. bagged GBDTs, the same models).
+    positives = with_idx(positives).sort("timestamp", "event_id")
     say("computing point-in-time ranking examples")
     window = timedelta(seconds=config.attribution_seconds)
     ranking = with_idx(
@@ -264,7 +266,7 @@ def build_dataset(
         boundary_ok &= ~((pl.col("timestamp") < edge) & (pl.col("timestamp") + window > edge))
     boundary_ok &= pl.col("timestamp") + window <= bounds["end"] + timedelta(microseconds=1)
     censored = ranking.height
-    ranking = ranking.filter(boundary_ok)
+    ranking = ranking.filter(boundary_ok).sort("timestamp", "request_id", "position", "event_id")
     censored -= ranking.height
 
     counts: dict[str, int] = {}

@@ -42,12 +42,13 @@ from typing import Any
 import numpy as np
 
 from feedforge.config import ServingConfig, Settings
-from feedforge.datasets.features import derive_features, raw_from_records
+from feedforge.datasets.features import FEATURES, derive_features, raw_from_records
 from feedforge.datasets.idmap import IdMap
-from feedforge.errors import NotPublishedError
+from feedforge.errors import ArtifactError, NotPublishedError
 from feedforge.events.log import AppendResult, EventLog
 from feedforge.events.schema import Event, EventType
 from feedforge.models.base import Ranker
+from feedforge.models.ranker_utils import feature_difference
 from feedforge.models.registry import load_ranker
 from feedforge.publish.ann import AnnIndex, RetrievalMethod, load_or_exact
 from feedforge.publish.publisher import ANN_DIR, ITEM_EMB, ITEM_FEAT, USER_EMB, USER_FEAT
@@ -124,13 +125,22 @@ def load_version(
     else:
         ann_dir = bundle / str((meta.get("ann") or {}).get("dir", ANN_DIR))
         index = load_or_exact(ann_dir, matrix, ef_search=cfg.ann_ef_search)
-    ranker = (
-        load_ranker(
-            meta["ranker"], bundle / "ranker", command, expected_features=list(meta["features"])
+    ranker = None
+    if meta.get("ranker"):
+        published = [str(f) for f in meta.get("features", [])]
+        if published != list(FEATURES):
+            # The service computes today's features; a ranker trained on others would be fed
+            # the wrong columns.
+            raise ArtifactError(
+                bundle,
+                f"version {version} was published with another feature list ("
+                + feature_difference(published, list(FEATURES))
+                + "); train and publish it again with this code",
+                "feedforge train && feedforge publish",
+            )
+        ranker = load_ranker(
+            meta["ranker"], bundle / "ranker", command, expected_features=published
         )
-        if meta.get("ranker")
-        else None
-    )
     return LoadedVersion(
         version=version,
         meta=meta,

@@ -10,10 +10,6 @@ to ``docs/benchmarks/quality_<dataset>_<protocol>.json`` and ``.md``.
 
 from __future__ import annotations
 
-import os
-import platform
-import shlex
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,8 +21,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from feedforge.artifacts import write_json_atomic
 from feedforge.bench.peers import ImplicitPeer
+from feedforge.bench.report import run_info, write_report
 from feedforge.config import ServingConfig
 from feedforge.errors import ConfigError
 from feedforge.evaluation.protocols import PROTOCOLS, ProtocolSplit, evaluate_fold
@@ -201,23 +197,13 @@ def ann_recall(model: EmbeddingRecommender, serving: ServingConfig | None = None
     the served feed. Recall is reported at 10
     and at ``serving.candidates`` (the retrieval depth the ranker sees).
     """
-    from feedforge.publish.ann import AnnIndex, recall_at_k_vs_exact
-    from feedforge.publish.publisher import ANN_SEED
+    from feedforge.publish.ann import recall_at_k_vs_exact
+    from feedforge.publish.publisher import build_serving_index
 
     serving = serving or ServingConfig()
     items = np.ascontiguousarray(model.item_embeddings(), dtype=np.float32)
     queries = np.ascontiguousarray(model.user_embeddings(), dtype=np.float32)
-    index = AnnIndex.build(
-        items,
-        kind="hnsw",
-        m=serving.ann_m,
-        ef_construction=serving.ann_ef_construction,
-        ef_search=serving.ann_ef_search,
-        seed=ANN_SEED,
-        metric=serving.ann_metric,
-        probe_queries=queries,
-        probe_k=serving.candidates,
-    )
+    index = build_serving_index(items, queries, serving, kind="hnsw")
     depths = sorted({10, serving.candidates})
     return {
         "model": model.name,
@@ -308,19 +294,11 @@ def run_quality(
         "split": split.info,
         "import": {"events": summary.events_written, "duplicates": summary.duplicates},
         "ann": ann,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-        },
-        "total_seconds": round(time.perf_counter() - started, 1),
-        "command": "feedforge " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        **run_info(started),
     }
     if out_dir is not None:
         name = f"quality_{dataset}_{protocol}" + ("" if negatives is None else f"_{negatives}neg")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out_dir / f"{name}.json", report)
-        (out_dir / f"{name}.md").write_text(render_markdown(report), encoding="utf-8")
+        write_report(out_dir, name, report, render_markdown(report))
     return report
 
 

@@ -29,10 +29,6 @@ table shows what choosing ``watch_time`` over ``clicks`` does to the feed.
 
 from __future__ import annotations
 
-import os
-import platform
-import shlex
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -44,7 +40,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from feedforge.artifacts import write_json_atomic
+from feedforge.bench.report import run_info, write_report
 from feedforge.config import ModelsConfig, Settings
 from feedforge.datasets.build import build_dataset
 from feedforge.datasets.features import FEATURES, snapshot_counters
@@ -284,18 +280,10 @@ def run_ranking(
         "rows": rows,
         "objective_switch": switch,
         "data": info,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-        },
-        "total_seconds": round(time.perf_counter() - started, 1),
-        "command": "feedforge " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        **run_info(started),
     }
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out_dir / "ranking_simulator.json", report)
-        (out_dir / "ranking_simulator.md").write_text(render_markdown(report), encoding="utf-8")
+        write_report(out_dir, "ranking_simulator", report, render_markdown(report))
     return report
 
 

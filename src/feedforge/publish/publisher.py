@@ -28,7 +28,7 @@ import numpy as np
 import polars as pl
 
 from feedforge.artifacts import Manifest, new_version, write_manifest
-from feedforge.config import Settings
+from feedforge.config import ServingConfig, Settings
 from feedforge.datasets.features import FEATURES, item_records, snapshot_counters, user_records
 from feedforge.datasets.load import load_dataset
 from feedforge.errors import ArtifactError, DataError
@@ -36,7 +36,7 @@ from feedforge.events.catalog import read_catalog
 from feedforge.events.log import EventLog
 from feedforge.models.base import EmbeddingRecommender
 from feedforge.models.registry import RANKERS, load_ranker, load_recommender
-from feedforge.publish.ann import AnnIndex
+from feedforge.publish.ann import AnnIndex, AnnKind
 from feedforge.publish.store import OnlineStore
 from feedforge.workdir import Workdir
 
@@ -53,6 +53,29 @@ Progress = Callable[[str], None]
 
 def _chunks(n: int) -> list[slice]:
     return [slice(i, min(i + _CHUNK, n)) for i in range(0, n, _CHUNK)]
+
+
+def build_serving_index(
+    item_embeddings: np.ndarray,
+    user_embeddings: np.ndarray,
+    serving: ServingConfig,
+    kind: AnnKind | None = None,
+) -> AnnIndex:
+    """The ANN index a published version serves from, as ``serving`` configures it
+    (``ann`` unless ``kind`` overrides it, ``ann_m``, ``ann_ef_construction``,
+    ``ann_ef_search``, ``ann_metric`` probed with the users' vectors at
+    ``candidates``, seed :data:`ANN_SEED`)."""
+    return AnnIndex.build(
+        item_embeddings,
+        kind=kind or serving.ann,
+        m=serving.ann_m,
+        ef_construction=serving.ann_ef_construction,
+        ef_search=serving.ann_ef_search,
+        seed=ANN_SEED,
+        metric=serving.ann_metric,
+        probe_queries=user_embeddings,
+        probe_k=serving.candidates,
+    )
 
 
 def publish(
@@ -110,17 +133,7 @@ def publish(
     u_emb, i_emb = retrieval.user_embeddings(), retrieval.item_embeddings()
     serving = settings.serving
     say(f"building the {serving.ann} ANN index over {len(i_emb)} item embeddings")
-    index = AnnIndex.build(
-        i_emb,
-        kind=serving.ann,
-        m=serving.ann_m,
-        ef_construction=serving.ann_ef_construction,
-        ef_search=serving.ann_ef_search,
-        seed=ANN_SEED,
-        metric=serving.ann_metric,
-        probe_queries=u_emb,
-        probe_k=serving.candidates,
-    )
+    index = build_serving_index(i_emb, u_emb, serving)
     if index.params.probe_recall:
         say(f"ANN graph {index.params.metric} (probe recall {index.params.probe_recall})")
     index.save(bundle / ANN_DIR)

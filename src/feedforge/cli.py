@@ -151,6 +151,9 @@ def print_report(report: dict[str, Any]) -> None:
         title=f"Test split, objective {report['objective']}, "
         f"{report['users_evaluated']} users (protocol {report['protocol']})"
     )
+    first: dict[str, float] = next(iter(report["models"].values()), {})
+    valued = ("watch_minutes@", "revenue@")  # the objective's observed value, when it has one
+    names += [n.removesuffix(f"@{k}") for n in first if n.startswith(valued)]
     table.add_column("model")
     for name in names:
         table.add_column(f"{name}@{k}", justify="right")

@@ -5,9 +5,12 @@ positive for the configured objective; each model ranks the whole catalog, minus
 user interacted with in train; relevance is the test split's positives. The two-stage
 pipeline (retrieval -> ranker) re-scores the retrieval model's top ``evaluation.candidates``
 with features snapshotted at the test boundary, exactly as the online store would hold them.
-The ranker's AUC, log loss and calibration error (both for unweighted objectives only) and
-the NDCG@k of its order within each test request (gain: the objective's value) are measured
-on the test impressions.
+For ``watch_time`` and ``revenue`` each model also gets the objective's observed value at k:
+the watch minutes (or revenue) its top k items actually earned from the user in the test
+window, summed and averaged over users (:func:`value_at_k`), because a binary relevance does
+not say how much a feed was worth. The ranker's AUC, log loss and calibration error (both
+for unweighted objectives only) and the NDCG@k of its order within each test request (gain:
+the objective's value) are measured on the test impressions.
 """
 
 from __future__ import annotations
@@ -108,6 +111,60 @@ def ranker_metrics(ranker: Ranker, data: RankingData, k: int = 10) -> dict[str, 
     }
 
 
+VALUE_METRIC: dict[str, tuple[str, str, float]] = {
+    "watch_time": ("watch_minutes", "watch", 1.0 / 60.0),
+    "revenue": ("revenue", "purchase", 1.0),
+}
+"""Objective -> (metric name, event type, unit scale) of the observed-value metric."""
+
+
+def observed_value(
+    events: pl.LazyFrame, dataset: Dataset, start: datetime, objective: str
+) -> tuple[str, sp.csr_matrix] | None:
+    """``(name, (n_users, n_items) CSR)`` of each known user's observed value of each known
+    item in the events from ``start`` on: watch minutes (``watch_time``) or revenue
+    (``revenue``); None for ``clicks``, whose value is the relevance itself."""
+    if objective not in VALUE_METRIC:
+        return None
+    name, event_type, scale = VALUE_METRIC[objective]
+    column = "watch_seconds" if event_type == "watch" else "price"
+    rows = (
+        events.filter((pl.col("timestamp") >= start) & (pl.col("event_type") == event_type))
+        .select("user_id", "item_id", pl.col(column).fill_null(0.0).alias("value"))
+        .collect()
+    )
+    known = rows.with_columns(
+        dataset.users.index(rows.get_column("user_id")).alias("u"),
+        dataset.items.index(rows.get_column("item_id")).alias("i"),
+    ).drop_nulls(["u", "i"])
+    matrix = sp.csr_matrix(
+        (
+            known.get_column("value").to_numpy() * scale,
+            (known.get_column("u").to_numpy(), known.get_column("i").to_numpy()),
+        ),
+        shape=(len(dataset.users), len(dataset.items)),
+    )
+    matrix.sum_duplicates()
+    return f"{name}@", matrix
+
+
+def value_at_k(recommended: np.ndarray, value: sp.csr_matrix, k: int) -> float:
+    """Mean over users of the summed observed value of their top-``k`` items.
+
+    Args:
+        recommended: ``(U, K)`` item indices (``-1`` pads), rows aligned with ``value``'s.
+        value: ``(U, n_items)`` observed value of each (user, item).
+        k: Cut-off.
+    """
+    recs = np.asarray(recommended)[:, :k]
+    rows = np.repeat(np.arange(len(recs)), recs.shape[1])
+    cols = recs.reshape(-1)
+    ok = cols >= 0
+    picked = np.asarray(value[rows[ok], cols[ok]]).reshape(-1)
+    totals = np.bincount(rows[ok], weights=picked, minlength=len(recs))
+    return float(totals.mean()) if len(recs) else 0.0
+
+
 def evaluate(
     workdir: Workdir, settings: Settings, progress: Progress | None = None
 ) -> dict[str, Any]:
@@ -137,6 +194,16 @@ def evaluate(
         "models": {},
     }
     command = workdir.command("train")
+    test_start = datetime.fromisoformat(dataset.split_bounds["t2"])
+    observed = observed_value(
+        EventLog(workdir.events_dir).scan(), dataset, test_start, settings.objective
+    )
+
+    def add_value(name: str, recs: np.ndarray) -> None:
+        if observed is not None:
+            metric, matrix = observed
+            report["models"][name][f"{metric}{k}"] = value_at_k(recs, matrix[users], k)
+
     retrieval_name = settings.models.retrieval
     recommenders: dict[str, Recommender] = {}
     for name in ("popularity", retrieval_name):
@@ -145,6 +212,7 @@ def evaluate(
         recommenders[name] = model
         recs, _ = model.recommend(users, k, exclude=train_csr)
         report["models"][name] = ranking_report(recs, relevant_users, n_items, k)
+        add_value(name, recs)
 
     retrieval = recommenders[retrieval_name]
     ranker_name = settings.models.ranker.type
@@ -170,6 +238,7 @@ def evaluate(
         )
         two_stage = f"{retrieval_name}+{ranker_name}"
         report["models"][two_stage] = ranking_report(recs, relevant_users, n_items, k)
+        add_value(two_stage, recs)
         test = ranker_training_data(dataset, "test", retrieval, settings.objective)
         report["ranker"] = {
             "model": ranker_name,

@@ -6,8 +6,10 @@ import math
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from feedforge.errors import DataError, ValidationError
+from feedforge.evaluation.evaluate import value_at_k
 from feedforge.evaluation.ranking_metrics import (
     calibration_error,
     intra_list_diversity,
@@ -53,3 +55,11 @@ def test_intra_list_diversity() -> None:
     assert intra_list_diversity(lists) == pytest.approx((2 / 3 + 0.0) / 2)
     with pytest.raises(ValidationError):
         intra_list_diversity(np.array([1, 2, 3]))
+
+
+def test_value_at_k_sums_the_observed_value_of_the_top_items() -> None:
+    value = sp.csr_matrix(np.array([[0.0, 30.0, 10.0, 0.0], [5.0, 0.0, 0.0, 7.0]]))
+    recs = np.array([[1, 3, 2], [2, -1, -1]])
+    # user 0: 30 + 0 (+ 10 beyond k=2); user 1: 0 (padding counts nothing).
+    assert value_at_k(recs, value, k=2) == pytest.approx((30.0 + 0.0) / 2)
+    assert value_at_k(recs, value, k=3) == pytest.approx((40.0 + 0.0) / 2)

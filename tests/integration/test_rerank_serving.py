@@ -1,7 +1,8 @@
-"""The served feed goes through the configured re-ranking stage (embedded store)."""
+"""The served feed goes through the configured ranker and re-ranking stage (embedded store)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -9,6 +10,9 @@ from fastapi.testclient import TestClient
 
 from feedforge.config import Settings
 from feedforge.events.catalog import read_catalog
+from feedforge.models.train import train_models
+from feedforge.publish.factory import open_store
+from feedforge.publish.publisher import publish
 from feedforge.serving.app import create_app
 from feedforge.workdir import Workdir
 
@@ -68,3 +72,31 @@ def test_rules_caps_and_exploration_shape_the_served_feed(
     ]
     assert all(0 < item["propensity"] <= 1 for item in first)
     assert any(item["propensity"] < 1 for item in first)
+
+
+@pytest.mark.parametrize(
+    "ranker", [{"type": "tree"}, {"type": "lightgbm"}], ids=["tree", "lightgbm"]
+)
+def test_the_configured_ranker_is_trained_published_and_served(
+    workdir_copy: Callable[..., Workdir],
+    small_settings: Settings,
+    known_user: str,
+    ranker: dict[str, Any],
+) -> None:
+    settings = Settings(
+        **{
+            **small_settings.model_dump(),
+            "models": {**small_settings.models.model_dump(), "ranker": ranker},
+        }
+    )
+    workdir = workdir_copy(publish=False)
+    saved = train_models(workdir, settings)
+    assert ranker["type"] in saved
+    with open_store(settings.store, workdir.store_path) as store:
+        version = publish(workdir, settings, store)
+        meta = store.get_meta(version)
+    assert meta is not None and meta["ranker"] == ranker["type"]
+    items = feed(settings, workdir, known_user)
+    assert len(items) == 10
+    scores = [item["score"] for item in items]
+    assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)

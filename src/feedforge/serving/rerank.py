@@ -226,9 +226,9 @@ def _explore(
         return best, 1.0
     if kind == "epsilon_greedy":
         pick = best if rng.random() >= epsilon else int(rng.integers(n))
-        return pick, (1.0 - epsilon) * (pick == best) + epsilon / n
+        return pick, min(1.0, (1.0 - epsilon) * (pick == best) + epsilon / n)
     logits = (utility - utility.max()) / temperature
     probs = np.exp(logits)
     probs /= probs.sum()
     pick = int(rng.choice(n, p=probs))
-    return pick, float(probs[pick])
+    return pick, min(1.0, float(probs[pick]))  # rounding must not push it past 1

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import scipy.sparse as sp
 
 from feedforge.bench.report import run_info, write_report
 from feedforge.config import ModelsConfig, Settings
@@ -101,10 +102,11 @@ class Bench:
     world_users: np.ndarray  # the same users' world indices
     world_item_of: np.ndarray  # dataset item index -> world item index
     n_candidates: int
+    exclude: sp.csr_matrix  # the train interactions, never recommended
 
     def feeds(self, ranker: Ranker | None) -> np.ndarray:
         """``(U, FEED_K)`` dataset item indices of the two-stage (or retrieval-only) feeds."""
-        exclude = self.dataset.train_interactions().to_csr()
+        exclude = self.exclude
         if ranker is None:
             items, _ = self.retrieval.recommend(self.feed_users, FEED_K, exclude=exclude)
             return items
@@ -156,8 +158,9 @@ def prepare(settings: Settings, workdir: Workdir, feed_users: int, say: Progress
     build_dataset(workdir, settings)
     dataset = load_dataset(workdir)
     say(f"training retrieval ({settings.models.retrieval})")
+    train = dataset.train_interactions()
     retrieval = create_recommender(settings.models.retrieval, settings.models)
-    retrieval.fit(dataset.train_interactions())
+    retrieval.fit(train)
     if not isinstance(retrieval, EmbeddingRecommender):
         raise ConfigError(
             f"models.retrieval={settings.models.retrieval!r} has no embeddings; the ranking "
@@ -185,6 +188,7 @@ def prepare(settings: Settings, workdir: Workdir, feed_users: int, say: Progress
         world_users=np.array([world_user[u] for u in dataset.users.id_of(test_users)]),
         world_item_of=np.array([world_item[i] for i in dataset.items.ids.to_list()]),
         n_candidates=settings.evaluation.candidates,
+        exclude=train.to_csr(),
     )
 
 

@@ -51,6 +51,7 @@ WINDOWS: dict[str, timedelta] = {"1d": timedelta(days=1), "7d": timedelta(days=7
 
 DEVICES: tuple[str, ...] = ("tv", "mobile", "web")
 """Devices with a one-hot feature; ``device_code`` ``j + 1`` is ``DEVICES[j]``, 0 unknown."""
+_DEVICE_CODES: dict[str, int] = {d: j + 1 for j, d in enumerate(DEVICES)}
 
 _WINDOWED = ("user_impressions", "user_clicks", "item_impressions", "item_clicks")
 
@@ -138,8 +139,7 @@ def derive_features(
 def device_code(device: pl.Expr) -> pl.Expr:
     """The ``device_code`` raw counter of a device-name column: ``j + 1`` for ``DEVICES[j]``,
     else 0 (unknown or null)."""
-    mapping = {d: j + 1 for j, d in enumerate(DEVICES)}
-    return device.replace_strict(mapping, default=0, return_dtype=pl.Int64).fill_null(0)
+    return device.replace_strict(_DEVICE_CODES, default=0, return_dtype=pl.Int64).fill_null(0)
 
 
 def item_categories(items: pl.DataFrame) -> pl.DataFrame:
@@ -420,11 +420,13 @@ def snapshot_candidate_counters(
         .sort("_row")
         .drop("_row")
     )
-    counters = [c for c in RAW_COUNTERS if c not in ("position", "item_age_seconds", "hour")]
+    counts = [
+        c for c in RAW_COUNTERS if c not in ("position", "item_age_seconds", "hour", "device_code")
+    ]
     requested = device_code(pl.lit(device, dtype=pl.String))
     return out.with_columns(
         pl.lit(SERVING_POSITION).alias("position"),
-        *(pl.col(c).fill_null(0) for c in counters if c != "device_code"),
+        *(pl.col(c).fill_null(0) for c in counts),
         ((pl.lit(now) - pl.col("created_at")).dt.total_microseconds() / 1e6)
         .fill_null(0.0)
         .alias("item_age_seconds"),
@@ -532,7 +534,7 @@ def raw_from_records(
     }
     raw["position"] = np.full(n, float(SERVING_POSITION))
     raw["hour"] = np.full(n, float(datetime.fromtimestamp(now_s, UTC).hour))
-    code = DEVICES.index(device) + 1 if device in DEVICES else 0
+    code = _DEVICE_CODES.get(device or "", 0)
     raw["device_code"] = np.full(n, float(code or user.get("last_device", 0)))
     for c in (*ITEM_RECORD_COUNTERS, "user_category_clicks", "item_age_seconds"):
         raw[c] = np.zeros(n)

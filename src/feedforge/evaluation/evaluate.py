@@ -195,9 +195,8 @@ def evaluate(
     }
     command = workdir.command("train")
     test_start = datetime.fromisoformat(dataset.split_bounds["t2"])
-    observed = observed_value(
-        EventLog(workdir.events_dir).scan(), dataset, test_start, settings.objective
-    )
+    events = EventLog(workdir.events_dir).scan()
+    observed = observed_value(events, dataset, test_start, settings.objective)
 
     def add_value(name: str, recs: np.ndarray) -> None:
         if observed is not None:
@@ -224,7 +223,7 @@ def evaluate(
         ranker = load_ranker(ranker_name, ranker_dir, build_command=command)
         _, items, _ = read_catalog(workdir)
         cutoff = datetime.fromisoformat(dataset.split_bounds["t2"])
-        snapshot = snapshot_counters(EventLog(workdir.events_dir).scan(), items, cutoff)
+        snapshot = snapshot_counters(events, items, cutoff)
         recs = two_stage_recommend(
             retrieval,
             ranker,

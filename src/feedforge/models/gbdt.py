@@ -47,11 +47,10 @@ _SINGLE_THREAD_ROWS = 20_000
 GBDTObjective = Literal["binary", "lambdarank"]
 
 
-def _group_sizes(group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A stable order that makes each group's rows contiguous, and the group sizes in it."""
+def _group_order(group: np.ndarray) -> np.ndarray:
+    """A stable row order that makes each group's rows contiguous."""
     _, codes = np.unique(group, return_inverse=True)
-    order = np.argsort(codes, kind="stable")
-    return order, np.bincount(codes[order])
+    return np.argsort(codes, kind="stable")
 
 
 class LightGBMRanker(Ranker):
@@ -221,7 +220,7 @@ class LightGBMRanker(Ranker):
                 raise ValidationError(
                     f"{where}: objective 'lambdarank' needs group (the request of each row)"
                 )
-            order, _ = _group_sizes(group)
+            order = _group_order(group)
             X, y, group = X[order], y[order], group[order]
             label = y.astype(np.int64)
             if weight is not None:

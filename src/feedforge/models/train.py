@@ -22,7 +22,7 @@ from feedforge.datasets.build import ranking_target
 from feedforge.datasets.features import FEATURES, feature_matrix
 from feedforge.datasets.load import Dataset, load_dataset
 from feedforge.models.base import EmbeddingRecommender, Model
-from feedforge.models.registry import create_ranker, create_recommender
+from feedforge.models.registry import RANKERS, create_ranker, create_recommender
 from feedforge.workdir import Workdir
 
 Progress = Callable[[str], None]
@@ -105,7 +105,8 @@ def train_models(
         # Logs without impressions (e.g. imported rating datasets) cannot train a ranker;
         # serving then orders candidates by the retrieval score alone.
         say("no labelled impressions in the validation split: no ranker trained")
-        shutil.rmtree(workdir.model_dir(ranker_name), ignore_errors=True)
+        for stale in RANKERS:  # no ranker of any type may outlive the data it was fit on
+            shutil.rmtree(workdir.model_dir(stale), ignore_errors=True)
         return saved
     say(f"fitting the {ranker_name} ranker on {len(data.y)} validation impressions")
     ranker = create_ranker(ranker_name, cfg).fit(

@@ -53,7 +53,7 @@ from feedforge.models.registry import load_ranker
 from feedforge.publish.ann import AnnIndex, RetrievalMethod, load_or_exact
 from feedforge.publish.publisher import ANN_DIR, ITEM_EMB, ITEM_FEAT, USER_EMB, USER_FEAT
 from feedforge.publish.store import OnlineStore
-from feedforge.serving.rerank import Candidates, pinned_item_ids, rerank
+from feedforge.serving.rerank import Candidates, needs_item_metadata, pinned_item_ids, rerank
 from feedforge.workdir import Workdir
 
 HISTORY_EVENTS = frozenset(
@@ -81,6 +81,12 @@ class LoadedVersion:
     def now(self) -> float:
         """The scoring clock: the snapshot time advanced by the wall time since publishing."""
         return self.snapshot_time + (datetime.now(UTC).timestamp() - self.published_at)
+
+
+def _age_days(records: list[dict[str, Any] | None], now_s: float) -> np.ndarray:
+    """``(N,)`` item ages in days at ``now_s`` from feature records (NaN when unknown)."""
+    created = [r.get("created_at_s") if r is not None else None for r in records]
+    return np.array([np.nan if c is None else (now_s - c) / 86_400.0 for c in created])
 
 
 @dataclass(frozen=True)
@@ -227,27 +233,24 @@ class FeedService:
         if not cand:
             return self._popular(state, user_id, k, seen)
         cand_ids = state.items.id_of(np.asarray(cand, dtype=np.int64))
-        records = self.store.get_records(state.version, ITEM_FEAT, cand_ids)
+        reranking = self.settings.reranking
+        # One batched read of the candidates' feature records, when the ranker or re-ranking
+        # (categories, ages) reads them.
+        records: list[dict[str, Any] | None] = [None] * len(cand_ids)
+        if state.ranker is not None or needs_item_metadata(reranking):
+            records = self.store.get_records(state.version, ITEM_FEAT, cand_ids)
         retrieval_scores = np.asarray(cand_scores, dtype=np.float64)
         scores = self._rank(state, record, records, retrieval_scores, device)
-        now = state.now()
         shown = rerank(
             Candidates(
                 item_ids=cand_ids,
                 scores=scores,
                 categories=[(r or {}).get("category", "") for r in records],
-                age_days=np.array(
-                    [
-                        (now - r["created_at_s"]) / 86_400.0
-                        if r is not None and r.get("created_at_s") is not None
-                        else np.nan
-                        for r in records
-                    ]
-                ),
-                vectors=state.item_matrix[cand],
+                age_days=_age_days(records, state.now()),
+                vectors=state.item_matrix[cand] if reranking.mmr_lambda is not None else None,
             ),
             k,
-            self.settings.reranking,
+            reranking,
         )
         return Feed(
             user_id=user_id,

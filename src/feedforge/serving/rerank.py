@@ -8,7 +8,7 @@ at retrieval), configured by :class:`~feedforge.config.ReRankConfig`:
    candidate, ``pin`` reserves slot ``position`` for the first matching candidate.
 2. **Freshness**: ``score * (1 + freshness_boost * exp(-age_days / freshness_tau_days))``
    (items of unknown age are not boosted). Multiplicative adjustments need positive scores, so
-   when any score is negative (retrieval dot products) the scores become
+   when there is one and any score is negative (retrieval dot products) the scores become
    ``exp(score - max(score))`` first: the order is unchanged, and a factor ``f`` then adds
    ``log f`` to the raw score.
 3. **Slot filling**, one slot at a time, from the remaining candidates that respect
@@ -81,6 +81,27 @@ def _matches(rule: BusinessRule, item_id: str, category: str) -> bool:
     return item_id in rule.item_ids or (category != "" and category in rule.categories)
 
 
+def is_plain(config: ReRankConfig) -> bool:
+    """True when re-ranking is the identity: the feed is the top ``k`` by score."""
+    return (
+        not config.rules
+        and config.category_cap is None
+        and config.mmr_lambda is None
+        and config.freshness_boost == 0
+        and config.exploration.type == "none"
+    )
+
+
+def needs_item_metadata(config: ReRankConfig) -> bool:
+    """Whether re-ranking reads the candidates' categories or ages (else the pipeline need not
+    fetch item records for it)."""
+    return (
+        config.category_cap is not None
+        or config.freshness_boost > 0
+        or any(rule.categories for rule in config.rules)
+    )
+
+
 def pinned_item_ids(config: ReRankConfig) -> list[str]:
     """Item ids named by ``pin`` rules (the pipeline adds them to the candidates)."""
     return [item for rule in config.rules if rule.action == "pin" for item in rule.item_ids]
@@ -94,7 +115,8 @@ def adjusted_scores(
     if not np.isfinite(scores).all():
         raise ValidationError("rerank: candidate scores hold NaN or infinite values")
     n = len(scores)
-    if n and scores.min() < 0:
+    multiplies = config.freshness_boost > 0 or any(r.action == "boost" for r in config.rules)
+    if multiplies and n and scores.min() < 0:
         scores = np.exp(scores - scores.max())
     blocked = np.zeros(n, dtype=bool)
     buried = np.zeros(n, dtype=bool)
@@ -123,11 +145,11 @@ def _pins(
 ) -> dict[int, int]:
     """Slot -> candidate index of each pin rule's best matching, unblocked candidate."""
     pins: dict[int, int] = {}
+    by_id = {item: j for j, item in enumerate(candidates.item_ids)}
     for rule in config.rules:
         if rule.action != "pin" or rule.position in pins:
             continue
         taken = set(pins.values())
-        by_id = {item: j for j, item in enumerate(candidates.item_ids)}
         named = [by_id[i] for i in rule.item_ids if i in by_id]
         in_category = sorted(
             (j for j, c in enumerate(candidates.categories) if c and c in rule.categories),
@@ -160,6 +182,11 @@ def rerank(
     if k < 1:
         raise ValidationError(f"rerank: k must be >= 1, got {k}")
     scores, blocked, buried = adjusted_scores(candidates, config)
+    if is_plain(config):  # the request hot path by default: one sort, no slot loop
+        top = np.argsort(-scores, kind="stable")[:k]
+        return Reranked(
+            [candidates.item_ids[j] for j in top], [float(scores[j]) for j in top], [1.0] * len(top)
+        )
     explore = config.exploration
     if rng is None:
         rng = np.random.default_rng(explore.seed)

@@ -118,3 +118,14 @@ def test_bad_input() -> None:
         rerank(candidates([0.1, float("nan")]), 1, ReRankConfig())
     with pytest.raises(ValidationError, match="shapes"):
         Candidates(["a", "b"], np.zeros(3), ["x", "y"], np.zeros(2))
+
+
+def test_plain_config_keeps_raw_scores_and_matches_the_slot_loop() -> None:
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=50)  # negative retrieval dot products included
+    scores[7] = scores[3]  # a tie: input order decides, in both paths
+    c = candidates(list(scores), [f"c{j % 5}" for j in range(50)])
+    plain = rerank(c, 12, ReRankConfig())
+    assert plain.scores == sorted(scores, reverse=True)[:12]  # no transform without a boost
+    looped = rerank(c, 12, ReRankConfig(category_cap=50))  # a cap that never binds
+    assert looped.item_ids == plain.item_ids

@@ -152,7 +152,8 @@ def print_report(report: dict[str, Any]) -> None:
         f"{report['users_evaluated']} users (protocol {report['protocol']})"
     )
     first: dict[str, float] = next(iter(report["models"].values()), {})
-    valued = ("watch_minutes@", "revenue@")  # the objective's observed value, when it has one
+    # The objective's observed value, when it has one.
+    valued = ("watch_minutes@", "revenue@", "value@")
     names += [n.removesuffix(f"@{k}") for n in first if n.startswith(valued)]
     table.add_column("model")
     for name in names:
@@ -167,6 +168,12 @@ def print_report(report: dict[str, Any]) -> None:
             f"ranker {ranker['model']} on {ranker['impressions']} test impressions: "
             f"AUC {ranker['auc']:.4f}{loss}"
         )
+    for head, m in (ranker or {}).get("heads", {}).items():
+        parts = [f"{key} {m[key]:.4f}" for key in _HEAD_METRICS if m.get(key) is not None]
+        console.print(f"  head {head}: " + ", ".join(parts))
+
+
+_HEAD_METRICS = ("auc", "log_loss", "ece", "calibration_ratio")
 
 
 @app.command("simulate")

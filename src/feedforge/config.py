@@ -18,12 +18,12 @@ from typing import Any, Literal
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from feedforge.errors import ConfigError
 
-Objective = Literal["watch_time", "clicks", "revenue"]
+Objective = Literal["watch_time", "clicks", "revenue", "mix"]
 
 
 class _Section(BaseModel):
@@ -88,10 +88,10 @@ class RankerConfig(_Section):
     regression's, every other ranker takes its keyword arguments from ``models.params.<type>``
     (e.g. ``params: {lightgbm: {objective: lambdarank}}``)."""
 
-    type: Literal["logistic", "tree", "lightgbm"] = Field(
+    type: Literal["logistic", "tree", "lightgbm", "dcn"] = Field(
         "logistic",
-        description="logistic regression, a shallow decision tree, or LightGBM (binary or "
-        "lambdarank)",
+        description="logistic regression, a shallow decision tree, LightGBM (binary or "
+        "lambdarank), or the deep multi-task DCN-v2 ranker",
     )
     C: float = Field(1.0, gt=0, description="Inverse L2 strength of the logistic regression")
     max_iter: int = Field(500, ge=10)
@@ -162,6 +162,12 @@ class ServingConfig(_Section):
         "product itself, or auto: the reduction unless its recall@candidates on a sample of the "
         "users' vectors is below 0.95 and the inner-product graph recalls more",
     )
+    ranker_device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description="Where the deep ranker scores (read when a service loads a version): auto "
+        "uses a CUDA GPU when torch sees one and the CPU otherwise (and falls back to the CPU "
+        "if the GPU fails); cpu or cuda force one. Tree and linear rankers always use the CPU",
+    )
     ann_ef_construction: int = Field(
         200, ge=8, le=4096, description="HNSW beam width while building (publish time)"
     )
@@ -228,6 +234,15 @@ class ReRankConfig(_Section):
     exploration: ExplorationConfig = ExplorationConfig()
 
 
+class ObjectiveWeights(_Section):
+    """The value of one unit of each outcome for ``objective: mix``: an impression is worth
+    ``clicks * clicked + watch_minutes * minutes watched + revenue * revenue``."""
+
+    clicks: float = Field(0.0, ge=0, description="Value of one click")
+    watch_minutes: float = Field(0.0, ge=0, description="Value of one minute watched")
+    revenue: float = Field(0.0, ge=0, description="Value of one unit of revenue")
+
+
 class Settings(BaseSettings):
     """All of feedforge's settings."""
 
@@ -238,7 +253,12 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
-    objective: Objective = "watch_time"
+    objective: Objective = Field(
+        "watch_time",
+        description="What the feed maximises: watch time, clicks, revenue, or a weighted mix "
+        "of the three (weights in objective_weights)",
+    )
+    objective_weights: ObjectiveWeights = ObjectiveWeights()
     simulator: SimulatorConfig = SimulatorConfig()
     dataset: DatasetConfig = DatasetConfig()
     models: ModelsConfig = ModelsConfig()
@@ -246,6 +266,16 @@ class Settings(BaseSettings):
     store: StoreConfig = StoreConfig()
     serving: ServingConfig = ServingConfig()
     reranking: ReRankConfig = ReRankConfig()
+
+    @model_validator(mode="after")
+    def _mix_has_weights(self) -> Settings:
+        w = self.objective_weights
+        if self.objective == "mix" and not (w.clicks or w.watch_minutes or w.revenue):
+            raise ValueError(
+                "objective 'mix' needs at least one objective_weights entry above 0 "
+                "(clicks, watch_minutes, revenue)"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(

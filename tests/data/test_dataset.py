@@ -17,11 +17,11 @@ from feedforge.artifacts import read_manifest
 from feedforge.datasets.build import (
     DATASET_ARTIFACT,
     DATASET_SCHEMA_VERSION,
-    OBJECTIVE_LABEL,
     SPLITS,
 )
 from feedforge.datasets.features import RAW_COUNTERS
 from feedforge.datasets.idmap import IdMap
+from feedforge.datasets.objectives import objective_value, positive_flags
 
 if TYPE_CHECKING:
     from conftest import Built
@@ -260,7 +260,8 @@ def test_manifest_counts_match_the_files(built: Built) -> None:
 def test_dataset_card(built: Built) -> None:
     card = json.loads((built.workdir.dataset_dir / "card.json").read_text())
     assert card["objective"] == built.settings.objective
-    assert card["objective_label"] == OBJECTIVE_LABEL[built.settings.objective]
+    flags = positive_flags(objective_value(built.settings.objective))
+    assert card["objective_label"] == " | ".join(flags)
     assert card["split"] == built.manifest.extra["split"]
     assert card["users_in_id_map"] == len(built.dataset.users)
     assert card["items_in_id_map"] == len(built.dataset.items)

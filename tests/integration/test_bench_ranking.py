@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from feedforge.bench.ranking import default_specs, run_ranking
+from feedforge.bench.ranking import OBJECTIVES, default_specs, run_ranking, switch_specs
 from feedforge.cli import app
 from feedforge.config import Settings
 
@@ -39,6 +39,10 @@ def test_ranking_table(tmp_path: Path) -> None:
     baseline = rows["retrieval order (no ranker)"]["metrics"]
     assert "auc" not in baseline and baseline["feed_clicks"] > 0
     assert "if " in table and "logistic regression: log-odds" in table  # printed baselines
+    heads = rows["dcn-v2 (multi-task)"]["metrics"]["heads"]
+    assert set(heads) == {"click", "watch", "purchase", "revenue"}
+    assert heads["click"]["auc"] > 0.5 and heads["watch"]["calibration_ratio"] > 0
+    assert "## Multi-task heads" in table and "| dcn-v2 (multi-task) | watch |" in table
 
 
 @pytest.mark.integration
@@ -54,8 +58,12 @@ def test_bench_ranking_command(
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "out" / "ranking_simulator.json").read_text())
     assert report["objective"] == "watch_time"
-    switch = {row["objective"]: row for row in report["objective_switch"]}
-    assert set(switch) == {"clicks", "watch_time", "revenue"}
-    assert all(row["metrics"]["log_loss"] is None for row in report["rows"][1:])  # weighted
+    switch = {(row["model"], row["objective"]) for row in report["objective_switch"]}
+    assert switch == {(s.label, goal) for s in switch_specs() for goal in OBJECTIVES}
+    for row in report["rows"][1:]:
+        if row["ranker"] == "dcn":  # its probability is p(click): calibrated, with a log loss
+            assert row["metrics"]["log_loss"] > 0
+        else:  # value-weighted: odds of value, not a probability
+            assert row["metrics"]["log_loss"] is None
     assert all(row["metrics"]["score_ms_1000"] > 0 for row in report["rows"][1:])
     assert "ranking / simulator / objective watch_time" in result.output

@@ -75,7 +75,9 @@ def test_rules_caps_and_exploration_shape_the_served_feed(
 
 
 @pytest.mark.parametrize(
-    "ranker", [{"type": "tree"}, {"type": "lightgbm"}], ids=["tree", "lightgbm"]
+    "ranker",
+    [{"type": "tree"}, {"type": "lightgbm"}, {"type": "dcn"}],
+    ids=["tree", "lightgbm", "dcn"],
 )
 def test_the_configured_ranker_is_trained_published_and_served(
     workdir_copy: Callable[..., Workdir],
@@ -99,4 +101,8 @@ def test_the_configured_ranker_is_trained_published_and_served(
     items = feed(settings, workdir, known_user)
     assert len(items) == 10
     scores = [item["score"] for item in items]
-    assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
+    assert scores == sorted(scores, reverse=True) and all(s >= 0 for s in scores)
+    if ranker["type"] == "dcn":  # expected watch seconds, p(click) x E[watch | click]
+        assert settings.objective == "watch_time" and max(scores) > 1
+    else:  # probabilities
+        assert all(s <= 1 for s in scores)

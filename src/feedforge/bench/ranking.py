@@ -42,10 +42,11 @@ import polars as pl
 import scipy.sparse as sp
 
 from feedforge.bench.report import run_info, write_report
-from feedforge.config import ModelsConfig, Settings
+from feedforge.config import ModelsConfig, ObjectiveWeights, Settings
 from feedforge.datasets.build import build_dataset
 from feedforge.datasets.features import FEATURES, snapshot_counters
 from feedforge.datasets.load import Dataset, load_dataset
+from feedforge.datasets.objectives import objective_value, settings_value
 from feedforge.errors import ConfigError
 from feedforge.evaluation.evaluate import ranker_metrics, two_stage_recommend
 from feedforge.evaluation.ranking_metrics import (
@@ -63,7 +64,10 @@ from feedforge.workdir import Workdir
 
 Progress = Callable[[str], None]
 FEED_K = 10
-OBJECTIVES = ("clicks", "watch_time", "revenue")
+OBJECTIVES = ("clicks", "watch_time", "revenue", "mix")
+SWITCH_MIX = ObjectiveWeights(watch_minutes=1.0, revenue=50.0)
+"""The objective switch's ``mix``: a minute watched is worth 1, a unit of revenue 50 (the
+default world earns ~0.1-0.7 revenue and ~30-55 watch minutes per feed)."""
 
 
 @dataclass(frozen=True)
@@ -74,9 +78,17 @@ class RankerSpec:
     name: str
     params: dict[str, Any] = field(default_factory=dict)
 
-    def build(self, models: ModelsConfig) -> Ranker:
+    def build(self, models: ModelsConfig, value: dict[str, float]) -> Ranker:
         config = models.model_copy(update={"params": {**models.params, self.name: self.params}})
-        return create_ranker(self.name, config)
+        return create_ranker(self.name, config, value=value)
+
+
+def switch_specs() -> list[RankerSpec]:
+    """The rankers of the objective switch: one of each kind (trees, deep multi-task)."""
+    return [
+        RankerSpec("lightgbm (binary)", "lightgbm", {"objective": "binary"}),
+        RankerSpec("dcn-v2 (multi-task)", "dcn"),
+    ]
 
 
 def default_specs() -> list[RankerSpec]:
@@ -86,6 +98,7 @@ def default_specs() -> list[RankerSpec]:
         RankerSpec("tree", "tree"),
         RankerSpec("lightgbm (binary)", "lightgbm", {"objective": "binary"}),
         RankerSpec("lightgbm (lambdarank)", "lightgbm", {"objective": "lambdarank"}),
+        RankerSpec("dcn-v2 (multi-task)", "dcn"),
     ]
 
 
@@ -193,13 +206,13 @@ def prepare(settings: Settings, workdir: Workdir, feed_users: int, say: Progress
 
 
 def scoring_ms(ranker: Ranker, X: np.ndarray, rows: int = 1_000, repeats: int = 50) -> float:
-    """Median milliseconds of one ``predict_proba`` call on ``rows`` candidate rows."""
+    """Median milliseconds of one ``score`` call (what serving calls) on ``rows`` rows."""
     batch = X[np.arange(rows) % len(X)]
-    ranker.predict_proba(batch)  # warm-up
+    ranker.score(batch)  # warm-up
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        ranker.predict_proba(batch)
+        ranker.score(batch)
         times.append(time.perf_counter() - t0)
     return float(np.median(times) * 1e3)
 
@@ -217,13 +230,13 @@ def run_ranking(
     say = progress or (lambda _msg: None)
     started = time.perf_counter()
     objective = settings.objective
+    value = settings_value(settings)
     rows: list[dict[str, Any]] = []
     switch: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="feedforge-bench-ranking-") as tmp:
         bench = prepare(settings, Workdir.at(tmp), feed_users, say)
-        train = ranker_training_data(bench.dataset, "validation", bench.retrieval, objective)
-        test = ranker_training_data(bench.dataset, "test", bench.retrieval, objective)
-        fit_args = {"group": train.group, "sample_weight": train.weight}
+        train = ranker_training_data(bench.dataset, "validation", bench.retrieval, value)
+        test = ranker_training_data(bench.dataset, "test", bench.retrieval, value)
         say("retrieval-order feeds")
         rows.append(
             {
@@ -234,9 +247,9 @@ def run_ranking(
         )
         for spec in default_specs():
             say(f"fitting {spec.label} on {len(train.y)} validation impressions")
-            ranker = spec.build(settings.models)
+            ranker = spec.build(settings.models, value)
             t0 = time.perf_counter()
-            ranker.fit(train.X, train.y, list(FEATURES), **fit_args)
+            train.fit(ranker)
             seconds = time.perf_counter() - t0
             metrics = ranker_metrics(ranker, test, FEED_K)
             say(f"{spec.label}: ground-truth feeds")
@@ -254,14 +267,18 @@ def run_ranking(
                 }
             )
         if not quick:
-            spec = RankerSpec("lightgbm (binary)", "lightgbm", {"objective": "binary"})
-            for goal in OBJECTIVES:
-                say(f"objective switch: {goal}")
-                data = ranker_training_data(bench.dataset, "validation", bench.retrieval, goal)
-                ranker = spec.build(settings.models).fit(
-                    data.X, data.y, list(FEATURES), group=data.group, sample_weight=data.weight
-                )
-                switch.append({"objective": goal, **bench.feed_value(bench.feeds(ranker))})
+            for spec in switch_specs():
+                for goal in OBJECTIVES:
+                    say(f"objective switch: {spec.label}, {goal}")
+                    goal_value = objective_value(goal, SWITCH_MIX)
+                    data = ranker_training_data(
+                        bench.dataset, "validation", bench.retrieval, goal_value
+                    )
+                    ranker = data.fit(spec.build(settings.models, goal_value))
+                    feeds = bench.feeds(ranker)
+                    switch.append(
+                        {"model": spec.label, "objective": goal, **bench.feed_value(feeds)}
+                    )
         info = {
             "impressions_train": len(train.y),
             "impressions_test": len(test.y),
@@ -273,11 +290,12 @@ def run_ranking(
     report: dict[str, Any] = {
         "dataset": "simulator",
         "objective": objective,
-        "label": {
-            "clicks": "clicked",
-            "watch_time": "watch_seconds > 0, positives weighted by watch seconds",
-            "revenue": "revenue > 0, positives weighted by revenue",
-        }[objective],
+        "value": value,
+        "label": "clicked"
+        if value == {"clicked": 1.0}
+        else "value > 0, positives weighted by value "
+        f"({' + '.join(f'{w:g} x {k}' for k, w in value.items())})",
+        "multi_task_label": "clicked; heads on watch_seconds, purchased, revenue",
         "retrieval": settings.models.retrieval,
         "simulator": settings.simulator.model_dump(mode="json"),
         "features": list(FEATURES),
@@ -329,19 +347,50 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"| {row['model']} | " + " | ".join(cells) + f" | {'' if ms is None else f'{ms:.3f}'} "
             f"| {'' if secs is None else f'{secs:.1f}'} |"
         )
+    heads = [row for row in report["rows"] if row["metrics"].get("heads")]
+    if heads:
+        lines += [
+            "",
+            "## Multi-task heads on the test impressions",
+            "",
+            "click / purchase: AUC, log loss and calibration error of p(click) and p(purchase); "
+            "watch / revenue: AUC of the expected value for any watch / purchase, and the "
+            "calibration ratio sum(expected) / sum(observed).",
+            "",
+            "| model | head | auc | log_loss | ece | calibration_ratio | mean predicted "
+            "| mean observed |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for row in heads:
+            for head, m in row["metrics"]["heads"].items():
+                cells = [
+                    _cell(m.get(c))
+                    for c in (
+                        "auc",
+                        "log_loss",
+                        "ece",
+                        "calibration_ratio",
+                        "mean_predicted",
+                        "mean_observed",
+                    )
+                ]
+                lines.append(f"| {row['model']} | {head} | " + " | ".join(cells) + " |")
     if report["objective_switch"]:
         lines += [
             "",
-            "## Objective switch (LightGBM binary, one ranker per objective)",
+            "## Objective switch (one ranker trained per objective)",
             "",
-            "Ground-truth value per feed of each objective's feed:",
+            "Ground-truth value per feed of each objective's feed; `mix` values a watched "
+            f"minute at {SWITCH_MIX.watch_minutes:g} and a unit of revenue at "
+            f"{SWITCH_MIX.revenue:g}:",
             "",
-            "| trained for | " + " | ".join(_FEED_COLUMNS) + " |",
-            "|---|" + "---|" * len(_FEED_COLUMNS),
+            "| model | trained for | " + " | ".join(_FEED_COLUMNS) + " |",
+            "|---|---|" + "---|" * len(_FEED_COLUMNS),
         ]
         for entry in report["objective_switch"]:
             cells = [_cell(entry[c]) for c in _FEED_COLUMNS]
-            lines.append(f"| {entry['objective']} | " + " | ".join(cells) + " |")
+            label = entry.get("model", "lightgbm (binary)")
+            lines.append(f"| {label} | {entry['objective']} | " + " | ".join(cells) + " |")
     lines += ["", "## The interpretable baselines", ""]
     for row in report["rows"]:
         if row.get("ranker") in ("logistic", "tree"):

@@ -7,7 +7,9 @@ earlier. Id maps are fitted on the train split only. Outputs (all Parquet, in
 
 * ``ids/users.parquet``, ``ids/items.parquet``: the id maps.
 * ``positives_<split>.parquet``: positive engagement events, one row each, with a flag per
-  objective (:data:`OBJECTIVE_LABEL`) and a ``weight`` for retrieval training.
+  kind of engagement (click, watch, like, purchase, rated) and a ``weight`` for retrieval
+  training; an objective's relevance is the union of its flags
+  (:func:`~feedforge.datasets.objectives.positive_flags`).
 * ``ranking_<split>.parquet``: one row per impression with point-in-time raw counters (see
   :mod:`feedforge.datasets.features`) and labels attributed from later events of the same
   request within ``dataset.attribution_seconds``. Impressions whose attribution window
@@ -21,13 +23,13 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 from feedforge.artifacts import Manifest, write_json_atomic, write_manifest
 from feedforge.config import DatasetConfig, Settings
 from feedforge.datasets.features import RAW_COUNTERS, point_in_time_counters
 from feedforge.datasets.idmap import IdMap
+from feedforge.datasets.objectives import positive_flags, settings_value
 from feedforge.errors import DataError
 from feedforge.events.catalog import read_catalog
 from feedforge.events.log import EventLog
@@ -36,41 +38,6 @@ from feedforge.workdir import Workdir
 DATASET_ARTIFACT = "dataset"
 DATASET_SCHEMA_VERSION = 1
 SPLITS = ("train", "validation", "test")
-
-OBJECTIVE_LABEL: dict[str, str] = {"clicks": "click", "watch_time": "watch", "revenue": "purchase"}
-"""The positive flag of each business objective (ratings above the threshold count for all)."""
-
-RANKING_VALUE: dict[str, str | None] = {
-    "clicks": None,
-    "watch_time": "watch_seconds",
-    "revenue": "revenue",
-}
-"""The value column each business objective maximises (None: the click itself)."""
-
-
-def ranking_target(frame: pl.DataFrame, objective: str) -> tuple[np.ndarray, np.ndarray]:
-    """The ranker's training label and sample weight of each impression for an objective.
-
-    * ``clicks``: label ``clicked``, weight 1.
-    * ``watch_time`` / ``revenue``: value-weighted logistic regression (Covington et al.,
-      RecSys 2016, "Deep Neural Networks for YouTube Recommendations"): label ``value > 0``
-      (``watch_seconds`` / ``revenue``), a positive weighted by its value over the mean
-      positive value, a negative by 1. The learned odds ``p / (1 - p)`` then estimate the
-      expected value of the impression (in units of the mean positive value) rather than the
-      chance of any engagement, so ranking by ``p`` ranks by expected watch time or revenue.
-
-    Returns:
-        ``(N,)`` int8 labels and ``(N,)`` float64 weights (all > 0 when any value is).
-    """
-    column = RANKING_VALUE[objective]
-    if column is None:
-        y = frame.get_column("clicked").to_numpy().astype(np.int8)
-        return y, np.ones(len(y), dtype=np.float64)
-    value = frame.get_column(column).fill_null(0.0).to_numpy().astype(np.float64)
-    y = (value > 0).astype(np.int8)
-    mean = value[y == 1].mean() if y.any() else 1.0
-    return y, np.where(y == 1, value / mean, 1.0)
-
 
 _WEIGHTS = {"click": 1.0, "watch": 2.0, "like": 2.0, "purchase": 3.0, "rating": 1.0}
 
@@ -284,7 +251,7 @@ def build_dataset(
 
     card = {
         "objective": settings.objective,
-        "objective_label": OBJECTIVE_LABEL[settings.objective],
+        "objective_label": " | ".join(positive_flags(settings_value(settings))),
         "split": {k: v.isoformat() for k, v in bounds.items()},
         "users_in_id_map": len(users),
         "items_in_id_map": len(item_map),

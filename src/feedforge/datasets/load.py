@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,6 @@ from feedforge.artifacts import Manifest, read_manifest, require_file
 from feedforge.datasets.build import (
     DATASET_ARTIFACT,
     DATASET_SCHEMA_VERSION,
-    OBJECTIVE_LABEL,
     SPLITS,
 )
 from feedforge.datasets.idmap import IdMap
@@ -105,16 +105,19 @@ class Dataset:
             item_features=self.item_features(),
         )
 
-    def relevant(self, split: str, objective: str) -> sp.csr_matrix:
-        """``(n_users, n_items)`` binary CSR of a split's positives for ``objective``.
+    def relevant(self, split: str, flags: Sequence[str]) -> sp.csr_matrix:
+        """``(n_users, n_items)`` binary CSR of a split's positives with any of ``flags``
+        (an objective's :func:`~feedforge.datasets.objectives.positive_flags`).
 
         Only users and items known to the id maps appear; a rating above the threshold is
         positive for every objective.
         """
-        flag = OBJECTIVE_LABEL[objective]
+        wanted = pl.col("rated")
+        for flag in flags:
+            wanted = wanted | pl.col(flag)
         pos = (
             self.positives(split)
-            .filter(pl.col(flag) | pl.col("rated"))
+            .filter(wanted)
             .drop_nulls(["user_idx", "item_idx"])
             .unique(["user_idx", "item_idx"])
         )

@@ -5,12 +5,13 @@ positive for the configured objective; each model ranks the whole catalog, minus
 user interacted with in train; relevance is the test split's positives. The two-stage
 pipeline (retrieval -> ranker) re-scores the retrieval model's top ``evaluation.candidates``
 with features snapshotted at the test boundary, exactly as the online store would hold them.
-For ``watch_time`` and ``revenue`` each model also gets the objective's observed value at k:
-the watch minutes (or revenue) its top k items actually earned from the user in the test
-window, summed and averaged over users (:func:`value_at_k`), because a binary relevance does
-not say how much a feed was worth. The ranker's AUC, log loss and calibration error (both
-for unweighted objectives only) and the NDCG@k of its order within each test request (gain:
-the objective's value) are measured on the test impressions.
+For ``watch_time``, ``revenue`` and ``mix`` each model also gets the objective's observed value
+at k: the watch minutes (revenue, mix value) its top k items actually earned from the user in
+the test window, summed and averaged over users (:func:`value_at_k`), because a binary
+relevance does not say how much a feed was worth. The ranker's AUC, log loss and calibration
+error (both for unweighted objectives only; per head for the multi-task ranker) and the NDCG@k
+of its order within each test request (gain: the objective's value) are measured on the test
+impressions.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from feedforge.datasets.features import (
     snapshot_counters,
 )
 from feedforge.datasets.load import Dataset, load_dataset
+from feedforge.datasets.objectives import positive_flags, settings_value
 from feedforge.errors import DataError
 from feedforge.evaluation.metrics import auc, log_loss, ranking_report
 from feedforge.evaluation.ranking_metrics import calibration_error, request_ndcg
@@ -78,7 +80,7 @@ def two_stage_recommend(
         retrieval.user_embeddings(), retrieval.item_embeddings(), flat_users, flat_items
     )
     X = derive_features(raw, scores, dataset.n_categories)
-    p = ranker.predict_proba(X).reshape(n_users, n_cand)
+    p = ranker.score(X).reshape(n_users, n_cand)
     # Excluded items only fill the list when fewer than n_candidates remain: keep them last.
     p[~np.isfinite(cand_scores)] = -np.inf
     order, _ = top_k(p, k)
@@ -86,60 +88,131 @@ def two_stage_recommend(
 
 
 def ranker_metrics(ranker: Ranker, data: RankingData, k: int = 10) -> dict[str, Any]:
-    """A ranker on logged impressions: AUC of the label, log loss and expected calibration
-    error, and the mean NDCG@k of its order within each request (gain: the objective's
-    value, i.e. the label times its weight).
+    """A ranker on logged impressions: AUC of the objective's label by the ranker's score,
+    log loss and expected calibration error of its probability, and the mean NDCG@k of its
+    order within each request (gain: the objective's value, i.e. the label times its weight).
 
-    A value-weighted ranker (``watch_time``, ``revenue``) estimates value odds, not the
-    label's probability, so its log loss and calibration error are None; so is every metric
-    a single-class sample leaves undefined.
+    A value-weighted single-task ranker (``watch_time``, ``revenue``, ``mix``) estimates value
+    odds, not the label's probability, so its log loss and calibration error are None; so is
+    every metric a single-class sample leaves undefined. A multi-task ranker's probability is
+    ``p(click)``: its log loss and calibration error are the click head's, and ``heads`` holds
+    every head's metrics (:func:`head_metrics`).
     """
-    y, p = data.y, ranker.predict_proba(data.X)
+    y, score = data.y, ranker.score(data.X)
     both = bool(len(y)) and y.min() != y.max()
     weighted = not np.allclose(data.weight, 1.0)
-    ndcg, requests = request_ndcg(data.group, np.where(y == 1, data.weight, 0.0), p, k)
-    return {
+    ndcg, requests = request_ndcg(data.group, np.where(y == 1, data.weight, 0.0), score, k)
+    labels, p = data.labels(ranker), ranker.predict_proba(data.X)
+    calibrated = ranker.multi_task or not weighted
+    has_both = bool(len(labels)) and labels.min() != labels.max()
+    metrics: dict[str, Any] = {
         "impressions": len(y),
         "positive_rate": float(y.mean()) if len(y) else 0.0,
         "mean_p": float(p.mean()) if len(y) else 0.0,
         "value_weighted": weighted,
-        "auc": auc(y, p) if both else None,
-        "log_loss": log_loss(y, p) if both and not weighted else None,
-        "ece": calibration_error(y, p) if both and not weighted else None,
+        "auc": auc(y, score) if both else None,
+        "log_loss": log_loss(labels, p) if has_both and calibrated else None,
+        "ece": calibration_error(labels, p) if has_both and calibrated else None,
         f"ndcg@{k}": ndcg if requests else None,
         "requests_with_positive": requests,
     }
+    if ranker.multi_task:
+        metrics["heads"] = head_metrics(ranker, data)
+    return metrics
 
 
-VALUE_METRIC: dict[str, tuple[str, str, float]] = {
-    "watch_time": ("watch_minutes", "watch", 1.0 / 60.0),
-    "revenue": ("revenue", "purchase", 1.0),
+def _binary_head(label: np.ndarray, p: np.ndarray) -> dict[str, float | None]:
+    both = bool(len(label)) and label.min() != label.max()
+    return {
+        "auc": auc(label, p) if both else None,
+        "log_loss": log_loss(label, p) if both else None,
+        "ece": calibration_error(label, p) if both else None,
+        "mean_predicted": float(p.mean()) if len(p) else None,
+        "mean_observed": float(label.mean()) if len(label) else None,
+    }
+
+
+def _value_head(observed: np.ndarray, expected: np.ndarray) -> dict[str, float | None]:
+    positive = (observed > 0).astype(np.int8)
+    both = bool(len(positive)) and positive.min() != positive.max()
+    total = float(observed.sum())
+    return {
+        "auc": auc(positive, expected) if both else None,
+        "calibration_ratio": float(expected.sum()) / total if total > 0 else None,
+        "mean_predicted": float(expected.mean()) if len(expected) else None,
+        "mean_observed": float(observed.mean()) if len(observed) else None,
+    }
+
+
+def head_metrics(ranker: Ranker, data: RankingData) -> dict[str, dict[str, float | None]]:
+    """Each head of a multi-task ranker against the test impressions' outcomes.
+
+    * ``click``, ``purchase``: AUC, log loss and calibration error of ``p(click)`` and
+      ``p(purchase) = p(click) * p(purchase | click)``;
+    * ``watch``, ``revenue``: AUC of the expected value for "any" (watched, bought) and the
+      calibration ratio ``sum(expected) / sum(observed)`` (1 is calibrated).
+    """
+    heads = ranker.predict_heads(data.X)
+    if not heads:
+        return {}
+    out = data.outcomes
+    result = {"click": _binary_head(out["clicked"].astype(np.int8), heads["p_click"])}
+    if "p_purchase" in heads:
+        result["purchase"] = _binary_head(out["purchased"].astype(np.int8), heads["p_purchase"])
+    if "expected_watch_seconds" in heads:
+        result["watch"] = _value_head(out["watch_seconds"], heads["expected_watch_seconds"])
+    if "expected_revenue" in heads:
+        result["revenue"] = _value_head(out["revenue"], heads["expected_revenue"])
+    return result
+
+
+_OUTCOME_EVENTS: dict[str, tuple[str, str | None]] = {
+    "clicked": ("click", None),
+    "watch_seconds": ("watch", "watch_seconds"),
+    "revenue": ("purchase", "price"),
 }
-"""Objective -> (metric name, event type, unit scale) of the observed-value metric."""
+"""Valued outcome -> (event type, event column holding its amount; None: 1 per event)."""
+
+
+def value_metric_name(value: dict[str, float]) -> str | None:
+    """The observed-value metric of an objective's value: ``watch_minutes``, ``revenue``,
+    ``value`` (a mix, in its own units) or None (``clicks``: the relevance is the value)."""
+    if set(value) == {"clicked"}:
+        return None
+    if set(value) == {"watch_seconds"}:
+        return "watch_minutes"
+    if set(value) == {"revenue"}:
+        return "revenue"
+    return "value"
 
 
 def observed_value(
-    events: pl.LazyFrame, dataset: Dataset, start: datetime, objective: str
+    events: pl.LazyFrame, dataset: Dataset, start: datetime, value: dict[str, float]
 ) -> tuple[str, sp.csr_matrix] | None:
     """``(name, (n_users, n_items) CSR)`` of each known user's observed value of each known
-    item in the events from ``start`` on: watch minutes (``watch_time``) or revenue
-    (``revenue``); None for ``clicks``, whose value is the relevance itself."""
-    if objective not in VALUE_METRIC:
+    item in the events from ``start`` on, in the objective's units (see
+    :func:`value_metric_name`; watch time in minutes); None for ``clicks``."""
+    name = value_metric_name(value)
+    if name is None:
         return None
-    name, event_type, scale = VALUE_METRIC[objective]
-    column = "watch_seconds" if event_type == "watch" else "price"
-    rows = (
-        events.filter((pl.col("timestamp") >= start) & (pl.col("event_type") == event_type))
-        .select("user_id", "item_id", pl.col(column).fill_null(0.0).alias("value"))
-        .collect()
-    )
+    scale = 1.0 / 60.0 if name == "watch_minutes" else 1.0
+    parts = []
+    for outcome, weight in value.items():
+        event_type, column = _OUTCOME_EVENTS[outcome]
+        amount = pl.lit(1.0) if column is None else pl.col(column).cast(pl.Float64).fill_null(0.0)
+        parts.append(
+            events.filter((pl.col("timestamp") >= start) & (pl.col("event_type") == event_type))
+            .select("user_id", "item_id", (amount * weight * scale).alias("value"))
+            .collect()
+        )
+    rows = pl.concat(parts)
     known = rows.with_columns(
         dataset.users.index(rows.get_column("user_id")).alias("u"),
         dataset.items.index(rows.get_column("item_id")).alias("i"),
     ).drop_nulls(["u", "i"])
     matrix = sp.csr_matrix(
         (
-            known.get_column("value").to_numpy() * scale,
+            known.get_column("value").to_numpy(),
             (known.get_column("u").to_numpy(), known.get_column("i").to_numpy()),
         ),
         shape=(len(dataset.users), len(dataset.items)),
@@ -177,7 +250,8 @@ def evaluate(
     k = settings.evaluation.k
     dataset = load_dataset(workdir)
     train_csr = dataset.train_interactions().to_csr()
-    relevant = dataset.relevant("test", settings.objective)
+    value = settings_value(settings)
+    relevant = dataset.relevant("test", positive_flags(value))
     users = np.flatnonzero(np.diff(relevant.indptr) > 0)
     if len(users) == 0:
         raise DataError(
@@ -196,7 +270,7 @@ def evaluate(
     command = workdir.command("train")
     test_start = datetime.fromisoformat(dataset.split_bounds["t2"])
     events = EventLog(workdir.events_dir).scan()
-    observed = observed_value(events, dataset, test_start, settings.objective)
+    observed = observed_value(events, dataset, test_start, value)
 
     def add_value(name: str, recs: np.ndarray) -> None:
         if observed is not None:
@@ -238,7 +312,7 @@ def evaluate(
         two_stage = f"{retrieval_name}+{ranker_name}"
         report["models"][two_stage] = ranking_report(recs, relevant_users, n_items, k)
         add_value(two_stage, recs)
-        test = ranker_training_data(dataset, "test", retrieval, settings.objective)
+        test = ranker_training_data(dataset, "test", retrieval, value)
         report["ranker"] = {
             "model": ranker_name,
             "split": "test",

@@ -17,6 +17,7 @@ Example::
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -214,9 +215,15 @@ class Ranker(Model):
 
     ``feature_names`` fixes the column order of ``X``; a saved ranker whose feature list
     differs from the configured one is refused at load.
+
+    Single-task rankers learn one label (the objective's, with value weights);
+    multi-task rankers (``multi_task = True``) learn the click as ``y`` and the outcomes that
+    follow it from ``targets``, and :meth:`score` combines their heads into the objective's
+    expected value. Serving and the two-stage evaluation order candidates by :meth:`score`.
     """
 
     feature_names_: list[str] | None = None
+    multi_task: ClassVar[bool] = False
 
     @abstractmethod
     def fit(
@@ -226,14 +233,34 @@ class Ranker(Model):
         feature_names: list[str],
         group: np.ndarray | None = None,
         sample_weight: np.ndarray | None = None,
+        targets: Mapping[str, np.ndarray] | None = None,
     ) -> Self:
         """Learn from ``(N, F)`` float features and ``(N,)`` binary labels.
 
         ``group`` is the ``(N,)`` request key of each row (the feed it was shown in):
         listwise rankers learn orderings within a request from it; pointwise ones ignore it.
         ``sample_weight`` (``(N,)``, >= 0) weights each row's loss, e.g. a positive by its
-        watch time (:func:`feedforge.datasets.build.ranking_target`).
+        watch time (:func:`feedforge.datasets.objectives.ranking_target`). ``targets`` holds
+        ``(N,)`` outcomes after the impression (``watch_seconds``, ``purchased``, ``revenue``;
+        :func:`feedforge.datasets.objectives.ranking_outcomes`) for multi-task rankers;
+        single-task rankers ignore it.
         """
+
+    def score(self, X: np.ndarray) -> np.ndarray:
+        """``(N,)`` float64 ranking scores of ``(N, F)`` features, higher first: the
+        objective's expected value for multi-task rankers, :meth:`predict_proba` otherwise."""
+        return self.predict_proba(X)
+
+    def predict_heads(self, X: np.ndarray) -> dict[str, np.ndarray]:
+        """``{estimate: (N,) float64}`` of a multi-task ranker's heads (e.g. ``p_click``,
+        ``expected_watch_seconds``); ``{}`` for single-task rankers."""
+        del X
+        return {}
+
+    def use_device(self, device: str) -> None:
+        """Score on ``device`` (``auto``, ``cpu`` or ``cuda``); rankers that only run on the
+        CPU ignore it."""
+        del device
 
     @abstractmethod
     def predict_proba(self, X: np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@ pickle.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Self
 
@@ -190,6 +191,7 @@ class LightGBMRanker(Ranker):
         feature_names: list[str],
         group: np.ndarray | None = None,
         sample_weight: np.ndarray | None = None,
+        targets: Mapping[str, np.ndarray] | None = None,
     ) -> Self:
         """Boost trees on ``(N, F)`` features and ``(N,)`` binary labels.
 
@@ -203,6 +205,7 @@ class LightGBMRanker(Ranker):
                 ``lambdarank`` (whose LightGBM weights are per query) turns a weighted
                 positive into the graded relevance ``clip(round(log2(1 + w)), 1, 30)``, so its
                 NDCG gain ``2^rel - 1`` grows like the weight.
+            targets: Ignored (a single-task ranker; see :class:`~.base.Ranker`).
 
         Raises:
             ValidationError: bad hyper-parameters, shapes, names, labels, NaN/inf features,

@@ -8,6 +8,7 @@ the whole model, so a loaded ranker predicts exactly what the trained one did, w
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -75,6 +76,7 @@ class LogisticRanker(Ranker):
         feature_names: list[str],
         group: np.ndarray | None = None,
         sample_weight: np.ndarray | None = None,
+        targets: Mapping[str, np.ndarray] | None = None,
     ) -> Self:
         """Learn from ``(N, F)`` features and ``(N,)`` binary labels.
 
@@ -84,6 +86,7 @@ class LogisticRanker(Ranker):
             feature_names: ``F`` distinct column names.
             group: ``(N,)`` request keys; a pointwise model ignores them.
             sample_weight: ``(N,)`` weights of the rows' log loss (None: all 1).
+            targets: Ignored (a single-task ranker; see :class:`~.base.Ranker`).
 
         Raises:
             ValidationError: shapes disagree, names repeat, labels are not 0/1, or ``X`` holds

@@ -6,6 +6,7 @@ is tested from the moment it is registered.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -14,6 +15,7 @@ from feedforge.errors import ConfigError
 from feedforge.models.als import ALSRecommender
 from feedforge.models.base import Ranker, Recommender
 from feedforge.models.bpr import BPRRecommender
+from feedforge.models.dcn import DCNRanker
 from feedforge.models.ease import EASERecommender
 from feedforge.models.gbdt import LightGBMRanker
 from feedforge.models.logistic import LogisticRanker
@@ -34,6 +36,7 @@ RANKERS: dict[str, type[Ranker]] = {
     LogisticRanker.name: LogisticRanker,
     DecisionTreeRanker.name: DecisionTreeRanker,
     LightGBMRanker.name: LightGBMRanker,
+    DCNRanker.name: DCNRanker,
 }
 
 _T = TypeVar("_T")
@@ -66,17 +69,25 @@ def create_recommender(name: str, config: ModelsConfig | None = None) -> Recomme
         raise ConfigError(f"models.params.{name}: {exc}") from exc
 
 
-def create_ranker(name: str, config: ModelsConfig | None = None) -> Ranker:
+def create_ranker(
+    name: str, config: ModelsConfig | None = None, value: Mapping[str, float] | None = None
+) -> Ranker:
     """An unfitted ranker with its hyper-parameters from ``config`` (defaults if None).
 
+    ``value`` (the objective's :func:`~feedforge.datasets.objectives.objective_value`) is
+    given to multi-task rankers, whose score formula it sets; single-task rankers learn the
+    objective from their labels instead.
+
     Raises:
-        ConfigError: ``name`` is not registered.
+        ConfigError: ``name`` is not registered, or a parameter is unknown.
     """
     config = config or ModelsConfig()
     cls = _lookup("ranker", RANKERS, name)
     if cls is LogisticRanker:
         return LogisticRanker.from_config(config.ranker)
-    params = config.params.get(name, {})
+    params: dict[str, object] = dict(config.params.get(name, {}))
+    if cls.multi_task and value is not None:
+        params["value"] = dict(value)
     try:
         return cls(**params)
     except TypeError as exc:

@@ -116,6 +116,7 @@ def save_torch_model(
     net: torch.nn.Module,
     embeddings: dict[str, np.ndarray],
     counts: dict[str, int],
+    extra: dict[str, Any] | None = None,
 ) -> None:
     """Write ``weights.safetensors``, ``params.json`` and the manifest (last).
 
@@ -126,6 +127,7 @@ def save_torch_model(
         net: The network whose ``state_dict`` is saved (moved to CPU).
         embeddings: Extra float arrays saved beside the weights, e.g. ``user_embeddings``.
         counts: Sizes recorded in the manifest and checked at load.
+        extra: Fitted state beside the weights (JSON), kept in the manifest's ``extra``.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -146,7 +148,7 @@ def save_torch_model(
             artifact=f"model/{name}",
             schema_version=SCHEMA_VERSION,
             counts=counts,
-            extra={"params": params},
+            extra={"params": params, **(extra or {})},
         ),
     )
 

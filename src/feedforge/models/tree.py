@@ -10,6 +10,7 @@ training positive rate of the leaf it lands in. No pickle: the saved JSON is the
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -97,6 +98,7 @@ class DecisionTreeRanker(Ranker):
         feature_names: list[str],
         group: np.ndarray | None = None,
         sample_weight: np.ndarray | None = None,
+        targets: Mapping[str, np.ndarray] | None = None,
     ) -> Self:
         """Grow the tree on ``(N, F)`` features and ``(N,)`` binary labels.
 
@@ -106,6 +108,7 @@ class DecisionTreeRanker(Ranker):
             feature_names: ``F`` distinct column names.
             group: ``(N,)`` request keys; a pointwise model ignores them.
             sample_weight: ``(N,)`` weights of the rows (leaf rates become weighted rates).
+            targets: Ignored (a single-task ranker; see :class:`~.base.Ranker`).
 
         Raises:
             ValidationError: bad hyper-parameters, shapes, names, labels or NaN/inf features.

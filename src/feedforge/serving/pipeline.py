@@ -44,7 +44,7 @@ import numpy as np
 from feedforge.config import ServingConfig, Settings
 from feedforge.datasets.features import FEATURES, derive_features, raw_from_records
 from feedforge.datasets.idmap import IdMap
-from feedforge.errors import ArtifactError, NotPublishedError
+from feedforge.errors import ArtifactError, ConfigError, NotPublishedError, ValidationError
 from feedforge.events.log import AppendResult, EventLog
 from feedforge.events.schema import Event, EventType
 from feedforge.models.base import Ranker
@@ -147,6 +147,10 @@ def load_version(
         ranker = load_ranker(
             meta["ranker"], bundle / "ranker", command, expected_features=published
         )
+        try:
+            ranker.use_device(cfg.ranker_device)
+        except ValidationError as exc:
+            raise ConfigError(f"serving.ranker_device: {exc}") from exc
     return LoadedVersion(
         version=version,
         meta=meta,
@@ -270,8 +274,9 @@ class FeedService:
         retrieval: np.ndarray,
         device: str | None,
     ) -> np.ndarray:
-        """Ranker probabilities of the candidates (``records``: their feature records from one
-        batched store read), or their retrieval scores when the version has no ranker.
+        """Ranker scores of the candidates (``records``: their feature records from one
+        batched store read; :meth:`~feedforge.models.base.Ranker.score`, one batched call),
+        or their retrieval scores when the version has no ranker.
 
         Candidates missing from the snapshot take the documented defaults
         (:func:`~feedforge.datasets.features.raw_from_records`) and are counted in
@@ -284,7 +289,7 @@ class FeedService:
             with self._lock:
                 self.missing_item_features += missing
         X = derive_features(raw, retrieval, int(state.meta["n_categories"]))
-        return state.ranker.predict_proba(X)
+        return state.ranker.score(X)
 
     def _popular(self, state: LoadedVersion, user_id: str, k: int, seen: set[str]) -> Feed:
         picked = [item for item in state.popular if item not in seen][:k]

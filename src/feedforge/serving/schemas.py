@@ -12,7 +12,9 @@ from feedforge.events.schema import EventIssue
 class ScoredItem(BaseModel):
     item_id: str
     score: float = Field(
-        description="Ranker probability of the objective's positive label; the retrieval "
+        description="Ranker score: the probability of the objective's positive label, or the "
+        "deep multi-task ranker's expected objective value (e.g. expected watch seconds); the "
+        "retrieval "
         "score when the version has no ranker; popularity feed: a rank-based score in (0, 1]. "
         "Re-ranking boosts (business rules, freshness) are included"
     )

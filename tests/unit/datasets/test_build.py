@@ -7,12 +7,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 import pytest
 
 from feedforge.config import DatasetConfig, Settings, load_settings
-from feedforge.datasets.build import build_dataset, label_positives, ranking_target, split_bounds
+from feedforge.datasets.build import build_dataset, label_positives, split_bounds
 from feedforge.datasets.load import load_dataset
 from feedforge.errors import ArtifactError, DataError, ValidationError
 from feedforge.events.catalog import write_catalog
@@ -219,20 +218,3 @@ def test_label_positives_rules() -> None:
         "purchase": 3.0,
     }
     assert out.get_column("event_id").n_unique() == out.height
-
-
-def test_ranking_target_per_objective() -> None:
-    frame = pl.DataFrame(
-        {
-            "clicked": [True, True, False, True],
-            "watch_seconds": [600.0, 0.0, 0.0, 1800.0],
-            "revenue": [0.0, 4.99, 0.0, 0.0],
-        }
-    )
-    y, w = ranking_target(frame, "clicks")
-    assert y.tolist() == [1, 1, 0, 1] and w.tolist() == [1.0] * 4
-    y, w = ranking_target(frame, "watch_time")  # weights: watch seconds / mean positive value
-    assert y.tolist() == [1, 0, 0, 1]
-    np.testing.assert_allclose(w, [0.5, 1.0, 1.0, 1.5])
-    y, w = ranking_target(frame, "revenue")
-    assert y.tolist() == [0, 1, 0, 0] and w.tolist() == [1.0, 1.0, 1.0, 1.0]

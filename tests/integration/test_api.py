@@ -7,6 +7,7 @@ store exactly as ``feedforge serve`` does.
 from __future__ import annotations
 
 import socket
+import sqlite3
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,7 +25,7 @@ from feedforge.events.log import EventLog
 from feedforge.models.base import EmbeddingRecommender
 from feedforge.models.registry import load_recommender
 from feedforge.publish.embedded import EmbeddedStore
-from feedforge.publish.publisher import USER_FEAT
+from feedforge.publish.publisher import ITEM_FEAT, USER_FEAT
 from feedforge.serving.app import create_app, create_app_from_env
 from feedforge.workdir import Workdir
 
@@ -498,3 +499,41 @@ def test_the_app_factory_of_feedforge_serve_reads_the_environment(
     monkeypatch.delenv("FEEDFORGE_WORKDIR")
     with pytest.raises(FeedforgeError, match="FEEDFORGE_WORKDIR"):
         create_app_from_env()
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    """The value of one sample of a Prometheus exposition text (0 when absent)."""
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{{labels}}} " if labels else f"{name} "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_candidates_missing_from_the_store_get_defaults_and_are_counted(
+    workdir_copy: Callable[..., Workdir], small_settings: Settings, known_user: str
+) -> None:
+    """Bad input: item feature records gone from the online store -> the feed is still
+    served (documented default features), and /metrics counts every defaulted candidate."""
+    workdir = workdir_copy()
+    with EmbeddedStore(workdir.store_path) as store:
+        version = store.current_version()
+        assert version is not None
+        prefix = store.keys.item_prefix(version, ITEM_FEAT)
+    with sqlite3.connect(workdir.store_path) as conn:  # the embedded store's own file
+        deleted = conn.execute("DELETE FROM kv WHERE key LIKE ?", (prefix + "%",)).rowcount
+    assert deleted > 0
+    with serve(small_settings, workdir) as test_client:
+        before = test_client.get("/metrics")
+        assert before.status_code == 200
+        assert before.headers["content-type"].startswith("text/plain")
+        assert metric(before.text, "feedforge_missing_features_total", 'kind="item"') == 0
+        feed = get_feed(test_client, known_user)
+        assert len(feed["items"]) == 10 and feed["strategy"] == "personalized"
+        text = test_client.get("/metrics").text
+    candidates = small_settings.serving.candidates
+    assert metric(text, "feedforge_missing_features_total", 'kind="item"') >= candidates
+    assert metric(text, "feedforge_feeds_total", 'strategy="personalized"') == 1
+    assert metric(text, "feedforge_requests_total", 'endpoint="/recommend",status="200"') == 1
+    for stage in ("retrieve", "features", "score", "rerank"):
+        assert metric(text, "feedforge_stage_seconds_count", f'stage="{stage}"') == 1
+    assert metric(text, "feedforge_serving_version_info", f'version="{version}"') == 1

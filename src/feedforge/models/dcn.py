@@ -18,8 +18,10 @@ expressed in):
 
 so ``clicks`` ranks by ``p(click)``, ``watch_time`` by ``p(click) * E[watch | click]``
 (expected watch seconds), ``revenue`` by expected revenue and ``mix`` by the weighted sum.
-:meth:`DCNRanker.predict_proba` is ``p(click)``, calibrated by its log loss (the benchmark
-measures the calibration error of every head).
+:meth:`DCNRanker.predict_proba` is ``p(click)``. After training, each head is calibrated on
+the held-out requests (Platt scaling of the click logit; the watch, purchase and revenue
+heads scaled so that their held-out expected totals match the observed ones); evaluation
+measures every head's calibration on the test split.
 
 Runs on a CUDA GPU when torch sees one (``device="auto"``; ``use_device`` or
 ``serving.ranker_device`` forces ``cpu`` or ``cuda``), and falls back to the CPU when the GPU
@@ -46,6 +48,7 @@ from feedforge.models.dcn_net import (
     HEADS,
     DCNv2,
     expectations,
+    fit_calibration,
     init_buffers,
     loss_columns,
     row_losses,
@@ -103,6 +106,8 @@ class DCNRanker(Ranker):
         heads_: The trained heads (``click`` always; the others when their targets were given).
         attribution_: Feature name -> share of the mean ``|gradient x input|`` of the log score.
         epochs_: Epochs trained, and ``best_epoch_`` the one whose weights were kept.
+        calibration_: Head -> ``[slope, shift]`` of its output, fitted on the held-out requests
+            (:func:`~.dcn_net.fit_calibration`).
     """
 
     name: ClassVar[str] = "dcn"
@@ -146,6 +151,7 @@ class DCNRanker(Ranker):
         self.attribution_: dict[str, float] = {}
         self.epochs_ = 0
         self.best_epoch_ = 0
+        self.calibration_: dict[str, list[float]] = {}
         self.net_: DCNv2 | None = None
         self._device: torch.device | None = None  # where it scores
         self._scoring = device  # the scoring device setting (use_device)
@@ -313,6 +319,13 @@ class DCNRanker(Ranker):
                     break
             net.load_state_dict(best_state)
             net.eval()
+            held_idx = torch.as_tensor(held_rows, device=device)
+            self.calibration_ = fit_calibration(
+                net,
+                data["X"][held_idx],
+                {k: data[k][held_idx] for k in columns},
+                data["w"][held_idx],
+            )
         self.feature_names_, self.net_, self._device = fit.names, net, device
         self._scoring = self.device
         self.heads_ = ["click", *(h for h in HEADS[1:] if h in columns)]
@@ -456,6 +469,8 @@ class DCNRanker(Ranker):
             f"  heads: {', '.join(self.heads_)}; trained {self.epochs_} epochs "
             f"(kept epoch {self.best_epoch_})",
             f"  score = {self.formula()}",
+            "  calibration (slope, shift of each head's output, fitted on held-out requests): "
+            + ", ".join(f"{h} {a:.3f}, {b:+.3f}" for h, (a, b) in self.calibration_.items()),
             "  attribution (mean |gradient x input| of log score):",
         ]
         lines += [f"  {share:6.1%}  {name}" for name, share in self.attribution_.items()]
@@ -470,6 +485,7 @@ class DCNRanker(Ranker):
             "attribution": [[name, share] for name, share in self.attribution_.items()],
             "epochs": self.epochs_,
             "best_epoch": self.best_epoch_,
+            "calibration": [[h, a, b] for h, (a, b) in self.calibration_.items()],
         }
         counts = {
             "n_features": len(names),
@@ -503,6 +519,7 @@ class DCNRanker(Ranker):
                 raise ValueError(f"unknown heads {heads}")
             attribution = {str(k): float(v) for k, v in extra["attribution"]}
             epochs, best = int(extra["epochs"]), int(extra["best_epoch"])
+            calibration = {str(h): [float(a), float(b)] for h, a, b in extra["calibration"]}
         except (ValueError, KeyError, TypeError, AttributeError, ValidationError) as exc:
             raise ArtifactError(
                 directory / MANIFEST, f"corrupt dcn ranker description ({exc})", build_command
@@ -513,5 +530,6 @@ class DCNRanker(Ranker):
         check_expected_features(names, expected_features, directory, build_command)
         model.feature_names_, model.net_, model.heads_ = names, net, heads
         model.attribution_, model.epochs_, model.best_epoch_ = attribution, epochs, best
+        model.calibration_ = calibration
         model.use_device("auto")
         return model

@@ -11,7 +11,8 @@ dense features:
    x_l``, explicit feature interactions of growing degree;
 4. **deep**: an MLP (ReLU, dropout) of ``hidden_layers`` layers, ``hidden_units`` wide and
    halving;
-5. **heads**: one linear output per task (:data:`HEADS`).
+5. **heads**: one linear output per task (:data:`HEADS`), then a per-head calibration
+   (:func:`fit_calibration`).
 
 The losses train every head on every impression (the entire-space multi-task model, ESMM: Ma
 et al., SIGIR 2018), so the conditional heads are never fit on the clicked rows alone, whose
@@ -58,6 +59,7 @@ class DCNv2(nn.Module):
     mean: torch.Tensor
     inv_std: torch.Tensor
     target_scale: torch.Tensor
+    calibration: torch.Tensor
 
     def __init__(
         self,
@@ -74,6 +76,8 @@ class DCNv2(nn.Module):
         self.register_buffer("inv_std", torch.ones(n_features))
         # E[watch | click] and E[revenue | purchase] are predicted in units of these.
         self.register_buffer("target_scale", torch.ones(2))
+        # Per head: outputs become slope * output + shift (identity until fit_calibration).
+        self.register_buffer("calibration", torch.tensor([[1.0] * len(HEADS), [0.0] * len(HEADS)]))
         self.embed_weight = nn.Parameter(torch.randn(n_features, embedding_dim))
         self.embed_bias = nn.Parameter(torch.zeros(n_features, embedding_dim))
         width = n_features * embedding_dim
@@ -101,7 +105,7 @@ class DCNv2(nn.Module):
         for layer in self.cross:
             xl = layer(x0, xl)
         out: torch.Tensor = self.heads(self.deep(xl))
-        return out
+        return out * self.calibration[0] + self.calibration[1]
 
 
 def _log1mexp(a: torch.Tensor) -> torch.Tensor:
@@ -219,3 +223,57 @@ def expectations(out: torch.Tensor, scales: torch.Tensor) -> dict[str, torch.Ten
         "revenue_given_purchase": rev,
         "revenue": p_click * buy * rev,
     }
+
+
+MIN_CALIBRATION_EVENTS = 100
+"""Fewest held-out positives (clicks, purchases) a head's calibration is fitted on; below it
+the head keeps its training calibration rather than trade it for the noise of a few events."""
+
+
+def fit_calibration(
+    net: DCNv2, X: torch.Tensor, columns: dict[str, torch.Tensor], weight: torch.Tensor
+) -> dict[str, list[float]]:
+    """Calibrate the heads on held-out impressions and store it in ``net.calibration``.
+
+    * click: Platt scaling of the logit (``a * h + b``, weighted log loss);
+    * watch, revenue: a factor making the held-out expected total equal the observed one;
+    * purchase: a logit shift with the same property (solved by bisection).
+
+    Heads with fewer than :data:`MIN_CALIBRATION_EVENTS` held-out positives are left as
+    trained. Returns the ``{head: [slope, shift]}`` applied.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    net.calibration.copy_(torch.tensor([[1.0] * len(HEADS), [0.0] * len(HEADS)]))
+    with torch.no_grad():
+        c, w, p, r = (t.double().cpu().numpy() for t in net(X).unbind(dim=1))
+    cols = {k: v.double().cpu().numpy() for k, v in columns.items()}
+    wt = weight.double().cpu().numpy()
+    cal = np.array([[1.0] * len(HEADS), [0.0] * len(HEADS)])
+    click = cols["click"]
+    if min(click.sum(), (1 - click).sum()) >= MIN_CALIBRATION_EVENTS:
+        platt = LogisticRegression(C=1e6, max_iter=1000)
+        platt.fit(c.reshape(-1, 1), click.astype(np.int64), sample_weight=wt)
+        if platt.coef_[0, 0] > 0:
+            cal[:, 0] = (platt.coef_[0, 0], platt.intercept_[0])
+    p_click = 1.0 / (1.0 + np.exp(-(cal[0, 0] * c + cal[1, 0])))
+    enough_clicks = click.sum() >= MIN_CALIBRATION_EVENTS
+    if "watch" in cols and enough_clicks:
+        predicted = (wt * p_click * np.exp(w)).sum()
+        if predicted > 0 and (wt * cols["watch"]).sum() > 0:
+            cal[1, 1] = np.log((wt * cols["watch"]).sum() / predicted)
+    if "purchase" in cols and cols["purchase"].sum() >= MIN_CALIBRATION_EVENTS:
+        target = (wt * cols["purchase"]).sum()
+        low, high = -10.0, 10.0
+        for _ in range(60):  # the expected total grows with the shift
+            mid = (low + high) / 2
+            total = (wt * p_click / (1.0 + np.exp(-(p + mid)))).sum()
+            low, high = (mid, high) if total < target else (low, mid)
+        cal[1, 2] = (low + high) / 2
+        if "revenue" in cols:
+            p_buy = p_click / (1.0 + np.exp(-(p + cal[1, 2])))
+            predicted = (wt * p_buy * np.exp(r)).sum()
+            if predicted > 0 and (wt * cols["revenue"]).sum() > 0:
+                cal[1, 3] = np.log((wt * cols["revenue"]).sum() / predicted)
+    net.calibration.copy_(torch.as_tensor(cal, dtype=torch.float32))
+    return {head: [float(cal[0, j]), float(cal[1, j])] for j, head in enumerate(HEADS)}

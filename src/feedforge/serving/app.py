@@ -1,7 +1,8 @@
 """The stateless FastAPI feed service.
 
 Endpoints: ``GET /recommend``, ``POST /events``, ``GET /health`` (plus ``/health/live`` and
-``/health/ready``), OpenAPI at ``/docs``. Heavy objects (the store client, the service) are
+``/health/ready``), ``GET /metrics`` (Prometheus, :mod:`feedforge.monitoring.metrics`),
+OpenAPI at ``/docs``. Heavy objects (the store client, the service) are
 created in the lifespan, never per request. Every :class:`~feedforge.errors.FeedforgeError`
 is turned into a JSON response with its HTTP status by one handler.
 """
@@ -17,7 +18,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from feedforge import __version__
 from feedforge.config import Settings, load_settings
@@ -75,8 +76,16 @@ def create_app(settings: Settings, workdir: Workdir) -> FastAPI:
         # and an answer over budget is logged so it can be alerted on.
         started = time.perf_counter()
         response = await call_next(request)
-        elapsed_ms = (time.perf_counter() - started) * 1000.0
+        elapsed = time.perf_counter() - started
+        elapsed_ms = elapsed * 1000.0
         response.headers["Server-Timing"] = f"app;dur={elapsed_ms:.2f}"
+        service = getattr(request.app.state, "service", None)
+        if service is not None:
+            # By route template (bounded label values), not by raw path.
+            endpoint = getattr(request.scope.get("route"), "path", "unmatched")
+            metrics = service.metrics
+            metrics.requests.labels(endpoint=endpoint, status=str(response.status_code)).inc()
+            metrics.request_seconds.labels(endpoint=endpoint).observe(elapsed)
         if elapsed_ms > budget_ms and request.url.path == "/recommend":
             logger.warning(
                 "latency budget exceeded: %s took %.1f ms > %.1f ms",
@@ -170,6 +179,13 @@ def create_app(settings: Settings, workdir: Workdir) -> FastAPI:
     def ready(service: Service) -> JSONResponse:
         """Readiness: same as ``/health``."""
         return _health(service)
+
+    @app.get("/metrics", tags=["monitoring"], response_class=Response)
+    def metrics(service: Service) -> Response:
+        """Prometheus metrics: requests, latency per feed stage, feeds by strategy, users and
+        candidates scored with default features, the serving version."""
+        body, content_type = service.metrics.render()
+        return Response(content=body, media_type=content_type)
 
     @app.get("/health/live", tags=["health"])
     def live() -> dict[str, str]:

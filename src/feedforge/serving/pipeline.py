@@ -50,6 +50,7 @@ from feedforge.events.schema import Event, EventType
 from feedforge.models.base import Ranker
 from feedforge.models.ranker_utils import feature_difference
 from feedforge.models.registry import load_ranker
+from feedforge.monitoring.metrics import ServiceMetrics
 from feedforge.publish.ann import AnnIndex, RetrievalMethod, load_or_exact
 from feedforge.publish.publisher import ANN_DIR, ITEM_EMB, ITEM_FEAT, USER_EMB, USER_FEAT
 from feedforge.publish.store import OnlineStore
@@ -174,8 +175,9 @@ class FeedService:
         self.log = EventLog(workdir.events_dir)
         self._loaded: LoadedVersion | None = None
         self._lock = threading.Lock()
-        self.missing_item_features = 0
-        """Candidates scored with default features because the snapshot had no record."""
+        self.metrics = ServiceMetrics()
+        """The Prometheus metrics (``GET /metrics``), e.g. candidates scored with default
+        features because the snapshot had no record for them."""
 
     # -- version cache ------------------------------------------------------------------------
     def current(self) -> LoadedVersion:
@@ -199,6 +201,7 @@ class FeedService:
                 if meta is None:
                     raise NotPublishedError(f"version {version} has no metadata in the store")
                 self._loaded = load_version(self.store, version, meta, self.settings.serving)
+                self.metrics.serving(version)
             return self._loaded
 
     # -- feeds ------------------------------------------------------------------------------
@@ -209,53 +212,65 @@ class FeedService:
         """
         state = self.current()
         cfg = self.settings.serving
-        vectors, found = self.store.get_vectors(state.version, USER_EMB, [user_id])
-        record = self.store.get_records(state.version, USER_FEAT, [user_id])[0] or {}
-        history = self.store.get_history(user_id, cfg.history_length)
-        seen = set(record.get("seen", ())) | set(history)
-        hist_idx = [i for i in (state.items.get(h) for h in history) if i is not None]
+        metrics = self.metrics
+        with metrics.stage("retrieve"):
+            vectors, found = self.store.get_vectors(state.version, USER_EMB, [user_id])
+            user_record = self.store.get_records(state.version, USER_FEAT, [user_id])[0]
+            record = user_record or {}
+            history = self.store.get_history(user_id, cfg.history_length)
+            seen = set(record.get("seen", ())) | set(history)
+            hist_idx = [i for i in (state.items.get(h) for h in history) if i is not None]
 
-        if not found[0] and not hist_idx:
-            return self._popular(state, user_id, k, seen)
-        query = np.zeros(state.item_matrix.shape[1], dtype=np.float32)
-        if found[0] and vectors.shape[1] == query.shape[0]:
-            query += vectors[0]
-        if hist_idx:
-            weight = cfg.history_weight if found[0] else 1.0
-            query += weight * state.item_matrix[hist_idx].mean(axis=0)
+            if not found[0] and not hist_idx:
+                return self._popular(state, user_id, k, seen)
+            query = np.zeros(state.item_matrix.shape[1], dtype=np.float32)
+            if found[0] and vectors.shape[1] == query.shape[0]:
+                query += vectors[0]
+            if hist_idx:
+                weight = cfg.history_weight if found[0] else 1.0
+                query += weight * state.item_matrix[hist_idx].mean(axis=0)
 
-        seen_idx = [i for i in (state.items.get(s) for s in seen) if i is not None]
-        # Retrieve at least k candidates: a feed of k > serving.candidates must not be cut short.
-        found_cand = state.index.retrieve(query, max(cfg.candidates, k), exclude=seen_idx)
-        cand, cand_scores = list(found_cand.ids), list(found_cand.scores)
-        # Pinned items join the candidates even when retrieval missed them (unless seen).
-        for item_id in pinned_item_ids(self.settings.reranking):
-            idx = state.items.get(item_id)
-            if idx is not None and item_id not in seen and idx not in cand:
-                cand.append(idx)
-                cand_scores.append(float(state.item_matrix[idx] @ query))
-        if not cand:
-            return self._popular(state, user_id, k, seen)
+            seen_idx = [i for i in (state.items.get(s) for s in seen) if i is not None]
+            # At least k candidates: a feed of k > serving.candidates must not be cut short.
+            found_cand = state.index.retrieve(query, max(cfg.candidates, k), exclude=seen_idx)
+            cand, cand_scores = list(found_cand.ids), list(found_cand.scores)
+            # Pinned items join the candidates even when retrieval missed them (unless seen).
+            for item_id in pinned_item_ids(self.settings.reranking):
+                idx = state.items.get(item_id)
+                if idx is not None and item_id not in seen and idx not in cand:
+                    cand.append(idx)
+                    cand_scores.append(float(state.item_matrix[idx] @ query))
+            if not cand:
+                return self._popular(state, user_id, k, seen)
         cand_ids = state.items.id_of(np.asarray(cand, dtype=np.int64))
         reranking = self.settings.reranking
+        retrieval_scores = np.asarray(cand_scores, dtype=np.float64)
         # One batched read of the candidates' feature records, when the ranker or re-ranking
         # (categories, ages) reads them.
         records: list[dict[str, Any] | None] = [None] * len(cand_ids)
-        if state.ranker is not None or needs_item_metadata(reranking):
-            records = self.store.get_records(state.version, ITEM_FEAT, cand_ids)
-        retrieval_scores = np.asarray(cand_scores, dtype=np.float64)
-        scores = self._rank(state, record, records, retrieval_scores, device)
-        shown = rerank(
-            Candidates(
-                item_ids=cand_ids,
-                scores=scores,
-                categories=[(r or {}).get("category", "") for r in records],
-                age_days=_age_days(records, state.now()),
-                vectors=state.item_matrix[cand] if reranking.mmr_lambda is not None else None,
-            ),
-            k,
-            reranking,
-        )
+        X = None
+        with metrics.stage("features"):
+            if state.ranker is not None or needs_item_metadata(reranking):
+                records = self.store.get_records(state.version, ITEM_FEAT, cand_ids)
+            if state.ranker is not None:
+                X = self._features(state, user_record, records, retrieval_scores, device)
+        with metrics.stage("score"):
+            # The ranker's one batched call; without a ranker, the retrieval order.
+            ranker = state.ranker
+            scores = retrieval_scores if ranker is None or X is None else ranker.score(X)
+        with metrics.stage("rerank"):
+            shown = rerank(
+                Candidates(
+                    item_ids=cand_ids,
+                    scores=scores,
+                    categories=[(r or {}).get("category", "") for r in records],
+                    age_days=_age_days(records, state.now()),
+                    vectors=state.item_matrix[cand] if reranking.mmr_lambda is not None else None,
+                ),
+                k,
+                reranking,
+            )
+        metrics.feeds.labels(strategy="personalized").inc()
         return Feed(
             user_id=user_id,
             version=state.version,
@@ -266,32 +281,30 @@ class FeedService:
             propensities=shown.propensities,
         )
 
-    def _rank(
+    def _features(
         self,
         state: LoadedVersion,
-        user: dict[str, Any],
+        user: dict[str, Any] | None,
         records: list[dict[str, Any] | None],
         retrieval: np.ndarray,
         device: str | None,
     ) -> np.ndarray:
-        """Ranker scores of the candidates (``records``: their feature records from one
-        batched store read; :meth:`~feedforge.models.base.Ranker.score`, one batched call),
-        or their retrieval scores when the version has no ranker.
+        """The ranker's ``(N, F)`` features of the candidates from the user's and their
+        records (read in one batch).
 
-        Candidates missing from the snapshot take the documented defaults
-        (:func:`~feedforge.datasets.features.raw_from_records`) and are counted in
-        :attr:`FeedService.missing_item_features`.
+        A user or candidate missing from the snapshot takes the documented defaults
+        (:func:`~feedforge.datasets.features.raw_from_records`) and is counted in
+        ``feedforge_missing_features_total{kind="user"|"item"}``.
         """
-        if state.ranker is None:
-            return np.asarray(retrieval, dtype=np.float64)
         raw, missing = raw_from_records(user, records, state.now(), device)
+        if user is None:
+            self.metrics.missing_features.labels(kind="user").inc()
         if missing:
-            with self._lock:
-                self.missing_item_features += missing
-        X = derive_features(raw, retrieval, int(state.meta["n_categories"]))
-        return state.ranker.score(X)
+            self.metrics.missing_features.labels(kind="item").inc(missing)
+        return derive_features(raw, retrieval, int(state.meta["n_categories"]))
 
     def _popular(self, state: LoadedVersion, user_id: str, k: int, seen: set[str]) -> Feed:
+        self.metrics.feeds.labels(strategy="popular").inc()
         picked = [item for item in state.popular if item not in seen][:k]
         return Feed(
             user_id=user_id,

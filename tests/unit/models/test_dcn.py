@@ -14,6 +14,7 @@ from feedforge.config import ModelsConfig, ObjectiveWeights
 from feedforge.datasets.objectives import objective_value
 from feedforge.errors import DataError, ValidationError
 from feedforge.models.dcn import DCNRanker
+from feedforge.models.dcn_net import fit_calibration
 from feedforge.models.registry import create_ranker, load_ranker
 
 NAMES = ["appeal", "length", "price"]
@@ -146,3 +147,27 @@ def test_forced_cuda_without_a_gpu_is_refused(watch_ranker: DCNRanker) -> None:
     watch_ranker.use_device("auto")  # falls back to the CPU
     X, _, _ = world(n=10)
     assert watch_ranker.score(X).shape == (10,)
+
+
+def test_calibration_corrects_a_biased_head(watch_ranker: DCNRanker) -> None:
+    X, y, targets = world(seed=5)
+    biased = copy.deepcopy(watch_ranker)
+    net = biased.net_
+    assert net is not None
+    with torch.no_grad():  # every click logit 1 too high, every watch 2x too long
+        net.heads.bias += torch.tensor([1.0, float(np.log(2.0)), 0.0, 0.0])
+    assert biased.predict_proba(X).mean() > 1.5 * y.mean()
+    scale = float(net.target_scale[0])
+    columns = {
+        "click": torch.tensor(y, dtype=torch.float32),
+        "watch": torch.tensor(targets["watch_seconds"] / scale, dtype=torch.float32),
+    }
+    applied = fit_calibration(
+        net, torch.tensor(X, dtype=torch.float32), columns, torch.ones(len(y))
+    )
+    assert applied["click"][0] > 0 and applied["watch"][1] < 0
+    heads = biased.predict_heads(X)
+    assert abs(heads["p_click"].mean() - y.mean()) < 0.005
+    ratio = heads["expected_watch_seconds"].sum() / targets["watch_seconds"].sum()
+    assert abs(ratio - 1.0) < 0.01
+    assert applied["purchase"] == [1.0, 0.0]  # no purchases given: left as trained

@@ -275,9 +275,12 @@ def run_ranking(
                         bench.dataset, "validation", bench.retrieval, goal_value
                     )
                     ranker = data.fit(spec.build(settings.models, goal_value))
-                    feeds = bench.feeds(ranker)
+                    value_of = bench.feed_value(bench.feeds(ranker))
+                    mix = SWITCH_MIX.watch_minutes * value_of["feed_watch_minutes"]
+                    mix += SWITCH_MIX.revenue * value_of["feed_revenue"]
+                    mix += SWITCH_MIX.clicks * value_of["feed_clicks"]
                     switch.append(
-                        {"model": spec.label, "objective": goal, **bench.feed_value(feeds)}
+                        {"model": spec.label, "objective": goal, **value_of, "feed_mix_value": mix}
                     )
         info = {
             "impressions_train": len(train.y),
@@ -384,11 +387,11 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"minute at {SWITCH_MIX.watch_minutes:g} and a unit of revenue at "
             f"{SWITCH_MIX.revenue:g}:",
             "",
-            "| model | trained for | " + " | ".join(_FEED_COLUMNS) + " |",
-            "|---|---|" + "---|" * len(_FEED_COLUMNS),
+            "| model | trained for | " + " | ".join((*_FEED_COLUMNS, "feed_mix_value")) + " |",
+            "|---|---|" + "---|" * (len(_FEED_COLUMNS) + 1),
         ]
         for entry in report["objective_switch"]:
-            cells = [_cell(entry[c]) for c in _FEED_COLUMNS]
+            cells = [_cell(entry.get(c)) for c in (*_FEED_COLUMNS, "feed_mix_value")]
             label = entry.get("model", "lightgbm (binary)")
             lines.append(f"| {label} | {entry['objective']} | " + " | ".join(cells) + " |")
     lines += ["", "## The interpretable baselines", ""]

@@ -5,26 +5,31 @@ data, with the simulator's ground truth measuring the feeds each one would serve
 trains the configured retrieval model on the train split, exactly as ``feedforge demo`` does.
 Then, for each ranker:
 
-1. **fit** on the validation split's impressions (features point in time; label and weight
-   from :func:`~feedforge.datasets.build.ranking_target`; request = group), as
+1. **fit** on the validation split's impressions (features point in time; a single-task
+   ranker on the label and weight of :func:`~feedforge.datasets.objectives.ranking_target`,
+   the multi-task DCN on clicks and the outcome targets; request = group), as
    ``feedforge train`` does;
-2. **impression metrics** on the test split's logged impressions: AUC, log loss, expected
-   calibration error (10 equal-mass bins; both for the unweighted ``clicks`` objective only)
-   and NDCG@10 of the order within each request
+2. **impression metrics** on the test split's logged impressions: AUC of the objective's
+   label by the ranker's score, log loss and expected calibration error (10 equal-mass
+   bins) of its probability where it is one (the unweighted ``clicks`` objective, and the
+   multi-task ranker's p(click)), NDCG@10 of the order within each request
    (:func:`~feedforge.evaluation.ranking_metrics.request_ndcg`, gain = the objective's
-   value);
+   value), and every head of the multi-task ranker
+   (:func:`~feedforge.evaluation.evaluate.head_metrics`);
 3. **feed metrics** with ground truth: for up to ``feed_users`` test users, the two-stage
    feed at the test boundary (top ``evaluation.candidates`` from retrieval, features from the
-   snapshot the online store would hold, ranked, top 10 shown at positions 0..9) is scored by
-   the simulator's response model (:func:`~feedforge.events.response.response_probabilities`):
-   expected clicks, watch minutes and revenue per feed; catalog coverage and intra-list
-   category diversity;
-4. **scoring latency**: median milliseconds of ``predict_proba`` on 1,000 candidate rows.
+   snapshot the online store would hold, ranked by ``score``, top 10 shown at positions
+   0..9) is scored by the simulator's response model
+   (:func:`~feedforge.events.response.response_probabilities`): expected clicks, watch
+   minutes and revenue per feed; catalog coverage and intra-list category diversity;
+4. **scoring latency**: median milliseconds of ``score`` (what serving calls) on 1,000
+   candidate rows.
 
 A ``retrieval order`` row (the candidates by retrieval score, no ranker) is the reference
-for the feed metrics. The **objective switch** section trains the LightGBM ranker once per
-objective and reports the ground-truth value of each objective for each trained feed, so the
-table shows what choosing ``watch_time`` over ``clicks`` does to the feed.
+for the feed metrics. The **objective switch** section trains LightGBM and the DCN once per
+objective (``clicks``, ``watch_time``, ``revenue`` and a ``mix``, :data:`SWITCH_MIX`) and
+reports the ground-truth value of each trained feed, so the table shows what choosing one
+objective over another does to the feed.
 """
 
 from __future__ import annotations
@@ -256,6 +261,7 @@ def run_ranking(
             metrics |= bench.feed_value(bench.feeds(ranker))
             if not quick:
                 metrics["score_ms_1000"] = scoring_ms(ranker, test.X)
+                metrics["score_device"] = ranker.scoring_device
             rows.append(
                 {
                     "model": spec.label,

@@ -257,6 +257,11 @@ class Ranker(Model):
         del X
         return {}
 
+    @property
+    def scoring_device(self) -> str:
+        """Where :meth:`score` runs (``cpu`` unless a ranker uses a GPU)."""
+        return "cpu"
+
     def use_device(self, device: str) -> None:
         """Score on ``device`` (``auto``, ``cpu`` or ``cuda``); rankers that only run on the
         CPU ignore it."""

@@ -69,7 +69,7 @@ from feedforge.models.torch_utils import (
 TRAIN_COMMAND = "feedforge train"
 _LOG = logging.getLogger(__name__)
 _TARGETS = ("watch_seconds", "purchased", "revenue")
-# Value outcome -> the heads its expectation needs.
+# Value outcome -> the heads its expectation needs besides the click.
 _NEEDS = {"clicked": (), "watch_seconds": ("watch",), "revenue": ("purchase", "revenue")}
 _FORMULA = {
     "clicked": "p(click)",
@@ -298,18 +298,19 @@ class DCNRanker(Ranker):
                 weight_decay=float(self.weight_decay),
             )
             best_loss, best_state, best_epoch, epoch = np.inf, copy.deepcopy(net.state_dict()), 0, 0
+            train_idx = torch.as_tensor(train_rows, device=device)
+            held_idx = torch.as_tensor(held_rows, device=device)
             for epoch in range(1, int(self.max_epochs) + 1):
                 net.train()
                 for batch in minibatches(len(train_rows), int(self.batch_size), generator):
-                    rows = torch.as_tensor(train_rows, device=device)[batch.to(device)]
+                    rows = train_idx[batch.to(device)]
                     loss = self._loss(net, data, rows)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
                 net.eval()
                 with torch.no_grad():
-                    rows = torch.as_tensor(held_rows, device=device)
-                    held = float(self._loss(net, data, rows))
+                    held = float(self._loss(net, data, held_idx))
                 if not np.isfinite(held):
                     raise DataError(f"{where}: the loss diverged; lower learning_rate")
                 if held < best_loss - 1e-6:
@@ -319,7 +320,6 @@ class DCNRanker(Ranker):
                     break
             net.load_state_dict(best_state)
             net.eval()
-            held_idx = torch.as_tensor(held_rows, device=device)
             self.calibration_ = fit_calibration(
                 net,
                 data["X"][held_idx],
@@ -374,9 +374,16 @@ class DCNRanker(Ranker):
 
     def _expected_value(self, out: torch.Tensor) -> torch.Tensor:
         """``(N,)`` objective value per impression from ``(N, 4)`` head outputs."""
+        value = self._value()
+        untrained = sorted({h for key in value for h in _NEEDS[key] if h not in self.heads_})
+        if untrained:
+            raise ValidationError(
+                f"DCNRanker: the objective {value} needs the heads {untrained}, which this "
+                "model was trained without (fit it with their targets)"
+            )
         heads = expectations(out, self._scales_tensor())
         total = torch.zeros(out.shape[0], dtype=out.dtype, device=out.device)
-        for key, weight in self._value().items():
+        for key, weight in value.items():
             total = total + weight * heads[key]
         return total
 
@@ -453,6 +460,11 @@ class DCNRanker(Ranker):
         self._device = resolve_device(device)
         self._scoring = device
         net.to(self._device)
+
+    @property
+    def scoring_device(self) -> str:
+        """Where :meth:`score` runs, e.g. ``cpu`` or ``cuda:0``."""
+        return str(self._device or "cpu")
 
     def formula(self) -> str:
         """The score formula, e.g. ``1 x p(click) x E[watch_seconds | click]``."""

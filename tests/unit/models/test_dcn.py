@@ -171,3 +171,13 @@ def test_calibration_corrects_a_biased_head(watch_ranker: DCNRanker) -> None:
     ratio = heads["expected_watch_seconds"].sum() / targets["watch_seconds"].sum()
     assert abs(ratio - 1.0) < 0.01
     assert applied["purchase"] == [1.0, 0.0]  # no purchases given: left as trained
+
+
+def test_scoring_an_objective_without_its_heads_is_refused() -> None:
+    X, y, _ = world(n=2000)
+    ranker = DCNRanker(max_epochs=2, device="cpu").fit(X, y, NAMES)  # clicks only
+    assert ranker.heads_ == ["click"]
+    assert ranker.score(X[:5]).shape == (5,)  # p(click)
+    ranker.value = objective_value("watch_time")
+    with pytest.raises(ValidationError, match=r"needs the heads \['watch'\]"):
+        ranker.score(X[:5])

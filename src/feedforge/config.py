@@ -145,6 +145,12 @@ class ServingConfig(_Section):
     mode: Literal["online", "batch"] = "online"
     candidates: int = Field(200, ge=1, le=10_000)
     history_length: int = Field(200, ge=1, description="Recent items kept per user")
+    store_retry_s: float = Field(
+        1.0,
+        gt=0,
+        description="After an online-store failure, serve degraded (popular) feeds without "
+        "trying the store for this long, then try it again",
+    )
     max_future_skew_s: float = Field(300.0, ge=0, description="Event timestamps this far ahead ok")
     history_weight: float = Field(
         1.0, ge=0, description="Weight of live history in the user vector (see serving docs)"

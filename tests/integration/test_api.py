@@ -250,7 +250,13 @@ def test_post_a_single_event_object(
     event = make_event(user_id=new_user_id, item_id="i000003", watch_seconds=42.5)
     response = client.post("/events", json=event)
     assert response.status_code == 200, response.text
-    assert response.json() == {"accepted": 1, "duplicates": 0, "rejected": 0, "errors": []}
+    assert response.json() == {
+        "accepted": 1,
+        "duplicates": 0,
+        "rejected": 0,
+        "errors": [],
+        "history_updated": True,
+    }
     row = stored_events(published_workdir, [event["event_id"]]).row(0, named=True)
     assert (row["user_id"], row["item_id"], row["event_type"], row["watch_seconds"]) == (
         new_user_id,
@@ -443,11 +449,17 @@ def test_health_is_503_when_redis_is_unreachable(
         assert health.json()["checks"]["store"] == "unreachable"
         assert client.get("/health/live").status_code == 200
 
+        # Nothing was ever published here: no fallback to answer from.
         feed = client.get("/recommend", params={"user_id": "u000000"})
         assert feed.status_code == 503, feed.text
         assert feed.json()["error"] == "StoreUnavailableError"
-        posted = client.post("/events", json=make_event())
-        assert posted.status_code == 503, posted.text
+        assert "no published bundle" in feed.json()["message"]
+        # Events are still stored durably; the live histories wait for the store.
+        event = make_event()
+        posted = client.post("/events", json=event)
+        assert posted.status_code == 200, posted.text
+        assert posted.json()["accepted"] == 1 and posted.json()["history_updated"] is False
+        assert stored_events(Workdir.at(tmp_path / "w"), [event["event_id"]]).height == 1
 
 
 def test_live_health_docs_and_openapi(client: TestClient) -> None:

@@ -19,7 +19,7 @@ from feedforge.errors import ArtifactError
 from feedforge.publish.embedded import EmbeddedStore
 from feedforge.publish.publisher import ITEM_EMB, publish
 from feedforge.serving.app import create_app
-from feedforge.serving.pipeline import load_version
+from feedforge.serving.version import load_version
 from feedforge.workdir import Workdir
 
 pytestmark = pytest.mark.integration

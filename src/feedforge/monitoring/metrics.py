@@ -9,6 +9,8 @@ process, as in the tests, never share counters). Exported:
   (``retrieve``: user lookup and ANN search; ``features``: the batched feature read and
   assembly; ``score``: the ranker's batched forward pass; ``rerank``);
 * ``feedforge_feeds_total{strategy}``: feeds served, ``personalized`` or ``popular``;
+* ``feedforge_degraded_feeds_total``: feeds answered from the in-process fallback while the
+  online store was unavailable;
 * ``feedforge_missing_features_total{kind}``: users (``kind="user"``) and candidates
   (``kind="item"``) scored with the documented default features because the online store
   had no record for them (:func:`~feedforge.datasets.features.raw_from_records`);
@@ -67,6 +69,11 @@ class ServiceMetrics:
         )
         self.feeds = Counter(
             "feedforge_feeds", "Feeds served by strategy", ["strategy"], registry=self.registry
+        )
+        self.degraded = Counter(
+            "feedforge_degraded_feeds",
+            "Feeds answered from the in-process fallback while the online store was unavailable",
+            registry=self.registry,
         )
         self.missing_features = Counter(
             "feedforge_missing_features",

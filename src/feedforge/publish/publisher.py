@@ -187,7 +187,8 @@ def publish(
             version=version,
             inputs={"dataset": dataset.version},
             counts={"items": len(i_ids), "users": len(u_ids)},
-            extra={k: v for k, v in meta.items() if k != "popular"},
+            # The popular list too: the service's fallback when it starts with the store down.
+            extra=meta,
         ),
     )
     store.put_meta(version, meta)

@@ -25,6 +25,7 @@ from feedforge.config import Settings, load_settings
 from feedforge.errors import FeedforgeError, ValidationError
 from feedforge.events.schema import Event, validate_events
 from feedforge.publish.factory import open_store
+from feedforge.serving.explain import Explanation
 from feedforge.serving.pipeline import FeedService
 from feedforge.serving.schemas import FeedResponse, HealthResponse, IngestResponse, ScoredItem
 from feedforge.workdir import Workdir
@@ -116,13 +117,23 @@ def create_app(settings: Settings, workdir: Workdir) -> FastAPI:
         """The ranked feed of a user; unknown users get the popularity feed."""
         feed = service.recommend(user_id, k, device)
         propensities = feed.propensities or [1.0] * len(feed.item_ids)
+        explanations = feed.explanations or [Explanation("")] * len(feed.item_ids)
         return FeedResponse(
             user_id=feed.user_id,
             version=feed.version,
             strategy=feed.strategy,
+            degraded=feed.degraded,
             items=[
-                ScoredItem(item_id=i, score=s, propensity=p)
-                for i, s, p in zip(feed.item_ids, feed.scores, propensities, strict=True)
+                ScoredItem(
+                    item_id=i,
+                    score=s,
+                    propensity=p,
+                    explanation=e.text,
+                    because_item_id=e.because_item_id,
+                )
+                for i, s, p, e in zip(
+                    feed.item_ids, feed.scores, propensities, explanations, strict=True
+                )
             ],
         )
 
@@ -152,12 +163,13 @@ def create_app(settings: Settings, workdir: Workdir) -> FastAPI:
         good, issues = validate_events(
             batch, max_future_skew_s=service.settings.serving.max_future_skew_s
         )
-        result = service.ingest(good)
+        result, history_updated = service.ingest(good)
         body = IngestResponse(
             accepted=result.written,
             duplicates=result.duplicates,
             rejected=len(batch) - len(good),
             errors=issues,
+            history_updated=history_updated,
         )
         if issues:
             return JSONResponse(status_code=422, content=json.loads(body.model_dump_json()))

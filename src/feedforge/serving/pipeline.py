@@ -35,53 +35,32 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from feedforge.config import ServingConfig, Settings
-from feedforge.datasets.features import FEATURES, derive_features, raw_from_records
-from feedforge.datasets.idmap import IdMap
-from feedforge.errors import ArtifactError, ConfigError, NotPublishedError, ValidationError
+from feedforge.config import Settings
+from feedforge.datasets.features import derive_features, raw_from_records
+from feedforge.errors import (
+    NotPublishedError,
+    StoreUnavailableError,
+)
 from feedforge.events.log import AppendResult, EventLog
 from feedforge.events.schema import Event, EventType
-from feedforge.models.base import Ranker
-from feedforge.models.ranker_utils import feature_difference
-from feedforge.models.registry import load_ranker
 from feedforge.monitoring.metrics import ServiceMetrics
-from feedforge.publish.ann import AnnIndex, RetrievalMethod, load_or_exact
-from feedforge.publish.publisher import ANN_DIR, ITEM_EMB, ITEM_FEAT, USER_EMB, USER_FEAT
+from feedforge.publish.ann import RetrievalMethod
+from feedforge.publish.publisher import ITEM_FEAT, USER_EMB, USER_FEAT
 from feedforge.publish.store import OnlineStore
+from feedforge.serving.explain import DEGRADED, POPULAR, Explanation, explain_by_history
+from feedforge.serving.fallback import PendingHistories, StoreGuard, newest_bundle_popular
 from feedforge.serving.rerank import Candidates, needs_item_metadata, pinned_item_ids, rerank
+from feedforge.serving.version import LoadedVersion, load_version
 from feedforge.workdir import Workdir
 
 HISTORY_EVENTS = frozenset(
     {EventType.CLICK, EventType.WATCH, EventType.LIKE, EventType.PURCHASE, EventType.RATING}
 )
 """Event types that enter a user's live history (impressions and skips do not)."""
-
-_LOAD_CHUNK = 10_000
-
-
-@dataclass(frozen=True)
-class LoadedVersion:
-    """One published version, loaded in memory."""
-
-    version: str
-    meta: dict[str, Any]
-    items: IdMap
-    item_matrix: np.ndarray  # (n_items, D) float32
-    index: AnnIndex  # candidate retrieval over item_matrix
-    ranker: Ranker | None  # None: candidates are ordered by their retrieval score
-    popular: list[str]
-    snapshot_time: float  # epoch seconds
-    published_at: float  # epoch seconds
-
-    def now(self) -> float:
-        """The scoring clock: the snapshot time advanced by the wall time since publishing."""
-        return self.snapshot_time + (datetime.now(UTC).timestamp() - self.published_at)
 
 
 def _age_days(records: list[dict[str, Any] | None], now_s: float) -> np.ndarray:
@@ -99,70 +78,8 @@ class Feed:
     scores: list[float]
     retrieval: RetrievalMethod | None = None  # the search that found the candidates
     propensities: list[float] | None = None  # per item; None means all 1 (deterministic)
-
-
-def load_version(
-    store: OnlineStore,
-    version: str,
-    meta: dict[str, Any],
-    serving: ServingConfig | None = None,
-) -> LoadedVersion:
-    """Load a published version's item embeddings (store), ranker and ANN index (bundle).
-
-    Args:
-        store: The online store.
-        version: The version to load.
-        meta: Its metadata.
-        serving: ``ann`` picks the index (``exact`` ignores the bundle's) and
-            ``ann_ef_search`` its search beam; default :class:`ServingConfig`'s defaults.
-    """
-    cfg = serving or ServingConfig()
-    bundle = Path(meta["bundle"])
-    command = "feedforge publish"
-    items = IdMap.load(bundle / "item_ids.parquet", command)
-    ids = items.ids.to_list()
-    parts = []
-    for start in range(0, len(ids), _LOAD_CHUNK):
-        vectors, _found = store.get_vectors(version, ITEM_EMB, ids[start : start + _LOAD_CHUNK])
-        parts.append(vectors)
-    matrix = np.vstack(parts) if parts else np.zeros((0, int(meta["dim"])), dtype=np.float32)
-    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
-    if cfg.ann == "exact":
-        index = AnnIndex.exact(matrix)
-    else:
-        ann_dir = bundle / str((meta.get("ann") or {}).get("dir", ANN_DIR))
-        index = load_or_exact(ann_dir, matrix, ef_search=cfg.ann_ef_search)
-    ranker = None
-    if meta.get("ranker"):
-        published = [str(f) for f in meta.get("features", [])]
-        if published != list(FEATURES):
-            # The service computes today's features; a ranker trained on others would be fed
-            # the wrong columns.
-            raise ArtifactError(
-                bundle,
-                f"version {version} was published with another feature list ("
-                + feature_difference(published, list(FEATURES))
-                + "); train and publish it again with this code",
-                "feedforge train && feedforge publish",
-            )
-        ranker = load_ranker(
-            meta["ranker"], bundle / "ranker", command, expected_features=published
-        )
-        try:
-            ranker.use_device(cfg.ranker_device)
-        except ValidationError as exc:
-            raise ConfigError(f"serving.ranker_device: {exc}") from exc
-    return LoadedVersion(
-        version=version,
-        meta=meta,
-        items=items,
-        item_matrix=matrix,
-        index=index,
-        ranker=ranker,
-        popular=list(meta["popular"]),
-        snapshot_time=datetime.fromisoformat(meta["snapshot_time"]).timestamp(),
-        published_at=datetime.fromisoformat(meta["published_at"]).timestamp(),
-    )
+    explanations: list[Explanation] | None = None  # per item
+    degraded: bool = False  # answered from the in-process fallback (store unavailable)
 
 
 class FeedService:
@@ -178,6 +95,9 @@ class FeedService:
         self.metrics = ServiceMetrics()
         """The Prometheus metrics (``GET /metrics``), e.g. candidates scored with default
         features because the snapshot had no record for them."""
+        self.guard = StoreGuard(settings.serving.store_retry_s)
+        self.pending = PendingHistories()
+        self._disk_fallback: tuple[str, list[str]] | None = None
 
     # -- version cache ------------------------------------------------------------------------
     def current(self) -> LoadedVersion:
@@ -209,7 +129,53 @@ class FeedService:
         """The top-``k`` feed of a user (see the module docs for the pipeline).
 
         ``device`` is the request's device (a ranking feature); None uses the user's last.
+        While the store is unavailable the answer is the in-process fallback, marked
+        ``degraded`` (:mod:`feedforge.serving.fallback`).
+
+        Raises:
+            NotPublishedError: the store answers but nothing was published yet.
+            StoreUnavailableError: the store is unavailable and there is nothing to fall
+                back to (no version loaded, no bundle on disk).
         """
+        if self.guard.available():
+            try:
+                self.pending.flush(self.store, self.settings.serving.history_length)
+                feed = self._personalized(user_id, k, device)
+            except StoreUnavailableError as exc:
+                self.guard.failed(exc)
+            else:
+                self.guard.succeeded()
+                return feed
+        return self._degraded(user_id, k)
+
+    def _degraded(self, user_id: str, k: int) -> Feed:
+        """The popular items of the last loaded version (else the newest bundle on disk)."""
+        self.metrics.degraded.inc()
+        loaded = self._loaded
+        if loaded is not None:
+            version, popular = loaded.version, loaded.popular
+        else:
+            if self._disk_fallback is None:
+                self._disk_fallback = newest_bundle_popular(self.workdir.bundles_dir)
+            if self._disk_fallback is None:
+                raise StoreUnavailableError(
+                    f"the online store is unavailable ({self.guard.last_error}) and no "
+                    "published bundle is on disk to fall back to"
+                )
+            version, popular = self._disk_fallback
+        picked = popular[:k]
+        return Feed(
+            user_id=user_id,
+            version=version,
+            strategy="popular",
+            item_ids=picked,
+            scores=[1.0 / (rank + 1) for rank in range(len(picked))],
+            explanations=[Explanation(DEGRADED)] * len(picked),
+            degraded=True,
+        )
+
+    def _personalized(self, user_id: str, k: int, device: str | None) -> Feed:
+        """The pipeline itself; store failures propagate."""
         state = self.current()
         cfg = self.settings.serving
         metrics = self.metrics
@@ -271,6 +237,15 @@ class FeedService:
                 reranking,
             )
         metrics.feeds.labels(strategy="personalized").inc()
+        shown_idx = np.asarray([state.items.get(i) for i in shown.item_ids], dtype=np.int64)
+        known_history = [*record.get("seen", ()), *reversed(history)]  # most recent last
+        history_idx = [(j, i) for i in known_history if (j := state.items.get(i)) is not None]
+        explanations = explain_by_history(
+            state.item_matrix,
+            shown_idx,
+            np.asarray([j for j, _ in history_idx], dtype=np.int64),
+            [i for _, i in history_idx],
+        )
         return Feed(
             user_id=user_id,
             version=state.version,
@@ -279,6 +254,7 @@ class FeedService:
             scores=shown.scores,
             retrieval=found_cand.method,
             propensities=shown.propensities,
+            explanations=explanations,
         )
 
     def _features(
@@ -312,19 +288,33 @@ class FeedService:
             strategy="popular",
             item_ids=picked,
             scores=[1.0 / (rank + 1) for rank in range(len(picked))],
+            explanations=[Explanation(POPULAR)] * len(picked),
         )
 
     # -- events -----------------------------------------------------------------------------
-    def ingest(self, events: list[Event]) -> AppendResult:
-        """Store events durably, then append their items to the users' live histories."""
+    def ingest(self, events: list[Event]) -> tuple[AppendResult, bool]:
+        """Store events durably, then append their items to the users' live histories.
+
+        Returns:
+            The log's append result, and whether the histories were updated now: False
+            while the store is unavailable (the updates are held in memory and written when
+            it answers again; the events are durable in the log either way).
+        """
         result = self.log.append(events)
         per_user: dict[str, list[str]] = {}
         for event in sorted(events, key=lambda e: e.timestamp):
             if event.event_type in HISTORY_EVENTS:
                 per_user.setdefault(event.user_id, []).append(event.item_id)
-        for user_id, items in per_user.items():
-            self.store.append_history(user_id, items, self.settings.serving.history_length)
-        return result
+        self.pending.add(per_user)
+        if not self.guard.available():
+            return result, False
+        try:
+            self.pending.flush(self.store, self.settings.serving.history_length)
+        except StoreUnavailableError as exc:
+            self.guard.failed(exc)
+            return result, False
+        self.guard.succeeded()
+        return result, True
 
     # -- health -----------------------------------------------------------------------------
     def health(self) -> tuple[bool, dict[str, str]]:

@@ -25,6 +25,15 @@ class ScoredItem(BaseModel):
         description="Probability with which re-ranking picked this item for its slot, given "
         "the slots above it (1 without exploration); log it for off-policy evaluation",
     )
+    explanation: str = Field(
+        "",
+        description="Why the item is here, e.g. 'similar to i000042, from your history' (the "
+        "history item whose embedding is closest), 'matches your taste profile' or 'popular "
+        "right now'",
+    )
+    because_item_id: str | None = Field(
+        None, description="The history item the explanation points at, if any"
+    )
 
 
 class FeedResponse(BaseModel):
@@ -34,6 +43,11 @@ class FeedResponse(BaseModel):
         description="`popular` for cold-start users with neither embedding nor history"
     )
     items: list[ScoredItem]
+    degraded: bool = Field(
+        False,
+        description="True when the online store was unavailable and the feed is the "
+        "in-process fallback (the version's popular items)",
+    )
 
 
 class IngestResponse(BaseModel):
@@ -41,6 +55,11 @@ class IngestResponse(BaseModel):
     duplicates: int = Field(description="Events whose event_id was already stored")
     rejected: int = 0
     errors: list[EventIssue] = []
+    history_updated: bool = Field(
+        True,
+        description="False while the online store is unavailable: the events are durable in "
+        "the log, and the users' live histories are updated when the store answers again",
+    )
 
 
 class HealthResponse(BaseModel):

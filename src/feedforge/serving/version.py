@@ -1,0 +1,108 @@
+"""One published version loaded in memory: item ids and embeddings (from the store), the
+ranker and the ANN index (from the version's bundle). A version published with another feature
+list than the code's is refused; the ranker is placed on ``serving.ranker_device``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from feedforge.config import ServingConfig
+from feedforge.datasets.features import FEATURES
+from feedforge.datasets.idmap import IdMap
+from feedforge.errors import ArtifactError, ConfigError, ValidationError
+from feedforge.models.base import Ranker
+from feedforge.models.ranker_utils import feature_difference
+from feedforge.models.registry import load_ranker
+from feedforge.publish.ann import AnnIndex, load_or_exact
+from feedforge.publish.publisher import ANN_DIR, ITEM_EMB
+from feedforge.publish.store import OnlineStore
+
+_LOAD_CHUNK = 10_000
+
+
+@dataclass(frozen=True)
+class LoadedVersion:
+    """One published version, loaded in memory."""
+
+    version: str
+    meta: dict[str, Any]
+    items: IdMap
+    item_matrix: np.ndarray  # (n_items, D) float32
+    index: AnnIndex  # candidate retrieval over item_matrix
+    ranker: Ranker | None  # None: candidates are ordered by their retrieval score
+    popular: list[str]
+    snapshot_time: float  # epoch seconds
+    published_at: float  # epoch seconds
+
+    def now(self) -> float:
+        """The scoring clock: the snapshot time advanced by the wall time since publishing."""
+        return self.snapshot_time + (datetime.now(UTC).timestamp() - self.published_at)
+
+
+def load_version(
+    store: OnlineStore,
+    version: str,
+    meta: dict[str, Any],
+    serving: ServingConfig | None = None,
+) -> LoadedVersion:
+    """Load a published version's item embeddings (store), ranker and ANN index (bundle).
+
+    Args:
+        store: The online store.
+        version: The version to load.
+        meta: Its metadata.
+        serving: ``ann`` picks the index (``exact`` ignores the bundle's) and
+            ``ann_ef_search`` its search beam; default :class:`ServingConfig`'s defaults.
+    """
+    cfg = serving or ServingConfig()
+    bundle = Path(meta["bundle"])
+    command = "feedforge publish"
+    items = IdMap.load(bundle / "item_ids.parquet", command)
+    ids = items.ids.to_list()
+    parts = []
+    for start in range(0, len(ids), _LOAD_CHUNK):
+        vectors, _found = store.get_vectors(version, ITEM_EMB, ids[start : start + _LOAD_CHUNK])
+        parts.append(vectors)
+    matrix = np.vstack(parts) if parts else np.zeros((0, int(meta["dim"])), dtype=np.float32)
+    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+    if cfg.ann == "exact":
+        index = AnnIndex.exact(matrix)
+    else:
+        ann_dir = bundle / str((meta.get("ann") or {}).get("dir", ANN_DIR))
+        index = load_or_exact(ann_dir, matrix, ef_search=cfg.ann_ef_search)
+    ranker = None
+    if meta.get("ranker"):
+        published = [str(f) for f in meta.get("features", [])]
+        if published != list(FEATURES):
+            # The service computes today's features; a ranker trained on others would be fed
+            # the wrong columns.
+            raise ArtifactError(
+                bundle,
+                f"version {version} was published with another feature list ("
+                + feature_difference(published, list(FEATURES))
+                + "); train and publish it again with this code",
+                "feedforge train && feedforge publish",
+            )
+        ranker = load_ranker(
+            meta["ranker"], bundle / "ranker", command, expected_features=published
+        )
+        try:
+            ranker.use_device(cfg.ranker_device)
+        except ValidationError as exc:
+            raise ConfigError(f"serving.ranker_device: {exc}") from exc
+    return LoadedVersion(
+        version=version,
+        meta=meta,
+        items=items,
+        item_matrix=matrix,
+        index=index,
+        ranker=ranker,
+        popular=list(meta["popular"]),
+        snapshot_time=datetime.fromisoformat(meta["snapshot_time"]).timestamp(),
+        published_at=datetime.fromisoformat(meta["published_at"]).timestamp(),
+    )

@@ -145,6 +145,22 @@ class ServingConfig(_Section):
     mode: Literal["online", "batch"] = "online"
     candidates: int = Field(200, ge=1, le=10_000)
     history_length: int = Field(200, ge=1, description="Recent items kept per user")
+    environment: Literal["development", "production"] = Field(
+        "development",
+        description="production refuses to start without api_key; development leaves the "
+        "write endpoints open when no key is set (with a warning)",
+    )
+    api_key: pydantic.SecretStr | None = Field(
+        None,
+        min_length=16,
+        description="The key write endpoints (POST /events) require in the X-API-Key header; "
+        "set it from the environment (FEEDFORGE_SERVING__API_KEY), not in a committed file",
+    )
+    max_request_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body accepted (413 above it); 10,000 events fit in ~4 MB",
+    )
     store_retry_s: float = Field(
         1.0,
         gt=0,

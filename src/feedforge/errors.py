@@ -40,6 +40,18 @@ class ValidationError(FeedforgeError):
     http_status = 422
 
 
+class AuthError(FeedforgeError):
+    """A request lacks the API key a protected endpoint needs, or carries a wrong one."""
+
+    http_status = 401
+
+
+class PayloadTooLargeError(FeedforgeError):
+    """A request body exceeds ``serving.max_request_bytes``."""
+
+    http_status = 413
+
+
 class DataError(FeedforgeError):
     """Data is well-formed but unusable for the step (e.g. an empty split)."""
 

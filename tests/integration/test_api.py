@@ -6,6 +6,7 @@ store exactly as ``feedforge serve`` does.
 
 from __future__ import annotations
 
+import json
 import socket
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -549,3 +550,75 @@ def test_candidates_missing_from_the_store_get_defaults_and_are_counted(
     for stage in ("retrieve", "features", "score", "rerank"):
         assert metric(text, "feedforge_stage_seconds_count", f'stage="{stage}"') == 1
     assert metric(text, "feedforge_serving_version_info", f'version="{version}"') == 1
+
+
+def test_write_endpoints_need_the_api_key_when_one_is_set(
+    published_workdir: Workdir,
+    small_settings: Settings,
+    new_user_id: str,
+    make_event: EventFactory,
+) -> None:
+    key = "k" * 32
+    settings = Settings(
+        **{
+            **small_settings.model_dump(),
+            "serving": {**small_settings.serving.model_dump(), "api_key": key},
+        }
+    )
+    event = make_event(user_id=new_user_id)
+    with serve(settings, published_workdir) as client:
+        missing = client.post("/events", json=event)
+        assert missing.status_code == 401 and missing.json()["error"] == "AuthError"
+        wrong = client.post("/events", json=event, headers={"X-API-Key": "x" * 32})
+        assert wrong.status_code == 401 and "wrong API key" in wrong.json()["message"]
+        assert stored_events(published_workdir, [event["event_id"]]).height == 0
+        ok = client.post("/events", json=event, headers={"X-API-Key": key})
+        assert ok.status_code == 200 and ok.json()["accepted"] == 1
+        # Reads stay open.
+        assert client.get("/recommend", params={"user_id": new_user_id}).status_code == 200
+        schema = client.get("/openapi.json").json()
+        assert "APIKeyHeader" in schema["components"]["securitySchemes"]
+
+
+def test_production_refuses_to_start_without_an_api_key(
+    published_workdir: Workdir, small_settings: Settings
+) -> None:
+    settings = Settings(
+        **{
+            **small_settings.model_dump(),
+            "serving": {**small_settings.serving.model_dump(), "environment": "production"},
+        }
+    )
+    with pytest.raises(FeedforgeError, match=r"serving\.api_key is required"):
+        create_app(settings, published_workdir)
+
+
+def test_oversized_bodies_get_413_before_being_read(
+    published_workdir: Workdir, small_settings: Settings, make_event: EventFactory
+) -> None:
+    settings = Settings(
+        **{
+            **small_settings.model_dump(),
+            "serving": {**small_settings.serving.model_dump(), "max_request_bytes": 4096},
+        }
+    )
+    events = [make_event(user_id="it-size-limit") for _ in range(100)]  # ~20 KB
+    with serve(settings, published_workdir) as client:
+        response = client.post("/events", json=events)
+        assert response.status_code == 413
+        assert response.json()["error"] == "PayloadTooLargeError"
+        assert "max_request_bytes = 4096" in response.json()["message"]
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: counted while reading
+            body = json.dumps(events).encode()
+            for start in range(0, len(body), 1024):
+                yield body[start : start + 1024]
+
+        streamed = client.post(
+            "/events", content=chunks(), headers={"content-type": "application/json"}
+        )
+        assert streamed.status_code == 413, streamed.text
+        small = client.post("/events", json=events[:1])
+        assert small.status_code == 200
+    ids = [e["event_id"] for e in events[1:]]
+    assert stored_events(published_workdir, ids).height == 0

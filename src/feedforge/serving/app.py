@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import Body, Depends, FastAPI, Query, Request
+from fastapi import Body, Depends, FastAPI, Query, Request, Security
 from fastapi.responses import JSONResponse, Response
 
 from feedforge import __version__
@@ -28,6 +28,12 @@ from feedforge.publish.factory import open_store
 from feedforge.serving.explain import Explanation
 from feedforge.serving.pipeline import FeedService
 from feedforge.serving.schemas import FeedResponse, HealthResponse, IngestResponse, ScoredItem
+from feedforge.serving.security import (
+    BodySizeLimit,
+    api_key_header,
+    check_security_config,
+    require_api_key,
+)
 from feedforge.workdir import Workdir
 
 MAX_EVENTS_PER_REQUEST = 10_000
@@ -62,12 +68,15 @@ def create_app(settings: Settings, workdir: Workdir) -> FastAPI:
         finally:
             store.close()
 
+    check_security_config(settings.serving)
     app = FastAPI(
         title="feedforge",
         version=__version__,
         description="A personalized feed: retrieve -> rank -> re-rank over published models.",
         lifespan=lifespan,
     )
+    app.state.settings = settings
+    app.add_middleware(BodySizeLimit, max_bytes=settings.serving.max_request_bytes)
 
     budget_ms = settings.serving.latency_budget_ms
 
@@ -147,14 +156,23 @@ def create_app(settings: Settings, workdir: Workdir) -> FastAPI:
                 "content": {"application/json": {"schema": _EVENT_BODY_SCHEMA}},
             }
         },
-        responses={422: {"model": IngestResponse, "description": "Some events were rejected"}},
+        responses={
+            401: {"description": "Missing or wrong X-API-Key"},
+            413: {"description": "Body over serving.max_request_bytes"},
+            422: {"model": IngestResponse, "description": "Some events were rejected"},
+        },
     )
     def post_events(
-        service: Service, payload: Annotated[Any, Body(include_in_schema=False)]
+        request: Request,
+        service: Service,
+        payload: Annotated[Any, Body(include_in_schema=False)],
+        api_key: Annotated[str | None, Security(api_key_header)] = None,
     ) -> Any:
         """Validate events (one object or a list), store the good ones durably, update the
         users' live histories. Any rejected event makes the answer 422, listing each rejected
-        event's index, field and reason; the good ones are stored all the same."""
+        event's index, field and reason; the good ones are stored all the same. Needs the
+        ``X-API-Key`` header when ``serving.api_key`` is set."""
+        require_api_key(request, api_key)
         batch = payload if isinstance(payload, list) else [payload]
         if len(batch) > MAX_EVENTS_PER_REQUEST:
             raise ValidationError(

@@ -328,6 +328,8 @@ def serve_cmd(
     """Serve the feed API (GET /recommend, POST /events, /health, /docs)."""
     import uvicorn
 
+    from feedforge.monitoring.logs import log_config
+
     settings = _settings(config)
     wd = Workdir.at(workdir)
     os.environ["FEEDFORGE_WORKDIR"] = str(wd.root)
@@ -339,7 +341,7 @@ def serve_cmd(
         host=host or settings.serving.host,
         port=port or settings.serving.port,
         workers=workers,
-        log_level="info",
+        log_config=log_config(settings.serving.log_format),
     )
 
 

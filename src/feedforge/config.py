@@ -161,6 +161,14 @@ class ServingConfig(_Section):
         ge=1024,
         description="Largest request body accepted (413 above it); 10,000 events fit in ~4 MB",
     )
+    log_format: Literal["json", "text"] = Field(
+        "json", description="The service's log lines: one JSON object each, or plain text"
+    )
+    feed_log: bool = Field(
+        True,
+        description="Log every served feed (request id, user, items, scores, propensities, "
+        "version) to WORKDIR/feedlog as training and off-policy-evaluation data",
+    )
     store_retry_s: float = Field(
         1.0,
         gt=0,

@@ -60,6 +60,11 @@ class Workdir:
         return self.root / "reports"
 
     @property
+    def feedlog_dir(self) -> Path:
+        """Where the service logs every served feed (:mod:`feedforge.serving.feedlog`)."""
+        return self.root / "feedlog"
+
+    @property
     def bundles_dir(self) -> Path:
         return self.root / "bundles"
 

@@ -28,6 +28,7 @@ from feedforge.models.registry import load_recommender
 from feedforge.publish.embedded import EmbeddedStore
 from feedforge.publish.publisher import ITEM_FEAT, USER_FEAT
 from feedforge.serving.app import create_app, create_app_from_env
+from feedforge.serving.feedlog import read_feed_log
 from feedforge.workdir import Workdir
 
 pytestmark = pytest.mark.integration
@@ -622,3 +623,42 @@ def test_oversized_bodies_get_413_before_being_read(
         assert small.status_code == 200
     ids = [e["event_id"] for e in events[1:]]
     assert stored_events(published_workdir, ids).height == 0
+
+
+def test_every_served_feed_is_logged_with_its_request_id(
+    workdir_copy: Callable[..., Workdir], small_settings: Settings, known_user: str
+) -> None:
+    workdir = workdir_copy()
+    with serve(small_settings, workdir) as client:
+        mine = client.get(
+            "/recommend", params={"user_id": known_user, "k": 5, "request_id": "req-1"}
+        ).json()
+        theirs = client.get("/recommend", params={"user_id": "nobody-at-all"}).json()
+        bad = client.get("/recommend", params={"user_id": known_user, "request_id": "a b"})
+        assert bad.status_code == 422
+    assert mine["request_id"] == "req-1" and len(theirs["request_id"]) == 32
+    log = read_feed_log(workdir.feedlog_dir)
+    assert log.get_column("request_id").to_list() == ["req-1", theirs["request_id"]]
+    first = log.row(0, named=True)
+    assert first["user_id"] == known_user and first["version"] == mine["version"]
+    assert first["items"] == [item["item_id"] for item in mine["items"]]
+    assert first["scores"] == pytest.approx([item["score"] for item in mine["items"]])
+    assert first["propensities"] == [item["propensity"] for item in mine["items"]]
+    assert first["strategy"] == "personalized" and first["degraded"] is False
+    assert log.row(1, named=True)["strategy"] == "popular"
+
+    broken = next(workdir.feedlog_dir.glob("feeds-*.jsonl"))
+    broken.write_text(broken.read_text() + "{not json\n")
+    with pytest.raises(FeedforgeError, match=rf"{broken}:3: not a JSON feed record"):
+        read_feed_log(workdir.feedlog_dir)
+
+
+def test_a_failing_feed_log_never_fails_the_request(
+    workdir_copy: Callable[..., Workdir], small_settings: Settings, known_user: str
+) -> None:
+    workdir = workdir_copy()
+    workdir.feedlog_dir.write_text("a file where the log directory should be")
+    with serve(small_settings, workdir) as client:
+        assert client.get("/recommend", params={"user_id": known_user}).status_code == 200
+        text = client.get("/metrics").text
+    assert metric(text, "feedforge_feed_log_errors_total") == 1

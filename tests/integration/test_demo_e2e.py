@@ -238,7 +238,11 @@ def test_serve_answers_over_http(
     finally:
         server.terminate()
         try:
-            server.wait(timeout=10)
+            output = server.communicate(timeout=10)[0]
         except subprocess.TimeoutExpired:
             server.kill()
-            server.wait()
+            output = server.communicate()[0]
+    # Structured logs: every line the service wrote is one JSON object.
+    records = [json.loads(line) for line in output.splitlines() if line.strip()]
+    assert records and all({"ts", "level", "logger", "message"} <= set(r) for r in records)
+    assert any(r["logger"] == "uvicorn.access" and "/recommend" in r["message"] for r in records)

@@ -75,6 +75,11 @@ class ServiceMetrics:
             "Feeds answered from the in-process fallback while the online store was unavailable",
             registry=self.registry,
         )
+        self.feed_log_errors = Counter(
+            "feedforge_feed_log_errors",
+            "Served feeds that could not be written to the feed log",
+            registry=self.registry,
+        )
         self.missing_features = Counter(
             "feedforge_missing_features",
             "Users and candidate items scored with default features (no online-store record)",

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -66,6 +67,7 @@ def create_app(settings: Settings, workdir: Workdir) -> FastAPI:
         try:
             yield
         finally:
+            app.state.service.close()
             store.close()
 
     check_security_config(settings.serving)
@@ -122,12 +124,24 @@ def create_app(settings: Settings, workdir: Workdir) -> FastAPI:
                 "Default: the user's last device",
             ),
         ] = None,
+        request_id: Annotated[
+            str | None,
+            Query(
+                pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+                description="The client's id of this request (default: a new one); send it "
+                "back as context.request_id in the impression and engagement events",
+            ),
+        ] = None,
     ) -> FeedResponse:
-        """The ranked feed of a user; unknown users get the popularity feed."""
+        """The ranked feed of a user; unknown users get the popularity feed. Every answer is
+        logged to the feed log with its request id."""
+        request_id = request_id or uuid.uuid4().hex
         feed = service.recommend(user_id, k, device)
+        service.log_feed(feed, request_id, device)
         propensities = feed.propensities or [1.0] * len(feed.item_ids)
         explanations = feed.explanations or [Explanation("")] * len(feed.item_ids)
         return FeedResponse(
+            request_id=request_id,
             user_id=feed.user_id,
             version=feed.version,
             strategy=feed.strategy,

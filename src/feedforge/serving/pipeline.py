@@ -33,6 +33,7 @@ ranker re-scores) goes through the version's ANN index (:mod:`feedforge.publish.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -53,9 +54,12 @@ from feedforge.publish.publisher import ITEM_FEAT, USER_EMB, USER_FEAT
 from feedforge.publish.store import OnlineStore
 from feedforge.serving.explain import DEGRADED, POPULAR, Explanation, explain_by_history
 from feedforge.serving.fallback import PendingHistories, StoreGuard, newest_bundle_popular
+from feedforge.serving.feedlog import FeedLog
 from feedforge.serving.rerank import Candidates, needs_item_metadata, pinned_item_ids, rerank
 from feedforge.serving.version import LoadedVersion, load_version
 from feedforge.workdir import Workdir
+
+logger = logging.getLogger("feedforge.serving")
 
 HISTORY_EVENTS = frozenset(
     {EventType.CLICK, EventType.WATCH, EventType.LIKE, EventType.PURCHASE, EventType.RATING}
@@ -96,6 +100,7 @@ class FeedService:
         """The Prometheus metrics (``GET /metrics``), e.g. candidates scored with default
         features because the snapshot had no record for them."""
         self.guard = StoreGuard(settings.serving.store_retry_s)
+        self.feed_log = FeedLog(workdir.feedlog_dir) if settings.serving.feed_log else None
         self.pending = PendingHistories()
         self._disk_fallback: tuple[str, list[str]] | None = None
 
@@ -147,6 +152,33 @@ class FeedService:
                 self.guard.succeeded()
                 return feed
         return self._degraded(user_id, k)
+
+    def log_feed(self, feed: Feed, request_id: str, device: str | None) -> None:
+        """Append a served feed to the feed log; a failing disk is logged and counted, never
+        turned into a failed request."""
+        if self.feed_log is None:
+            return
+        record = {
+            "request_id": request_id,
+            "user_id": feed.user_id,
+            "version": feed.version,
+            "strategy": feed.strategy,
+            "degraded": feed.degraded,
+            "device": device,
+            "items": feed.item_ids,
+            "scores": [float(s) for s in feed.scores],
+            "propensities": feed.propensities or [1.0] * len(feed.item_ids),
+        }
+        try:
+            self.feed_log.write(record)
+        except OSError as exc:
+            self.metrics.feed_log_errors.inc()
+            logger.error("could not write the feed log: %s", exc)
+
+    def close(self) -> None:
+        """Close the feed log."""
+        if self.feed_log is not None:
+            self.feed_log.close()
 
     def _degraded(self, user_id: str, k: int) -> Feed:
         """The popular items of the last loaded version (else the newest bundle on disk)."""

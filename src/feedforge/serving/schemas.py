@@ -37,6 +37,9 @@ class ScoredItem(BaseModel):
 
 
 class FeedResponse(BaseModel):
+    request_id: str = Field(
+        description="This answer's id in the feed log; send it back as context.request_id"
+    )
     user_id: str
     version: str = Field(description="The published version that served this feed")
     strategy: Literal["personalized", "popular"] = Field(

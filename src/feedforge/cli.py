@@ -316,6 +316,26 @@ def publish_cmd(workdir: WorkdirOpt = DEFAULT_WORKDIR, config: ConfigOpt = None)
     run_publish(Workdir.at(workdir), _settings(config))
 
 
+@app.command("rollback")
+@_clean_errors
+def rollback_cmd(
+    workdir: WorkdirOpt = DEFAULT_WORKDIR,
+    config: ConfigOpt = None,
+    to: Annotated[
+        str | None, typer.Option(help="Version to return to (default: the one before)")
+    ] = None,
+) -> None:
+    """Make an earlier published version current again (atomic; services follow it)."""
+    from feedforge.publish.factory import open_store
+    from feedforge.publish.versions import rollback
+
+    settings = _settings(config)
+    wd = Workdir.at(workdir)
+    with open_store(settings.store, wd.store_path) as store:
+        previous, current = rollback(wd, store, to)
+    console.print(f"rolled back: current version {current} (was {previous})")
+
+
 @app.command("serve")
 @_clean_errors
 def serve_cmd(

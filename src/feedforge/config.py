@@ -127,7 +127,15 @@ class StoreConfig(_Section):
     redis_url: str = "redis://127.0.0.1:6379/0"
     namespace: str = Field("feedforge", pattern=r"^[A-Za-z0-9_.-]+$")
     socket_timeout_s: float = Field(0.5, gt=0)
-    keep_versions: int = Field(2, ge=1, description="Published versions kept after a publish")
+    keep_versions: int = Field(
+        2, ge=1, description="Newest published versions always kept (rollback targets)"
+    )
+    retire_grace_s: float = Field(
+        300.0,
+        ge=0,
+        description="An older version is deleted only after it has been replaced for this "
+        "long, so a service still answering from it is never left without its keys",
+    )
 
 
 class ServingConfig(_Section):

@@ -8,16 +8,20 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 
+from feedforge.cli import app
 from feedforge.config import Settings, load_settings
 from feedforge.datasets.load import load_dataset
-from feedforge.errors import ArtifactError
+from feedforge.errors import ArtifactError, StoreError
 from feedforge.publish.embedded import EmbeddedStore
 from feedforge.publish.publisher import ITEM_EMB, publish
+from feedforge.publish.versions import prune_versions, rollback
 from feedforge.serving.app import create_app
 from feedforge.serving.version import load_version
 from feedforge.workdir import Workdir
@@ -42,7 +46,7 @@ def test_publishing_keeps_the_newest_versions_and_their_bundles(
     publish_into: PublishInto,
     keep: int,
 ) -> None:
-    settings = load_settings(small_config, store={"keep_versions": keep})
+    settings = load_settings(small_config, store={"keep_versions": keep, "retire_grace_s": 0})
     workdir = workdir_copy(publish=False)
     versions = [publish_into(workdir, settings) for _ in range(keep + 2)]
     assert versions == sorted(versions), "version ids must sort in publish order"
@@ -178,3 +182,51 @@ def test_publish_refuses_when_the_configured_ranker_was_not_trained(
         publish(fresh_workdir, other, store)
     assert "models.ranker.type='tree'" in str(info.value)
     assert "feedforge train" in str(info.value)
+
+
+def test_old_versions_wait_out_the_grace_period_before_deletion(
+    small_config: Path, workdir_copy: Callable[..., Workdir], publish_into: PublishInto
+) -> None:
+    settings = load_settings(small_config, store={"keep_versions": 1, "retire_grace_s": 600})
+    workdir = workdir_copy(publish=False)
+    v1, v2, v3 = (publish_into(workdir, settings) for _ in range(3))
+    with EmbeddedStore(workdir.store_path) as store:
+        # Beyond keep_versions, but replaced only seconds ago: still there.
+        assert store.versions() == [v1, v2, v3]
+        retired = {v: (store.get_meta(v) or {}).get("retired_at") for v in (v1, v2, v3)}
+        assert retired[v1] and retired[v2] and retired[v3] is None
+        assert prune_versions(workdir, store, keep=1, grace_s=600) == []
+        later = datetime.now(UTC) + timedelta(seconds=601)
+        assert prune_versions(workdir, store, keep=1, grace_s=600, now=later) == [v1, v2]
+        assert store.versions() == [v3] and store.current_version() == v3
+    assert sorted(p.name for p in workdir.bundles_dir.iterdir()) == [v3]
+
+
+def test_rollback_flips_back_and_the_service_follows(
+    small_config: Path, workdir_copy: Callable[..., Workdir], publish_into: PublishInto
+) -> None:
+    settings = load_settings(small_config, store={"keep_versions": 3})
+    workdir = workdir_copy(publish=False)
+    v1 = publish_into(workdir, settings)
+    with EmbeddedStore(workdir.store_path) as store, pytest.raises(StoreError, match="no version"):
+        rollback(workdir, store)
+    v2 = publish_into(workdir, settings)
+    with TestClient(create_app(settings, workdir)) as client:
+        assert version_of(client) == v2
+        result = CliRunner().invoke(
+            app, ["rollback", "--workdir", str(workdir.root), "--config", str(small_config)]
+        )
+        assert result.exit_code == 0, result.output
+        assert f"current version {v1} (was {v2})" in " ".join(result.output.split())
+        assert version_of(client) == v1  # no restart
+        with EmbeddedStore(workdir.store_path) as store:
+            assert "retired_at" not in (store.get_meta(v1) or {})
+            assert (store.get_meta(v2) or {}).get("retired_at")
+            assert rollback(workdir, store, to=v2) == (v1, v2)
+            with pytest.raises(StoreError, match="already current"):
+                rollback(workdir, store, to=v2)
+            with pytest.raises(StoreError, match="not in the store"):
+                rollback(workdir, store, to="nope")
+        assert version_of(client) == v2
+    missing = CliRunner().invoke(app, ["rollback", "--workdir", str(workdir.root), "--to", "nope"])
+    assert missing.exit_code != 0 and "not in the store" in missing.output

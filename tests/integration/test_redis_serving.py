@@ -6,6 +6,8 @@ without a server the test is skipped locally and fails under ``CI=true``.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,7 @@ def test_publish_and_serve_through_redis_with_hot_swap_and_pruning(
             "redis_url": redis_url,
             "namespace": redis_namespace,
             "keep_versions": 2,
+            "retire_grace_s": 0,
         },
     )
     keys = Keys(redis_namespace)
@@ -104,3 +107,52 @@ def test_publish_and_serve_through_redis_with_hot_swap_and_pruning(
     for kept in (v2, v3):
         assert keys_of(redis_client, keys.version_prefix(kept)) > 1_000
     assert sorted(p.name for p in workdir.bundles_dir.iterdir()) == [v2, v3]
+
+
+def test_hot_swap_under_load_fails_no_request(
+    small_config: Path,
+    redis_url: str,
+    redis_namespace: str,
+    workdir_copy: Callable[..., Workdir],
+    publish_into: Callable[[Workdir, Settings], str],
+    known_user: str,
+) -> None:
+    """A publish while a client sends requests continuously: every request answers 200, not
+    one is degraded, and the answers switch from the old version to the new one."""
+    settings = load_settings(
+        small_config,
+        store={"type": "redis", "redis_url": redis_url, "namespace": redis_namespace},
+    )
+    workdir = workdir_copy(publish=False)
+    v1 = publish_into(workdir, settings)
+    answers: list[tuple[int, str | None, bool]] = []
+    stop = threading.Event()
+    with TestClient(create_app(settings, workdir)) as client:
+
+        def traffic() -> None:
+            while not stop.is_set():
+                response = client.get("/recommend", params={"user_id": known_user})
+                body = response.json() if response.status_code == 200 else {}
+                answers.append((response.status_code, body.get("version"), body.get("degraded")))
+
+        sender = threading.Thread(target=traffic)
+        sender.start()
+        try:
+            while len(answers) < 20:
+                time.sleep(0.01)
+            v2 = publish_into(workdir, settings)  # another client of the same Redis
+            deadline = time.monotonic() + 30
+            while not any(version == v2 for _, version, _ in answers[-5:]):
+                assert time.monotonic() < deadline, "the service never switched version"
+                time.sleep(0.01)
+            time.sleep(0.1)
+        finally:
+            stop.set()
+            sender.join(timeout=30)
+    statuses = {status for status, _, _ in answers}
+    assert statuses == {200}, statuses
+    assert not any(degraded for _, _, degraded in answers)
+    versions = [version for _, version, _ in answers]
+    assert versions[0] == v1 and versions[-1] == v2
+    switch = versions.index(v2)
+    assert set(versions[:switch]) == {v1} and set(versions[switch:]) == {v2}  # one clean flip

@@ -8,7 +8,9 @@ A publish
 2. writes every key of the version into the online store (user and item embeddings as float32
    bytes, user and item feature records, the metadata with the popularity fallback list),
 3. flips the store's ``current`` pointer to the new version in one atomic write, and
-4. deletes versions older than the newest ``store.keep_versions`` (never the current one).
+4. marks the version it replaced as retired, and deletes versions older than the newest
+   ``store.keep_versions`` once they have been retired for ``store.retire_grace_s``
+   (:mod:`feedforge.publish.versions`; never the current one).
 
 Readers resolve ``current`` once per request, so they see either the old or the new version,
 never a mix.
@@ -19,7 +21,6 @@ every event strictly before the snapshot time (the log's last event).
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
@@ -38,6 +39,7 @@ from feedforge.models.base import EmbeddingRecommender
 from feedforge.models.registry import RANKERS, load_ranker, load_recommender
 from feedforge.publish.ann import AnnIndex, AnnKind
 from feedforge.publish.store import OnlineStore
+from feedforge.publish.versions import prune_versions, retire
 from feedforge.workdir import Workdir
 
 BUNDLE_ARTIFACT = "serving-bundle"
@@ -192,22 +194,10 @@ def publish(
         ),
     )
     store.put_meta(version, meta)
+    previous = store.current_version()
     store.set_current(version)
     say(f"version {version} is live")
-    prune_versions(workdir, store, settings.store.keep_versions)
+    if previous is not None and previous != version:
+        retire(store, previous)
+    prune_versions(workdir, store, settings.store.keep_versions, settings.store.retire_grace_s)
     return version
-
-
-def prune_versions(workdir: Workdir, store: OnlineStore, keep: int) -> list[str]:
-    """Delete all but the newest ``keep`` versions (never the current one) and their bundles.
-
-    Returns:
-        The deleted version ids.
-    """
-    current = store.current_version()
-    versions = store.versions()
-    doomed = [v for v in versions[: max(len(versions) - keep, 0)] if v != current]
-    for version in doomed:
-        store.delete_version(version)
-        shutil.rmtree(workdir.bundles_dir / version, ignore_errors=True)
-    return doomed

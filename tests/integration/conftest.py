@@ -17,12 +17,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import polars as pl
 import pytest
 import yaml
@@ -210,3 +216,56 @@ def make_event() -> EventFactory:
         return {k: v for k, v in event.items() if v is not None}
 
     return factory
+
+
+class ServerProcess:
+    """``feedforge serve`` in a process of its own (uvicorn, the app factory, a real socket).
+
+    ``start()`` waits until ``/health/live`` answers; ``kill()`` sends SIGKILL (no shutdown
+    hooks run); ``stop()`` terminates it and returns everything it printed.
+    """
+
+    def __init__(self, workdir: Workdir, config: Path, env: dict[str, str] | None = None) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.command = [
+            sys.executable, "-c", "from feedforge.cli import main; main()", "serve",
+            "--workdir", str(workdir.root), "--config", str(config), "--port", str(self.port),
+        ]  # fmt: skip
+        self.env = {**os.environ, **(env or {})}
+        self.process: subprocess.Popen[str] | None = None
+
+    def start(self, timeout_s: float = 60) -> ServerProcess:
+        self.process = subprocess.Popen(
+            self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env
+        )
+        deadline = time.monotonic() + timeout_s
+        while True:
+            assert self.process.poll() is None, self.process.communicate()[0]
+            try:
+                if httpx.get(f"{self.base}/health/live", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, f"the server did not start in {timeout_s} s"
+            time.sleep(0.1)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.communicate(timeout=30)
+        self.process = None
+
+    def stop(self) -> str:
+        if self.process is None:
+            return ""
+        self.process.terminate()
+        try:
+            output = self.process.communicate(timeout=10)[0]
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            output = self.process.communicate()[0]
+        self.process = None
+        return output

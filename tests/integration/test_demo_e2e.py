@@ -7,10 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +17,8 @@ from typer.testing import CliRunner, Result
 from feedforge.cli import app
 from feedforge.publish.embedded import EmbeddedStore
 from feedforge.workdir import Workdir
+
+from .conftest import ServerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -199,34 +197,9 @@ def test_serve_answers_over_http(
     published_workdir: Workdir, small_config: Path, known_user: str
 ) -> None:
     """``feedforge serve`` in its own process: uvicorn, the app factory, the real socket."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    command = [
-        sys.executable,
-        "-c",
-        "from feedforge.cli import main; main()",
-        "serve",
-        "--workdir",
-        str(published_workdir.root),
-        "--config",
-        str(small_config),
-        "--port",
-        str(port),
-    ]
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
+    server = ServerProcess(published_workdir, small_config).start()
+    base = server.base
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, server.communicate()[0]
-            try:
-                if httpx.get(f"{base}/health/live", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not start in 60 s"
-            time.sleep(0.1)
         health = httpx.get(f"{base}/health", timeout=5)
         assert health.status_code == 200, health.text
         assert health.json()["version"] == current_version(published_workdir.root)
@@ -236,12 +209,7 @@ def test_serve_answers_over_http(
         assert len(feed.json()["items"]) == 5
         assert "Server-Timing" in feed.headers
     finally:
-        server.terminate()
-        try:
-            output = server.communicate(timeout=10)[0]
-        except subprocess.TimeoutExpired:
-            server.kill()
-            output = server.communicate()[0]
+        output = server.stop()
     # Structured logs: every line the service wrote is one JSON object.
     records = [json.loads(line) for line in output.splitlines() if line.strip()]
     assert records and all({"ts", "level", "logger", "message"} <= set(r) for r in records)

@@ -127,6 +127,12 @@ class StoreConfig(_Section):
     redis_url: str = "redis://127.0.0.1:6379/0"
     namespace: str = Field("feedforge", pattern=r"^[A-Za-z0-9_.-]+$")
     socket_timeout_s: float = Field(0.5, gt=0)
+    history_ttl_days: float | None = Field(
+        90.0,
+        gt=0,
+        description="Redis: a user's live history expires this long after their last event "
+        "(None: never). Version keys need no TTL: publish deletes replaced versions",
+    )
     keep_versions: int = Field(
         2, ge=1, description="Newest published versions always kept (rollback targets)"
     )

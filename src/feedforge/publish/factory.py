@@ -32,5 +32,8 @@ def open_store(config: StoreConfig, default_path: Path) -> OnlineStore:
             config.redis_url,
             namespace=config.namespace,
             socket_timeout_s=config.socket_timeout_s,
+            history_ttl_s=None
+            if config.history_ttl_days is None
+            else config.history_ttl_days * 86_400,
         )
     return EmbeddedStore(config.path or default_path, namespace=config.namespace)

@@ -3,7 +3,10 @@
 Design:
 
 * Keys come from :mod:`feedforge.publish.keys`; values are float32 bytes (vectors) and JSON
-  (records, metadata). The client uses ``decode_responses=False`` and hiredis when installed.
+  (records, metadata). A user's live history is a bounded list (``RPUSH`` + ``LTRIM``) that
+  expires ``store.history_ttl_days`` after the user's last event; version keys carry no TTL
+  (publish deletes replaced versions after their grace period). The client uses
+  ``decode_responses=False`` and hiredis when installed.
 * Reads are one round trip per call: one ``MGET`` (or, above :data:`CHUNK` keys, one
   non-transactional pipeline of ``MGET`` s).
 * Bulk writes go through non-transactional pipelines of ``MSET`` s, :data:`CHUNK` keys per
@@ -98,18 +101,30 @@ class RedisStore(OnlineStore):
         url: The server's URL, used in error messages (redacted here).
     """
 
-    def __init__(self, client: redis.Redis, namespace: str = "feedforge", url: str = "") -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        namespace: str = "feedforge",
+        url: str = "",
+        history_ttl_s: float | None = None,
+    ) -> None:
         if client.get_connection_kwargs().get("decode_responses"):
             raise ValidationError("RedisStore needs a client with decode_responses=False")
         self.keys = Keys(namespace)
         self.url = redact_url(url) if url else repr(client)
         self._client = client
+        # A user's live history expires this long after their last event (None: never).
+        self.history_ttl_s = history_ttl_s
         self._set_current = client.register_script(_SET_CURRENT)
         self._unpublish = client.register_script(_UNPUBLISH)
 
     @classmethod
     def from_url(
-        cls, url: str, namespace: str = "feedforge", socket_timeout_s: float = 0.5
+        cls,
+        url: str,
+        namespace: str = "feedforge",
+        socket_timeout_s: float = 0.5,
+        history_ttl_s: float | None = None,
     ) -> RedisStore:
         """Create a store for ``url`` (e.g. ``redis://127.0.0.1:6379/0``); connects lazily.
 
@@ -129,7 +144,7 @@ class RedisStore(OnlineStore):
             )
         except ValueError as exc:
             raise ConfigError(f"invalid Redis URL {redact_url(url)!r}: {exc}") from exc
-        return cls(client, namespace, url=url)
+        return cls(client, namespace, url=url, history_ttl_s=history_ttl_s)
 
     @property
     def client(self) -> redis.Redis:
@@ -266,6 +281,8 @@ class RedisStore(OnlineStore):
             pipe = self._client.pipeline(transaction=False)
             pipe.rpush(key, *item_ids)
             pipe.ltrim(key, -max_len, -1)
+            if self.history_ttl_s is not None:
+                pipe.expire(key, max(1, int(self.history_ttl_s)))
             pipe.execute()
 
     def get_histories(self, user_ids: Sequence[str], n: int) -> list[list[str]]:

@@ -511,3 +511,22 @@ def test_open_store_picks_the_configured_backend(tmp_path: Path) -> None:
     with open_store(redis_config, default) as store:  # connects lazily: nothing is reached
         assert isinstance(store, RedisStore)
         assert store.keys.namespace == "feedforge"
+        assert store.history_ttl_s == 90 * 86_400  # the default store.history_ttl_days
+
+
+@pytest.mark.redis
+def test_redis_histories_expire_after_the_last_event(
+    redis_url: str, redis_namespace: str, redis_client: redis.Redis
+) -> None:
+    store = RedisStore.from_url(redis_url, namespace=redis_namespace, history_ttl_s=3600)
+    store.append_history("u1", ["a", "b"], max_len=10)
+    key = store.keys.history("u1")
+    assert 3590 <= redis_client.ttl(key) <= 3600
+    redis_client.expire(key, 5)
+    store.append_history("u1", ["c"], max_len=10)  # a new event pushes the expiry back
+    assert redis_client.ttl(key) > 3000
+    forever = RedisStore.from_url(redis_url, namespace=redis_namespace, history_ttl_s=None)
+    forever.append_history("u2", ["a"], max_len=10)
+    assert redis_client.ttl(forever.keys.history("u2")) == -1  # no expiry
+    store.close()
+    forever.close()

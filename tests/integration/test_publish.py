@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -230,3 +231,23 @@ def test_rollback_flips_back_and_the_service_follows(
         assert version_of(client) == v2
     missing = CliRunner().invoke(app, ["rollback", "--workdir", str(workdir.root), "--to", "nope"])
     assert missing.exit_code != 0 and "not in the store" in missing.output
+
+
+def test_a_moved_work_directory_is_served_from_its_own_bundles(
+    small_settings: Settings, workdir_copy: Callable[..., Workdir], tmp_path: Path
+) -> None:
+    """A shared volume mounted at another path (a container) still finds the bundles."""
+    workdir = workdir_copy()
+    version = current_version_of(workdir)
+    moved = Workdir.at(tmp_path / "mounted-elsewhere")
+    shutil.move(workdir.root, moved.root)
+    assert not workdir.root.exists()
+    with TestClient(create_app(small_settings, moved)) as client:
+        assert version_of(client) == version
+
+
+def current_version_of(workdir: Workdir) -> str:
+    with EmbeddedStore(workdir.store_path) as store:
+        version = store.current_version()
+    assert version is not None
+    return version

@@ -125,7 +125,9 @@ class FeedService:
                 meta = self.store.get_meta(version)
                 if meta is None:
                     raise NotPublishedError(f"version {version} has no metadata in the store")
-                self._loaded = load_version(self.store, version, meta, self.settings.serving)
+                self._loaded = load_version(
+                    self.store, version, meta, self.settings.serving, self.workdir.bundles_dir
+                )
                 self.metrics.serving(version)
             return self._loaded
 

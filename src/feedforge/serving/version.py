@@ -49,6 +49,7 @@ def load_version(
     version: str,
     meta: dict[str, Any],
     serving: ServingConfig | None = None,
+    bundles_dir: Path | None = None,
 ) -> LoadedVersion:
     """Load a published version's item embeddings (store), ranker and ANN index (bundle).
 
@@ -58,9 +59,15 @@ def load_version(
         meta: Its metadata.
         serving: ``ann`` picks the index (``exact`` ignores the bundle's) and
             ``ann_ef_search`` its search beam; default :class:`ServingConfig`'s defaults.
+        bundles_dir: The service's ``WORKDIR/bundles``: the bundle is read from
+            ``bundles_dir/<version>`` when it is there (a shared volume mounted elsewhere than
+            on the publishing host, e.g. in a container), else from the path the publisher
+            recorded.
     """
     cfg = serving or ServingConfig()
     bundle = Path(meta["bundle"])
+    if bundles_dir is not None and (bundles_dir / version / "manifest.json").is_file():
+        bundle = bundles_dir / version
     command = "feedforge publish"
     items = IdMap.load(bundle / "item_ids.parquet", command)
     ids = items.ids.to_list()

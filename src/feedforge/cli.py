@@ -6,6 +6,7 @@ Every command takes ``--workdir`` (where artifacts live) and ``--config`` (a YAM
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
@@ -314,6 +315,54 @@ def evaluate_cmd(workdir: WorkdirOpt = DEFAULT_WORKDIR, config: ConfigOpt = None
 def publish_cmd(workdir: WorkdirOpt = DEFAULT_WORKDIR, config: ConfigOpt = None) -> None:
     """Publish embeddings, features and models as a new version of the online store."""
     run_publish(Workdir.at(workdir), _settings(config))
+
+
+@app.command("batch-score")
+@_clean_errors
+def batch_score_cmd(
+    workdir: WorkdirOpt = DEFAULT_WORKDIR,
+    config: ConfigOpt = None,
+    top_n: Annotated[int, typer.Option(min=1, help="Items per user")] = 100,
+    out: Annotated[
+        Path | None, typer.Option(help="Parquet file; default WORKDIR/batch/feeds.parquet")
+    ] = None,
+    to_store: Annotated[
+        bool,
+        typer.Option(help="Also store them as precomputed feeds of the current version"),
+    ] = False,
+    chunk_users: Annotated[int, typer.Option(min=1, help="Users scored per chunk")] = 2_000,
+) -> None:
+    """Offline batch scoring: top-N of every user, in chunks, into Parquet (and the store)."""
+    from feedforge.publish.factory import open_store
+    from feedforge.serving.batch import batch_score
+
+    settings = _settings(config)
+    wd = Workdir.at(workdir)
+    path = out or wd.root / "batch" / "feeds.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        store = stack.enter_context(open_store(settings.store, wd.store_path)) if to_store else None
+        bar = stack.enter_context(
+            Progress(
+                TextColumn("[bold]batch-score"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total} users"),
+                TimeElapsedColumn(),
+                console=console,
+            )
+        )
+        task = bar.add_task("batch-score", total=None)
+        result = batch_score(
+            wd,
+            settings,
+            top_n,
+            path,
+            store,
+            chunk_users,
+            lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    stored = f"; stored as precomputed feeds of {result.version}" if result.version else ""
+    console.print(f"{result.rows} rows for {result.users} users written to {path}{stored}")
 
 
 @app.command("rollback")

@@ -183,6 +183,14 @@ class ServingConfig(_Section):
         description="Log every served feed (request id, user, items, scores, propensities, "
         "version) to WORKDIR/feedlog as training and off-policy-evaluation data",
     )
+    precomputed: bool = Field(
+        False,
+        description="Answer from the precomputed feeds of `feedforge batch-score --to-store` "
+        "while they are fresh (items consumed since are dropped); the online pipeline otherwise",
+    )
+    precomputed_max_age_s: float = Field(
+        86_400.0, gt=0, description="A precomputed feed older than this is not used"
+    )
     store_retry_s: float = Field(
         1.0,
         gt=0,

@@ -64,7 +64,29 @@ def two_stage_recommend(
     Returns:
         ``(U, k)`` item indices.
     """
+    items, _ = two_stage_scores(
+        retrieval, ranker, dataset, snapshot, now, user_idx, k, n_candidates, exclude
+    )
+    return items
+
+
+def two_stage_scores(
+    retrieval: EmbeddingRecommender,
+    ranker: Ranker | None,
+    dataset: Dataset,
+    snapshot: tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame],
+    now: datetime,
+    user_idx: np.ndarray,
+    k: int,
+    n_candidates: int,
+    exclude: sp.csr_matrix,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`two_stage_recommend` with the scores: ``(U, k)`` item indices and their ranker
+    scores (retrieval scores without a ranker; ``-inf`` where fewer than ``k`` items remain
+    after ``exclude``)."""
     cand, cand_scores = retrieval.recommend(user_idx, n_candidates, exclude=exclude)
+    if ranker is None:
+        return cand[:, :k], cand_scores[:, :k].astype(np.float64)
     n_users, n_cand = cand.shape
     flat_users = np.repeat(user_idx, n_cand)
     flat_items = cand.reshape(-1)
@@ -83,8 +105,8 @@ def two_stage_recommend(
     p = ranker.score(X).reshape(n_users, n_cand)
     # Excluded items only fill the list when fewer than n_candidates remain: keep them last.
     p[~np.isfinite(cand_scores)] = -np.inf
-    order, _ = top_k(p, k)
-    return np.take_along_axis(cand, order, axis=1)
+    order, top = top_k(p, k)
+    return np.take_along_axis(cand, order, axis=1), top.astype(np.float64)
 
 
 def ranker_metrics(ranker: Ranker, data: RankingData, k: int = 10) -> dict[str, Any]:

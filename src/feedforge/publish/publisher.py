@@ -45,6 +45,7 @@ from feedforge.workdir import Workdir
 BUNDLE_ARTIFACT = "serving-bundle"
 BUNDLE_SCHEMA_VERSION = 1
 USER_EMB, ITEM_EMB, USER_FEAT, ITEM_FEAT = "user_emb", "item_emb", "user_feat", "item_feat"
+FEED = "feed"  # precomputed feeds of `feedforge batch-score` (feedforge.serving.batch)
 POPULAR_LIST_SIZE = 1_000
 ANN_DIR = "ann"
 ANN_SEED = 0

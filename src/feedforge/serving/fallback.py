@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from feedforge.artifacts import read_manifest
-from feedforge.errors import ArtifactError
+from feedforge.errors import ArtifactError, StoreUnavailableError
 from feedforge.publish.publisher import BUNDLE_ARTIFACT, BUNDLE_SCHEMA_VERSION
 from feedforge.publish.store import OnlineStore
 
@@ -82,6 +82,30 @@ def newest_bundle_popular(bundles_dir: Path) -> tuple[str, list[str]] | None:
         if isinstance(popular, list) and popular:
             return manifest.version, [str(item) for item in popular]
     return None
+
+
+class DiskFallback:
+    """The newest bundle's popular list, read once (for a service started with the store
+    down)."""
+
+    def __init__(self, bundles_dir: Path) -> None:
+        self.bundles_dir = bundles_dir
+        self._found: tuple[str, list[str]] | None = None
+
+    def get(self, store_error: str | None) -> tuple[str, list[str]]:
+        """``(version, popular item ids)``.
+
+        Raises:
+            StoreUnavailableError: no bundle on disk has a popular list.
+        """
+        if self._found is None:
+            self._found = newest_bundle_popular(self.bundles_dir)
+        if self._found is None:
+            raise StoreUnavailableError(
+                f"the online store is unavailable ({store_error}) and no published bundle is "
+                "on disk to fall back to"
+            )
+        return self._found
 
 
 class PendingHistories:

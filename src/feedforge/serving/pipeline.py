@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,10 +51,10 @@ from feedforge.events.log import AppendResult, EventLog
 from feedforge.events.schema import Event, EventType
 from feedforge.monitoring.metrics import ServiceMetrics
 from feedforge.publish.ann import RetrievalMethod
-from feedforge.publish.publisher import ITEM_FEAT, USER_EMB, USER_FEAT
+from feedforge.publish.publisher import FEED, ITEM_FEAT, USER_EMB, USER_FEAT
 from feedforge.publish.store import OnlineStore
 from feedforge.serving.explain import DEGRADED, POPULAR, Explanation, explain_by_history
-from feedforge.serving.fallback import PendingHistories, StoreGuard, newest_bundle_popular
+from feedforge.serving.fallback import DiskFallback, PendingHistories, StoreGuard
 from feedforge.serving.feedlog import FeedLog
 from feedforge.serving.rerank import Candidates, needs_item_metadata, pinned_item_ids, rerank
 from feedforge.serving.version import LoadedVersion, load_version
@@ -102,7 +103,7 @@ class FeedService:
         self.guard = StoreGuard(settings.serving.store_retry_s)
         self.feed_log = FeedLog(workdir.feedlog_dir) if settings.serving.feed_log else None
         self.pending = PendingHistories()
-        self._disk_fallback: tuple[str, list[str]] | None = None
+        self._disk_fallback = DiskFallback(workdir.bundles_dir)
 
     # -- version cache ------------------------------------------------------------------------
     def current(self) -> LoadedVersion:
@@ -189,14 +190,7 @@ class FeedService:
         if loaded is not None:
             version, popular = loaded.version, loaded.popular
         else:
-            if self._disk_fallback is None:
-                self._disk_fallback = newest_bundle_popular(self.workdir.bundles_dir)
-            if self._disk_fallback is None:
-                raise StoreUnavailableError(
-                    f"the online store is unavailable ({self.guard.last_error}) and no "
-                    "published bundle is on disk to fall back to"
-                )
-            version, popular = self._disk_fallback
+            version, popular = self._disk_fallback.get(self.guard.last_error)
         picked = popular[:k]
         return Feed(
             user_id=user_id,
@@ -221,6 +215,10 @@ class FeedService:
             seen = set(record.get("seen", ())) | set(history)
             hist_idx = [i for i in (state.items.get(h) for h in history) if i is not None]
 
+            if cfg.precomputed:
+                precomputed = self._precomputed(state, user_id, k, seen, record, history)
+                if precomputed is not None:
+                    return precomputed
             if not found[0] and not hist_idx:
                 return self._popular(state, user_id, k, seen)
             query = np.zeros(state.item_matrix.shape[1], dtype=np.float32)
@@ -271,15 +269,7 @@ class FeedService:
                 reranking,
             )
         metrics.feeds.labels(strategy="personalized").inc()
-        shown_idx = np.asarray([state.items.get(i) for i in shown.item_ids], dtype=np.int64)
-        known_history = [*record.get("seen", ()), *reversed(history)]  # most recent last
-        history_idx = [(j, i) for i in known_history if (j := state.items.get(i)) is not None]
-        explanations = explain_by_history(
-            state.item_matrix,
-            shown_idx,
-            np.asarray([j for j, _ in history_idx], dtype=np.int64),
-            [i for _, i in history_idx],
-        )
+        explanations = self._explain(state, shown.item_ids, record, history)
         return Feed(
             user_id=user_id,
             version=state.version,
@@ -289,6 +279,55 @@ class FeedService:
             retrieval=found_cand.method,
             propensities=shown.propensities,
             explanations=explanations,
+        )
+
+    def _precomputed(
+        self,
+        state: LoadedVersion,
+        user_id: str,
+        k: int,
+        seen: set[str],
+        record: dict[str, Any],
+        history: list[str],
+    ) -> Feed | None:
+        """The user's fresh precomputed feed minus consumed items, if it still has ``k``."""
+        stored = self.store.get_records(state.version, FEED, [user_id])[0]
+        if not stored:
+            return None
+        age_s = time.time() - float(stored.get("computed_at_s", 0.0))
+        if age_s > self.settings.serving.precomputed_max_age_s:
+            return None
+        kept = [(i, s) for i, s in zip(stored["items"], stored["scores"], strict=True)]
+        kept = [(i, s) for i, s in kept if i not in seen][:k]
+        if len(kept) < k:
+            return None
+        self.metrics.feeds.labels(strategy="precomputed").inc()
+        item_ids = [i for i, _ in kept]
+        return Feed(
+            user_id=user_id,
+            version=state.version,
+            strategy="precomputed",
+            item_ids=item_ids,
+            scores=[float(s) for _, s in kept],
+            explanations=self._explain(state, item_ids, record, history),
+        )
+
+    def _explain(
+        self,
+        state: LoadedVersion,
+        item_ids: list[str],
+        record: dict[str, Any],
+        history: list[str],
+    ) -> list[Explanation]:
+        """Explanations of shown items by the user's history (published seen + live)."""
+        shown_idx = np.asarray([state.items.get(i) for i in item_ids], dtype=np.int64)
+        known_history = [*record.get("seen", ()), *reversed(history)]  # most recent last
+        history_idx = [(j, i) for i in known_history if (j := state.items.get(i)) is not None]
+        return explain_by_history(
+            state.item_matrix,
+            shown_idx,
+            np.asarray([j for j, _ in history_idx], dtype=np.int64),
+            [i for _, i in history_idx],
         )
 
     def _features(

@@ -42,8 +42,10 @@ class FeedResponse(BaseModel):
     )
     user_id: str
     version: str = Field(description="The published version that served this feed")
-    strategy: Literal["personalized", "popular"] = Field(
-        description="`popular` for cold-start users with neither embedding nor history"
+    strategy: Literal["personalized", "popular", "precomputed"] = Field(
+        description="`personalized` (the online pipeline), `precomputed` (a fresh feed of "
+        "`feedforge batch-score`, with serving.precomputed on), or `popular` (cold-start "
+        "users with neither embedding nor history, and degraded answers)"
     )
     items: list[ScoredItem]
     degraded: bool = Field(

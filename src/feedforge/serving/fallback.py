@@ -134,8 +134,10 @@ class PendingHistories:
                     len(dropped),
                 )
 
-    def flush(self, store: OnlineStore, max_len: int) -> None:
-        """Write every held update to ``store``; what fails stays held.
+    def flush(self, store: OnlineStore, max_len: int, max_users: int = 1_000) -> None:
+        """Write held updates to ``store``, oldest users first, at most ``max_users`` per call
+        (so the first request after an outage does not carry the whole backlog); what fails
+        stays held.
 
         Raises:
             feedforge.errors.StoreError: the store failed (the rest stays held).
@@ -143,7 +145,7 @@ class PendingHistories:
         if not self._count:
             return
         with self._lock:
-            while self._items:
+            for _ in range(min(max_users, len(self._items))):
                 user_id = next(iter(self._items))
                 store.append_history(user_id, self._items[user_id], max_len)
                 self._count -= len(self._items.pop(user_id))

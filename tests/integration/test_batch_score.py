@@ -115,3 +115,25 @@ def test_precomputed_feeds_need_the_served_versions_dataset(
         store.put_meta(version, {**meta, "dataset_version": "another-dataset"})
         with pytest.raises(StoreError, match="publish these models first"):
             batch_score(workdir, small_settings, 5, None, store)
+
+
+def test_precomputed_feeds_go_through_the_business_rules(
+    workdir_copy: Callable[..., Workdir], small_settings: Settings, known_user: str
+) -> None:
+    workdir = workdir_copy()
+    settings = with_serving(small_settings, precomputed=True)
+    with EmbeddedStore(workdir.store_path) as store:
+        batch_score(workdir, settings, 30, None, store)
+        stored = store.get_records(store.current_version() or "", FEED, [known_user])[0]
+    assert stored is not None
+    blocked, pinned = stored["items"][0], stored["items"][-1]
+    rules = [
+        {"action": "block", "item_ids": [blocked]},
+        {"action": "pin", "item_ids": [pinned], "position": 0},
+    ]
+    ruled = Settings(**{**settings.model_dump(), "reranking": {"rules": rules}})
+    with TestClient(create_app(ruled, workdir)) as client:
+        feed = client.get("/recommend", params={"user_id": known_user, "k": 10}).json()
+    shown = [i["item_id"] for i in feed["items"]]
+    assert feed["strategy"] == "precomputed"
+    assert blocked not in shown and shown[0] == pinned and len(shown) == 10

@@ -11,7 +11,8 @@ Chunks of users go:
 * optionally to the online store, as the precomputed feed of each user under the current
   published version (key kind :data:`feedforge.publish.publisher.FEED`). A service with
   ``serving.precomputed: true`` answers from it while it is younger than
-  ``serving.precomputed_max_age_s`` (dropping items consumed since), and runs the online
+  ``serving.precomputed_max_age_s`` (dropping items consumed since, and re-ranking the rest
+  with the online re-ranking stage: rules, caps, freshness, exploration), and runs the online
   pipeline otherwise.
 
 Precomputed feeds are only written when the published version was built from the same

@@ -56,7 +56,13 @@ from feedforge.publish.store import OnlineStore
 from feedforge.serving.explain import DEGRADED, POPULAR, Explanation, explain_by_history
 from feedforge.serving.fallback import DiskFallback, PendingHistories, StoreGuard
 from feedforge.serving.feedlog import FeedLog
-from feedforge.serving.rerank import Candidates, needs_item_metadata, pinned_item_ids, rerank
+from feedforge.serving.rerank import (
+    Candidates,
+    Reranked,
+    needs_item_metadata,
+    pinned_item_ids,
+    rerank,
+)
 from feedforge.serving.version import LoadedVersion, load_version
 from feedforge.workdir import Workdir
 
@@ -257,17 +263,7 @@ class FeedService:
             ranker = state.ranker
             scores = retrieval_scores if ranker is None or X is None else ranker.score(X)
         with metrics.stage("rerank"):
-            shown = rerank(
-                Candidates(
-                    item_ids=cand_ids,
-                    scores=scores,
-                    categories=[(r or {}).get("category", "") for r in records],
-                    age_days=_age_days(records, state.now()),
-                    vectors=state.item_matrix[cand] if reranking.mmr_lambda is not None else None,
-                ),
-                k,
-                reranking,
-            )
+            shown = self._rerank(state, cand_ids, scores, records, k)
         metrics.feeds.labels(strategy="personalized").inc()
         explanations = self._explain(state, shown.item_ids, record, history)
         return Feed(
@@ -297,19 +293,61 @@ class FeedService:
         age_s = time.time() - float(stored.get("computed_at_s", 0.0))
         if age_s > self.settings.serving.precomputed_max_age_s:
             return None
-        kept = [(i, s) for i, s in zip(stored["items"], stored["scores"], strict=True)]
-        kept = [(i, s) for i, s in kept if i not in seen][:k]
+        kept = [
+            (i, s) for i, s in zip(stored["items"], stored["scores"], strict=True) if i not in seen
+        ]
         if len(kept) < k:
             return None
+        # The same re-ranking as the online path (rules, caps, freshness, exploration), over
+        # the stored candidates plus any pinned item.
+        ids = [i for i, _ in kept]
+        scores = [float(s) for _, s in kept]
+        floor = min(scores)
+        for item_id in pinned_item_ids(self.settings.reranking):
+            if item_id not in seen and item_id not in ids and state.items.get(item_id) is not None:
+                ids.append(item_id)
+                scores.append(floor)
+        shown = self._rerank(state, ids, np.asarray(scores, dtype=np.float64), None, k)
         self.metrics.feeds.labels(strategy="precomputed").inc()
-        item_ids = [i for i, _ in kept]
         return Feed(
             user_id=user_id,
             version=state.version,
             strategy="precomputed",
-            item_ids=item_ids,
-            scores=[float(s) for _, s in kept],
-            explanations=self._explain(state, item_ids, record, history),
+            item_ids=shown.item_ids,
+            scores=shown.scores,
+            propensities=shown.propensities,
+            explanations=self._explain(state, shown.item_ids, record, history),
+        )
+
+    def _rerank(
+        self,
+        state: LoadedVersion,
+        item_ids: list[str],
+        scores: np.ndarray,
+        records: list[dict[str, Any] | None] | None,
+        k: int,
+    ) -> Reranked:
+        """Re-rank scored candidates (``records``: their item records, read here in one
+        batch when re-ranking needs categories or ages and the caller has none)."""
+        reranking = self.settings.reranking
+        if records is None:
+            records = [None] * len(item_ids)
+            if needs_item_metadata(reranking):
+                records = self.store.get_records(state.version, ITEM_FEAT, item_ids)
+        vectors = None
+        if reranking.mmr_lambda is not None:
+            idx = np.asarray([state.items.get(i) for i in item_ids], dtype=np.int64)
+            vectors = state.item_matrix[idx]
+        return rerank(
+            Candidates(
+                item_ids=item_ids,
+                scores=scores,
+                categories=[(r or {}).get("category", "") for r in records],
+                age_days=_age_days(records, state.now()),
+                vectors=vectors,
+            ),
+            k,
+            reranking,
         )
 
     def _explain(

@@ -289,6 +289,42 @@ def bench_ranking_cmd(
     console.print(f"written to {out}")
 
 
+@bench_app.command("serve")
+@_clean_errors
+def bench_serve_cmd(
+    config: ConfigOpt = None,
+    items: Annotated[int, typer.Option(min=100, help="Catalog size")] = 1_000_000,
+    users: Annotated[int, typer.Option(min=100, help="Simulated users")] = 20_000,
+    days: Annotated[int, typer.Option(min=4, help="Simulated days")] = 7,
+    rate: Annotated[float, typer.Option(min=1, help="Requests per second (open loop)")] = 200.0,
+    duration: Annotated[float, typer.Option(min=1, help="Seconds of load")] = 60.0,
+    workers: Annotated[int, typer.Option(min=1, help="Service worker processes")] = 2,
+    candidates: Annotated[int, typer.Option(min=1, help="Candidates ranked per request")] = 500,
+    redis_url: Annotated[str, typer.Option(help="The Redis to publish to")] = (
+        "redis://127.0.0.1:6379/0"
+    ),
+    out: Annotated[Path, typer.Option(help="Where the tables go")] = Path("docs/benchmarks"),
+) -> None:
+    """Latency under load: publish a simulated catalog to Redis, serve it, drive it."""
+    from feedforge.bench.serve import LoadSpec, run_serve
+
+    spec = LoadSpec(
+        items=items,
+        users=users,
+        days=days,
+        rate=rate,
+        duration_s=duration,
+        workers=workers,
+        candidates=candidates,
+        redis_url=redis_url,
+    )
+    with _progress("bench serve") as say:
+        report = run_serve(_settings(config), spec, out, progress=say)
+    for target in report["targets"]:
+        console.print(f"{target['target']}: {target['measured']} (met: {target['met']})")
+    console.print(f"written to {out}")
+
+
 @app.command("build")
 @_clean_errors
 def build_cmd(workdir: WorkdirOpt = DEFAULT_WORKDIR, config: ConfigOpt = None) -> None:

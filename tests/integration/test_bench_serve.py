@@ -1,0 +1,41 @@
+"""The load benchmark end to end at a toy size (structure only: timings are the benchmark's
+business, not a test's)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import redis
+
+from feedforge.bench.serve import LoadSpec, run_serve
+from feedforge.config import Settings
+from feedforge.publish.keys import Keys, glob_pattern
+
+from .conftest import SMALL_CONFIG
+
+pytestmark = [pytest.mark.integration, pytest.mark.redis]
+
+
+def test_bench_serve_reports_latency_floor_profile_and_ingestion(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis
+) -> None:
+    spec = LoadSpec(
+        items=400, users=300, days=6, rate=20, duration_s=2, workers=1, candidates=50,
+        ingest_seconds=1, ingest_batch=100, floor_users=20, redis_url=redis_url,
+    )  # fmt: skip
+    report = run_serve(Settings(**SMALL_CONFIG), spec, tmp_path)
+    saved = json.loads((tmp_path / "serve.json").read_text())
+    assert saved["command"].startswith("feedforge ")
+    feeds = saved["feeds"]
+    assert feeds["requests"] > 10 and feeds["statuses"].get("200") == feeds["requests"]
+    assert feeds["errors"] == 0 and 0 < feeds["p50_ms"] <= feeds["p99_ms"]
+    floor = saved["compute_floor"]
+    assert floor["candidates"] == 50 and floor["floor_p50_ms"] > 0
+    assert set(saved["profile_one_worker"]) == {"retrieve", "features", "score", "rerank"}
+    assert saved["ingestion"]["acknowledged"] > 0 and saved["ingestion"]["failed"] == 0
+    assert report["targets"][0]["target"].startswith("p99")
+    assert "| p99 <= 25 ms" in (tmp_path / "serve.md").read_text()
+    pattern = glob_pattern(Keys(saved["namespace"]).prefix)
+    assert not list(redis_client.scan_iter(match=pattern, count=10_000))  # cleaned up

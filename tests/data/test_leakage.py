@@ -30,6 +30,7 @@ from feedforge.datasets.features import (
     user_records,
 )
 from feedforge.events.schema import EVENT_SCHEMA, ITEM_SCHEMA
+from feedforge.serving.item_table import ItemTable, raw_from_table
 
 if TYPE_CHECKING:
     from conftest import Built
@@ -375,7 +376,46 @@ def test_store_records_give_the_snapshot_counters() -> None:
             by_user.get(user), [by_item.get(i) for i in candidates], cutoff.timestamp(), device
         )
         assert missing == 1  # i-unknown has no record: documented defaults
+        # The service's in-memory snapshot (records read once per version) gives the same.
+        table = ItemTable.from_records([by_item.get(i) for i in candidates])
+        served, served_missing = raw_from_table(
+            by_user.get(user), table, np.arange(len(candidates)), cutoff.timestamp(), device
+        )
+        assert served_missing == 1
         for name in RAW_COUNTERS:
             expected = offline.get_column(name).cast(pl.Float64).to_numpy()
             np.testing.assert_allclose(raw[name], expected, atol=1e-6, err_msg=f"{user} {name}")
+            np.testing.assert_array_equal(served[name], raw[name], err_msg=f"{user} {name}")
     assert by_user["u1"]["last_device"] == 0  # COUNTER_LOG impressions carry no device
+
+
+def test_the_in_memory_item_snapshot_equals_the_records_path_field_by_field() -> None:
+    """Records with missing fields, missing records and unseen categories: both service paths
+    give identical raw counters (the table path is the one serving uses)."""
+    rng = np.random.default_rng(3)
+    records: list[dict[str, Any] | None] = []
+    for j in range(60):
+        if j % 7 == 0:
+            records.append(None)
+            continue
+        rec: dict[str, Any] = {
+            "item_impressions": int(rng.integers(0, 500)),
+            "item_clicks": int(rng.integers(0, 50)),
+            "category": f"c{j % 4}",
+            "created_at_s": float(1.7e9 + j * 3600),
+            "duration_seconds": float(rng.integers(60, 7200)),
+            "price": float(rng.choice([0.0, 4.99])),
+        }
+        if j % 5 == 0:
+            del rec["created_at_s"], rec["category"]  # an older publisher's record
+        records.append(rec)
+    user = {"user_impressions": 40, "category_clicks": {"c1": 3, "c2": 1, "": 2}}
+    idx = rng.permutation(60)[:40]
+    table = ItemTable.from_records(records)
+    for who, device in ((user, None), (None, "tv"), ({"last_device": 2}, None)):
+        expected, missing = raw_from_records(who, [records[j] for j in idx], 1.71e9, device)
+        got, got_missing = raw_from_table(who, table, idx, 1.71e9, device)
+        assert got_missing == missing > 0
+        assert set(got) == set(expected)
+        for name in expected:
+            np.testing.assert_array_equal(got[name], expected[name], err_msg=name)

@@ -52,6 +52,8 @@ WINDOWS: dict[str, timedelta] = {"1d": timedelta(days=1), "7d": timedelta(days=7
 DEVICES: tuple[str, ...] = ("tv", "mobile", "web")
 """Devices with a one-hot feature; ``device_code`` ``j + 1`` is ``DEVICES[j]``, 0 unknown."""
 _DEVICE_CODES: dict[str, int] = {d: j + 1 for j, d in enumerate(DEVICES)}
+DEVICE_CODES = _DEVICE_CODES
+"""Device name -> ``device_code`` (0: unknown)."""
 
 _WINDOWED = ("user_impressions", "user_clicks", "item_impressions", "item_clicks")
 

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from feedforge.config import Settings
-from feedforge.datasets.features import derive_features, raw_from_records
+from feedforge.datasets.features import derive_features
 from feedforge.errors import (
     NotPublishedError,
     StoreUnavailableError,
@@ -51,15 +51,15 @@ from feedforge.events.log import AppendResult, EventLog
 from feedforge.events.schema import Event, EventType
 from feedforge.monitoring.metrics import ServiceMetrics
 from feedforge.publish.ann import RetrievalMethod
-from feedforge.publish.publisher import FEED, ITEM_FEAT, USER_EMB, USER_FEAT
+from feedforge.publish.publisher import FEED, USER_EMB, USER_FEAT
 from feedforge.publish.store import OnlineStore
 from feedforge.serving.explain import DEGRADED, POPULAR, Explanation, explain_by_history
 from feedforge.serving.fallback import DiskFallback, PendingHistories, StoreGuard
 from feedforge.serving.feedlog import FeedLog
+from feedforge.serving.item_table import raw_from_table
 from feedforge.serving.rerank import (
     Candidates,
     Reranked,
-    needs_item_metadata,
     pinned_item_ids,
     rerank,
 )
@@ -72,12 +72,6 @@ HISTORY_EVENTS = frozenset(
     {EventType.CLICK, EventType.WATCH, EventType.LIKE, EventType.PURCHASE, EventType.RATING}
 )
 """Event types that enter a user's live history (impressions and skips do not)."""
-
-
-def _age_days(records: list[dict[str, Any] | None], now_s: float) -> np.ndarray:
-    """``(N,)`` item ages in days at ``now_s`` from feature records (NaN when unknown)."""
-    created = [r.get("created_at_s") if r is not None else None for r in records]
-    return np.array([np.nan if c is None else (now_s - c) / 86_400.0 for c in created])
 
 
 @dataclass(frozen=True)
@@ -246,24 +240,21 @@ class FeedService:
                     cand_scores.append(float(state.item_matrix[idx] @ query))
             if not cand:
                 return self._popular(state, user_id, k, seen)
-        cand_ids = state.items.id_of(np.asarray(cand, dtype=np.int64))
-        reranking = self.settings.reranking
+        cand_idx = np.asarray(cand, dtype=np.int64)
+        cand_ids = state.items.id_of(cand_idx)
         retrieval_scores = np.asarray(cand_scores, dtype=np.float64)
-        # One batched read of the candidates' feature records, when the ranker or re-ranking
-        # (categories, ages) reads them.
-        records: list[dict[str, Any] | None] = [None] * len(cand_ids)
         X = None
         with metrics.stage("features"):
-            if state.ranker is not None or needs_item_metadata(reranking):
-                records = self.store.get_records(state.version, ITEM_FEAT, cand_ids)
+            # The candidates' item features come from the version's in-memory snapshot
+            # (read from the store once, at load); the user's from this request's read.
             if state.ranker is not None:
-                X = self._features(state, user_record, records, retrieval_scores, device)
+                X = self._features(state, user_record, cand_idx, retrieval_scores, device)
         with metrics.stage("score"):
             # The ranker's one batched call; without a ranker, the retrieval order.
             ranker = state.ranker
             scores = retrieval_scores if ranker is None or X is None else ranker.score(X)
         with metrics.stage("rerank"):
-            shown = self._rerank(state, cand_ids, scores, records, k)
+            shown = self._rerank(state, cand_idx, cand_ids, scores, k)
         metrics.feeds.labels(strategy="personalized").inc()
         explanations = self._explain(state, shown.item_ids, record, history)
         return Feed(
@@ -300,14 +291,17 @@ class FeedService:
             return None
         # The same re-ranking as the online path (rules, caps, freshness, exploration), over
         # the stored candidates plus any pinned item.
-        ids = [i for i, _ in kept]
-        scores = [float(s) for _, s in kept]
+        ids = [i for i, _ in kept if state.items.get(i) is not None]
+        scores = [float(s) for i, s in kept if state.items.get(i) is not None]
+        if len(ids) < k:
+            return None
         floor = min(scores)
         for item_id in pinned_item_ids(self.settings.reranking):
             if item_id not in seen and item_id not in ids and state.items.get(item_id) is not None:
                 ids.append(item_id)
                 scores.append(floor)
-        shown = self._rerank(state, ids, np.asarray(scores, dtype=np.float64), None, k)
+        idx = np.asarray([state.items.get(i) for i in ids], dtype=np.int64)
+        shown = self._rerank(state, idx, ids, np.asarray(scores, dtype=np.float64), k)
         self.metrics.feeds.labels(strategy="precomputed").inc()
         return Feed(
             user_id=user_id,
@@ -322,29 +316,22 @@ class FeedService:
     def _rerank(
         self,
         state: LoadedVersion,
+        idx: np.ndarray,
         item_ids: list[str],
         scores: np.ndarray,
-        records: list[dict[str, Any] | None] | None,
         k: int,
     ) -> Reranked:
-        """Re-rank scored candidates (``records``: their item records, read here in one
-        batch when re-ranking needs categories or ages and the caller has none)."""
+        """Re-rank scored candidates (item indices ``idx``, ids ``item_ids``); categories and
+        ages come from the version's item snapshot."""
         reranking = self.settings.reranking
-        if records is None:
-            records = [None] * len(item_ids)
-            if needs_item_metadata(reranking):
-                records = self.store.get_records(state.version, ITEM_FEAT, item_ids)
-        vectors = None
-        if reranking.mmr_lambda is not None:
-            idx = np.asarray([state.items.get(i) for i in item_ids], dtype=np.int64)
-            vectors = state.item_matrix[idx]
+        table = state.item_table
         return rerank(
             Candidates(
                 item_ids=item_ids,
                 scores=scores,
-                categories=[(r or {}).get("category", "") for r in records],
-                age_days=_age_days(records, state.now()),
-                vectors=vectors,
+                categories=table.category[idx].tolist(),
+                age_days=table.age_days(idx, state.now()),
+                vectors=state.item_matrix[idx] if reranking.mmr_lambda is not None else None,
             ),
             k,
             reranking,
@@ -372,18 +359,18 @@ class FeedService:
         self,
         state: LoadedVersion,
         user: dict[str, Any] | None,
-        records: list[dict[str, Any] | None],
+        idx: np.ndarray,
         retrieval: np.ndarray,
         device: str | None,
     ) -> np.ndarray:
-        """The ranker's ``(N, F)`` features of the candidates from the user's and their
-        records (read in one batch).
+        """The ranker's ``(N, F)`` features of candidates ``idx``: the user's record (read
+        this request) and the items' rows of the version's snapshot.
 
         A user or candidate missing from the snapshot takes the documented defaults
         (:func:`~feedforge.datasets.features.raw_from_records`) and is counted in
         ``feedforge_missing_features_total{kind="user"|"item"}``.
         """
-        raw, missing = raw_from_records(user, records, state.now(), device)
+        raw, missing = raw_from_table(user, state.item_table, idx, state.now(), device)
         if user is None:
             self.metrics.missing_features.labels(kind="user").inc()
         if missing:

@@ -1,6 +1,7 @@
-"""One published version loaded in memory: item ids and embeddings (from the store), the
-ranker and the ANN index (from the version's bundle). A version published with another feature
-list than the code's is refused; the ranker is placed on ``serving.ranker_device``."""
+"""One published version loaded in memory: item ids, embeddings and feature snapshot (from
+the store, read once), the ranker and the ANN index (from the version's bundle). A version
+published with another feature list than the code's is refused; the ranker is placed on
+``serving.ranker_device``."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ from feedforge.models.base import Ranker
 from feedforge.models.ranker_utils import feature_difference
 from feedforge.models.registry import load_ranker
 from feedforge.publish.ann import AnnIndex, load_or_exact
-from feedforge.publish.publisher import ANN_DIR, ITEM_EMB
+from feedforge.publish.publisher import ANN_DIR, ITEM_EMB, ITEM_FEAT
 from feedforge.publish.store import OnlineStore
+from feedforge.serving.item_table import ItemTable
 
 _LOAD_CHUNK = 10_000
 
@@ -33,6 +35,7 @@ class LoadedVersion:
     meta: dict[str, Any]
     items: IdMap
     item_matrix: np.ndarray  # (n_items, D) float32
+    item_table: ItemTable  # the item feature snapshot, rows aligned with item_matrix
     index: AnnIndex  # candidate retrieval over item_matrix
     ranker: Ranker | None  # None: candidates are ordered by their retrieval score
     popular: list[str]
@@ -76,6 +79,10 @@ def load_version(
         vectors, _found = store.get_vectors(version, ITEM_EMB, ids[start : start + _LOAD_CHUNK])
         parts.append(vectors)
     matrix = np.vstack(parts) if parts else np.zeros((0, int(meta["dim"])), dtype=np.float32)
+    records: list[dict[str, Any] | None] = []
+    for start in range(0, len(ids), _LOAD_CHUNK):
+        records += store.get_records(version, ITEM_FEAT, ids[start : start + _LOAD_CHUNK])
+    item_table = ItemTable.from_records(records)
     matrix = np.ascontiguousarray(matrix, dtype=np.float32)
     if cfg.ann == "exact":
         index = AnnIndex.exact(matrix)
@@ -107,6 +114,7 @@ def load_version(
         meta=meta,
         items=items,
         item_matrix=matrix,
+        item_table=item_table,
         index=index,
         ranker=ranker,
         popular=list(meta["popular"]),

@@ -1,0 +1,114 @@
+"""A published version's item feature snapshot, held in memory as arrays.
+
+Item records are immutable within a version (the publisher snapshots them), so the service
+reads them from the online store once, when it loads the version, instead of fetching and
+decoding the candidates' JSON records on every request (the load benchmark measured that at
+10 ms of a 24 ms request for 500 candidates). :func:`raw_from_table` then assembles the
+candidates' raw counters with array indexing; it returns exactly what
+:func:`~feedforge.datasets.features.raw_from_records` returns for the same records (the
+parity test checks it), including the documented defaults of a missing record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from feedforge.datasets.features import (
+    DEVICE_CODES,
+    ITEM_RECORD_COUNTERS,
+    SERVING_POSITION,
+    USER_RECORD_COUNTERS,
+)
+
+_FLOATS = (*ITEM_RECORD_COUNTERS, "duration_seconds", "price")
+
+
+@dataclass(frozen=True)
+class ItemTable:
+    """Item records as arrays, row ``j`` = the version's item index ``j``.
+
+    Attributes:
+        values: Record field -> ``(n_items,)`` float64 (counters, ``duration_seconds``,
+            ``price``; 0 where unknown).
+        created_at_s: ``(n_items,)`` creation times, NaN where unknown.
+        category: ``(n_items,)`` primary categories (``""`` where unknown), object array.
+        present: ``(n_items,)`` whether the item had a record.
+    """
+
+    values: dict[str, np.ndarray]
+    created_at_s: np.ndarray
+    category: np.ndarray
+    present: np.ndarray
+
+    @classmethod
+    def from_records(cls, records: Sequence[dict[str, Any] | None]) -> ItemTable:
+        """The table of one record per item (None: no record)."""
+        n = len(records)
+        values = {name: np.zeros(n) for name in _FLOATS}
+        created = np.full(n, np.nan)
+        category = np.full(n, "", dtype=object)
+        present = np.zeros(n, dtype=bool)
+        for j, rec in enumerate(records):
+            if rec is None:
+                continue
+            present[j] = True
+            for name in _FLOATS:
+                values[name][j] = rec.get(name, 0)
+            stamp = rec.get("created_at_s")
+            if stamp is not None:
+                created[j] = stamp
+            category[j] = rec.get("category", "")
+        return cls(values, created, category, present)
+
+    def __len__(self) -> int:
+        return len(self.present)
+
+    def age_days(self, idx: np.ndarray, now_s: float) -> np.ndarray:
+        """``(N,)`` ages in days of items ``idx`` at ``now_s`` (NaN when unknown)."""
+        return (now_s - self.created_at_s[idx]) / 86_400.0
+
+
+def raw_from_table(
+    user: dict[str, Any] | None,
+    table: ItemTable,
+    idx: np.ndarray,
+    now_s: float,
+    device: str | None = None,
+) -> tuple[dict[str, np.ndarray], int]:
+    """Raw counters of one user's candidates ``idx`` (item indices of the table).
+
+    Returns:
+        The raw counters (each ``(N,)``) and how many candidates had no item record.
+    """
+    user = user or {}
+    idx = np.asarray(idx, dtype=np.int64)
+    n = len(idx)
+    present = table.present[idx]
+    raw: dict[str, np.ndarray] = {
+        c: np.full(n, float(user.get(c, 0))) for c in USER_RECORD_COUNTERS
+    }
+    raw["position"] = np.full(n, float(SERVING_POSITION))
+    raw["hour"] = np.full(n, float(datetime.fromtimestamp(now_s, UTC).hour))
+    code = DEVICE_CODES.get(device or "", 0)
+    raw["device_code"] = np.full(n, float(code or user.get("last_device", 0)))
+    for c in ITEM_RECORD_COUNTERS:
+        raw[c] = table.values[c][idx].copy()
+    raw["item_duration_seconds"] = table.values["duration_seconds"][idx].copy()
+    raw["item_price"] = table.values["price"][idx].copy()
+    created = table.created_at_s[idx]
+    raw["item_age_seconds"] = np.where(np.isnan(created), 0.0, now_s - created)
+    category_clicks = user.get("category_clicks", {})
+    categories = table.category[idx]
+    clicks = np.zeros(n)
+    if category_clicks:
+        for name in set(categories.tolist()):
+            count = category_clicks.get(name, 0)
+            if count:
+                clicks[categories == name] = count
+    raw["user_category_clicks"] = np.where(present, clicks, 0.0)
+    return raw, int(n - present.sum())

@@ -8,9 +8,11 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -30,6 +32,14 @@ from feedforge.workdir import Workdir
 pytestmark = pytest.mark.integration
 
 PublishInto = Callable[[Workdir, Settings], str]
+
+
+def wait_for_version(client: TestClient, expected: str, timeout_s: float = 30.0) -> None:
+    """A running app loads a new version in the background and then switches: poll."""
+    deadline = time.monotonic() + timeout_s
+    while (got := version_of(client)) != expected:
+        assert time.monotonic() < deadline, f"still serving {got}, not {expected}"
+        time.sleep(0.02)
 
 
 def version_of(client: TestClient) -> str:
@@ -110,7 +120,7 @@ def test_readers_keep_the_old_version_until_the_pointer_flips(
             publisher.join(timeout=30)
             store.close()
         assert new == pending
-        assert version_of(client) == new[0]
+        wait_for_version(client, new[0])
         assert client.get("/health").json()["version"] == new[0]
 
 
@@ -146,7 +156,7 @@ def test_a_publish_from_another_process_is_seen_by_apps(
         new = match.group(1)
         assert new != old
         # The app that was already running follows the other process's publish...
-        assert version_of(running) == new
+        wait_for_version(running, new)
 
     # ...and so does an app created afterwards.
     with TestClient(create_app(small_settings, workdir)) as later:
@@ -219,7 +229,7 @@ def test_rollback_flips_back_and_the_service_follows(
         )
         assert result.exit_code == 0, result.output
         assert f"current version {v1} (was {v2})" in " ".join(result.output.split())
-        assert version_of(client) == v1  # no restart
+        wait_for_version(client, v1)  # no restart
         with EmbeddedStore(workdir.store_path) as store:
             assert "retired_at" not in (store.get_meta(v1) or {})
             assert (store.get_meta(v2) or {}).get("retired_at")
@@ -228,7 +238,7 @@ def test_rollback_flips_back_and_the_service_follows(
                 rollback(workdir, store, to=v2)
             with pytest.raises(StoreError, match="not in the store"):
                 rollback(workdir, store, to="nope")
-        assert version_of(client) == v2
+        wait_for_version(client, v2)
     missing = CliRunner().invoke(app, ["rollback", "--workdir", str(workdir.root), "--to", "nope"])
     assert missing.exit_code != 0 and "not in the store" in missing.output
 
@@ -251,3 +261,34 @@ def current_version_of(workdir: Workdir) -> str:
         version = store.current_version()
     assert version is not None
     return version
+
+
+def test_requests_are_answered_from_the_old_version_while_the_new_one_loads(
+    small_settings: Settings,
+    workdir_copy: Callable[..., Workdir],
+    publish_into: PublishInto,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A large version takes seconds to load: it loads in the background, never on a request."""
+    import feedforge.serving.pipeline as pipeline
+
+    workdir = workdir_copy()
+    gate, started = threading.Event(), threading.Event()
+    real_load = pipeline.load_version
+
+    def slow_load(*args: Any, **kwargs: Any) -> Any:
+        started.set()
+        assert gate.wait(30), "the test never let the load finish"
+        return real_load(*args, **kwargs)
+
+    with TestClient(create_app(small_settings, workdir)) as client:
+        old = version_of(client)
+        monkeypatch.setattr(pipeline, "load_version", slow_load)
+        new = publish_into(workdir, small_settings)
+        assert version_of(client) == old  # the pointer moved; the load has begun...
+        assert started.wait(10)
+        t0 = time.perf_counter()
+        assert {version_of(client) for _ in range(5)} == {old}  # ...and nothing waits for it
+        assert time.perf_counter() - t0 < 5
+        gate.set()
+        wait_for_version(client, new)

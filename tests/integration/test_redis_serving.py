@@ -32,6 +32,16 @@ def feed(client: TestClient, user_id: str) -> dict[str, Any]:
     return body
 
 
+def feed_of_version(client: TestClient, user_id: str, version: str) -> dict[str, Any]:
+    """The first feed served from ``version`` (a running app loads a new version in the
+    background and switches when it is ready)."""
+    deadline = time.monotonic() + 30
+    while (body := feed(client, user_id))["version"] != version:
+        assert time.monotonic() < deadline, f"still serving {body['version']}, not {version}"
+        time.sleep(0.02)
+    return body
+
+
 def items(body: dict[str, Any]) -> list[str]:
     return [item["item_id"] for item in body["items"]]
 
@@ -90,14 +100,13 @@ def test_publish_and_serve_through_redis_with_hot_swap_and_pruning(
         # Hot swap: a publish by another store client is served without restarting the app.
         v2 = publish_into(workdir, settings)
         assert v2 > v1
-        swapped = feed(client, known_user)
-        assert swapped["version"] == v2
+        swapped = feed_of_version(client, known_user, v2)
         assert top not in items(swapped), "the live history must survive a publish"
         assert client.get("/health").json()["version"] == v2
 
         # A third publish prunes the oldest version (keep_versions=2): keys and bundle.
         v3 = publish_into(workdir, settings)
-        assert feed(client, known_user)["version"] == v3
+        feed_of_version(client, known_user, v3)
 
     with RedisStore.from_url(redis_url, namespace=redis_namespace) as store:
         assert store.versions() == [v2, v3]

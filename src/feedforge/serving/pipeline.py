@@ -96,7 +96,9 @@ class FeedService:
         self.store = store
         self.log = EventLog(workdir.events_dir)
         self._loaded: LoadedVersion | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _loading
+        self._load_lock = threading.Lock()  # one version load at a time
+        self._loading: str | None = None  # the version a background thread is loading
         self.metrics = ServiceMetrics()
         """The Prometheus metrics (``GET /metrics``), e.g. candidates scored with default
         features because the snapshot had no record for them."""
@@ -107,7 +109,13 @@ class FeedService:
 
     # -- version cache ------------------------------------------------------------------------
     def current(self) -> LoadedVersion:
-        """The loaded current version, reloaded when the store's pointer moved.
+        """The loaded current version, following the store's pointer.
+
+        The first version loads on the calling request. A later one (a publish or a rollback
+        moved the pointer) loads in a background thread while requests keep being answered
+        from the version already in memory, whose keys the store keeps for
+        ``store.retire_grace_s``; the swap happens when the new one is ready. So a publish
+        never stalls requests for the seconds a large catalog takes to load.
 
         Raises:
             NotPublishedError: nothing was published yet.
@@ -121,16 +129,41 @@ class FeedService:
         loaded = self._loaded
         if loaded is not None and loaded.version == version:
             return loaded
+        if loaded is None:
+            return self._load(version)
         with self._lock:
-            if self._loaded is None or self._loaded.version != version:
-                meta = self.store.get_meta(version)
-                if meta is None:
-                    raise NotPublishedError(f"version {version} has no metadata in the store")
-                self._loaded = load_version(
-                    self.store, version, meta, self.settings.serving, self.workdir.bundles_dir
-                )
-                self.metrics.serving(version)
-            return self._loaded
+            if self._loading != version:
+                self._loading = version
+                threading.Thread(
+                    target=self._load_in_background, args=(version,), daemon=True
+                ).start()
+        return loaded
+
+    def _load(self, version: str) -> LoadedVersion:
+        with self._load_lock:
+            loaded = self._loaded
+            if loaded is not None and loaded.version == version:
+                return loaded
+            meta = self.store.get_meta(version)
+            if meta is None:
+                raise NotPublishedError(f"version {version} has no metadata in the store")
+            state = load_version(
+                self.store, version, meta, self.settings.serving, self.workdir.bundles_dir
+            )
+            self._loaded = state
+            self.metrics.serving(version)
+            logger.info("serving version %s", version)
+            return state
+
+    def _load_in_background(self, version: str) -> None:
+        try:
+            self._load(version)
+        except Exception:  # the next request tries again; until then the old version serves
+            logger.exception("could not load version %s; still serving the previous one", version)
+        finally:
+            with self._lock:
+                if self._loading == version:
+                    self._loading = None
 
     # -- feeds ------------------------------------------------------------------------------
     def recommend(self, user_id: str, k: int, device: str | None = None) -> Feed:

@@ -24,13 +24,12 @@ from feedforge.datasets.features import (
     WINDOWS,
     item_records,
     point_in_time_counters,
-    raw_from_records,
     snapshot_candidate_counters,
     snapshot_counters,
     user_records,
 )
+from feedforge.datasets.item_table import ItemTable, raw_from_table
 from feedforge.events.schema import EVENT_SCHEMA, ITEM_SCHEMA
-from feedforge.serving.item_table import ItemTable, raw_from_table
 
 if TYPE_CHECKING:
     from conftest import Built
@@ -372,50 +371,41 @@ def test_store_records_give_the_snapshot_counters() -> None:
     for user, device in (("u1", None), ("u1", "web"), ("u2", None), ("u-new", "tv")):
         pairs = pl.DataFrame({"user_id": [user] * len(candidates), "item_id": candidates})
         offline = snapshot_candidate_counters(pairs, snapshot, cutoff, device)
-        raw, missing = raw_from_records(
-            by_user.get(user), [by_item.get(i) for i in candidates], cutoff.timestamp(), device
-        )
-        assert missing == 1  # i-unknown has no record: documented defaults
-        # The service's in-memory snapshot (records read once per version) gives the same.
         table = ItemTable.from_records([by_item.get(i) for i in candidates])
-        served, served_missing = raw_from_table(
+        raw, missing = raw_from_table(
             by_user.get(user), table, np.arange(len(candidates)), cutoff.timestamp(), device
         )
-        assert served_missing == 1
+        assert missing == 1  # i-unknown has no record: documented defaults
         for name in RAW_COUNTERS:
             expected = offline.get_column(name).cast(pl.Float64).to_numpy()
             np.testing.assert_allclose(raw[name], expected, atol=1e-6, err_msg=f"{user} {name}")
-            np.testing.assert_array_equal(served[name], raw[name], err_msg=f"{user} {name}")
     assert by_user["u1"]["last_device"] == 0  # COUNTER_LOG impressions carry no device
 
 
-def test_the_in_memory_item_snapshot_equals_the_records_path_field_by_field() -> None:
-    """Records with missing fields, missing records and unseen categories: both service paths
-    give identical raw counters (the table path is the one serving uses)."""
-    rng = np.random.default_rng(3)
-    records: list[dict[str, Any] | None] = []
-    for j in range(60):
-        if j % 7 == 0:
-            records.append(None)
-            continue
-        rec: dict[str, Any] = {
-            "item_impressions": int(rng.integers(0, 500)),
-            "item_clicks": int(rng.integers(0, 50)),
-            "category": f"c{j % 4}",
-            "created_at_s": float(1.7e9 + j * 3600),
-            "duration_seconds": float(rng.integers(60, 7200)),
-            "price": float(rng.choice([0.0, 4.99])),
-        }
-        if j % 5 == 0:
-            del rec["created_at_s"], rec["category"]  # an older publisher's record
-        records.append(rec)
-    user = {"user_impressions": 40, "category_clicks": {"c1": 3, "c2": 1, "": 2}}
-    idx = rng.permutation(60)[:40]
-    table = ItemTable.from_records(records)
-    for who, device in ((user, None), (None, "tv"), ({"last_device": 2}, None)):
-        expected, missing = raw_from_records(who, [records[j] for j in idx], 1.71e9, device)
-        got, got_missing = raw_from_table(who, table, idx, 1.71e9, device)
-        assert got_missing == missing > 0
-        assert set(got) == set(expected)
-        for name in expected:
-            np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+def test_missing_records_and_fields_take_the_documented_defaults() -> None:
+    """An item without a record, or a record from an older publisher lacking fields: zero
+    counts, age 0, duration and price 0, category "" (so the user's clicks on "" count)."""
+    now = 1.71e9
+    full = {
+        "item_impressions": 120, "item_clicks": 7, "item_impressions_1d": 9,
+        "item_clicks_1d": 1, "item_impressions_7d": 40, "item_clicks_7d": 3,
+        "category": "c1", "created_at_s": now - 86_400.0, "duration_seconds": 600.0,
+        "price": 4.99,
+    }  # fmt: skip
+    old = {"item_impressions": 5, "item_clicks": 2}  # no windows, category, time, duration
+    table = ItemTable.from_records([full, old, None])
+    user = {"user_impressions": 40, "last_device": 2, "category_clicks": {"c1": 3, "": 2}}
+    raw, missing = raw_from_table(user, table, np.array([2, 1, 0, 1]), now, device=None)
+    assert missing == 1
+    np.testing.assert_array_equal(raw["item_impressions"], [0, 5, 120, 5])
+    np.testing.assert_array_equal(raw["item_clicks_7d"], [0, 0, 3, 0])
+    np.testing.assert_array_equal(raw["item_age_seconds"], [0, 0, 86_400, 0])
+    np.testing.assert_array_equal(raw["item_duration_seconds"], [0, 0, 600, 0])
+    np.testing.assert_array_equal(raw["item_price"], [0, 0, 4.99, 0])
+    np.testing.assert_array_equal(raw["user_category_clicks"], [0, 2, 3, 2])
+    np.testing.assert_array_equal(raw["user_impressions"], [40] * 4)
+    np.testing.assert_array_equal(raw["device_code"], [2] * 4)  # the user's last device
+    assert raw["position"].tolist() == [0] * 4
+    anonymous, _ = raw_from_table(None, table, np.array([0]), now, device="tv")
+    assert anonymous["user_impressions"].tolist() == [0] and anonymous["device_code"][0] == 1
+    assert anonymous["user_category_clicks"].tolist() == [0]

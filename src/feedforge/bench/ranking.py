@@ -128,7 +128,7 @@ class Bench:
         if ranker is None:
             items, _ = self.retrieval.recommend(self.feed_users, FEED_K, exclude=exclude)
             return items
-        return two_stage_recommend(
+        items, _ = two_stage_recommend(
             self.retrieval,
             ranker,
             self.dataset,
@@ -139,6 +139,7 @@ class Bench:
             self.n_candidates,
             exclude,
         )
+        return items
 
     def feed_value(self, feeds: np.ndarray) -> dict[str, float]:
         """Ground-truth expected outcomes per feed, coverage and diversity."""

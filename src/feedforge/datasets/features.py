@@ -52,8 +52,6 @@ WINDOWS: dict[str, timedelta] = {"1d": timedelta(days=1), "7d": timedelta(days=7
 DEVICES: tuple[str, ...] = ("tv", "mobile", "web")
 """Devices with a one-hot feature; ``device_code`` ``j + 1`` is ``DEVICES[j]``, 0 unknown."""
 _DEVICE_CODES: dict[str, int] = {d: j + 1 for j, d in enumerate(DEVICES)}
-DEVICE_CODES = _DEVICE_CODES
-"""Device name -> ``device_code`` (0: unknown)."""
 
 _WINDOWED = ("user_impressions", "user_clicks", "item_impressions", "item_clicks")
 
@@ -443,8 +441,8 @@ def snapshot_candidate_counters(
 # -- online-store records -----------------------------------------------------------------
 # The snapshot as the online store holds it: one JSON record per user and per item. The
 # publisher writes them (:func:`user_records`, :func:`item_records`); the service reads them
-# back into raw counters with :func:`raw_from_records`, the same numbers
-# :func:`snapshot_candidate_counters` gives offline.
+# back into raw counters with :func:`~feedforge.datasets.item_table.raw_from_table`, the
+# same numbers :func:`snapshot_candidate_counters` gives offline.
 
 USER_RECORD_COUNTERS: tuple[str, ...] = (
     "user_impressions",
@@ -507,30 +505,13 @@ def item_records(items: pl.DataFrame) -> tuple[list[str], list[dict[str, Any]]]:
     return ids, records
 
 
-def raw_from_records(
-    user: dict[str, Any] | None,
-    items: list[dict[str, Any] | None],
-    now_s: float,
-    device: str | None = None,
-) -> tuple[dict[str, np.ndarray], int]:
-    """Raw counters of one user's candidates from their online-store records.
-
-    A missing record (a user or item absent from the snapshot) takes the documented defaults:
-    zero counts, age 0, duration and price 0, category ``""``; so does a record lacking a
-    field (e.g. written by an older publisher).
-
-    Args:
-        user: The user's record, or None.
-        items: Each candidate's item record, or None.
-        now_s: Scoring time, epoch seconds (item age and hour of day).
-        device: The request's device; None: the user's last device.
-
-    Returns:
-        The raw counters (each ``(N,)``) and how many candidates had no item record.
-    """
+def request_raw(
+    user: dict[str, Any] | None, n: int, now_s: float, device: str | None = None
+) -> dict[str, np.ndarray]:
+    """The raw counters every candidate of one request shares (each ``(n,)``): the user's
+    record counters, the serving position, the hour of ``now_s`` and the device (the
+    request's, else the user's last)."""
     user = user or {}
-    n = len(items)
-    category_clicks = user.get("category_clicks", {})
     raw: dict[str, np.ndarray] = {
         c: np.full(n, float(user.get(c, 0))) for c in USER_RECORD_COUNTERS
     }
@@ -538,20 +519,4 @@ def raw_from_records(
     raw["hour"] = np.full(n, float(datetime.fromtimestamp(now_s, UTC).hour))
     code = _DEVICE_CODES.get(device or "", 0)
     raw["device_code"] = np.full(n, float(code or user.get("last_device", 0)))
-    for c in (*ITEM_RECORD_COUNTERS, "user_category_clicks", "item_age_seconds"):
-        raw[c] = np.zeros(n)
-    raw["item_duration_seconds"] = np.zeros(n)
-    raw["item_price"] = np.zeros(n)
-    missing = 0
-    for j, rec in enumerate(items):
-        if rec is None:
-            missing += 1
-            continue
-        for c in ITEM_RECORD_COUNTERS:
-            raw[c][j] = rec.get(c, 0)
-        raw["user_category_clicks"][j] = category_clicks.get(rec.get("category", ""), 0)
-        created = rec.get("created_at_s")
-        raw["item_age_seconds"][j] = now_s - created if created is not None else 0.0
-        raw["item_duration_seconds"][j] = rec.get("duration_seconds", 0.0)
-        raw["item_price"][j] = rec.get("price", 0.0)
-    return raw, missing
+    return raw

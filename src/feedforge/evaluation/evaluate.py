@@ -50,28 +50,6 @@ Progress = Callable[[str], None]
 
 def two_stage_recommend(
     retrieval: EmbeddingRecommender,
-    ranker: Ranker,
-    dataset: Dataset,
-    snapshot: tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame],
-    now: datetime,
-    user_idx: np.ndarray,
-    k: int,
-    n_candidates: int,
-    exclude: sp.csr_matrix,
-) -> np.ndarray:
-    """Retrieve ``n_candidates`` per user, re-score them with the ranker, keep the top ``k``.
-
-    Returns:
-        ``(U, k)`` item indices.
-    """
-    items, _ = two_stage_scores(
-        retrieval, ranker, dataset, snapshot, now, user_idx, k, n_candidates, exclude
-    )
-    return items
-
-
-def two_stage_scores(
-    retrieval: EmbeddingRecommender,
     ranker: Ranker | None,
     dataset: Dataset,
     snapshot: tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame],
@@ -81,9 +59,12 @@ def two_stage_scores(
     n_candidates: int,
     exclude: sp.csr_matrix,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`two_stage_recommend` with the scores: ``(U, k)`` item indices and their ranker
-    scores (retrieval scores without a ranker; ``-inf`` where fewer than ``k`` items remain
-    after ``exclude``)."""
+    """Retrieve ``n_candidates`` per user, re-score them with the ranker, keep the top ``k``.
+
+    Returns:
+        ``(U, k)`` item indices and their ranker scores (retrieval scores without a ranker;
+        ``-inf`` where fewer than ``k`` items remain after ``exclude``).
+    """
     cand, cand_scores = retrieval.recommend(user_idx, n_candidates, exclude=exclude)
     if ranker is None:
         return cand[:, :k], cand_scores[:, :k].astype(np.float64)
@@ -320,7 +301,7 @@ def evaluate(
         _, items, _ = read_catalog(workdir)
         cutoff = datetime.fromisoformat(dataset.split_bounds["t2"])
         snapshot = snapshot_counters(events, items, cutoff)
-        recs = two_stage_recommend(
+        recs, _ = two_stage_recommend(
             retrieval,
             ranker,
             dataset,

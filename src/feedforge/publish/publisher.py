@@ -46,6 +46,18 @@ BUNDLE_ARTIFACT = "serving-bundle"
 BUNDLE_SCHEMA_VERSION = 1
 USER_EMB, ITEM_EMB, USER_FEAT, ITEM_FEAT = "user_emb", "item_emb", "user_feat", "item_feat"
 FEED = "feed"  # precomputed feeds of `feedforge batch-score` (feedforge.serving.batch)
+
+CONSUMED_EVENTS: tuple[str, ...] = ("click", "watch", "like", "purchase", "rating")
+"""Event types after which an item counts as consumed by the user: never recommended again,
+and part of the user's live history (impressions and skips are not)."""
+
+
+def snapshot_time_of(events: pl.LazyFrame) -> datetime:
+    """The feature snapshot time of a log: just after its last event (now when empty)."""
+    last = events.select(pl.col("timestamp").max()).collect().item()
+    return (last or datetime.now(UTC)) + timedelta(microseconds=1)
+
+
 POPULAR_LIST_SIZE = 1_000
 ANN_DIR = "ann"
 ANN_SEED = 0
@@ -123,8 +135,7 @@ def publish(
     )
     _, items, _ = read_catalog(workdir)
     events = EventLog(workdir.events_dir).scan()
-    last = events.select(pl.col("timestamp").max()).collect().item()
-    snapshot_time = (last or datetime.now(UTC)) + timedelta(microseconds=1)
+    snapshot_time = snapshot_time_of(events)
 
     version = new_version()
     say(f"writing serving bundle {version}")
@@ -144,7 +155,7 @@ def publish(
     say("computing feature snapshot")
     user_counts, item_counts, user_cats = snapshot_counters(events, items, snapshot_time)
     seen = (
-        events.filter(pl.col("event_type").is_in(["click", "watch", "like", "purchase", "rating"]))
+        events.filter(pl.col("event_type").is_in(CONSUMED_EVENTS))
         .group_by("user_id")
         .agg(pl.col("item_id").unique().alias("seen"))
         .collect()

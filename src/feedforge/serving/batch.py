@@ -1,7 +1,7 @@
 """Batch scoring, the offline alternative to online serving: top-N for every user, in chunks.
 
 ``feedforge batch-score`` runs the same two stages as the evaluation's two-stage pipeline
-(:func:`~feedforge.evaluation.evaluate.two_stage_scores`): the retrieval model's top
+(:func:`~feedforge.evaluation.evaluate.two_stage_recommend`): the retrieval model's top
 ``serving.candidates`` per user, minus every item the user consumed in the event log,
 re-scored by the trained ranker on features snapshotted at the log's end, as publish does.
 Chunks of users go:
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -36,16 +36,14 @@ from feedforge.config import Settings
 from feedforge.datasets.features import snapshot_counters
 from feedforge.datasets.load import Dataset, load_dataset
 from feedforge.errors import ConfigError, NotPublishedError, StoreError
-from feedforge.evaluation.evaluate import two_stage_scores
+from feedforge.evaluation.evaluate import two_stage_recommend
 from feedforge.events.catalog import read_catalog
 from feedforge.events.log import EventLog
 from feedforge.models.base import EmbeddingRecommender
 from feedforge.models.registry import load_ranker, load_recommender
-from feedforge.publish.publisher import FEED
+from feedforge.publish.publisher import CONSUMED_EVENTS, FEED, snapshot_time_of
 from feedforge.publish.store import OnlineStore
 from feedforge.workdir import Workdir
-
-CONSUMED = ("click", "watch", "like", "purchase", "rating")
 
 Progress = Callable[[int, int], None]
 """``(users done, users in all)``."""
@@ -116,8 +114,7 @@ def batch_score(
 
     events = EventLog(workdir.events_dir).scan()
     _, items, _ = read_catalog(workdir)
-    last = events.select(pl.col("timestamp").max()).collect().item()
-    now = (last or datetime.now(UTC)) + timedelta(microseconds=1)
+    now = snapshot_time_of(events)
     snapshot = snapshot_counters(events, items, now)
     exclude = _consumed(events, dataset)
     computed_at = datetime.now(UTC)
@@ -128,7 +125,7 @@ def batch_score(
     try:
         for start in range(0, n_users, chunk_users):
             users = np.arange(start, min(start + chunk_users, n_users), dtype=np.int64)
-            idx, scores = two_stage_scores(
+            idx, scores = two_stage_recommend(
                 retrieval,
                 ranker,
                 dataset,
@@ -179,7 +176,7 @@ def _store_version(store: OnlineStore, dataset_version: str) -> str:
 def _consumed(events: pl.LazyFrame, dataset: Dataset) -> sp.csr_matrix:
     """``(n_users, n_items)`` CSR of every item each known user consumed in the log."""
     pairs = (
-        events.filter(pl.col("event_type").is_in(CONSUMED))
+        events.filter(pl.col("event_type").is_in(CONSUMED_EVENTS))
         .select("user_id", "item_id")
         .unique()
         .collect()

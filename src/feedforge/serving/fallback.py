@@ -61,11 +61,6 @@ class StoreGuard:
             self._open_until = 0.0
             self.last_error = None
 
-    @property
-    def degraded(self) -> bool:
-        """Whether the last store call failed."""
-        return self.last_error is not None
-
 
 def newest_bundle_popular(bundles_dir: Path) -> tuple[str, list[str]] | None:
     """``(version, popular item ids)`` of the newest readable bundle on disk, or None."""

@@ -43,6 +43,7 @@ import numpy as np
 
 from feedforge.config import Settings
 from feedforge.datasets.features import derive_features
+from feedforge.datasets.item_table import raw_from_table
 from feedforge.errors import (
     NotPublishedError,
     StoreUnavailableError,
@@ -51,12 +52,11 @@ from feedforge.events.log import AppendResult, EventLog
 from feedforge.events.schema import Event, EventType
 from feedforge.monitoring.metrics import ServiceMetrics
 from feedforge.publish.ann import RetrievalMethod
-from feedforge.publish.publisher import FEED, USER_EMB, USER_FEAT
+from feedforge.publish.publisher import CONSUMED_EVENTS, FEED, USER_EMB, USER_FEAT
 from feedforge.publish.store import OnlineStore
 from feedforge.serving.explain import DEGRADED, POPULAR, Explanation, explain_by_history
 from feedforge.serving.fallback import DiskFallback, PendingHistories, StoreGuard
 from feedforge.serving.feedlog import FeedLog
-from feedforge.serving.item_table import raw_from_table
 from feedforge.serving.rerank import (
     Candidates,
     Reranked,
@@ -68,9 +68,7 @@ from feedforge.workdir import Workdir
 
 logger = logging.getLogger("feedforge.serving")
 
-HISTORY_EVENTS = frozenset(
-    {EventType.CLICK, EventType.WATCH, EventType.LIKE, EventType.PURCHASE, EventType.RATING}
-)
+HISTORY_EVENTS = frozenset(EventType(name) for name in CONSUMED_EVENTS)
 """Event types that enter a user's live history (impressions and skips do not)."""
 
 
@@ -324,10 +322,10 @@ class FeedService:
             return None
         # The same re-ranking as the online path (rules, caps, freshness, exploration), over
         # the stored candidates plus any pinned item.
-        ids = [i for i, _ in kept if state.items.get(i) is not None]
-        scores = [float(s) for i, s in kept if state.items.get(i) is not None]
-        if len(ids) < k:
+        known = [(i, float(s)) for i, s in kept if state.items.get(i) is not None]
+        if len(known) < k:
             return None
+        ids, scores = [i for i, _ in known], [s for _, s in known]
         floor = min(scores)
         for item_id in pinned_item_ids(self.settings.reranking):
             if item_id not in seen and item_id not in ids and state.items.get(item_id) is not None:
@@ -400,7 +398,7 @@ class FeedService:
         this request) and the items' rows of the version's snapshot.
 
         A user or candidate missing from the snapshot takes the documented defaults
-        (:func:`~feedforge.datasets.features.raw_from_records`) and is counted in
+        (:func:`~feedforge.datasets.item_table.raw_from_table`) and is counted in
         ``feedforge_missing_features_total{kind="user"|"item"}``.
         """
         raw, missing = raw_from_table(user, state.item_table, idx, state.now(), device)

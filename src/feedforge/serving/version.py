@@ -15,6 +15,7 @@ import numpy as np
 from feedforge.config import ServingConfig
 from feedforge.datasets.features import FEATURES
 from feedforge.datasets.idmap import IdMap
+from feedforge.datasets.item_table import ItemTable
 from feedforge.errors import ArtifactError, ConfigError, ValidationError
 from feedforge.models.base import Ranker
 from feedforge.models.ranker_utils import feature_difference
@@ -22,7 +23,6 @@ from feedforge.models.registry import load_ranker
 from feedforge.publish.ann import AnnIndex, load_or_exact
 from feedforge.publish.publisher import ANN_DIR, ITEM_EMB, ITEM_FEAT
 from feedforge.publish.store import OnlineStore
-from feedforge.serving.item_table import ItemTable
 
 _LOAD_CHUNK = 10_000
 
@@ -75,13 +75,12 @@ def load_version(
     items = IdMap.load(bundle / "item_ids.parquet", command)
     ids = items.ids.to_list()
     parts = []
-    for start in range(0, len(ids), _LOAD_CHUNK):
-        vectors, _found = store.get_vectors(version, ITEM_EMB, ids[start : start + _LOAD_CHUNK])
-        parts.append(vectors)
-    matrix = np.vstack(parts) if parts else np.zeros((0, int(meta["dim"])), dtype=np.float32)
     records: list[dict[str, Any] | None] = []
     for start in range(0, len(ids), _LOAD_CHUNK):
-        records += store.get_records(version, ITEM_FEAT, ids[start : start + _LOAD_CHUNK])
+        chunk = ids[start : start + _LOAD_CHUNK]
+        parts.append(store.get_vectors(version, ITEM_EMB, chunk)[0])
+        records += store.get_records(version, ITEM_FEAT, chunk)
+    matrix = np.vstack(parts) if parts else np.zeros((0, int(meta["dim"])), dtype=np.float32)
     item_table = ItemTable.from_records(records)
     matrix = np.ascontiguousarray(matrix, dtype=np.float32)
     if cfg.ann == "exact":

@@ -14,13 +14,13 @@ from feedforge.serving.fallback import DiskFallback, PendingHistories, StoreGuar
 
 def test_the_breaker_opens_for_the_retry_time_and_closes_on_success() -> None:
     guard = StoreGuard(retry_after_s=0.05)
-    assert guard.available() and not guard.degraded
+    assert guard.available() and guard.last_error is None
     guard.failed(StoreUnavailableError("down"))
-    assert not guard.available() and guard.degraded and guard.last_error == "down"
+    assert not guard.available() and guard.last_error == "down"
     time.sleep(0.06)
-    assert guard.available() and guard.degraded  # may try again; not yet recovered
+    assert guard.available() and guard.last_error == "down"  # may try again; not recovered
     guard.succeeded()
-    assert guard.available() and not guard.degraded
+    assert guard.available() and guard.last_error is None
 
 
 def test_held_histories_are_written_in_order_in_bounded_batches(tmp_path: Path) -> None:

@@ -1,29 +1,26 @@
-"""A published version's item feature snapshot, held in memory as arrays.
+"""A published version's item feature snapshot as arrays, and the candidates' raw counters.
 
-Item records are immutable within a version (the publisher snapshots them), so the service
-reads them from the online store once, when it loads the version, instead of fetching and
-decoding the candidates' JSON records on every request (the load benchmark measured that at
-10 ms of a 24 ms request for 500 candidates). :func:`raw_from_table` then assembles the
-candidates' raw counters with array indexing; it returns exactly what
-:func:`~feedforge.datasets.features.raw_from_records` returns for the same records (the
-parity test checks it), including the documented defaults of a missing record.
+The service reads a version's item records (:func:`~feedforge.datasets.features.item_records`)
+from the online store once, when it loads the version: they are immutable within it, and
+decoding the candidates' JSON records on every request cost 10 ms of a 24 ms request for 500
+candidates (the load benchmark's profile). :func:`raw_from_table` assembles one request's raw
+counters by array indexing; the leakage tests check they equal the offline snapshot's
+(:func:`~feedforge.datasets.features.snapshot_candidate_counters`).
+
+A missing record (an item absent from the snapshot) or a record lacking a field (written by an
+older publisher) takes the documented defaults: zero counts, age 0, duration and price 0,
+category ``""``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
-from feedforge.datasets.features import (
-    DEVICE_CODES,
-    ITEM_RECORD_COUNTERS,
-    SERVING_POSITION,
-    USER_RECORD_COUNTERS,
-)
+from feedforge.datasets.features import ITEM_RECORD_COUNTERS, request_raw
 
 _FLOATS = (*ITEM_RECORD_COUNTERS, "duration_seconds", "price")
 
@@ -65,9 +62,6 @@ class ItemTable:
             category[j] = rec.get("category", "")
         return cls(values, created, category, present)
 
-    def __len__(self) -> int:
-        return len(self.present)
-
     def age_days(self, idx: np.ndarray, now_s: float) -> np.ndarray:
         """``(N,)`` ages in days of items ``idx`` at ``now_s`` (NaN when unknown)."""
         return (now_s - self.created_at_s[idx]) / 86_400.0
@@ -82,6 +76,13 @@ def raw_from_table(
 ) -> tuple[dict[str, np.ndarray], int]:
     """Raw counters of one user's candidates ``idx`` (item indices of the table).
 
+    Args:
+        user: The user's record, or None (defaults).
+        table: The version's item snapshot.
+        idx: ``(N,)`` candidate item indices.
+        now_s: Scoring time, epoch seconds (item age and hour of day).
+        device: The request's device; None: the user's last device.
+
     Returns:
         The raw counters (each ``(N,)``) and how many candidates had no item record.
     """
@@ -89,13 +90,7 @@ def raw_from_table(
     idx = np.asarray(idx, dtype=np.int64)
     n = len(idx)
     present = table.present[idx]
-    raw: dict[str, np.ndarray] = {
-        c: np.full(n, float(user.get(c, 0))) for c in USER_RECORD_COUNTERS
-    }
-    raw["position"] = np.full(n, float(SERVING_POSITION))
-    raw["hour"] = np.full(n, float(datetime.fromtimestamp(now_s, UTC).hour))
-    code = DEVICE_CODES.get(device or "", 0)
-    raw["device_code"] = np.full(n, float(code or user.get("last_device", 0)))
+    raw = request_raw(user, n, now_s, device)
     for c in ITEM_RECORD_COUNTERS:
         raw[c] = table.values[c][idx].copy()
     raw["item_duration_seconds"] = table.values["duration_seconds"][idx].copy()

@@ -32,6 +32,7 @@ class IdMap:
             {"id": self._ids, "idx": np.arange(len(self._ids), dtype=np.int32)}
         )
         self._dict: dict[str, int] | None = None
+        self._list: list[str] | None = None
 
     @classmethod
     def fit(cls, ids: pl.Series) -> IdMap:
@@ -55,12 +56,23 @@ class IdMap:
     def get(self, raw_id: str) -> int | None:
         """The index of one id, or ``None`` if unknown (O(1) after the first call)."""
         if self._dict is None:
-            self._dict = {v: i for i, v in enumerate(self._ids.to_list())}
+            self._dict = {v: i for i, v in enumerate(self._id_list())}
         return self._dict.get(raw_id)
 
-    def id_of(self, idx: np.ndarray) -> list[str]:
-        """The ids of ``(N,)`` indices."""
-        return self._ids.gather(np.asarray(idx, dtype=np.int64)).to_list()
+    def id_of(self, idx: np.ndarray | Iterable[int]) -> list[str]:
+        """The ids of ``(N,)`` indices (a list lookup after the first call: the serving path
+        maps a few hundred candidates per request).
+
+        Raises:
+            IndexError: an index is out of range.
+        """
+        ids = self._id_list()
+        return [ids[i] for i in np.asarray(idx, dtype=np.int64).tolist()]
+
+    def _id_list(self) -> list[str]:
+        if self._list is None:
+            self._list = self._ids.to_list()
+        return self._list
 
     def save(self, path: Path) -> None:
         """Write the map to a one-column Parquet file (row order = index)."""

@@ -327,22 +327,24 @@ class EmbeddedStore(OnlineStore):
                 return
 
     # -- live per-user state ------------------------------------------------------------------
-    def append_history(self, user_id: str, item_ids: Sequence[str], max_len: int) -> None:
+    def append_histories(self, items: Mapping[str, Sequence[str]], max_len: int) -> None:
         if max_len < 1:
             raise ValidationError(f"max_len must be >= 1, got {max_len}")
-        if not item_ids:
+        items = {user_id: ids for user_id, ids in items.items() if ids}
+        if not items:
             return
-        key = self.keys.history(user_id)
-        with self._transaction("append_history", write=True) as conn:
-            conn.executemany(
-                "INSERT INTO history (key, item_id) VALUES (?, ?)",
-                [(key, item_id) for item_id in item_ids],
-            )
-            conn.execute(
-                "DELETE FROM history WHERE key = ? AND seq <= "
-                "(SELECT seq FROM history WHERE key = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
-                (key, key, max_len),
-            )
+        with self._transaction("append_histories", write=True) as conn:
+            for user_id, item_ids in items.items():
+                key = self.keys.history(user_id)
+                conn.executemany(
+                    "INSERT INTO history (key, item_id) VALUES (?, ?)",
+                    [(key, item_id) for item_id in item_ids],
+                )
+                conn.execute(
+                    "DELETE FROM history WHERE key = ? AND seq <= "
+                    "(SELECT seq FROM history WHERE key = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+                    (key, key, max_len),
+                )
 
     def get_histories(self, user_ids: Sequence[str], n: int) -> list[list[str]]:
         if n <= 0 or not user_ids:

@@ -42,7 +42,7 @@ from feedforge.publish.keys import (
     encode_vectors,
     glob_pattern,
 )
-from feedforge.publish.store import OnlineStore, decode_vectors
+from feedforge.publish.store import OnlineStore, UserRead, decode_vectors
 
 CHUNK = 10_000
 """Keys per ``MGET``/``MSET`` and per pipeline round trip of bulk writes and deletes."""
@@ -225,6 +225,37 @@ class RedisStore(OnlineStore):
             blobs = self._mget(keys)
         return [None if blob is None else decode_record(blob) for blob in blobs]
 
+    def read_user(
+        self,
+        version: str,
+        user_id: str,
+        n_history: int,
+        *,
+        vector_kind: str,
+        record_kind: str,
+        extra_kind: str | None = None,
+    ) -> UserRead:
+        with self._errors("read_user"):
+            pipe = self._client.pipeline(transaction=False)
+            pipe.get(self.keys.current())
+            pipe.get(self.keys.item(version, vector_kind, user_id))
+            pipe.get(self.keys.item(version, record_kind, user_id))
+            if n_history > 0:
+                pipe.lrange(self.keys.history(user_id), -n_history, -1)
+            if extra_kind is not None:
+                pipe.get(self.keys.item(version, extra_kind, user_id))
+            answers = pipe.execute()
+        current, vector, record = (_optional_bytes(a) for a in answers[:3])
+        history = answers[3] if n_history > 0 else []
+        extra = _optional_bytes(answers[-1]) if extra_kind is not None else None
+        return UserRead(
+            current=None if current is None else current.decode("utf-8"),
+            vector=None if vector is None else decode_vectors([vector])[0][0],
+            record=None if record is None else decode_record(record),
+            history=[_bytes(item).decode("utf-8") for item in reversed(history)],
+            extra=None if extra is None else decode_record(extra),
+        )
+
     def put_meta(self, version: str, meta: Mapping[str, Any]) -> None:
         blob = encode_record(meta)
         with self._errors("put_meta"):
@@ -271,19 +302,20 @@ class RedisStore(OnlineStore):
             self._unlink_matching(self.keys.version_prefix(version))
 
     # -- live per-user state ------------------------------------------------------------------
-    def append_history(self, user_id: str, item_ids: Sequence[str], max_len: int) -> None:
+    def append_histories(self, items: Mapping[str, Sequence[str]], max_len: int) -> None:
         if max_len < 1:
             raise ValidationError(f"max_len must be >= 1, got {max_len}")
-        if not item_ids:
-            return
-        key = self.keys.history(user_id)
-        with self._errors("append_history"):
-            pipe = self._client.pipeline(transaction=False)
-            pipe.rpush(key, *item_ids)
-            pipe.ltrim(key, -max_len, -1)
-            if self.history_ttl_s is not None:
-                pipe.expire(key, max(1, int(self.history_ttl_s)))
-            pipe.execute()
+        users = [(user_id, ids) for user_id, ids in items.items() if ids]
+        with self._errors("append_histories"):
+            for start in range(0, len(users), CHUNK):
+                pipe = self._client.pipeline(transaction=False)
+                for user_id, item_ids in users[start : start + CHUNK]:
+                    key = self.keys.history(user_id)
+                    pipe.rpush(key, *item_ids)
+                    pipe.ltrim(key, -max_len, -1)
+                    if self.history_ttl_s is not None:
+                        pipe.expire(key, max(1, int(self.history_ttl_s)))
+                pipe.execute()
 
     def get_histories(self, user_ids: Sequence[str], n: int) -> list[list[str]]:
         if n <= 0 or not user_ids:

@@ -15,9 +15,32 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+
+@dataclass(frozen=True)
+class UserRead:
+    """What one feed request reads about its user (:meth:`OnlineStore.read_user`).
+
+    Attributes:
+        current: The store's ``current`` version at the time of the read (None: nothing is
+            published). When it differs from the version the read was made for, the other
+            fields belong to that older version and the caller reads again.
+        vector: The user's float32 embedding in that version, or None.
+        record: The user's feature record in that version, or None.
+        history: Up to ``n`` newest live-history items, newest first.
+        extra: The user's record of the extra kind asked for (e.g. a precomputed feed), or
+            None.
+    """
+
+    current: str | None
+    vector: np.ndarray | None
+    record: dict[str, Any] | None
+    history: list[str]
+    extra: dict[str, Any] | None = None
 
 
 class OnlineStore(ABC):
@@ -90,13 +113,53 @@ class OnlineStore(ABC):
             feedforge.errors.StoreError: ``version`` is the current version.
         """
 
+    def read_user(
+        self,
+        version: str,
+        user_id: str,
+        n_history: int,
+        *,
+        vector_kind: str,
+        record_kind: str,
+        extra_kind: str | None = None,
+    ) -> UserRead:
+        """Everything a feed request reads about one user, with the ``current`` pointer.
+
+        Backends answer in one round trip where they can (Redis: one pipeline); this default
+        makes one call per part.
+
+        Args:
+            version: The version the caller is serving (its guess of ``current``).
+            user_id: The user.
+            n_history: How many live-history items to read.
+            vector_kind: The kind of the user's embedding (e.g. ``"user_emb"``).
+            record_kind: The kind of the user's feature record (e.g. ``"user_feat"``).
+            extra_kind: Another record kind to read for the user (e.g. ``"feed"``), or None.
+        """
+        vectors, found = self.get_vectors(version, vector_kind, [user_id])
+        record = self.get_records(version, record_kind, [user_id])[0]
+        extra = self.get_records(version, extra_kind, [user_id])[0] if extra_kind else None
+        return UserRead(
+            current=self.current_version(),
+            vector=vectors[0] if found[0] else None,
+            record=record,
+            history=self.get_history(user_id, n_history),
+            extra=extra,
+        )
+
     # -- live per-user state ----------------------------------------------------------------
     @abstractmethod
-    def append_history(self, user_id: str, item_ids: Sequence[str], max_len: int) -> None:
-        """Append items to a user's recent history (the last id is the newest).
+    def append_histories(self, items: Mapping[str, Sequence[str]], max_len: int) -> None:
+        """Append items to users' recent histories in one batched write (per user, the last
+        id is the newest). Each history keeps its ``max_len`` newest entries.
 
-        The history keeps the ``max_len`` newest entries.
+        Raises:
+            feedforge.errors.ValidationError: ``max_len`` < 1.
         """
+
+    def append_history(self, user_id: str, item_ids: Sequence[str], max_len: int) -> None:
+        """Append items to one user's recent history (the last id is the newest)."""
+        self.append_histories({user_id: item_ids}, max_len)
 
     @abstractmethod
     def get_histories(self, user_ids: Sequence[str], n: int) -> list[list[str]]:

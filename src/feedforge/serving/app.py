@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 import uuid
@@ -20,6 +21,7 @@ from typing import Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, Query, Request, Security
 from fastapi.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from feedforge import __version__
 from feedforge.config import Settings, load_settings
@@ -27,8 +29,8 @@ from feedforge.errors import FeedforgeError, ValidationError
 from feedforge.events.schema import Event, validate_events
 from feedforge.publish.factory import open_store
 from feedforge.serving.explain import Explanation
-from feedforge.serving.pipeline import FeedService
-from feedforge.serving.schemas import FeedResponse, HealthResponse, IngestResponse, ScoredItem
+from feedforge.serving.pipeline import Feed, FeedService
+from feedforge.serving.schemas import FeedResponse, HealthResponse, IngestResponse
 from feedforge.serving.security import (
     BodySizeLimit,
     api_key_header,
@@ -40,6 +42,87 @@ from feedforge.workdir import Workdir
 MAX_EVENTS_PER_REQUEST = 10_000
 
 logger = logging.getLogger("feedforge.serving")
+
+
+class RequestTiming:
+    """Pure ASGI middleware: per-route request counts and latency (``/metrics``), a
+    ``Server-Timing`` header on every answer, and a warning for feeds over the latency
+    budget (``serving.latency_budget_ms``, step 1 "clarify": the budget is config).
+
+    Timed from the request's arrival to the start of its answer. Pure ASGI rather than
+    Starlette's ``BaseHTTPMiddleware``, which costs a task group and memory streams per
+    request.
+    """
+
+    def __init__(self, app: ASGIApp, budget_ms: float) -> None:
+        self.app = app
+        self.budget_ms = budget_ms
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+
+        async def timed_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                elapsed = time.perf_counter() - started
+                headers = list(message.get("headers") or [])
+                headers.append((b"server-timing", f"app;dur={elapsed * 1e3:.2f}".encode()))
+                message = {**message, "headers": headers}
+                self._observe(scope, int(message["status"]), elapsed)
+            await send(message)
+
+        await self.app(scope, receive, timed_send)
+
+    def _observe(self, scope: Scope, status: int, elapsed: float) -> None:
+        app = scope.get("app")
+        service = getattr(getattr(app, "state", None), "service", None)
+        if service is not None:
+            # By route template (bounded label values), not by raw path.
+            endpoint = getattr(scope.get("route"), "path", "unmatched")
+            metrics = service.metrics
+            metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
+            metrics.request_seconds.labels(endpoint=endpoint).observe(elapsed)
+        elapsed_ms = elapsed * 1e3
+        if elapsed_ms > self.budget_ms and scope.get("path") == "/recommend":
+            logger.warning(
+                "latency budget exceeded: /recommend took %.1f ms > %.1f ms",
+                elapsed_ms,
+                self.budget_ms,
+            )
+
+
+def _finite(value: float) -> float | None:
+    # As pydantic serialises a non-finite float: null (JSON has no NaN or infinity).
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def feed_body(feed: Feed, request_id: str) -> dict[str, Any]:
+    """The JSON body of a feed answer (the :class:`FeedResponse` schema)."""
+    n = len(feed.item_ids)
+    propensities = feed.propensities or [1.0] * n
+    explanations = feed.explanations or [Explanation("")] * n
+    return {
+        "request_id": request_id,
+        "user_id": feed.user_id,
+        "version": feed.version,
+        "strategy": feed.strategy,
+        "degraded": feed.degraded,
+        "items": [
+            {
+                "item_id": i,
+                "score": _finite(s),
+                "propensity": float(p),
+                "explanation": e.text,
+                "because_item_id": e.because_item_id,
+            }
+            for i, s, p, e in zip(
+                feed.item_ids, feed.scores, propensities, explanations, strict=True
+            )
+        ],
+    }
 
 
 def get_service(request: Request) -> FeedService:
@@ -80,39 +163,14 @@ def create_app(settings: Settings, workdir: Workdir) -> FastAPI:
     app.state.settings = settings
     app.add_middleware(BodySizeLimit, max_bytes=settings.serving.max_request_bytes)
 
-    budget_ms = settings.serving.latency_budget_ms
-
-    @app.middleware("http")
-    async def _latency(request: Request, call_next: Any) -> Any:
-        # The latency budget is config (step 1, "clarify"): every answer reports its time,
-        # and an answer over budget is logged so it can be alerted on.
-        started = time.perf_counter()
-        response = await call_next(request)
-        elapsed = time.perf_counter() - started
-        elapsed_ms = elapsed * 1000.0
-        response.headers["Server-Timing"] = f"app;dur={elapsed_ms:.2f}"
-        service = getattr(request.app.state, "service", None)
-        if service is not None:
-            # By route template (bounded label values), not by raw path.
-            endpoint = getattr(request.scope.get("route"), "path", "unmatched")
-            metrics = service.metrics
-            metrics.requests.labels(endpoint=endpoint, status=str(response.status_code)).inc()
-            metrics.request_seconds.labels(endpoint=endpoint).observe(elapsed)
-        if elapsed_ms > budget_ms and request.url.path == "/recommend":
-            logger.warning(
-                "latency budget exceeded: %s took %.1f ms > %.1f ms",
-                request.url.path,
-                elapsed_ms,
-                budget_ms,
-            )
-        return response
+    app.add_middleware(RequestTiming, budget_ms=settings.serving.latency_budget_ms)
 
     @app.exception_handler(FeedforgeError)
     async def _feedforge_error(_request: Request, exc: FeedforgeError) -> JSONResponse:
         return JSONResponse(status_code=exc.http_status, content=exc.to_dict())
 
     @app.get("/recommend", response_model=FeedResponse, tags=["feed"])
-    def recommend(
+    async def recommend(
         service: Service,
         user_id: Annotated[str, Query(min_length=1, max_length=128)],
         k: Annotated[int, Query(ge=1, le=500, description="Number of items")] = 10,
@@ -132,33 +190,15 @@ def create_app(settings: Settings, workdir: Workdir) -> FastAPI:
                 "back as context.request_id in the impression and engagement events",
             ),
         ] = None,
-    ) -> FeedResponse:
+    ) -> JSONResponse:
         """The ranked feed of a user; unknown users get the popularity feed. Every answer is
         logged to the feed log with its request id."""
         request_id = request_id or uuid.uuid4().hex
         feed = service.recommend(user_id, k, device)
         service.log_feed(feed, request_id, device)
-        propensities = feed.propensities or [1.0] * len(feed.item_ids)
-        explanations = feed.explanations or [Explanation("")] * len(feed.item_ids)
-        return FeedResponse(
-            request_id=request_id,
-            user_id=feed.user_id,
-            version=feed.version,
-            strategy=feed.strategy,
-            degraded=feed.degraded,
-            items=[
-                ScoredItem(
-                    item_id=i,
-                    score=s,
-                    propensity=p,
-                    explanation=e.text,
-                    because_item_id=e.because_item_id,
-                )
-                for i, s, p, e in zip(
-                    feed.item_ids, feed.scores, propensities, explanations, strict=True
-                )
-            ],
-        )
+        # Serialised here, not validated again by FastAPI against the response model (the
+        # fields are built from typed values; the schema above documents them).
+        return JSONResponse(content=feed_body(feed, request_id))
 
     @app.post(
         "/events",
@@ -232,7 +272,7 @@ def create_app(settings: Settings, workdir: Workdir) -> FastAPI:
         return Response(content=body, media_type=content_type)
 
     @app.get("/health/live", tags=["health"])
-    def live() -> dict[str, str]:
+    async def live() -> dict[str, str]:
         """Liveness: the process answers."""
         return {"status": "alive"}
 

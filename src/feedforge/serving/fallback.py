@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -129,18 +130,23 @@ class PendingHistories:
                     len(dropped),
                 )
 
-    def flush(self, store: OnlineStore, max_len: int, max_users: int = 1_000) -> None:
-        """Write held updates to ``store``, oldest users first, at most ``max_users`` per call
-        (so the first request after an outage does not carry the whole backlog); what fails
-        stays held.
+    def flush(self, store: OnlineStore, max_len: int, max_users: int | None = 1_000) -> bool:
+        """Write held updates to ``store`` in one batched write, oldest users first, at most
+        ``max_users`` users per call (None: all; the feed path passes a bound so the first
+        request after an outage does not carry the whole backlog).
+
+        Returns:
+            Whether nothing is held any more.
 
         Raises:
-            feedforge.errors.StoreError: the store failed (the rest stays held).
+            feedforge.errors.StoreError: the store failed; everything stays held (a batch the
+                store half-applied is written again, so a history may repeat an item).
         """
         if not self._count:
-            return
+            return True
         with self._lock:
-            for _ in range(min(max_users, len(self._items))):
-                user_id = next(iter(self._items))
-                store.append_history(user_id, self._items[user_id], max_len)
+            users = list(itertools.islice(self._items, max_users))
+            store.append_histories({user_id: self._items[user_id] for user_id in users}, max_len)
+            for user_id in users:
                 self._count -= len(self._items.pop(user_id))
+            return not self._count

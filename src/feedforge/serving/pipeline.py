@@ -53,7 +53,7 @@ from feedforge.events.schema import Event, EventType
 from feedforge.monitoring.metrics import ServiceMetrics
 from feedforge.publish.ann import RetrievalMethod
 from feedforge.publish.publisher import CONSUMED_EVENTS, FEED, USER_EMB, USER_FEAT
-from feedforge.publish.store import OnlineStore
+from feedforge.publish.store import OnlineStore, UserRead
 from feedforge.serving.explain import DEGRADED, POPULAR, Explanation, explain_by_history
 from feedforge.serving.fallback import DiskFallback, PendingHistories, StoreGuard
 from feedforge.serving.feedlog import FeedLog
@@ -67,6 +67,8 @@ from feedforge.serving.version import LoadedVersion, load_version
 from feedforge.workdir import Workdir
 
 logger = logging.getLogger("feedforge.serving")
+
+_MAX_READS = 3  # user reads per request while versions keep changing under it
 
 HISTORY_EVENTS = frozenset(EventType(name) for name in CONSUMED_EVENTS)
 """Event types that enter a user's live history (impressions and skips do not)."""
@@ -119,7 +121,10 @@ class FeedService:
             NotPublishedError: nothing was published yet.
             feedforge.errors.StoreUnavailableError: the store cannot be reached.
         """
-        version = self.store.current_version()
+        return self._follow(self.store.current_version())
+
+    def _follow(self, version: str | None) -> LoadedVersion:
+        """:meth:`current` for the pointer value ``version`` the caller has just read."""
         if version is None:
             raise NotPublishedError(
                 f"nothing is published yet; run `{self.workdir.command('publish')}`"
@@ -235,45 +240,52 @@ class FeedService:
 
     def _personalized(self, user_id: str, k: int, device: str | None) -> Feed:
         """The pipeline itself; store failures propagate."""
-        state = self.current()
         cfg = self.settings.serving
         metrics = self.metrics
         with metrics.stage("retrieve"):
-            vectors, found = self.store.get_vectors(state.version, USER_EMB, [user_id])
-            user_record = self.store.get_records(state.version, USER_FEAT, [user_id])[0]
+            state, user = self._read_user(user_id)
+            user_record = user.record
             record = user_record or {}
-            history = self.store.get_history(user_id, cfg.history_length)
+            history = user.history
             seen = set(record.get("seen", ())) | set(history)
             hist_idx = [i for i in (state.items.get(h) for h in history) if i is not None]
 
-            if cfg.precomputed:
-                precomputed = self._precomputed(state, user_id, k, seen, record, history)
+            if user.extra is not None:
+                precomputed = self._precomputed(
+                    state, user_id, k, seen, user.extra, record, history
+                )
                 if precomputed is not None:
                     return precomputed
-            if not found[0] and not hist_idx:
+            vector = user.vector
+            if vector is None and not hist_idx:
                 return self._popular(state, user_id, k, seen)
             query = np.zeros(state.item_matrix.shape[1], dtype=np.float32)
-            if found[0] and vectors.shape[1] == query.shape[0]:
-                query += vectors[0]
+            if vector is not None and vector.shape[0] == query.shape[0]:
+                query += vector
             if hist_idx:
-                weight = cfg.history_weight if found[0] else 1.0
+                weight = cfg.history_weight if vector is not None else 1.0
                 query += weight * state.item_matrix[hist_idx].mean(axis=0)
 
             seen_idx = [i for i in (state.items.get(s) for s in seen) if i is not None]
             # At least k candidates: a feed of k > serving.candidates must not be cut short.
             found_cand = state.index.retrieve(query, max(cfg.candidates, k), exclude=seen_idx)
-            cand, cand_scores = list(found_cand.ids), list(found_cand.scores)
+            cand_idx, cand_scores = found_cand.ids, found_cand.scores
             # Pinned items join the candidates even when retrieval missed them (unless seen).
-            for item_id in pinned_item_ids(self.settings.reranking):
-                idx = state.items.get(item_id)
-                if idx is not None and item_id not in seen and idx not in cand:
-                    cand.append(idx)
-                    cand_scores.append(float(state.item_matrix[idx] @ query))
-            if not cand:
+            pinned = [
+                idx
+                for item_id in pinned_item_ids(self.settings.reranking)
+                if item_id not in seen and (idx := state.items.get(item_id)) is not None
+            ]
+            if pinned:
+                present = set(cand_idx.tolist())
+                missing = [idx for idx in dict.fromkeys(pinned) if idx not in present]
+                cand_idx = np.concatenate([cand_idx, np.asarray(missing, dtype=np.int64)])
+                cand_scores = np.concatenate([cand_scores, state.item_matrix[missing] @ query])
+            if not len(cand_idx):
                 return self._popular(state, user_id, k, seen)
-        cand_idx = np.asarray(cand, dtype=np.int64)
+        cand_idx = cand_idx.astype(np.int64, copy=False)
         cand_ids = state.items.id_of(cand_idx)
-        retrieval_scores = np.asarray(cand_scores, dtype=np.float64)
+        retrieval_scores = cand_scores.astype(np.float64)
         X = None
         with metrics.stage("features"):
             # The candidates' item features come from the version's in-memory snapshot
@@ -299,19 +311,44 @@ class FeedService:
             explanations=explanations,
         )
 
+    def _read_user(self, user_id: str) -> tuple[LoadedVersion, UserRead]:
+        """The serving version and the user's embedding, record, live history (and
+        precomputed feed with ``serving.precomputed``), in one store round trip.
+
+        The read is made for the version in memory and also returns the store's pointer;
+        when the pointer moved to a version that is ready (the first one, or a background
+        load finished), the user is read again for it.
+        """
+        cfg = self.settings.serving
+        extra = FEED if cfg.precomputed else None
+        loaded = self._loaded or self.current()
+        for _ in range(_MAX_READS):
+            user = self.store.read_user(
+                loaded.version,
+                user_id,
+                cfg.history_length,
+                vector_kind=USER_EMB,
+                record_kind=USER_FEAT,
+                extra_kind=extra,
+            )
+            state = self._follow(user.current)
+            if state.version == loaded.version:
+                break
+            loaded = state
+        return loaded, user
+
     def _precomputed(
         self,
         state: LoadedVersion,
         user_id: str,
         k: int,
         seen: set[str],
+        stored: dict[str, Any],
         record: dict[str, Any],
         history: list[str],
     ) -> Feed | None:
-        """The user's fresh precomputed feed minus consumed items, if it still has ``k``."""
-        stored = self.store.get_records(state.version, FEED, [user_id])[0]
-        if not stored:
-            return None
+        """The user's fresh precomputed feed (``stored``) minus consumed items, if it still
+        has ``k``."""
         age_s = time.time() - float(stored.get("computed_at_s", 0.0))
         if age_s > self.settings.serving.precomputed_max_age_s:
             return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import socket
 import sqlite3
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -284,6 +285,19 @@ def test_post_a_list_of_events(
     assert sorted(stored.get_column("event_type").to_list()) == sorted(
         ["impression", "click", "purchase", "rating"]
     )
+
+
+def test_a_batch_of_many_users_updates_every_history_before_the_answer(
+    client: TestClient, published_workdir: Workdir, make_event: EventFactory
+) -> None:
+    # More users than one pending-history flush of the feed path writes (1,000).
+    users = [f"many-{uuid.uuid4().hex[:6]}-{k}" for k in range(1_500)]
+    events = [make_event(user_id=u, item_id="i000004", event_type="click") for u in users]
+    response = client.post("/events", json=events)
+    assert response.status_code == 200, response.text
+    assert response.json()["accepted"] == 1_500 and response.json()["history_updated"] is True
+    with EmbeddedStore(published_workdir.store_path) as store:  # as another worker would read
+        assert store.get_histories([users[0], users[-1]], 5) == [["i000004"], ["i000004"]]
 
 
 def test_a_batch_with_bad_events_is_422_and_keeps_the_good_ones(

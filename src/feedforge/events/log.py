@@ -11,6 +11,14 @@ serialised with an advisory file lock. An event whose ``event_id`` is already in
 twice in one batch) is stored once; the duplicate count is returned. Duplicates are looked up in
 the partition of the event's own date, so a re-sent event must keep its timestamp (it does when
 it is the same event).
+
+**The id index.** Looking duplicates up by scanning a partition's files on every append costs
+O(files) per append, and the service appends one file per request. So an :class:`EventLog`
+keeps, per partition it appended to, the set of its event ids and the names of the files they
+came from; each append (under the lock) lists the partition and reads the ids of only the
+files it has not seen, which also picks up other processes' appends. At most
+:data:`MAX_INDEXED_IDS` ids are held: the least recently used partitions are dropped first,
+and a partition larger than that on its own is scanned as before.
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ from feedforge.events.schema import (
 )
 
 _LOCK = ".append.lock"
+MAX_INDEXED_IDS = 2_000_000
+"""Event ids an :class:`EventLog` holds in memory for duplicate checks (about 100 MB)."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +67,8 @@ class EventLog:
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
+        # partition date -> (file names read, their event ids); most recently used last
+        self._index: dict[str, tuple[set[str], set[str]]] = {}
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -72,17 +84,39 @@ class EventLog:
         return self.root / f"date={date}"
 
     def _existing_ids(self, date: str, candidates: pl.Series) -> pl.Series:
+        """The ``candidates`` already stored in partition ``date`` (call under the lock)."""
         part = self._partition(date)
-        files = sorted(part.glob("*.parquet")) if part.is_dir() else []
+        files = {f.name: f for f in part.glob("*.parquet")} if part.is_dir() else {}
         if not files:
+            self._index.pop(date, None)
             return pl.Series("event_id", [], dtype=pl.String)
-        return (
-            pl.scan_parquet(files)
-            .select("event_id")
-            .filter(pl.col("event_id").is_in(candidates.implode()))
-            .collect()
-            .get_column("event_id")
-        )
+        read, ids = self._index.pop(date, (set(), set()))
+        if not read <= files.keys():  # a file went away (rewritten partition): start over
+            read, ids = set(), set()
+        new = sorted(files.keys() - read)
+        if new:
+            fresh = pl.read_parquet([files[n] for n in new], columns=["event_id"])
+            ids.update(fresh.get_column("event_id").to_list())
+            read.update(new)
+        if len(ids) > MAX_INDEXED_IDS:  # too large to hold: scan it, as without an index
+            return (
+                pl.scan_parquet(list(files.values()))
+                .select("event_id")
+                .filter(pl.col("event_id").is_in(candidates.implode()))
+                .collect()
+                .get_column("event_id")
+            )
+        self._index[date] = (read, ids)
+        while sum(len(i) for _, i in self._index.values()) > MAX_INDEXED_IDS:
+            del self._index[next(iter(self._index))]
+        return pl.Series("event_id", [c for c in candidates.to_list() if c in ids], dtype=pl.String)
+
+    def _indexed(self, date: str, name: str, ids: pl.Series) -> None:
+        """Record a file this process has just committed in the id index."""
+        entry = self._index.get(date)
+        if entry is not None:
+            entry[0].add(name)
+            entry[1].update(ids.to_list())
 
     def append(self, events: pl.DataFrame | Sequence[Event], where: str = "events") -> AppendResult:
         """Append events durably.
@@ -103,7 +137,10 @@ class EventLog:
             frame = conform(events, EVENT_SCHEMA, EVENT_REQUIRED, where)
             check_event_values(frame, where)
         else:
-            frame = pl.DataFrame([e.to_row() for e in events], schema=EVENT_SCHEMA)
+            rows = [e.to_row() for e in events]
+            frame = pl.DataFrame(
+                {name: [row[name] for row in rows] for name in EVENT_SCHEMA}, schema=EVENT_SCHEMA
+            )
         if frame.is_empty():
             return AppendResult(0, 0)
         total = frame.height
@@ -129,6 +166,7 @@ class EventLog:
                     os.fsync(fh.fileno())
                 os.replace(tmp, target)
                 _fsync_dir(directory)
+                self._indexed(str(date), target.name, part.get_column("event_id"))
                 written += part.height
         return AppendResult(written=written, duplicates=total - written)
 

@@ -89,6 +89,32 @@ def _optional_bytes(value: object) -> bytes | None:
     return None if value is None else _bytes(value)
 
 
+# KEYS: one history key per user. ARGV: max_len, ttl_s (0: none), then per key the number of
+# its items followed by the items (oldest first). Appends, trims and sets the TTL of every key
+# in one server-side call: as a pipeline, the three commands per user cost 16 us each in
+# redis-py, 49 ms per 1,000 users. (A Redis Cluster backend would split the call by slot.)
+_APPEND_HISTORIES = """
+local max_len = tonumber(ARGV[1])
+local ttl = tonumber(ARGV[2])
+local pos = 3
+for _, key in ipairs(KEYS) do
+  local n = tonumber(ARGV[pos])
+  pos = pos + 1
+  local last = pos + n - 1
+  while pos <= last do
+    local stop = math.min(pos + 999, last)
+    redis.call('RPUSH', key, unpack(ARGV, pos, stop))
+    pos = stop + 1
+  end
+  redis.call('LTRIM', key, -max_len, -1)
+  if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+end
+return #KEYS
+"""
+HISTORY_CHUNK = 10_000
+"""History items per server-side append call (:meth:`RedisStore.append_histories`)."""
+
+
 class RedisStore(OnlineStore):
     """An :class:`~feedforge.publish.store.OnlineStore` on a Redis server.
 
@@ -117,6 +143,7 @@ class RedisStore(OnlineStore):
         self.history_ttl_s = history_ttl_s
         self._set_current = client.register_script(_SET_CURRENT)
         self._unpublish = client.register_script(_UNPUBLISH)
+        self._append_histories = client.register_script(_APPEND_HISTORIES)
 
     @classmethod
     def from_url(
@@ -305,17 +332,20 @@ class RedisStore(OnlineStore):
     def append_histories(self, items: Mapping[str, Sequence[str]], max_len: int) -> None:
         if max_len < 1:
             raise ValidationError(f"max_len must be >= 1, got {max_len}")
-        users = [(user_id, ids) for user_id, ids in items.items() if ids]
+        ttl = 0 if self.history_ttl_s is None else max(1, int(self.history_ttl_s))
+        keys: list[str] = []
+        args: list[str | int] = [max_len, ttl]
         with self._errors("append_histories"):
-            for start in range(0, len(users), CHUNK):
-                pipe = self._client.pipeline(transaction=False)
-                for user_id, item_ids in users[start : start + CHUNK]:
-                    key = self.keys.history(user_id)
-                    pipe.rpush(key, *item_ids)
-                    pipe.ltrim(key, -max_len, -1)
-                    if self.history_ttl_s is not None:
-                        pipe.expire(key, max(1, int(self.history_ttl_s)))
-                pipe.execute()
+            for user_id, item_ids in items.items():
+                if not item_ids:
+                    continue
+                keys.append(self.keys.history(user_id))
+                args += [len(item_ids), *item_ids]
+                if len(args) >= HISTORY_CHUNK:
+                    self._append_histories(keys=keys, args=args)
+                    keys, args = [], [max_len, ttl]
+            if keys:
+                self._append_histories(keys=keys, args=args)
 
     def get_histories(self, user_ids: Sequence[str], n: int) -> list[list[str]]:
         if n <= 0 or not user_ids:

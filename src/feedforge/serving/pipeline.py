@@ -475,12 +475,16 @@ class FeedService:
         if not self.guard.available():
             return result, False
         try:
-            self.pending.flush(self.store, self.settings.serving.history_length)
+            # Everything held, this batch's users included: acknowledged history updates
+            # must be visible to the very next feed request, whichever worker answers it.
+            done = self.pending.flush(
+                self.store, self.settings.serving.history_length, max_users=None
+            )
         except StoreUnavailableError as exc:
             self.guard.failed(exc)
             return result, False
         self.guard.succeeded()
-        return result, True
+        return result, done
 
     # -- health -----------------------------------------------------------------------------
     def health(self) -> tuple[bool, dict[str, str]]:

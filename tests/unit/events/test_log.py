@@ -15,6 +15,7 @@ import polars as pl
 import pytest
 
 from feedforge.errors import ArtifactError, ValidationError
+from feedforge.events import log as log_module
 from feedforge.events.catalog import read_catalog, write_catalog
 from feedforge.events.log import AppendResult, EventLog
 from feedforge.events.schema import EVENT_SCHEMA, ITEM_SCHEMA, USER_SCHEMA, Event
@@ -132,6 +133,30 @@ def test_duplicates_of_earlier_appends_are_skipped(tmp_path: Path) -> None:
     rows = _raw_rows(log)
     assert sorted(rows.get_column("event_id").to_list()) == ["a", "b", "c", "d"]
     assert log.count() == 4
+
+
+def test_id_index_sees_other_writers_and_rewritten_partitions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two EventLog objects on one directory stand for two service processes: each one's
+    # in-memory id index must pick up the files the other committed.
+    first, second = EventLog(tmp_path), EventLog(tmp_path)
+    assert first.append(_events(["a", "b"], hours=[0, 0])) == AppendResult(2, 0)
+    assert second.append(_events(["b", "c"], hours=[0, 0])) == AppendResult(1, 1)
+    assert first.append(_events(["c", "d"], hours=[0, 0])) == AppendResult(1, 1)
+
+    # A partition rewritten under the index (a file gone): the index is rebuilt, not trusted.
+    partition = tmp_path / "date=2026-01-01"
+    for file in sorted(partition.glob("*.parquet"))[1:]:
+        file.unlink()  # only the first file ("a", "b") is left
+    assert first.append(_events(["c", "b"], hours=[0, 0])) == AppendResult(1, 1)
+
+    # A partition over the index's bound is checked by scanning its files instead.
+    monkeypatch.setattr(log_module, "MAX_INDEXED_IDS", 2)
+    third = EventLog(tmp_path)
+    assert third.append(_events(["a", "e"], hours=[0, 0])) == AppendResult(1, 1)
+    assert third._index == {}
+    assert sorted(_raw_rows(third).get_column("event_id").to_list()) == ["a", "b", "c", "e"]
 
 
 def test_append_event_objects(tmp_path: Path) -> None:

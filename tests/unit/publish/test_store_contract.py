@@ -281,6 +281,46 @@ def test_history_append_trim_and_newest_first(store: OnlineStore) -> None:
         store.append_history("u1", ["h"], max_len=0)
 
 
+def test_append_histories_writes_many_users_in_one_call(store: OnlineStore) -> None:
+    store.append_history("u1", ["a"], max_len=3)
+    many = {f"user{k}": [f"i{k}", f"j{k}"] for k in range(2_500)}  # several server-side chunks
+    long = [f"x{k}" for k in range(2_400)]  # more items for one user than one RPUSH carries
+
+    store.append_histories({"u1": ["b", "c", "d"], "empty": [], **many, "long": long}, max_len=3)
+
+    assert store.get_history("u1", 10) == ["d", "c", "b"]
+    assert store.get_history("empty", 10) == []
+    assert store.get_histories(["user0", "user2499"], 10) == [["j0", "i0"], ["j2499", "i2499"]]
+    assert store.get_history("long", 10) == ["x2399", "x2398", "x2397"]
+    store.append_histories({}, max_len=3)
+    with pytest.raises(ValidationError):
+        store.append_histories({"u1": ["e"]}, max_len=0)
+
+
+def test_read_user_returns_the_pointer_with_the_users_data(store: OnlineStore) -> None:
+    vectors = publish(store, "v1")
+    store.put_records("v1", "user_feat", ["u1"], [{"clicks": 3}])
+    store.put_records("v1", "feed", ["u1"], [{"items": ["i1"]}])
+    store.append_history("u1", ["i3", "i4"], max_len=5)
+    kinds = {"vector_kind": "user_emb", "record_kind": "user_feat"}
+
+    before = store.read_user("v1", "u1", 5, **kinds)
+    assert before.current is None  # nothing is current yet: the caller must not serve it
+    store.set_current("v1")
+    got = store.read_user("v1", "u1", 5, **kinds, extra_kind="feed")
+    nobody = store.read_user("v1", "nobody", 5, **kinds)
+    no_history = store.read_user("v1", "u1", 0, **kinds)
+
+    assert got.current == "v1"
+    assert got.vector is not None
+    np.testing.assert_array_equal(got.vector, vectors[1] * -1)
+    assert got.record == {"clicks": 3}
+    assert got.history == ["i4", "i3"]
+    assert got.extra == {"items": ["i1"]}
+    assert (nobody.vector, nobody.record, nobody.history, nobody.extra) == (None, None, [], None)
+    assert no_history.history == [] and no_history.record == {"clicks": 3}
+
+
 def test_clear_histories_keeps_published_data(store: OnlineStore) -> None:
     publish(store, "v1")
     store.set_current("v1")

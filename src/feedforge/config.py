@@ -208,6 +208,13 @@ class ServingConfig(_Section):
         "kind; serve with `exact` to skip a published index",
     )
     ann_m: int = Field(32, ge=4, le=128, description="HNSW links per node (publish time)")
+    cold_items: Literal["content", "none"] = Field(
+        "content",
+        description="Catalog items without a learned embedding (no interactions in the "
+        "training split, or newer than it), publish time: `content` serves them with vectors "
+        "mapped from their attributes (feedforge.publish.coldstart), `none` serves learned "
+        "items only",
+    )
     ann_metric: Literal["auto", "l2-reduction", "inner-product"] = Field(
         "auto",
         description="The HNSW graph's space (publish time): the MIPS -> L2 reduction, the inner "

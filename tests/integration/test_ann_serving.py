@@ -129,8 +129,9 @@ def test_feeds_keep_the_contract_when_serving_with_hnsw(
     small catalog, so the exact search answers; the contract holds either way."""
     settings = load_settings(small_config)
     consumed = consumed_items(published_workdir)[known_user]
-    left = set(load_dataset(published_workdir).items.ids.to_list()) - consumed
     with TestClient(create_app(settings, published_workdir)) as client:
+        # The served items: the model's plus content-mapped catalog items (cold_items).
+        left = set(service_of(client).current().items.ids.to_list()) - consumed
         items = assert_contract(client, known_user, min(k, len(left)), consumed)
         method = service_of(client).recommend(known_user, k).retrieval
     if k >= len(left):

@@ -3,8 +3,10 @@
 A publish
 
 1. writes a *serving bundle* ``WORKDIR/bundles/<version>/`` (item id order, the ranker, the
-   ANN index over the retrieval model's item embeddings in ``ann/``, of the kind
-   ``serving.ann`` names; see :mod:`feedforge.publish.ann`),
+   ANN index over the served item embeddings in ``ann/``, of the kind ``serving.ann`` names;
+   see :mod:`feedforge.publish.ann`). The served items are the retrieval model's, completed
+   with content-mapped vectors for catalog items it has none for (``serving.cold_items``,
+   :mod:`feedforge.publish.coldstart`), so the whole catalog can be retrieved,
 2. writes every key of the version into the online store (user and item embeddings as float32
    bytes, user and item feature records, the metadata with the popularity fallback list),
 3. flips the store's ``current`` pointer to the new version in one atomic write, and
@@ -31,6 +33,7 @@ import polars as pl
 from feedforge.artifacts import Manifest, new_version, write_manifest
 from feedforge.config import ServingConfig, Settings
 from feedforge.datasets.features import FEATURES, item_records, snapshot_counters, user_records
+from feedforge.datasets.idmap import IdMap
 from feedforge.datasets.load import load_dataset
 from feedforge.errors import ArtifactError, DataError
 from feedforge.events.catalog import read_catalog
@@ -38,6 +41,7 @@ from feedforge.events.log import EventLog
 from feedforge.models.base import EmbeddingRecommender
 from feedforge.models.registry import RANKERS, load_ranker, load_recommender
 from feedforge.publish.ann import AnnIndex, AnnKind
+from feedforge.publish.coldstart import cold_item_embeddings
 from feedforge.publish.store import OnlineStore
 from feedforge.publish.versions import prune_versions, retire
 from feedforge.workdir import Workdir
@@ -141,11 +145,18 @@ def publish(
     say(f"writing serving bundle {version}")
     bundle = workdir.bundles_dir / version
     bundle.mkdir(parents=True)
-    dataset.items.save(bundle / "item_ids.parquet")
     if ranker is not None:
         ranker.save(bundle / "ranker")
     u_emb, i_emb = retrieval.user_embeddings(), retrieval.item_embeddings()
     serving = settings.serving
+    i_ids = dataset.items.ids.to_list()
+    cold_stats: dict[str, str | float | int | None] = {"method": "none", "content_items": 0}
+    if serving.cold_items == "content":
+        say("mapping catalog attributes to embeddings for items without learned ones")
+        cold = cold_item_embeddings(items, i_ids, i_emb, snapshot_time)
+        i_ids, i_emb = cold.ids, cold.vectors
+        cold_stats = {"method": "content", "content_items": cold.n_content, "r2": cold.r2}
+    IdMap(i_ids).save(bundle / "item_ids.parquet")
     say(f"building the {serving.ann} ANN index over {len(i_emb)} item embeddings")
     index = build_serving_index(i_emb, u_emb, serving)
     if index.params.probe_recall:
@@ -165,7 +176,6 @@ def publish(
 
     say("writing embeddings and features to the online store")
     u_ids = dataset.users.ids.to_list()
-    i_ids = dataset.items.ids.to_list()
     for s in _chunks(len(u_ids)):
         store.put_vectors(version, USER_EMB, u_ids[s], u_emb[s])
     for s in _chunks(len(i_ids)):
@@ -187,6 +197,7 @@ def publish(
         "n_categories": dataset.n_categories,
         "dim": int(i_emb.shape[1]),
         "n_items": len(i_ids),
+        "cold_items": cold_stats,
         "n_users": len(u_ids),
         "popular": dataset.items.id_of(popular_idx[:POPULAR_LIST_SIZE]),
         "bundle": str(bundle),

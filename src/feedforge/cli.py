@@ -300,6 +300,10 @@ def bench_serve_cmd(
     duration: Annotated[float, typer.Option(min=1, help="Seconds of load")] = 60.0,
     workers: Annotated[int, typer.Option(min=1, help="Service worker processes")] = 2,
     candidates: Annotated[int, typer.Option(min=1, help="Candidates ranked per request")] = 500,
+    extra_rate: Annotated[
+        list[float] | None,
+        typer.Option(min=1, help="Another rate to drive after the target one (repeatable)"),
+    ] = None,
     redis_url: Annotated[str, typer.Option(help="The Redis to publish to")] = (
         "redis://127.0.0.1:6379/0"
     ),
@@ -317,6 +321,7 @@ def bench_serve_cmd(
         workers=workers,
         candidates=candidates,
         redis_url=redis_url,
+        extra_rates=tuple(extra_rate or ()),
     )
     with _progress("bench serve") as say:
         report = run_serve(_settings(config), spec, out, progress=say)

@@ -24,6 +24,7 @@ def test_bench_serve_reports_latency_floor_profile_and_ingestion(
     spec = LoadSpec(
         items=400, users=300, days=6, rate=20, duration_s=2, workers=1, candidates=50,
         ingest_seconds=1, ingest_batch=100, floor_users=20, redis_url=redis_url,
+        extra_rates=(10,),
     )  # fmt: skip
     report = run_serve(Settings(**SMALL_CONFIG), spec, tmp_path)
     saved = json.loads((tmp_path / "serve.json").read_text())
@@ -31,11 +32,15 @@ def test_bench_serve_reports_latency_floor_profile_and_ingestion(
     feeds = saved["feeds"]
     assert feeds["requests"] > 10 and feeds["statuses"].get("200") == feeds["requests"]
     assert feeds["errors"] == 0 and 0 < feeds["p50_ms"] <= feeds["p99_ms"]
+    assert feeds["service_cpu_ms_per_request"] > 0
+    (extra,) = saved["sweep"]
+    assert extra["offered_rate"] == 10 and extra["errors"] == 0 and extra["requests"] > 5
     floor = saved["compute_floor"]
     assert floor["candidates"] == 50 and floor["floor_p50_ms"] > 0
     assert set(saved["profile_one_worker"]) == {"retrieve", "features", "score", "rerank"}
     assert saved["ingestion"]["acknowledged"] > 0 and saved["ingestion"]["failed"] == 0
     assert report["targets"][0]["target"].startswith("p99")
-    assert "| p99 <= 25 ms" in (tmp_path / "serve.md").read_text()
+    markdown = (tmp_path / "serve.md").read_text()
+    assert "| p99 <= 25 ms" in markdown and "| 10 | " in markdown and "| 20 | " in markdown
     pattern = glob_pattern(Keys(saved["namespace"]).prefix)
     assert not list(redis_client.scan_iter(match=pattern, count=10_000))  # cleaned up

@@ -77,6 +77,7 @@ class LoadSpec:
     ingest_batch: int = 1_000
     floor_users: int = 200
     redis_url: str = "redis://127.0.0.1:6379/0"
+    extra_rates: tuple[float, ...] = ()  # further open-loop runs, e.g. to find the capacity
 
 
 def _percentiles(values: list[float]) -> dict[str, float | None]:
@@ -239,6 +240,7 @@ def _compute_floor(settings: Settings, workdir: Workdir, spec: LoadSpec) -> dict
         "ranker": meta.get("ranker"),
         "ann": meta.get("ann"),
         "served_items": int(meta.get("n_items", 0)),
+        "cold_items": meta.get("cold_items"),
         "served_users": int(meta.get("n_users", 0)),
         "median_ms": {k: float(np.median(v) * 1e3) for k, v in timings.items()},
         "floor_p50_ms": float(np.median(total) * 1e3),
@@ -260,6 +262,43 @@ def _profile(metrics_text: str) -> dict[str, dict[str, float]]:
         for stage in sums
         if counts.get(stage)
     }
+
+
+def _tree_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) used so far by process ``pid`` and its descendants, from
+    ``/proc`` (None where there is none)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total, todo = 0.0, [pid]
+    try:
+        while todo:
+            p = todo.pop()
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+            todo += [int(c) for c in children]
+    except (OSError, ValueError, IndexError):
+        return None
+    return total
+
+
+def _drive_once(
+    base: str, users: list[str], rate: float, duration_s: float, service_pid: int
+) -> dict[str, Any]:
+    """One open-loop run from a separate process, with the service's CPU time per request."""
+    context = multiprocessing.get_context("spawn")
+    queue: Any = context.Queue()
+    driver = context.Process(target=_drive, args=(base, users, rate, duration_s, queue))
+    cpu_before = _tree_cpu_s(service_pid)
+    driver.start()
+    feeds: dict[str, Any] = queue.get(timeout=duration_s + 600)
+    driver.join(timeout=60)
+    cpu_after = _tree_cpu_s(service_pid)
+    feeds["service_cpu_ms_per_request"] = (
+        None
+        if cpu_before is None or cpu_after is None or not feeds["requests"]
+        else 1e3 * (cpu_after - cpu_before) / feeds["requests"]
+    )
+    return feeds
 
 
 def _start_service(
@@ -333,15 +372,14 @@ def run_serve(
                     for j in range(20 * spec.workers):
                         client.get("/recommend", params={"user_id": users[j % len(users)]})
                 say(f"driving {spec.rate}/s for {spec.duration_s} s (open loop)")
-                queue: Any = multiprocessing.get_context("spawn").Queue()
-                driver = multiprocessing.get_context("spawn").Process(
-                    target=_drive, args=(base, users, spec.rate, spec.duration_s, queue)
-                )
-                driver.start()
-                feeds = queue.get(timeout=spec.duration_s + 600)
-                driver.join(timeout=60)
+                feeds = _drive_once(base, users, spec.rate, spec.duration_s, process.pid)
                 # An overloaded service still works through requests the driver gave up on.
                 profile = _profile(httpx.get(f"{base}/metrics", timeout=600).text)
+                sweep = []
+                for rate in spec.extra_rates:
+                    time.sleep(5)  # let a saturated run's backlog drain
+                    say(f"driving {rate}/s for {spec.duration_s} s (open loop)")
+                    sweep.append(_drive_once(base, users, rate, spec.duration_s, process.pid))
                 say(f"ingesting for {spec.ingest_seconds} s")
                 ingest = asyncio.run(_ingest(base, spec.ingest_seconds, spec.ingest_batch))
             finally:
@@ -354,6 +392,7 @@ def run_serve(
         "namespace": namespace,
         "setup_seconds": setup,
         "feeds": feeds,
+        "sweep": sweep,
         "compute_floor": floor,
         "profile_one_worker": profile,
         "ingestion": ingest,
@@ -420,20 +459,26 @@ def render_markdown(report: dict[str, Any]) -> str:
     def cell(value: Any) -> str:
         return "" if value is None else (f"{value:.2f}" if isinstance(value, float) else str(value))
 
+    cold = floor.get("cold_items") or {}
+    cold_text = (
+        f"{cold['content_items']} of them with content-mapped vectors, serving.cold_items"
+        if cold.get("method") == "content"
+        else "the retrieval model's items only"
+    )
+
     lines = [
         "# Serving under load",
         "",
         f"Command: `{report['command']}`",
         "",
         f"{spec['items']} catalog items and {spec['users']} users simulated; the published "
-        f"version serves {floor['served_items']} items and {floor['served_users']} users (the "
-        "id maps hold what the train split saw; the ANN index covers the served items); "
-        f"{spec['candidates']} candidates ranked "
-        f"per request (ranker `{floor['ranker']}`); `feedforge serve --workers "
-        f"{spec['workers']}` against Redis; open-loop Poisson arrivals at {spec['rate']}/s for "
-        f"{spec['duration_s']} s from a separate process. Machine: "
-        f"{report['machine']['cpus']} CPUs (service, Redis and load generator share them). "
-        f"Setup (s): {report['setup_seconds']}.",
+        f"version serves {floor['served_items']} items ({cold_text}) and "
+        f"{floor['served_users']} users (the users of the train split); the ANN index covers "
+        f"the served items; {spec['candidates']} candidates ranked per request (ranker "
+        f"`{floor['ranker']}`); `feedforge serve --workers {spec['workers']}` against Redis; "
+        f"open-loop Poisson arrivals for {spec['duration_s']} s per rate from a separate "
+        f"process. Machine: {report['machine']['cpus']} CPUs (service, Redis and load generator "
+        f"share them). Setup (s): {report['setup_seconds']}.",
         "",
         "| target | measured | met |",
         "|---|---|---|",
@@ -444,13 +489,21 @@ def render_markdown(report: dict[str, Any]) -> str:
     ]
     lines += [
         "",
-        "| requests | throughput rps | p50 ms | p95 ms | p99 ms | max ms | errors | degraded |",
-        "|---|---|---|---|---|---|---|---|",
-        f"| {feeds['requests']} | {cell(feeds['throughput_rps'])} | {cell(feeds['p50_ms'])} | "
-        f"{cell(feeds['p95_ms'])} | {cell(feeds['p99_ms'])} | {cell(feeds['max_ms'])} | "
-        f"{feeds['errors']} | {feeds['degraded']} |",
+        "| offered rps | requests | throughput rps | p50 ms | p95 ms | p99 ms | max ms | errors "
+        "| degraded | service CPU ms / request |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        *(
+            f"| {run['offered_rate']} | {run['requests']} | {cell(run['throughput_rps'])} | "
+            f"{cell(run['p50_ms'])} | {cell(run['p95_ms'])} | {cell(run['p99_ms'])} | "
+            f"{cell(run['max_ms'])} | {run['errors']} | {run['degraded']} | "
+            f"{cell(run.get('service_cpu_ms_per_request'))} |"
+            for run in [feeds, *report.get("sweep", [])]
+        ),
         "",
-        f"Statuses: {feeds['statuses']}.",
+        "The first row is the target rate (the targets above); the service CPU time per request "
+        "is every worker's user + system time over the run, divided by the requests sent.",
+        "",
+        f"Statuses at the target rate: {feeds['statuses']}.",
         "",
         "Compute floor (no HTTP, no Redis), median ms per request: "
         + ", ".join(f"{k} {v:.2f}" for k, v in floor["median_ms"].items())

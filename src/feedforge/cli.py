@@ -452,6 +452,7 @@ def serve_cmd(
         port=port or settings.serving.port,
         workers=workers,
         log_config=log_config(settings.serving.log_format),
+        access_log=settings.serving.access_log,
     )
 
 

@@ -196,8 +196,10 @@ def test_error_messages_are_printed_verbatim(tmp_path: Path) -> None:
 def test_serve_answers_over_http(
     published_workdir: Workdir, small_config: Path, known_user: str
 ) -> None:
-    """``feedforge serve`` in its own process: uvicorn, the app factory, the real socket."""
-    server = ServerProcess(published_workdir, small_config).start()
+    """``feedforge serve`` in its own process: uvicorn, the app factory, the real socket (with
+    the access log, off by default, turned on)."""
+    env = {"FEEDFORGE_SERVING__ACCESS_LOG": "true"}
+    server = ServerProcess(published_workdir, small_config, env=env).start()
     base = server.base
     try:
         health = httpx.get(f"{base}/health", timeout=5)

@@ -35,12 +35,17 @@ class ItemTable:
         created_at_s: ``(n_items,)`` creation times, NaN where unknown.
         category: ``(n_items,)`` primary categories (``""`` where unknown), object array.
         present: ``(n_items,)`` whether the item had a record.
+        category_code: ``(n_items,)`` int32 position of each item's category in
+            ``vocabulary`` (so a request maps its user's clicks per category with one gather).
+        vocabulary: The distinct categories, sorted.
     """
 
     values: dict[str, np.ndarray]
     created_at_s: np.ndarray
     category: np.ndarray
     present: np.ndarray
+    category_code: np.ndarray
+    vocabulary: list[str]
 
     @classmethod
     def from_records(cls, records: Sequence[dict[str, Any] | None]) -> ItemTable:
@@ -60,7 +65,10 @@ class ItemTable:
             if stamp is not None:
                 created[j] = stamp
             category[j] = rec.get("category", "")
-        return cls(values, created, category, present)
+        vocabulary = sorted(set(category.tolist()))
+        position = {name: code for code, name in enumerate(vocabulary)}
+        codes = np.fromiter((position[c] for c in category.tolist()), dtype=np.int32, count=n)
+        return cls(values, created, category, present, codes, vocabulary)
 
     def age_days(self, idx: np.ndarray, now_s: float) -> np.ndarray:
         """``(N,)`` ages in days of items ``idx`` at ``now_s`` (NaN when unknown)."""
@@ -98,12 +106,9 @@ def raw_from_table(
     created = table.created_at_s[idx]
     raw["item_age_seconds"] = np.where(np.isnan(created), 0.0, now_s - created)
     category_clicks = user.get("category_clicks", {})
-    categories = table.category[idx]
     clicks = np.zeros(n)
     if category_clicks:
-        for name in set(categories.tolist()):
-            count = category_clicks.get(name, 0)
-            if count:
-                clicks[categories == name] = count
+        per_code = np.array([float(category_clicks.get(c, 0)) for c in table.vocabulary])
+        clicks = per_code[table.category_code[idx]]
     raw["user_category_clicks"] = np.where(present, clicks, 0.0)
     return raw, int(n - present.sum())

@@ -125,7 +125,8 @@ def feed_body(feed: Feed, request_id: str) -> dict[str, Any]:
     }
 
 
-def get_service(request: Request) -> FeedService:
+async def get_service(request: Request) -> FeedService:
+    # async: FastAPI runs a sync dependency on the thread pool, a hop per request.
     service: FeedService = request.app.state.service
     return service
 

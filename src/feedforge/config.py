@@ -197,6 +197,13 @@ class ServingConfig(_Section):
         description="After an online-store failure, serve degraded (popular) feeds without "
         "trying the store for this long, then try it again",
     )
+    load_retry_s: float = Field(
+        30.0,
+        gt=0,
+        description="After a published version failed to load (e.g. a corrupt bundle), keep "
+        "serving the previous one and try that version again only after this long, doubling "
+        "per failure up to 10 minutes (a load of a large catalog costs seconds of CPU)",
+    )
     max_future_skew_s: float = Field(300.0, ge=0, description="Event timestamps this far ahead ok")
     access_log: bool = Field(
         False,

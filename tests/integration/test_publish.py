@@ -292,3 +292,42 @@ def test_requests_are_answered_from_the_old_version_while_the_new_one_loads(
         assert time.perf_counter() - t0 < 5
         gate.set()
         wait_for_version(client, new)
+
+
+def test_a_version_that_fails_to_load_is_retried_after_a_backoff(
+    small_settings: Settings,
+    workdir_copy: Callable[..., Workdir],
+    publish_into: PublishInto,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A corrupt new version must not be reloaded on every request (a load of a large
+    catalog costs seconds of CPU): the old version serves, the new one is tried again after
+    serving.load_retry_s, and served once it loads."""
+    import feedforge.serving.pipeline as pipeline
+
+    workdir = workdir_copy()
+    real_load = pipeline.load_version
+    attempts: list[float] = []
+    clock = [1_000.0]
+
+    def failing_load(*args: Any, **kwargs: Any) -> Any:
+        attempts.append(clock[0])
+        raise ArtifactError(workdir.root, "corrupt bundle (test)", "feedforge publish")
+
+    with TestClient(create_app(small_settings, workdir)) as client:
+        client.app.state.service._monotonic = lambda: clock[0]  # type: ignore[attr-defined]
+        old = version_of(client)
+        monkeypatch.setattr(pipeline, "load_version", failing_load)
+        new = publish_into(workdir, small_settings)
+        deadline = time.perf_counter() + 10
+        while not attempts and time.perf_counter() < deadline:
+            assert version_of(client) == old
+        for _ in range(20):
+            assert version_of(client) == old
+        time.sleep(0.2)  # any further load would have started by now
+        assert len(attempts) == 1
+
+        clock[0] += small_settings.serving.load_retry_s + 1  # the backoff has passed
+        monkeypatch.setattr(pipeline, "load_version", real_load)
+        wait_for_version(client, new)
+        assert len(attempts) == 1

@@ -99,6 +99,9 @@ class FeedService:
         self._lock = threading.Lock()  # guards _loading
         self._load_lock = threading.Lock()  # one version load at a time
         self._loading: str | None = None  # the version a background thread is loading
+        # version -> (failed loads, monotonic time before which it is not tried again)
+        self._failed_loads: dict[str, tuple[int, float]] = {}
+        self._monotonic = time.monotonic  # the backoff's clock
         self.metrics = ServiceMetrics()
         """The Prometheus metrics (``GET /metrics``), e.g. candidates scored with default
         features because the snapshot had no record for them."""
@@ -135,7 +138,8 @@ class FeedService:
         if loaded is None:
             return self._load(version)
         with self._lock:
-            if self._loading != version:
+            retry_at = self._failed_loads.get(version, (0, 0.0))[1]
+            if self._loading != version and self._monotonic() >= retry_at:
                 self._loading = version
                 threading.Thread(
                     target=self._load_in_background, args=(version,), daemon=True
@@ -161,8 +165,23 @@ class FeedService:
     def _load_in_background(self, version: str) -> None:
         try:
             self._load(version)
-        except Exception:  # the next request tries again; until then the old version serves
-            logger.exception("could not load version %s; still serving the previous one", version)
+        except Exception:
+            # The old version keeps serving; the failed one is tried again after a backoff
+            # (serving.load_retry_s, doubling), not on the very next request.
+            with self._lock:
+                failures = self._failed_loads.get(version, (0, 0.0))[0] + 1
+                delay = min(self.settings.serving.load_retry_s * 2 ** (failures - 1), 600.0)
+                self._failed_loads[version] = (failures, self._monotonic() + delay)
+            logger.exception(
+                "could not load version %s (failure %d); still serving the previous one, "
+                "next try in %.0f s",
+                version,
+                failures,
+                delay,
+            )
+        else:
+            with self._lock:
+                self._failed_loads.pop(version, None)
         finally:
             with self._lock:
                 if self._loading == version:

@@ -37,10 +37,13 @@ def test_bench_serve_reports_latency_floor_profile_and_ingestion(
     assert extra["offered_rate"] == 10 and extra["errors"] == 0 and extra["requests"] > 5
     floor = saved["compute_floor"]
     assert floor["candidates"] == 50 and floor["floor_p50_ms"] > 0
+    assert [b["ef_search"] for b in floor["beam"]] == [512, 768, 1024, 2048]
+    assert all(0 < b["recall"] <= 1 and b["median_ms"] > 0 for b in floor["beam"])
     assert set(saved["profile_one_worker"]) == {"retrieve", "features", "score", "rerank"}
     assert saved["ingestion"]["acknowledged"] > 0 and saved["ingestion"]["failed"] == 0
     assert report["targets"][0]["target"].startswith("p99")
     markdown = (tmp_path / "serve.md").read_text()
+    assert "| ef_search | median ms | recall |" in markdown
     assert "| p99 <= 25 ms" in markdown and "| 10 | " in markdown and "| 20 | " in markdown
     pattern = glob_pattern(Keys(saved["namespace"]).prefix)
     assert not list(redis_client.scan_iter(match=pattern, count=10_000))  # cleaned up

@@ -235,6 +235,7 @@ def _compute_floor(settings: Settings, workdir: Workdir, spec: LoadSpec) -> dict
         timings["score"].append(t3 - t2)
     total = [sum(parts) for parts in zip(*timings.values(), strict=True)]
     return {
+        "beam": _beam_tradeoff(state.index, vectors, n),
         "users": len(vectors),
         "candidates": n,
         "ranker": meta.get("ranker"),
@@ -245,6 +246,40 @@ def _compute_floor(settings: Settings, workdir: Workdir, spec: LoadSpec) -> dict
         "median_ms": {k: float(np.median(v) * 1e3) for k, v in timings.items()},
         "floor_p50_ms": float(np.median(total) * 1e3),
     }
+
+
+BEAMS = (512, 768, 1024, 2048)
+"""HNSW search beams (``serving.ann_ef_search``) whose recall and time the floor reports."""
+
+
+def _beam_tradeoff(index: Any, queries: np.ndarray, n: int) -> list[dict[str, float]]:
+    """Per search beam: median ms of one query's search for ``n`` candidates and the mean
+    recall@n against exact search, over the floor's users (empty for an exact index)."""
+    if index.kind != "hnsw" or not len(queries):
+        return []
+    exact_ids, _ = index.exact_search(queries, n)
+    configured = index.ef_search
+    rows = []
+    try:
+        for beam in BEAMS:
+            index.ef_search = beam
+            times, recalls = [], []
+            for query, truth in zip(queries, exact_ids, strict=True):
+                t0 = time.perf_counter()
+                found = index.retrieve(query, n)
+                times.append(time.perf_counter() - t0)
+                truth = truth[truth >= 0]
+                recalls.append(np.isin(found.ids, truth).sum() / max(len(truth), 1))
+            rows.append(
+                {
+                    "ef_search": beam,
+                    "median_ms": float(np.median(times) * 1e3),
+                    "recall": float(np.mean(recalls)),
+                }
+            )
+    finally:
+        index.ef_search = configured
+    return rows
 
 
 def _profile(metrics_text: str) -> dict[str, dict[str, float]]:
@@ -509,6 +544,23 @@ def render_markdown(report: dict[str, Any]) -> str:
         + ", ".join(f"{k} {v:.2f}" for k, v in floor["median_ms"].items())
         + f"; total {floor['floor_p50_ms']:.2f}.",
         "",
+        *(
+            [
+                f"The retrieval beam (`serving.ann_ef_search`, {spec['candidates']} candidates, "
+                f"the floor's {floor['users']} users; recall@{spec['candidates']} against exact "
+                "search):",
+                "",
+                "| ef_search | median ms | recall |",
+                "|---|---|---|",
+                *(
+                    f"| {b['ef_search']} | {b['median_ms']:.2f} | {b['recall']:.3f} |"
+                    for b in floor.get("beam", [])
+                ),
+                "",
+            ]
+            if floor.get("beam")
+            else []
+        ),
         "Where the time goes (one worker's `feedforge_stage_seconds`, mean ms): "
         + ", ".join(
             f"{stage} {v['mean_ms']:.2f} ({int(v['count'])})"

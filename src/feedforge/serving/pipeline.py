@@ -2,8 +2,11 @@
 
 The service holds no state of its own beyond a cache of the *current published version*
 (item ids, the item embedding matrix loaded from the store, the ranker from the version's
-bundle). Every request resolves the store's ``current`` pointer and reloads the cache when a
-new version was published, so a running service follows publishes without a restart.
+bundle). Every request reads the store's ``current`` pointer in the same round trip as its
+user's embedding, record and live history (:meth:`~feedforge.publish.store.OnlineStore.read_user`)
+and starts loading a newly published version in the background, so a running service follows
+publishes without a restart. A version that fails to load is retried after
+``serving.load_retry_s``, doubling, while the previous one keeps serving.
 
 The user vector (documented behaviour):
 

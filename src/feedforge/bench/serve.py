@@ -53,6 +53,7 @@ from feedforge.datasets.load import load_dataset
 from feedforge.errors import FeedforgeError
 from feedforge.events.simulator import simulate
 from feedforge.models.train import train_models
+from feedforge.publish.ann import AnnIndex
 from feedforge.publish.factory import open_store
 from feedforge.publish.keys import Keys, glob_pattern
 from feedforge.publish.publisher import USER_EMB, publish
@@ -176,7 +177,7 @@ async def _ingest(
     acknowledged = 0
     failed = 0
     next_body = 0
-    stop_at = time.perf_counter() + seconds
+    stop_at = 0.0  # set when the clock starts
 
     async def client_loop(session: aiohttp.ClientSession) -> None:
         nonlocal acknowledged, failed, next_body
@@ -252,7 +253,7 @@ BEAMS = (512, 768, 1024, 2048)
 """HNSW search beams (``serving.ann_ef_search``) whose recall and time the floor reports."""
 
 
-def _beam_tradeoff(index: Any, queries: np.ndarray, n: int) -> list[dict[str, float]]:
+def _beam_tradeoff(index: AnnIndex, queries: np.ndarray, n: int) -> list[dict[str, float]]:
     """Per search beam: median ms of one query's search for ``n`` candidates and the mean
     recall@n against exact search, over the floor's users (empty for an exact index)."""
     if index.kind != "hnsw" or not len(queries):

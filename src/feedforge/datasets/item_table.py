@@ -33,16 +33,15 @@ class ItemTable:
         values: Record field -> ``(n_items,)`` float64 (counters, ``duration_seconds``,
             ``price``; 0 where unknown).
         created_at_s: ``(n_items,)`` creation times, NaN where unknown.
-        category: ``(n_items,)`` primary categories (``""`` where unknown), object array.
         present: ``(n_items,)`` whether the item had a record.
-        category_code: ``(n_items,)`` int32 position of each item's category in
-            ``vocabulary`` (so a request maps its user's clicks per category with one gather).
-        vocabulary: The distinct categories, sorted.
+        category_code: ``(n_items,)`` int32 position of each item's primary category in
+            ``vocabulary`` (``""`` where unknown), so a request maps its user's clicks per
+            category with one gather.
+        vocabulary: The distinct primary categories, sorted.
     """
 
     values: dict[str, np.ndarray]
     created_at_s: np.ndarray
-    category: np.ndarray
     present: np.ndarray
     category_code: np.ndarray
     vocabulary: list[str]
@@ -53,7 +52,7 @@ class ItemTable:
         n = len(records)
         values = {name: np.zeros(n) for name in _FLOATS}
         created = np.full(n, np.nan)
-        category = np.full(n, "", dtype=object)
+        category = [""] * n
         present = np.zeros(n, dtype=bool)
         for j, rec in enumerate(records):
             if rec is None:
@@ -65,10 +64,14 @@ class ItemTable:
             if stamp is not None:
                 created[j] = stamp
             category[j] = rec.get("category", "")
-        vocabulary = sorted(set(category.tolist()))
+        vocabulary = sorted(set(category))
         position = {name: code for code, name in enumerate(vocabulary)}
-        codes = np.fromiter((position[c] for c in category.tolist()), dtype=np.int32, count=n)
-        return cls(values, created, category, present, codes, vocabulary)
+        codes = np.fromiter((position[c] for c in category), dtype=np.int32, count=n)
+        return cls(values, created, present, codes, vocabulary)
+
+    def categories(self, idx: np.ndarray) -> list[str]:
+        """The primary categories of items ``idx`` (``""`` where unknown)."""
+        return [self.vocabulary[code] for code in self.category_code[idx].tolist()]
 
     def age_days(self, idx: np.ndarray, now_s: float) -> np.ndarray:
         """``(N,)`` ages in days of items ``idx`` at ``now_s`` (NaN when unknown)."""

@@ -374,23 +374,24 @@ class FeedService:
         age_s = time.time() - float(stored.get("computed_at_s", 0.0))
         if age_s > self.settings.serving.precomputed_max_age_s:
             return None
+        # Stored items the user has not consumed and this version still serves.
         kept = [
-            (i, s) for i, s in zip(stored["items"], stored["scores"], strict=True) if i not in seen
+            (j, i, float(s))
+            for i, s in zip(stored["items"], stored["scores"], strict=True)
+            if i not in seen and (j := state.items.get(i)) is not None
         ]
         if len(kept) < k:
             return None
         # The same re-ranking as the online path (rules, caps, freshness, exploration), over
         # the stored candidates plus any pinned item.
-        known = [(i, float(s)) for i, s in kept if state.items.get(i) is not None]
-        if len(known) < k:
-            return None
-        ids, scores = [i for i, _ in known], [s for _, s in known]
-        floor = min(scores)
+        floor = min(s for _, _, s in kept)
+        stored_ids = {i for _, i, _ in kept}
         for item_id in pinned_item_ids(self.settings.reranking):
-            if item_id not in seen and item_id not in ids and state.items.get(item_id) is not None:
-                ids.append(item_id)
-                scores.append(floor)
-        idx = np.asarray([state.items.get(i) for i in ids], dtype=np.int64)
+            known = item_id not in seen and item_id not in stored_ids
+            if known and (j := state.items.get(item_id)) is not None:
+                kept.append((j, item_id, floor))
+        idx = np.asarray([j for j, _, _ in kept], dtype=np.int64)
+        ids, scores = [i for _, i, _ in kept], [s for _, _, s in kept]
         shown = self._rerank(state, idx, ids, np.asarray(scores, dtype=np.float64), k)
         self.metrics.feeds.labels(strategy="precomputed").inc()
         return Feed(
@@ -419,7 +420,7 @@ class FeedService:
             Candidates(
                 item_ids=item_ids,
                 scores=scores,
-                categories=table.category[idx].tolist(),
+                categories=table.categories(idx),
                 age_days=table.age_days(idx, state.now()),
                 vectors=state.item_matrix[idx] if reranking.mmr_lambda is not None else None,
             ),

@@ -428,6 +428,21 @@ def test_health_is_200_when_a_version_is_published(
         assert body["checks"]["store"] == "ok"
 
 
+def test_the_current_version_is_loaded_before_the_first_request(
+    published_workdir: Workdir, small_settings: Settings
+) -> None:
+    # feedforge serve opens a worker's socket only after the lifespan start-up: a request
+    # must never wait on the version load (seconds at a million items).
+    with serve(small_settings, published_workdir) as client:
+        service = client.app.state.service  # type: ignore[attr-defined]
+        loaded = service._loaded
+        assert loaded is not None
+        assert loaded.version == current_version(published_workdir)
+        assert loaded.items._dict is not None, "the id lookups are built at load"
+        served = client.get("/metrics").text
+        assert f'feedforge_serving_version_info{{version="{loaded.version}"}} 1.0' in served
+
+
 def test_health_is_503_before_anything_is_published(
     tmp_path: Path, small_settings: Settings, make_event: EventFactory
 ) -> None:

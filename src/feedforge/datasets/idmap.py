@@ -55,9 +55,19 @@ class IdMap:
 
     def get(self, raw_id: str) -> int | None:
         """The index of one id, or ``None`` if unknown (O(1) after the first call)."""
+        return self._lookup_dict().get(raw_id)
+
+    def build_lookups(self) -> IdMap:
+        """Build the per-id lookups of :meth:`get` and :meth:`id_of` now, not on their first
+        call (a service loading a 1M-id version: about a second that no request should wait
+        for). Returns the map itself."""
+        self._lookup_dict()
+        return self
+
+    def _lookup_dict(self) -> dict[str, int]:
         if self._dict is None:
             self._dict = {v: i for i, v in enumerate(self._id_list())}
-        return self._dict.get(raw_id)
+        return self._dict
 
     def id_of(self, idx: np.ndarray | Iterable[int]) -> list[str]:
         """The ids of ``(N,)`` indices (a list lookup after the first call: the serving path

@@ -211,6 +211,7 @@ class AnnIndex:
         self._index = index
         self._matrix_sha256 = matrix_sha256
         self.ef_search = params.ef_search
+        self._params_by_ef: dict[int, Any] = {}
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
@@ -353,8 +354,7 @@ class AnnIndex:
         if self._index is None or self.n_items == 0:
             return self.exact_search(q, k)
         k_eff = min(k, self.n_items)
-        params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
-        params.efSearch = max(self.ef_search, k_eff)
+        params = self._search_params(max(self.ef_search, k_eff))
         step = max(1, _CHUNK_FLOATS // (k_eff * self.dim))
         ids_out, scores_out = [], []
         for start in range(0, len(q), step):
@@ -372,6 +372,16 @@ class AnnIndex:
             ids_out.append(np.take_along_axis(ids, order, axis=1))
             scores_out.append(np.take_along_axis(scores, order, axis=1))
         return _pad(np.vstack(ids_out), np.vstack(scores_out), k)
+
+    def _search_params(self, ef: int) -> Any:
+        """faiss search parameters for beam ``ef``, made once per beam (read-only in a search,
+        so threads may share them)."""
+        params = self._params_by_ef.get(ef)
+        if params is None:
+            params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
+            params.efSearch = ef
+            self._params_by_ef[ef] = params
+        return params
 
     def exact_search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Brute-force :meth:`search` (numpy ``queries @ item_matrix.T``), same shapes."""

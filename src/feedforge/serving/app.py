@@ -152,6 +152,9 @@ def create_app(settings: Settings, workdir: Workdir) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = open_store(settings.store, workdir.store_path)
         app.state.service = FeedService(settings, workdir, store)
+        # uvicorn opens a worker's socket after the lifespan start-up, so no request waits
+        # on the version load.
+        app.state.service.preload()
         try:
             yield
         finally:

@@ -36,6 +36,7 @@ ranker re-scores) goes through the version's ANN index (:mod:`feedforge.publish.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -48,6 +49,7 @@ from feedforge.config import Settings
 from feedforge.datasets.features import derive_features
 from feedforge.datasets.item_table import raw_from_table
 from feedforge.errors import (
+    FeedforgeError,
     NotPublishedError,
     StoreUnavailableError,
 )
@@ -129,6 +131,23 @@ class FeedService:
         """
         return self._follow(self.store.current_version())
 
+    def preload(self) -> str | None:
+        """Load the current version now, before the first request (a worker's start-up).
+
+        A 1M-item version takes seconds to load; on the first request it would stall every
+        request queued behind it on that worker. Best effort: while nothing is published, the
+        store cannot be reached or the version does not load, the first request tries again
+        (and answers degraded or with the error, as without a preload).
+
+        Returns:
+            The loaded version, or None when there was nothing to load.
+        """
+        try:
+            return self.current().version
+        except FeedforgeError as exc:
+            logger.warning("no version loaded at start-up (%s); the first request loads it", exc)
+            return None
+
     def _follow(self, version: str | None) -> LoadedVersion:
         """:meth:`current` for the pointer value ``version`` the caller has just read."""
         if version is None:
@@ -161,6 +180,10 @@ class FeedService:
                 self.store, version, meta, self.settings.serving, self.workdir.bundles_dir
             )
             self._loaded = state
+            # The version's objects live until the next swap: keep them out of the cyclic
+            # collector, whose full passes over a loaded service take ~150 ms (a tail
+            # latency spike) and would find nothing to free.
+            gc.freeze()
             self.metrics.serving(version)
             logger.info("serving version %s", version)
             return state

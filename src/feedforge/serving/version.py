@@ -72,7 +72,7 @@ def load_version(
     if bundles_dir is not None and (bundles_dir / version / "manifest.json").is_file():
         bundle = bundles_dir / version
     command = "feedforge publish"
-    items = IdMap.load(bundle / "item_ids.parquet", command)
+    items = IdMap.load(bundle / "item_ids.parquet", command).build_lookups()
     ids = items.ids.to_list()
     parts = []
     records: list[dict[str, Any] | None] = []

@@ -469,6 +469,24 @@ def test_health_is_503_before_anything_is_published(
         assert stored_events(workdir, [event["event_id"]]).height == 1
 
 
+def test_an_unwritable_event_log_is_a_503_naming_it(
+    tmp_path: Path, small_settings: Settings, make_event: EventFactory
+) -> None:
+    # E.g. a container user who may not write the mounted work directory: a clear 503 the
+    # client retries, not an internal error.
+    workdir = Workdir.at(tmp_path / "fresh")
+    workdir.events_dir.parent.mkdir(parents=True, exist_ok=True)
+    workdir.events_dir.write_text("a file where the log directory should be")
+    with serve(small_settings, workdir) as client:
+        posted = client.post("/events", json=make_event(user_id="u000000"))
+    assert posted.status_code == 503, posted.text
+    body = posted.json()
+    assert body["error"] == "EventLogError"
+    assert body["path"] == str(workdir.events_dir)
+    assert body["stored"] == 0
+    assert "re-send the batch" in body["message"]
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -26,13 +26,14 @@ from __future__ import annotations
 import fcntl
 import os
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
 from feedforge.artifacts import new_version
+from feedforge.errors import EventLogError
 from feedforge.events.schema import (
     EVENT_REQUIRED,
     EVENT_SCHEMA,
@@ -132,6 +133,9 @@ class EventLog:
         Raises:
             feedforge.errors.ValidationError: the frame misses a column, has a wrong type or a
                 value an :class:`Event` would refuse (unknown type, negative watch time...).
+            feedforge.errors.EventLogError: the log could not be written (an ``OSError``:
+                full or read-only disk, permissions); the message names the directory and how
+                many events were stored before the failure.
         """
         if isinstance(events, pl.DataFrame):
             frame = conform(events, EVENT_SCHEMA, EVENT_REQUIRED, where)
@@ -148,26 +152,37 @@ class EventLog:
         frame = frame.with_columns(pl.col("timestamp").dt.strftime("%Y-%m-%d").alias("_date"))
         written = 0
         version = new_version()
-        with self._locked():
-            for (date,), part in frame.group_by("_date", maintain_order=True):
-                part = part.drop("_date")
-                seen = self._existing_ids(str(date), part.get_column("event_id"))
-                if seen.len():
-                    part = part.filter(~pl.col("event_id").is_in(seen.implode()))
-                if part.is_empty():
-                    continue
-                directory = self._partition(str(date))
-                directory.mkdir(parents=True, exist_ok=True)
-                target = directory / f"part-{version}.parquet"
-                tmp = directory / f".part-{version}.tmp"
-                with tmp.open("wb") as fh:
-                    part.sort("timestamp").write_parquet(fh, compression="zstd", statistics=True)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, target)
-                _fsync_dir(directory)
-                self._indexed(str(date), target.name, part.get_column("event_id"))
-                written += part.height
+        where_now: Path = self.root
+        tmp: Path | None = None
+        try:
+            with self._locked():
+                for (date,), part in frame.group_by("_date", maintain_order=True):
+                    part = part.drop("_date")
+                    seen = self._existing_ids(str(date), part.get_column("event_id"))
+                    if seen.len():
+                        part = part.filter(~pl.col("event_id").is_in(seen.implode()))
+                    if part.is_empty():
+                        continue
+                    where_now = directory = self._partition(str(date))
+                    directory.mkdir(parents=True, exist_ok=True)
+                    target = directory / f"part-{version}.parquet"
+                    tmp = directory / f".part-{version}.tmp"
+                    with tmp.open("wb") as fh:
+                        part.sort("timestamp").write_parquet(
+                            fh, compression="zstd", statistics=True
+                        )
+                        fh.flush()
+                        os.fsync(fh.fileno())
+                    os.replace(tmp, target)
+                    tmp = None
+                    _fsync_dir(directory)
+                    self._indexed(str(date), target.name, part.get_column("event_id"))
+                    written += part.height
+        except OSError as exc:
+            if tmp is not None:
+                with suppress(OSError):  # an unfinished file is never committed anyway
+                    tmp.unlink(missing_ok=True)
+            raise EventLogError(where_now, exc.strerror or str(exc), written) from exc
         return AppendResult(written=written, duplicates=total - written)
 
     def files(self) -> list[Path]:

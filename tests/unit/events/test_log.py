@@ -14,7 +14,7 @@ from typing import Any
 import polars as pl
 import pytest
 
-from feedforge.errors import ArtifactError, ValidationError
+from feedforge.errors import ArtifactError, EventLogError, ValidationError
 from feedforge.events import log as log_module
 from feedforge.events.catalog import read_catalog, write_catalog
 from feedforge.events.log import AppendResult, EventLog
@@ -381,3 +381,31 @@ def test_corrupt_catalog_table_names_the_file(tmp_path: Path) -> None:
         read_catalog(workdir)
     assert str(workdir.items_path) in str(info.value)
     assert "feedforge simulate" in str(info.value)
+
+
+def test_a_failing_write_names_the_directory_and_keeps_what_was_stored(tmp_path: Path) -> None:
+    log = EventLog(tmp_path / "events")
+    blocked = tmp_path / "events" / "date=2026-01-02"
+    blocked.parent.mkdir(parents=True)
+    blocked.write_text("not a directory")  # a file, not a chmod: root may write anywhere
+    batch = _events(["a", "b"], hours=[0.0, 3.0])  # 2026-01-01 22:00 and 2026-01-02 01:00
+
+    with pytest.raises(EventLogError) as failed:
+        log.append(batch)
+
+    assert failed.value.path == blocked
+    assert failed.value.details["stored"] == 1
+    assert "date=2026-01-02" in failed.value.message and "re-send" in failed.value.message
+    assert failed.value.http_status == 503
+    assert _raw_rows(log).get_column("event_id").to_list() == ["a"]
+    assert not list(tmp_path.rglob("*.tmp"))
+
+    blocked.unlink()
+    assert log.append(batch) == AppendResult(written=1, duplicates=1)
+    assert sorted(_raw_rows(log).get_column("event_id").to_list()) == ["a", "b"]
+
+
+def test_an_unusable_log_directory_is_an_event_log_error(tmp_path: Path) -> None:
+    (tmp_path / "events").write_text("a file where the log directory should be")
+    with pytest.raises(EventLogError, match="cannot write the event log at"):
+        EventLog(tmp_path / "events").append(_events(["a"]))

@@ -605,7 +605,7 @@ def test_candidates_missing_from_the_store_get_defaults_and_are_counted(
     assert metric(text, "feedforge_missing_features_total", 'kind="item"') >= candidates
     assert metric(text, "feedforge_feeds_total", 'strategy="personalized"') == 1
     assert metric(text, "feedforge_requests_total", 'endpoint="/recommend",status="200"') == 1
-    for stage in ("retrieve", "features", "score", "rerank"):
+    for stage in ("read", "retrieve", "features", "score", "rerank"):
         assert metric(text, "feedforge_stage_seconds_count", f'stage="{stage}"') == 1
     assert metric(text, "feedforge_serving_version_info", f'version="{version}"') == 1
 

@@ -39,7 +39,11 @@ def test_bench_serve_reports_latency_floor_profile_and_ingestion(
     assert floor["candidates"] == 50 and floor["floor_p50_ms"] > 0
     assert [b["ef_search"] for b in floor["beam"]] == [512, 768, 1024, 2048]
     assert all(0 < b["recall"] <= 1 and b["median_ms"] > 0 for b in floor["beam"])
-    assert set(saved["profile_one_worker"]) == {"retrieve", "features", "score", "rerank"}
+    profile = saved["profile_one_worker"]
+    assert set(profile) == {"read", "retrieve", "features", "score", "rerank", "request"}
+    stages = sum(v["mean_ms"] for k, v in profile.items() if k != "request")
+    assert profile["request"]["count"] >= profile["read"]["count"] > 0
+    assert profile["request"]["mean_ms"] > 0 and stages > 0
     assert saved["ingestion"]["acknowledged"] > 0 and saved["ingestion"]["failed"] == 0
     assert report["targets"][0]["target"].startswith("p99")
     markdown = (tmp_path / "serve.md").read_text()

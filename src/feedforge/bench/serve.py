@@ -284,15 +284,22 @@ def _beam_tradeoff(index: AnnIndex, queries: np.ndarray, n: int) -> list[dict[st
 
 
 def _profile(metrics_text: str) -> dict[str, dict[str, float]]:
-    """Per stage: count and mean milliseconds from ``feedforge_stage_seconds``."""
+    """Per stage: count and mean milliseconds from ``feedforge_stage_seconds``; under
+    ``"request"`` the same for whole ``/recommend`` requests (``feedforge_request_seconds``,
+    from the app's arrival of the request to the start of its answer)."""
     sums: dict[str, float] = {}
     counts: dict[str, float] = {}
+    sources = (
+        ("feedforge_stage_seconds", 'stage="', None),
+        ("feedforge_request_seconds", 'endpoint="/recommend"', "request"),
+    )
     for line in metrics_text.splitlines():
-        for suffix, target in (("_sum", sums), ("_count", counts)):
-            prefix = f'feedforge_stage_seconds{suffix}{{stage="'
-            if line.startswith(prefix):
-                stage = line[len(prefix) :].split('"', 1)[0]
-                target[stage] = float(line.rsplit(" ", 1)[1])
+        for name, label, fixed in sources:
+            for suffix, target in (("_sum", sums), ("_count", counts)):
+                prefix = f"{name}{suffix}{{{label}"
+                if line.startswith(prefix):
+                    key = fixed or line[len(prefix) :].split('"', 1)[0]
+                    target[key] = float(line.rsplit(" ", 1)[1])
     return {
         stage: {"count": counts.get(stage, 0.0), "mean_ms": 1e3 * sums[stage] / counts[stage]}
         for stage in sums
@@ -483,6 +490,21 @@ def _targets(feeds: dict[str, Any], floor: dict[str, Any], ingest: dict[str, Any
     ]
 
 
+def _outside_stages(profile: dict[str, dict[str, float]]) -> str:
+    """The profile's sentence on a whole request against the sum of its stages."""
+    request = profile.get("request")
+    if not request:
+        return ""
+    stages = sum(v["mean_ms"] for k, v in profile.items() if k != "request")
+    return (
+        f" A whole `/recommend` request in the app (`feedforge_request_seconds`) took "
+        f"{request['mean_ms']:.2f} ms on average ({int(request['count'])}), "
+        f"{request['mean_ms'] - stages:.2f} ms more than its stages: routing and parameter "
+        "validation, the explanations, the feed-log line and the JSON answer (HTTP parsing "
+        "before the app and the loopback are in neither)."
+    )
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """The report as Markdown."""
     spec, feeds, floor, ingest = (
@@ -562,12 +584,14 @@ def render_markdown(report: dict[str, Any]) -> str:
             if floor.get("beam")
             else []
         ),
-        "Where the time goes (one worker's `feedforge_stage_seconds`, mean ms): "
+        "Where the time goes (one worker's `feedforge_stage_seconds`, mean ms, with counts): "
         + ", ".join(
             f"{stage} {v['mean_ms']:.2f} ({int(v['count'])})"
             for stage, v in report["profile_one_worker"].items()
+            if stage != "request"
         )
-        + ".",
+        + "."
+        + _outside_stages(report["profile_one_worker"]),
         "",
         f"Ingestion: {ingest['acknowledged']} events acknowledged in {ingest['seconds']:.1f} s "
         f"= {ingest['events_per_s']:.0f} events/s (batches of {ingest['batch']}, "

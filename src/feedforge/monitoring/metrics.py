@@ -6,8 +6,10 @@ process, as in the tests, never share counters). Exported:
 * ``feedforge_requests_total{endpoint, status}`` and
   ``feedforge_request_seconds{endpoint}``: every HTTP request by route;
 * ``feedforge_stage_seconds{stage}``: the time of each stage of a personalised feed
-  (``retrieve``: user lookup and ANN search; ``features``: the batched feature read and
-  assembly; ``score``: the ranker's batched forward pass; ``rerank``);
+  (``read``: the user's one online-store round trip, i.e. the version pointer, embedding,
+  record and live history; ``retrieve``: the query vector and the ANN search;
+  ``features``: the candidates' feature assembly; ``score``: the ranker's batched forward
+  pass; ``rerank``);
 * ``feedforge_feeds_total{strategy}``: feeds served, ``personalized`` or ``popular``;
 * ``feedforge_degraded_feeds_total``: feeds answered from the in-process fallback while the
   online store was unavailable;
@@ -39,7 +41,7 @@ from prometheus_client import (
 _LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 )  # fmt: skip
-STAGES = ("retrieve", "features", "score", "rerank")
+STAGES = ("read", "retrieve", "features", "score", "rerank")
 
 
 class ServiceMetrics:

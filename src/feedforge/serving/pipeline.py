@@ -287,8 +287,9 @@ class FeedService:
         """The pipeline itself; store failures propagate."""
         cfg = self.settings.serving
         metrics = self.metrics
-        with metrics.stage("retrieve"):
+        with metrics.stage("read"):
             state, user = self._read_user(user_id)
+        with metrics.stage("retrieve"):
             user_record = user.record
             record = user_record or {}
             history = user.history

@@ -406,6 +406,34 @@ def batch_score_cmd(
     console.print(f"{result.rows} rows for {result.users} users written to {path}{stored}")
 
 
+@app.command("compact")
+@_clean_errors
+def compact_cmd(
+    workdir: WorkdirOpt = DEFAULT_WORKDIR,
+    before: Annotated[
+        str | None,
+        typer.Option(help="Only days before this one, YYYY-MM-DD (default: today, UTC)"),
+    ] = None,
+) -> None:
+    """Merge each day of the event log into one Parquet file (the service writes one file
+    per request). Run it when no build or publish reads the log."""
+    from datetime import UTC, date, datetime
+
+    from feedforge.errors import ValidationError
+    from feedforge.events.log import EventLog
+
+    try:
+        until = date.fromisoformat(before) if before else datetime.now(UTC).date()
+    except ValueError as exc:
+        raise ValidationError(f"--before: {exc} (expected YYYY-MM-DD)") from exc
+    wd = Workdir.at(workdir)
+    result = EventLog(wd.events_dir).compact(before=until)
+    console.print(
+        f"compacted {result.partitions} day(s) before {until}: {result.files_before} files "
+        f"-> {result.files_after}, {result.events} events, in {wd.events_dir}"
+    )
+
+
 @app.command("rollback")
 @_clean_errors
 def rollback_cmd(

@@ -17,7 +17,7 @@ import pytest
 from feedforge.errors import ArtifactError, EventLogError, ValidationError
 from feedforge.events import log as log_module
 from feedforge.events.catalog import read_catalog, write_catalog
-from feedforge.events.log import AppendResult, EventLog
+from feedforge.events.log import AppendResult, CompactResult, EventLog
 from feedforge.events.schema import EVENT_SCHEMA, ITEM_SCHEMA, USER_SCHEMA, Event
 from feedforge.workdir import Workdir
 
@@ -409,3 +409,60 @@ def test_an_unusable_log_directory_is_an_event_log_error(tmp_path: Path) -> None
     (tmp_path / "events").write_text("a file where the log directory should be")
     with pytest.raises(EventLogError, match="cannot write the event log at"):
         EventLog(tmp_path / "events").append(_events(["a"]))
+
+
+def test_compaction_merges_each_day_into_one_file_and_keeps_every_event(tmp_path: Path) -> None:
+    log = EventLog(tmp_path / "events")
+    for n in range(5):  # five requests' worth of files on each of two days
+        log.append(_events([f"a{n}", f"b{n}"], hours=[0.1 * n, 3.0 + n]))
+    log.append(_events(["t0"], hours=[30.0]))  # 2026-01-03, twice
+    log.append(_events(["t1"], hours=[31.0]))
+    before = sorted(_raw_rows(log).get_column("event_id").to_list())
+
+    result = log.compact(before=datetime(2026, 1, 3).date())  # leaves 2026-01-03 alone
+
+    assert result == CompactResult(partitions=2, files_before=10, files_after=2, events=10)
+    days = (tmp_path / "events").glob("date=*")
+    per_day = {p.name: len(list(p.glob("*.parquet"))) for p in days}
+    assert per_day == {"date=2026-01-01": 1, "date=2026-01-02": 1, "date=2026-01-03": 2}
+    assert sorted(_raw_rows(log).get_column("event_id").to_list()) == before
+    assert not list(tmp_path.rglob("*.tmp"))
+    day = pl.read_parquet(next((tmp_path / "events" / "date=2026-01-02").glob("*.parquet")))
+    assert day.get_column("timestamp").is_sorted()
+    assert day.schema == pl.Schema(EVENT_SCHEMA)
+    # The duplicate check still sees the rewritten days, in this process and in a new one.
+    again = _events(["a0", "b4", "new"], hours=[0.0, 7.0, 1.0])
+    assert log.append(again) == AppendResult(written=1, duplicates=2)
+    assert EventLog(tmp_path / "events").append(again) == AppendResult(written=0, duplicates=3)
+    assert log.compact() == CompactResult(partitions=2, files_before=4, files_after=2, events=8)
+    assert log.count() == 13
+
+
+def test_compaction_drops_duplicates_a_crash_left_behind(tmp_path: Path) -> None:
+    log = EventLog(tmp_path / "events")
+    log.append(_events(["a", "b"], hours=[0.0, 0.5]))
+    (stored,) = log.files()
+    copy = stored.with_name("part-copy.parquet")  # what a crash after the rename leaves
+    copy.write_bytes(stored.read_bytes())
+    assert len(_raw_rows(log)) == 4 and log.count() == 2
+
+    assert log.compact().events == 2
+    assert sorted(_raw_rows(log).get_column("event_id").to_list()) == ["a", "b"]
+
+
+def test_feedforge_compact_leaves_today_and_reports(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from feedforge.cli import app
+
+    workdir = Workdir.at(tmp_path / "work")
+    log = EventLog(workdir.events_dir)
+    log.append(_events(["a"], hours=[0.0]))
+    log.append(_events(["b"], hours=[1.0]))
+    result = CliRunner().invoke(
+        app, ["compact", "--workdir", str(workdir.root), "--before", "2026-01-02"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "compacted 1 day(s) before 2026-01-02: 2 files -> 1, 2 events" in result.output
+    bad = CliRunner().invoke(app, ["compact", "--workdir", str(workdir.root), "--before", "x"])
+    assert bad.exit_code != 0 and "--before" in bad.output

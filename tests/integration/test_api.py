@@ -443,6 +443,27 @@ def test_the_current_version_is_loaded_before_the_first_request(
         assert f'feedforge_serving_version_info{{version="{loaded.version}"}} 1.0' in served
 
 
+def test_a_swapped_out_version_is_freed_despite_the_gc_freeze(
+    published_workdir: Workdir, small_settings: Settings
+) -> None:
+    import gc
+    import weakref
+
+    from feedforge.serving.pipeline import FeedService
+
+    with EmbeddedStore(published_workdir.store_path) as store:
+        service = FeedService(small_settings, published_workdir, store)
+        version = service.preload()
+        assert version is not None
+        old = weakref.ref(service._loaded)
+        old_index = weakref.ref(service._loaded.index)  # type: ignore[union-attr]
+        service._loaded = None  # the next load is a swap
+        assert service.current().version == version
+        assert old() is None and old_index() is None
+        service.close()
+    gc.unfreeze()  # leave the test process as it was
+
+
 def test_health_is_503_before_anything_is_published(
     tmp_path: Path, small_settings: Settings, make_event: EventFactory
 ) -> None:

@@ -180,9 +180,12 @@ class FeedService:
                 self.store, version, meta, self.settings.serving, self.workdir.bundles_dir
             )
             self._loaded = state
-            # The version's objects live until the next swap: keep them out of the cyclic
-            # collector, whose full passes over a loaded service take ~150 ms (a tail
-            # latency spike) and would find nothing to free.
+            # A full pass of the cyclic collector over a loaded service takes ~150 ms (a tail
+            # latency spike) and finds nothing of the version to free: freeze what is live.
+            # Unfreeze and collect first, so cycles the previous version left are freed, not
+            # kept forever (one such pass per load, off the request path but for the first).
+            gc.unfreeze()
+            gc.collect()
             gc.freeze()
             self.metrics.serving(version)
             logger.info("serving version %s", version)

@@ -183,7 +183,8 @@ class FeedService:
             # A full pass of the cyclic collector over a loaded service takes ~150 ms (a tail
             # latency spike) and finds nothing of the version to free: freeze what is live.
             # Unfreeze and collect first, so cycles the previous version left are freed, not
-            # kept forever (one such pass per load, off the request path but for the first).
+            # kept forever: one such pass per load, i.e. a pause of that worker's requests of
+            # about that long once per publish (it holds the GIL, even in the background).
             gc.unfreeze()
             gc.collect()
             gc.freeze()

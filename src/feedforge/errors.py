@@ -71,17 +71,13 @@ class ArtifactError(FeedforgeError):
 
 class EventLogError(FeedforgeError):
     """The event log could not be written (a disk that is full, read-only, or not writable by
-    the service's user). Events stored before the failure stay stored; the rest were not."""
+    the service's user). The message names the directory, the reason and what was kept."""
 
     http_status = 503
 
-    def __init__(self, path: Path | str, reason: str, stored: int) -> None:
-        message = (
-            f"cannot write the event log at {path} ({reason}); {stored} new event(s) of this "
-            "batch were stored before the failure and the rest were not: re-send the batch "
-            "once the log is writable (stored events are de-duplicated by event_id)"
-        )
-        super().__init__(message, path=str(path), stored=stored)
+    def __init__(self, path: Path | str, reason: str, consequence: str, **details: Any) -> None:
+        message = f"cannot write the event log at {path} ({reason}); {consequence}"
+        super().__init__(message, path=str(path), **details)
         self.path = Path(path)
 
 

@@ -457,6 +457,12 @@ def test_a_swapped_out_version_is_freed_despite_the_gc_freeze(
         assert version is not None
         old = weakref.ref(service._loaded)
         old_index = weakref.ref(service._loaded.index)  # type: ignore[union-attr]
+        # A version reachable only from a reference cycle (a deep ranker's modules, say) that
+        # the load froze: freezing alone would keep it for good.
+        cycle: list[Any] = [service._loaded]
+        cycle.append(cycle)
+        gc.freeze()
+        del cycle
         service._loaded = None  # the next load is a swap
         assert service.current().version == version
         assert old() is None and old_index() is None

@@ -410,7 +410,7 @@ def run_serve(
             say(f"starting feedforge serve --workers {spec.workers}")
             process, base = _start_service(workdir, config, spec.workers)
             try:
-                say("warming up every worker")
+                say("warming up (each worker loaded the version before it listened)")
                 with httpx.Client(base_url=base, timeout=300) as client:
                     for j in range(20 * spec.workers):
                         client.get("/recommend", params={"user_id": users[j % len(users)]})

@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import date
+from functools import partial
 from pathlib import Path
 
 import polars as pl
@@ -77,6 +78,22 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _commit(target: Path, write: Callable[[Path], None]) -> None:
+    """Create ``target`` durably: ``write`` fills a temporary file beside it, which is fsynced
+    and renamed into place, then the directory is fsynced. A failure leaves no temporary
+    file and no ``target``."""
+    tmp = target.with_name(f".{target.stem}.tmp")
+    try:
+        write(tmp)
+        _fsync(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+    _fsync(target.parent)
 
 
 class EventLog:
@@ -169,7 +186,6 @@ class EventLog:
         written = 0
         version = new_version()
         where_now: Path = self.root
-        tmp: Path | None = None
         try:
             with self._locked():
                 for (date,), part in frame.group_by("_date", maintain_order=True):
@@ -182,23 +198,19 @@ class EventLog:
                     where_now = directory = self._partition(str(date))
                     directory.mkdir(parents=True, exist_ok=True)
                     target = directory / f"part-{version}.parquet"
-                    tmp = directory / f".part-{version}.tmp"
-                    with tmp.open("wb") as fh:
-                        part.sort("timestamp").write_parquet(
-                            fh, compression="zstd", statistics=True
-                        )
-                        fh.flush()
-                        os.fsync(fh.fileno())
-                    os.replace(tmp, target)
-                    tmp = None
-                    _fsync(directory)
+                    write = part.sort("timestamp").write_parquet
+                    _commit(target, partial(write, compression="zstd", statistics=True))
                     self._indexed(str(date), target.name, part.get_column("event_id"))
                     written += part.height
         except OSError as exc:
-            if tmp is not None:
-                with suppress(OSError):  # an unfinished file is never committed anyway
-                    tmp.unlink(missing_ok=True)
-            raise EventLogError(where_now, exc.strerror or str(exc), written) from exc
+            raise EventLogError(
+                where_now,
+                exc.strerror or str(exc),
+                f"{written} new event(s) of this batch were stored before the failure and the "
+                "rest were not: re-send the batch once the log is writable (stored events are "
+                "de-duplicated by event_id)",
+                stored=written,
+            ) from exc
         return AppendResult(written=written, duplicates=total - written)
 
     def compact(self, before: date | None = None) -> CompactResult:
@@ -220,8 +232,9 @@ class EventLog:
                 ``feedforge compact`` passes today's UTC date, so the open day is left alone.
 
         Raises:
-            feedforge.errors.EventLogError: a partition could not be rewritten; it keeps its
-                files (the new one is not committed), partitions done before it stay done.
+            feedforge.errors.EventLogError: a partition could not be rewritten: it keeps its
+                files (plus the merged one if the failure came while removing them, which
+                reads de-duplicate); the partitions before it stay compacted.
         """
         partitions = files_before = files_after = events = 0
         if not self.root.is_dir():
@@ -230,34 +243,32 @@ class EventLog:
             day = directory.name.removeprefix("date=")
             if before is not None and day >= before.isoformat():
                 continue
-            where_now, tmp = directory, None
             try:
                 with self._locked():
                     files = sorted(directory.glob("*.parquet"))
                     if len(files) <= 1:
                         continue
                     target = directory / f"part-{new_version()}.parquet"
-                    tmp = directory / f".{target.stem}.tmp"
-                    (
+                    merged = (
                         pl.scan_parquet(files, hive_partitioning=False, schema=EVENT_SCHEMA)
                         .unique(subset="event_id", keep="any")
                         .sort("timestamp")
-                        .sink_parquet(tmp, compression="zstd", statistics=True)
                     )
-                    _fsync(tmp)
-                    os.replace(tmp, target)
-                    tmp = None
-                    _fsync(directory)
+                    _commit(
+                        target, partial(merged.sink_parquet, compression="zstd", statistics=True)
+                    )
                     for old in files:
                         old.unlink()
                     _fsync(directory)
                     self._index.pop(day, None)
                     rows = pl.scan_parquet(target).select(pl.len()).collect().item()
             except OSError as exc:
-                if tmp is not None:
-                    with suppress(OSError):
-                        tmp.unlink(missing_ok=True)
-                raise EventLogError(where_now, exc.strerror or str(exc), 0) from exc
+                raise EventLogError(
+                    directory,
+                    exc.strerror or str(exc),
+                    f"this day was not compacted (its files are as they were, or merged with "
+                    f"duplicates that reads drop); {partitions} day(s) before it were",
+                ) from exc
             partitions += 1
             files_before += len(files)
             files_after += 1

@@ -466,3 +466,19 @@ def test_feedforge_compact_leaves_today_and_reports(tmp_path: Path) -> None:
     assert "compacted 1 day(s) before 2026-01-02: 2 files -> 1, 2 events" in result.output
     bad = CliRunner().invoke(app, ["compact", "--workdir", str(workdir.root), "--before", "x"])
     assert bad.exit_code != 0 and "--before" in bad.output
+
+
+def test_a_failed_commit_leaves_neither_the_temporary_file_nor_the_target(tmp_path: Path) -> None:
+    target = tmp_path / "part-x.parquet"
+
+    def half_written(tmp: Path) -> None:
+        tmp.write_bytes(b"PAR1 half a file")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        log_module._commit(target, half_written)
+    assert list(tmp_path.iterdir()) == []
+
+    log_module._commit(target, lambda tmp: tmp.write_bytes(b"whole"))
+    assert [p.name for p in tmp_path.iterdir()] == ["part-x.parquet"]
+    assert target.read_bytes() == b"whole"

@@ -4,6 +4,12 @@ FROM python:3.11-slim
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 WORKDIR /app
 
+# The OpenMP runtime: LightGBM's and implicit's wheels link the system libgomp, which the slim
+# image lacks (without it the API dies at import: "libgomp.so.1: cannot open shared object file").
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgomp1 \
+    && rm -rf /var/lib/apt/lists/*
+
 # The CPU build of torch (the pinned version) keeps the image free of CUDA libraries.
 COPY pyproject.toml README.md ./
 COPY src ./src

@@ -159,14 +159,15 @@ def default_specs(quick: bool = False) -> list[ModelSpec]:
 def interactions_frame(workdir: Workdir) -> pl.DataFrame:
     """``user_id, item_id, timestamp, rating`` of every interaction event in a work directory's
     log (ratings carry their value; other interactions a null rating)."""
-    return (
-        EventLog(workdir.events_dir)
-        .scan()
-        .filter(pl.col("event_type") != "impression")
-        .select("user_id", "item_id", "timestamp", pl.col("value").alias("rating"))
-        .sort("timestamp", "user_id", "item_id")
-        .collect()
-    )
+    log = EventLog(workdir.events_dir)
+    with log.reading():
+        return (
+            log.scan()
+            .filter(pl.col("event_type") != "impression")
+            .select("user_id", "item_id", "timestamp", pl.col("value").alias("rating"))
+            .sort("timestamp", "user_id", "item_id")
+            .collect()
+        )
 
 
 def _primary(split: ProtocolSplit) -> str:

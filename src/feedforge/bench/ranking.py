@@ -188,7 +188,9 @@ def prepare(settings: Settings, workdir: Workdir, feed_users: int, say: Progress
     world = World.load(workdir.catalog_dir / WORLD_FILE)
     _, items, _ = read_catalog(workdir)
     cutoff = datetime.fromisoformat(dataset.split_bounds["t2"])
-    snapshot = snapshot_counters(EventLog(workdir.events_dir).scan(), items, cutoff)
+    log = EventLog(workdir.events_dir)
+    with log.reading():
+        snapshot = snapshot_counters(log.scan(), items, cutoff)
     test_users = (
         dataset.ranking("test").get_column("user_idx").drop_nulls().unique().sort().to_numpy()
     )

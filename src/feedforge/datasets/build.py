@@ -193,9 +193,16 @@ def build_dataset(
         DataError: the log is empty or too short for the configured split.
     """
     say = progress or (lambda _msg: None)
+    log = EventLog(workdir.events_dir)
+    with log.reading():  # no compaction removes a file of the log while it is read
+        return _build_dataset(workdir, settings, say, log)
+
+
+def _build_dataset(
+    workdir: Workdir, settings: Settings, say: Callable[[str], None], log: EventLog
+) -> Manifest:
     config = settings.dataset
     catalog_manifest, items, _users = read_catalog(workdir)
-    log = EventLog(workdir.events_dir)
     events = log.scan()
     bounds = split_bounds(events, config)
     out = workdir.dataset_dir

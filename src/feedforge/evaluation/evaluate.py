@@ -272,8 +272,15 @@ def evaluate(
     }
     command = workdir.command("train")
     test_start = datetime.fromisoformat(dataset.split_bounds["t2"])
-    events = EventLog(workdir.events_dir).scan()
-    observed = observed_value(events, dataset, test_start, value)
+    ranker_name = settings.models.ranker.type
+    ranker_dir = workdir.model_dir(ranker_name)
+    _, items, _ = read_catalog(workdir)
+    log = EventLog(workdir.events_dir)
+    with log.reading():  # no compaction removes a file of the log while it is read
+        events = log.scan()
+        observed = observed_value(events, dataset, test_start, value)
+        # the two-stage pipeline's features, as of the test split's start
+        snapshot = snapshot_counters(events, items, test_start) if ranker_dir.is_dir() else None
 
     def add_value(name: str, recs: np.ndarray) -> None:
         if observed is not None:
@@ -291,22 +298,17 @@ def evaluate(
         add_value(name, recs)
 
     retrieval = recommenders[retrieval_name]
-    ranker_name = settings.models.ranker.type
-    ranker_dir = workdir.model_dir(ranker_name)
-    if not isinstance(retrieval, EmbeddingRecommender) or not ranker_dir.is_dir():
+    if not isinstance(retrieval, EmbeddingRecommender) or snapshot is None:
         say("no ranker trained: skipping the two-stage pipeline")
     else:
         say(f"evaluating the two-stage pipeline ({retrieval_name} -> {ranker_name})")
         ranker = load_ranker(ranker_name, ranker_dir, build_command=command)
-        _, items, _ = read_catalog(workdir)
-        cutoff = datetime.fromisoformat(dataset.split_bounds["t2"])
-        snapshot = snapshot_counters(events, items, cutoff)
         recs, _ = two_stage_recommend(
             retrieval,
             ranker,
             dataset,
             snapshot,
-            cutoff,
+            test_start,
             users,
             k,
             settings.evaluation.candidates,

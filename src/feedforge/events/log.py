@@ -22,6 +22,9 @@ and a partition larger than that on its own is scanned as before.
 
 **Compaction.** One file per append adds up (the service appends once per request):
 :meth:`EventLog.compact` (``feedforge compact``) rewrites each closed day's files into one.
+A reader wraps its use of :meth:`EventLog.scan` in :meth:`EventLog.reading` (a shared lock):
+compaction removes the old files only when no reader holds it, so a file a reader listed is
+never gone when it reads it. Appends never wait for readers.
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ from feedforge.events.schema import (
 )
 
 _LOCK = ".append.lock"
+_READ_LOCK = ".read.lock"
+_COMPACT_LOCK = ".compact.lock"
 MAX_INDEXED_IDS = 2_000_000
 """Event ids an :class:`EventLog` holds in memory for duplicate checks (about 100 MB)."""
 
@@ -105,14 +110,34 @@ class EventLog:
         self._index: dict[str, tuple[set[str], set[str]]] = {}
 
     @contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self, name: str = _LOCK) -> Iterator[None]:
+        """Hold the exclusive advisory lock ``root/name`` (default: the append lock)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with (self.root / _LOCK).open("a") as fh:
+        with (self.root / name).open("a") as fh:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
             try:
                 yield
             finally:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """Keep every file of the log in place while the block runs: wrap all use of a
+        :meth:`scan` (and every ``collect`` of frames built on it) in this.
+
+        A shared lock: readers do not wait for each other or for appends, and appends do not
+        wait for readers; :meth:`compact` waits for the readers before it removes the files
+        it merged. A log that does not exist yet, or one this user may not write (a read-only
+        copy, which nothing can compact from here), is read without the lock.
+        """
+        try:
+            fh = (self.root / _READ_LOCK).open("a")
+        except OSError:
+            yield
+            return
+        with fh:  # closing the file releases the lock
+            fcntl.flock(fh.fileno(), fcntl.LOCK_SH)
+            yield
 
     def _partition(self, date: str) -> Path:
         return self.root / f"date={date}"
@@ -218,14 +243,16 @@ class EventLog:
         per ``POST /events`` request: at 20 requests/s about 1.7M files a day, which every
         reader of the log then opens).
 
-        Each partition is rewritten under the append lock, one at a time, so appends go on
-        between partitions: its files are merged (one row per ``event_id``, sorted by time)
-        into a new file written durably like an append, then the old files are removed and
-        the directory is fsynced. A crash between the two leaves both (duplicates that
-        :meth:`scan` and the next compaction drop; no event is lost). Readers that do not take
-        the lock (``feedforge build``, publish) should not run during a compaction: a file
-        they listed may be gone when they read it. The merge is one polars query written
-        with ``sink_parquet``; its sort needs a whole day, so memory grows with the largest.
+        One compaction runs at a time. Each partition is merged under the append lock, one at
+        a time, so appends go on between partitions: its files are merged (one row per
+        ``event_id``, sorted by time) into a new file written durably like an append. Then,
+        once no reader holds :meth:`reading` (``feedforge build``, publish, evaluate and
+        batch-score do while they read), the old files are removed and the directory is
+        fsynced; readers that start meanwhile see both, which :meth:`scan` de-duplicates. A
+        crash in between leaves both as well (the next compaction drops the duplicates; no
+        event is lost). A reader that never lets go holds the compaction up, not the appends.
+        The merge is one polars query written with ``sink_parquet``; its sort needs a whole
+        day, so memory grows with the largest.
 
         Args:
             before: Only partitions dated before this day (default: every partition).
@@ -236,9 +263,13 @@ class EventLog:
                 files (plus the merged one if the failure came while removing them, which
                 reads de-duplicate); the partitions before it stay compacted.
         """
-        partitions = files_before = files_after = events = 0
         if not self.root.is_dir():
             return CompactResult(0, 0, 0, 0)
+        with self._locked(_COMPACT_LOCK):
+            return self._compact(before)
+
+    def _compact(self, before: date | None) -> CompactResult:
+        partitions = files_before = files_after = events = 0
         for directory in sorted(self.root.glob("date=*")):
             day = directory.name.removeprefix("date=")
             if before is not None and day >= before.isoformat():
@@ -257,11 +288,12 @@ class EventLog:
                     _commit(
                         target, partial(merged.sink_parquet, compression="zstd", statistics=True)
                     )
-                    for old in files:
-                        old.unlink()
-                    _fsync(directory)
                     self._index.pop(day, None)
-                    rows = pl.scan_parquet(target).select(pl.len()).collect().item()
+                with self._locked(_READ_LOCK):  # waits for readers that may have listed them
+                    for old in files:
+                        old.unlink(missing_ok=True)
+                    _fsync(directory)
+                rows = pl.scan_parquet(target).select(pl.len()).collect().item()
             except OSError as exc:
                 raise EventLogError(
                     directory,
@@ -282,9 +314,11 @@ class EventLog:
         return sorted(self.root.glob("date=*/*.parquet"))
 
     def scan(self) -> pl.LazyFrame:
-        """A lazy frame over the whole log with the :data:`EVENT_SCHEMA` columns.
+        """A lazy frame over the files the log has now, with the :data:`EVENT_SCHEMA` columns.
 
-        Rows are unique on ``event_id`` (a safety net; appends already de-duplicate).
+        Rows are unique on ``event_id`` (a safety net; appends already de-duplicate, and a
+        compaction leaves a day's old and merged files side by side for a while). Collect it
+        inside :meth:`reading`, or a compaction may remove a file before it is read.
         """
         files = self.files()
         if not files:
@@ -295,4 +329,5 @@ class EventLog:
 
     def count(self) -> int:
         """Number of events in the log."""
-        return int(self.scan().select(pl.len()).collect().item())
+        with self.reading():
+            return int(self.scan().select(pl.len()).collect().item())

@@ -138,8 +138,18 @@ def publish(
         else None
     )
     _, items, _ = read_catalog(workdir)
-    events = EventLog(workdir.events_dir).scan()
-    snapshot_time = snapshot_time_of(events)
+    say("computing feature snapshot")
+    log = EventLog(workdir.events_dir)
+    with log.reading():  # no compaction removes a file of the log while it is read
+        events = log.scan()
+        snapshot_time = snapshot_time_of(events)
+        user_counts, item_counts, user_cats = snapshot_counters(events, items, snapshot_time)
+        seen = (
+            events.filter(pl.col("event_type").is_in(CONSUMED_EVENTS))
+            .group_by("user_id")
+            .agg(pl.col("item_id").unique().alias("seen"))
+            .collect()
+        )
 
     version = new_version()
     say(f"writing serving bundle {version}")
@@ -163,14 +173,6 @@ def publish(
         say(f"ANN graph {index.params.metric} (probe recall {index.params.probe_recall})")
     index.save(bundle / ANN_DIR)
 
-    say("computing feature snapshot")
-    user_counts, item_counts, user_cats = snapshot_counters(events, items, snapshot_time)
-    seen = (
-        events.filter(pl.col("event_type").is_in(CONSUMED_EVENTS))
-        .group_by("user_id")
-        .agg(pl.col("item_id").unique().alias("seen"))
-        .collect()
-    )
     user_ids, user_recs = user_records(user_counts, user_cats, seen)
     item_ids, item_recs = item_records(item_counts)
 

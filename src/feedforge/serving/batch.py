@@ -112,11 +112,13 @@ def batch_score(
         ranker = load_ranker(settings.models.ranker.type, ranker_dir, command)
     version = _store_version(store, dataset.version) if store is not None else None
 
-    events = EventLog(workdir.events_dir).scan()
     _, items, _ = read_catalog(workdir)
-    now = snapshot_time_of(events)
-    snapshot = snapshot_counters(events, items, now)
-    exclude = _consumed(events, dataset)
+    log = EventLog(workdir.events_dir)
+    with log.reading():  # no compaction removes a file of the log while it is read
+        events = log.scan()
+        now = snapshot_time_of(events)
+        snapshot = snapshot_counters(events, items, now)
+        exclude = _consumed(events, dataset)
     computed_at = datetime.now(UTC)
 
     n_users = len(dataset.users)

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -448,6 +449,36 @@ def test_compaction_drops_duplicates_a_crash_left_behind(tmp_path: Path) -> None
 
     assert log.compact().events == 2
     assert sorted(_raw_rows(log).get_column("event_id").to_list()) == ["a", "b"]
+
+
+def test_a_compaction_removes_no_file_a_reader_may_still_read(tmp_path: Path) -> None:
+    log = EventLog(tmp_path / "events")
+    for n in range(3):
+        log.append(_events([f"e{n}"], hours=[float(n)]))
+    listed = log.files()
+    done = threading.Event()
+    compaction = threading.Thread(
+        target=lambda: (EventLog(tmp_path / "events").compact(), done.set()), daemon=True
+    )
+    with log.reading():
+        frame = log.scan()  # lists the three files
+        compaction.start()
+        time.sleep(0.5)  # the merged file is written, the old ones wait for this reader
+        assert not done.is_set()
+        assert all(f.exists() for f in listed) and len(log.files()) == 4
+        assert log.scan().collect().height == 3  # a reader meanwhile sees each event once
+        log.append(_events(["late"], hours=[5.0]))  # appends do not wait for readers
+        assert sorted(frame.collect().get_column("event_id")) == ["e0", "e1", "e2"]
+    assert done.wait(10)
+    assert not any(f.exists() for f in listed)
+    assert log.count() == 4 and len(log.files()) == 2
+
+
+def test_reading_a_log_that_does_not_exist_creates_nothing(tmp_path: Path) -> None:
+    log = EventLog(tmp_path / "missing")
+    with log.reading():
+        assert log.scan().collect().height == 0
+    assert not (tmp_path / "missing").exists()
 
 
 def test_feedforge_compact_leaves_today_and_reports(tmp_path: Path) -> None:

@@ -274,13 +274,13 @@ def evaluate(
     test_start = datetime.fromisoformat(dataset.split_bounds["t2"])
     ranker_name = settings.models.ranker.type
     ranker_dir = workdir.model_dir(ranker_name)
-    _, items, _ = read_catalog(workdir)
     log = EventLog(workdir.events_dir)
     with log.reading():  # no compaction removes a file of the log while it is read
         events = log.scan()
         observed = observed_value(events, dataset, test_start, value)
-        # the two-stage pipeline's features, as of the test split's start
-        snapshot = snapshot_counters(events, items, test_start) if ranker_dir.is_dir() else None
+        snapshot = None  # the two-stage pipeline's features, as of the test split's start
+        if ranker_dir.is_dir():
+            snapshot = snapshot_counters(events, read_catalog(workdir)[1], test_start)
 
     def add_value(name: str, recs: np.ndarray) -> None:
         if observed is not None:

@@ -463,7 +463,10 @@ def test_a_compaction_removes_no_file_a_reader_may_still_read(tmp_path: Path) ->
     with log.reading():
         frame = log.scan()  # lists the three files
         compaction.start()
-        time.sleep(0.5)  # the merged file is written, the old ones wait for this reader
+        deadline = time.monotonic() + 10
+        while len(log.files()) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the merged file is written
+        time.sleep(0.2)  # the compaction now waits for this reader to remove the old files
         assert not done.is_set()
         assert all(f.exists() for f in listed) and len(log.files()) == 4
         assert log.scan().collect().height == 3  # a reader meanwhile sees each event once

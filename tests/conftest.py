@@ -23,7 +23,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from feedforge.publish.keys import Keys, glob_pattern
+from feedforge.store.keys import Keys, glob_pattern
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 

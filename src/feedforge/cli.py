@@ -126,8 +126,8 @@ def run_evaluate(workdir: Workdir, settings: Settings) -> dict[str, Any]:
 
 
 def run_publish(workdir: Workdir, settings: Settings) -> str:
-    from feedforge.publish.factory import open_store
     from feedforge.publish.publisher import publish
+    from feedforge.store.factory import open_store
 
     with open_store(settings.store, workdir.store_path) as store, _progress("publish") as say:
         version = publish(workdir, settings, store, say)
@@ -138,7 +138,7 @@ def run_publish(workdir: Workdir, settings: Settings) -> str:
 def _reset_live_state(workdir: Workdir, settings: Settings) -> None:
     """Forget live user histories left in the store by an earlier run (the demo rebuilds the
     world from scratch, so histories of the old event log would be stale)."""
-    from feedforge.publish.factory import open_store
+    from feedforge.store.factory import open_store
 
     with open_store(settings.store, workdir.store_path) as store:
         store.clear_histories()
@@ -374,8 +374,8 @@ def batch_score_cmd(
     chunk_users: Annotated[int, typer.Option(min=1, help="Users scored per chunk")] = 2_000,
 ) -> None:
     """Offline batch scoring: top-N of every user, in chunks, into Parquet (and the store)."""
-    from feedforge.publish.factory import open_store
-    from feedforge.serving.batch import batch_score
+    from feedforge.publish.batch import batch_score
+    from feedforge.store.factory import open_store
 
     settings = _settings(config)
     wd = Workdir.at(workdir)
@@ -444,8 +444,8 @@ def rollback_cmd(
     ] = None,
 ) -> None:
     """Make an earlier published version current again (atomic; services follow it)."""
-    from feedforge.publish.factory import open_store
     from feedforge.publish.versions import rollback
+    from feedforge.store.factory import open_store
 
     settings = _settings(config)
     wd = Workdir.at(workdir)

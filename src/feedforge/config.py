@@ -147,7 +147,7 @@ class StoreConfig(_Section):
 class ServingConfig(_Section):
     """The online service.
 
-    The ``ann*`` fields pick the candidate retrieval (:mod:`feedforge.publish.ann`):
+    The ``ann*`` fields pick the candidate retrieval (:mod:`feedforge.index.ann`):
     ``ann_m`` and ``ann_ef_construction`` shape the index ``feedforge publish`` builds;
     ``ann`` and ``ann_ef_search`` are read at publish and again when a service loads a version,
     so a running deployment can switch to exact search or widen the beam without republishing.

@@ -19,9 +19,9 @@ from feedforge.datasets.build import (
     DATASET_SCHEMA_VERSION,
     SPLITS,
 )
-from feedforge.datasets.features import RAW_COUNTERS
 from feedforge.datasets.idmap import IdMap
-from feedforge.datasets.objectives import objective_value, positive_flags
+from feedforge.features.definitions import RAW_COUNTERS
+from feedforge.features.objectives import objective_value, positive_flags
 
 if TYPE_CHECKING:
     from conftest import Built

@@ -18,18 +18,15 @@ import pytest
 
 from feedforge.config import DatasetConfig
 from feedforge.datasets.build import SPLITS, ranking_examples
-from feedforge.datasets.features import (
-    DEVICES,
-    RAW_COUNTERS,
-    WINDOWS,
-    item_records,
+from feedforge.events.schema import EVENT_SCHEMA, ITEM_SCHEMA
+from feedforge.features.definitions import DEVICES, RAW_COUNTERS, WINDOWS
+from feedforge.features.item_table import ItemTable, raw_from_table
+from feedforge.features.offline import (
     point_in_time_counters,
     snapshot_candidate_counters,
     snapshot_counters,
-    user_records,
 )
-from feedforge.datasets.item_table import ItemTable, raw_from_table
-from feedforge.events.schema import EVENT_SCHEMA, ITEM_SCHEMA
+from feedforge.features.online import item_records, user_records
 
 if TYPE_CHECKING:
     from conftest import Built

@@ -40,8 +40,8 @@ from feedforge.evaluation.evaluate import evaluate
 from feedforge.events.log import EventLog
 from feedforge.events.simulator import simulate
 from feedforge.models.train import train_models
-from feedforge.publish.factory import open_store
 from feedforge.publish.publisher import publish
+from feedforge.store.factory import open_store
 from feedforge.workdir import Workdir
 
 SMALL_CONFIG: dict[str, Any] = {

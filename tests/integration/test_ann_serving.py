@@ -14,12 +14,12 @@ from fastapi.testclient import TestClient
 
 from feedforge.config import Settings, load_settings
 from feedforge.datasets.load import load_dataset
+from feedforge.index.ann import INDEX_FILE
 from feedforge.models.base import EmbeddingRecommender
 from feedforge.models.registry import load_recommender
-from feedforge.publish.ann import INDEX_FILE
-from feedforge.publish.embedded import EmbeddedStore
 from feedforge.serving.app import create_app
 from feedforge.serving.pipeline import FeedService
+from feedforge.store.embedded import EmbeddedStore
 from feedforge.workdir import Workdir
 
 pytestmark = pytest.mark.integration
@@ -152,7 +152,7 @@ def test_a_deleted_index_file_falls_back_to_exact_search(
     settings = load_settings(small_config, serving={"candidates": 30})
     consumed = consumed_items(fresh_workdir)[known_user]
     with (
-        caplog.at_level(logging.WARNING, logger="feedforge.publish.ann"),
+        caplog.at_level(logging.WARNING, logger="feedforge.index.ann"),
         TestClient(create_app(settings, fresh_workdir)) as client,
     ):
         for k in (10, 100):

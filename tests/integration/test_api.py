@@ -27,10 +27,10 @@ from feedforge.events.catalog import read_catalog
 from feedforge.events.log import EventLog
 from feedforge.models.base import EmbeddingRecommender
 from feedforge.models.registry import load_recommender
-from feedforge.publish.embedded import EmbeddedStore
-from feedforge.publish.publisher import ITEM_FEAT, USER_FEAT
 from feedforge.serving.app import create_app, create_app_from_env
 from feedforge.serving.feedlog import read_feed_log
+from feedforge.store.embedded import EmbeddedStore
+from feedforge.store.keys import ITEM_FEAT, USER_FEAT
 from feedforge.workdir import Workdir
 
 pytestmark = pytest.mark.integration

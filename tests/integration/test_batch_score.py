@@ -17,10 +17,10 @@ from feedforge.config import Settings
 from feedforge.datasets.load import load_dataset
 from feedforge.errors import StoreError
 from feedforge.events.log import EventLog
-from feedforge.publish.embedded import EmbeddedStore
-from feedforge.publish.publisher import FEED
+from feedforge.publish.batch import batch_score
 from feedforge.serving.app import create_app
-from feedforge.serving.batch import batch_score
+from feedforge.store.embedded import EmbeddedStore
+from feedforge.store.keys import FEED
 from feedforge.workdir import Workdir
 
 pytestmark = pytest.mark.integration

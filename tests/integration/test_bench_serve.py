@@ -11,7 +11,7 @@ import redis
 
 from feedforge.bench.serve import LoadSpec, run_serve
 from feedforge.config import Settings
-from feedforge.publish.keys import Keys, glob_pattern
+from feedforge.store.keys import Keys, glob_pattern
 
 from .conftest import SMALL_CONFIG
 

@@ -15,9 +15,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from feedforge.config import Settings
-from feedforge.publish.factory import open_store
 from feedforge.publish.publisher import publish
 from feedforge.serving.app import create_app
+from feedforge.store.factory import open_store
 from feedforge.workdir import Workdir
 
 from ..conftest import RedisServer

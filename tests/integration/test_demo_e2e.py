@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from feedforge.cli import app
-from feedforge.publish.embedded import EmbeddedStore
+from feedforge.store.embedded import EmbeddedStore
 from feedforge.workdir import Workdir
 
 from .conftest import ServerProcess

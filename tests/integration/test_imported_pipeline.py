@@ -14,9 +14,9 @@ from feedforge.evaluation.evaluate import evaluate
 from feedforge.events.importers import import_dataset
 from feedforge.models.registry import RANKERS
 from feedforge.models.train import train_models
-from feedforge.publish.factory import open_store
 from feedforge.publish.publisher import publish
 from feedforge.serving.app import create_app
+from feedforge.store.factory import open_store
 from feedforge.workdir import Workdir
 
 

@@ -22,11 +22,12 @@ from feedforge.cli import app
 from feedforge.config import Settings, load_settings
 from feedforge.datasets.load import load_dataset
 from feedforge.errors import ArtifactError, StoreError
-from feedforge.publish.embedded import EmbeddedStore
-from feedforge.publish.publisher import ITEM_EMB, publish
+from feedforge.publish.publisher import publish
 from feedforge.publish.versions import prune_versions, rollback
 from feedforge.serving.app import create_app
 from feedforge.serving.version import load_version
+from feedforge.store.embedded import EmbeddedStore
+from feedforge.store.keys import ITEM_EMB
 from feedforge.workdir import Workdir
 
 pytestmark = pytest.mark.integration

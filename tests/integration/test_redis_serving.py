@@ -17,9 +17,9 @@ import redis
 from fastapi.testclient import TestClient
 
 from feedforge.config import Settings, load_settings
-from feedforge.publish.keys import Keys, glob_pattern
-from feedforge.publish.redis_store import RedisStore
 from feedforge.serving.app import create_app
+from feedforge.store.keys import Keys, glob_pattern
+from feedforge.store.redis import RedisStore
 from feedforge.workdir import Workdir
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis]

@@ -11,9 +11,9 @@ from fastapi.testclient import TestClient
 from feedforge.config import Settings
 from feedforge.events.catalog import read_catalog
 from feedforge.models.train import train_models
-from feedforge.publish.factory import open_store
 from feedforge.publish.publisher import publish
 from feedforge.serving.app import create_app
+from feedforge.store.factory import open_store
 from feedforge.workdir import Workdir
 
 pytestmark = pytest.mark.integration

@@ -14,8 +14,9 @@ from typing import Any, Self
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from feedforge.datasets.interactions import Interactions
 from feedforge.errors import NotFittedError
-from feedforge.models.base import Interactions, Recommender
+from feedforge.models.base import Recommender
 
 
 class ImplicitPeer(Recommender):

@@ -198,7 +198,7 @@ def ann_recall(model: EmbeddingRecommender, serving: ServingConfig | None = None
     the served feed. Recall is reported at 10
     and at ``serving.candidates`` (the retrieval depth the ranker sees).
     """
-    from feedforge.publish.ann import recall_at_k_vs_exact
+    from feedforge.index.ann import recall_at_k_vs_exact
     from feedforge.publish.publisher import build_serving_index
 
     serving = serving or ServingConfig()

@@ -6,7 +6,7 @@ trains the configured retrieval model on the train split, exactly as ``feedforge
 Then, for each ranker:
 
 1. **fit** on the validation split's impressions (features point in time; a single-task
-   ranker on the label and weight of :func:`~feedforge.datasets.objectives.ranking_target`,
+   ranker on the label and weight of :func:`~feedforge.features.objectives.ranking_target`,
    the multi-task DCN on clicks and the outcome targets; request = group), as
    ``feedforge train`` does;
 2. **impression metrics** on the test split's logged impressions: AUC of the objective's
@@ -49,11 +49,9 @@ import scipy.sparse as sp
 from feedforge.bench.report import run_info, write_report
 from feedforge.config import ModelsConfig, ObjectiveWeights, Settings
 from feedforge.datasets.build import build_dataset
-from feedforge.datasets.features import FEATURES, snapshot_counters
 from feedforge.datasets.load import Dataset, load_dataset
-from feedforge.datasets.objectives import objective_value, settings_value
 from feedforge.errors import ConfigError
-from feedforge.evaluation.evaluate import ranker_metrics, two_stage_recommend
+from feedforge.evaluation.evaluate import ranker_metrics
 from feedforge.evaluation.ranking_metrics import (
     intra_list_diversity,
 )
@@ -62,9 +60,13 @@ from feedforge.events.log import EventLog
 from feedforge.events.response import response_probabilities
 from feedforge.events.simulator import WORLD_FILE, simulate
 from feedforge.events.world import World
+from feedforge.features.definitions import FEATURES
+from feedforge.features.objectives import objective_value, settings_value
+from feedforge.features.offline import snapshot_counters
 from feedforge.models.base import EmbeddingRecommender, Ranker
+from feedforge.models.ranking_data import ranker_training_data
 from feedforge.models.registry import create_ranker, create_recommender
-from feedforge.models.train import ranker_training_data
+from feedforge.models.two_stage import two_stage_recommend
 from feedforge.workdir import Workdir
 
 Progress = Callable[[str], None]

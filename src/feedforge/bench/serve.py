@@ -48,16 +48,16 @@ import yaml
 from feedforge.bench.report import run_info, write_report
 from feedforge.config import Settings
 from feedforge.datasets.build import build_dataset
-from feedforge.datasets.features import RAW_COUNTERS, derive_features
 from feedforge.datasets.load import load_dataset
 from feedforge.errors import FeedforgeError
 from feedforge.events.simulator import simulate
+from feedforge.features.definitions import RAW_COUNTERS, derive_features
+from feedforge.index.ann import AnnIndex
 from feedforge.models.train import train_models
-from feedforge.publish.ann import AnnIndex
-from feedforge.publish.factory import open_store
-from feedforge.publish.keys import Keys, glob_pattern
-from feedforge.publish.publisher import USER_EMB, publish
+from feedforge.publish.publisher import publish
 from feedforge.serving.version import load_version
+from feedforge.store.factory import open_store
+from feedforge.store.keys import USER_EMB, Keys, glob_pattern
 from feedforge.workdir import Workdir
 
 Progress = Callable[[str], None]

@@ -9,9 +9,9 @@ earlier. Id maps are fitted on the train split only. Outputs (all Parquet, in
 * ``positives_<split>.parquet``: positive engagement events, one row each, with a flag per
   kind of engagement (click, watch, like, purchase, rated) and a ``weight`` for retrieval
   training; an objective's relevance is the union of its flags
-  (:func:`~feedforge.datasets.objectives.positive_flags`).
+  (:func:`~feedforge.features.objectives.positive_flags`).
 * ``ranking_<split>.parquet``: one row per impression with point-in-time raw counters (see
-  :mod:`feedforge.datasets.features`) and labels attributed from later events of the same
+  :mod:`feedforge.features.definitions`) and labels attributed from later events of the same
   request within ``dataset.attribution_seconds``. Impressions whose attribution window
   crosses a split boundary (or the end of the log) are dropped, so no label leaks across.
 * ``card.json`` / ``card.md``: rows, users, items, label rates and split dates.
@@ -27,12 +27,13 @@ import polars as pl
 
 from feedforge.artifacts import Manifest, write_json_atomic, write_manifest
 from feedforge.config import DatasetConfig, Settings
-from feedforge.datasets.features import RAW_COUNTERS, point_in_time_counters
 from feedforge.datasets.idmap import IdMap
-from feedforge.datasets.objectives import positive_flags, settings_value
 from feedforge.errors import DataError
 from feedforge.events.catalog import read_catalog
 from feedforge.events.log import EventLog
+from feedforge.features.definitions import RAW_COUNTERS
+from feedforge.features.objectives import positive_flags, settings_value
+from feedforge.features.offline import point_in_time_counters
 from feedforge.workdir import Workdir
 
 DATASET_ARTIFACT = "dataset"

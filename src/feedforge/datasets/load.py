@@ -18,8 +18,8 @@ from feedforge.datasets.build import (
     SPLITS,
 )
 from feedforge.datasets.idmap import IdMap
+from feedforge.datasets.interactions import Interactions
 from feedforge.errors import ValidationError
-from feedforge.models.base import Interactions
 from feedforge.workdir import Workdir
 
 
@@ -107,7 +107,7 @@ class Dataset:
 
     def relevant(self, split: str, flags: Sequence[str]) -> sp.csr_matrix:
         """``(n_users, n_items)`` binary CSR of a split's positives with any of ``flags``
-        (an objective's :func:`~feedforge.datasets.objectives.positive_flags`).
+        (an objective's :func:`~feedforge.features.objectives.positive_flags`).
 
         Only users and items known to the id maps appear; a rating above the threshold is
         positive for every objective.

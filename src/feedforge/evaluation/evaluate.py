@@ -26,68 +26,21 @@ import scipy.sparse as sp
 
 from feedforge.artifacts import write_json_atomic
 from feedforge.config import Settings
-from feedforge.datasets.features import (
-    RAW_COUNTERS,
-    derive_features,
-    retrieval_scores,
-    snapshot_candidate_counters,
-    snapshot_counters,
-)
 from feedforge.datasets.load import Dataset, load_dataset
-from feedforge.datasets.objectives import positive_flags, settings_value
 from feedforge.errors import DataError
 from feedforge.evaluation.metrics import auc, log_loss, ranking_report
 from feedforge.evaluation.ranking_metrics import calibration_error, request_ndcg
 from feedforge.events.catalog import read_catalog
 from feedforge.events.log import EventLog
-from feedforge.models.base import EmbeddingRecommender, Ranker, Recommender, top_k
+from feedforge.features.objectives import positive_flags, settings_value
+from feedforge.features.offline import snapshot_counters
+from feedforge.models.base import EmbeddingRecommender, Ranker, Recommender
+from feedforge.models.ranking_data import RankingData, ranker_training_data
 from feedforge.models.registry import load_ranker, load_recommender
-from feedforge.models.train import RankingData, ranker_training_data
+from feedforge.models.two_stage import two_stage_recommend
 from feedforge.workdir import Workdir
 
 Progress = Callable[[str], None]
-
-
-def two_stage_recommend(
-    retrieval: EmbeddingRecommender,
-    ranker: Ranker | None,
-    dataset: Dataset,
-    snapshot: tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame],
-    now: datetime,
-    user_idx: np.ndarray,
-    k: int,
-    n_candidates: int,
-    exclude: sp.csr_matrix,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Retrieve ``n_candidates`` per user, re-score them with the ranker, keep the top ``k``.
-
-    Returns:
-        ``(U, k)`` item indices and their ranker scores (retrieval scores without a ranker;
-        ``-inf`` where fewer than ``k`` items remain after ``exclude``).
-    """
-    cand, cand_scores = retrieval.recommend(user_idx, n_candidates, exclude=exclude)
-    if ranker is None:
-        return cand[:, :k], cand_scores[:, :k].astype(np.float64)
-    n_users, n_cand = cand.shape
-    flat_users = np.repeat(user_idx, n_cand)
-    flat_items = cand.reshape(-1)
-    frame = pl.DataFrame(
-        {
-            "user_id": dataset.users.id_of(flat_users),
-            "item_id": dataset.items.id_of(flat_items),
-        }
-    )
-    raw_frame = snapshot_candidate_counters(frame, snapshot, now)
-    raw = {name: raw_frame.get_column(name).to_numpy() for name in RAW_COUNTERS}
-    scores = retrieval_scores(
-        retrieval.user_embeddings(), retrieval.item_embeddings(), flat_users, flat_items
-    )
-    X = derive_features(raw, scores, dataset.n_categories)
-    p = ranker.score(X).reshape(n_users, n_cand)
-    # Excluded items only fill the list when fewer than n_candidates remain: keep them last.
-    p[~np.isfinite(cand_scores)] = -np.inf
-    order, top = top_k(p, k)
-    return np.take_along_axis(cand, order, axis=1), top.astype(np.float64)
 
 
 def ranker_metrics(ranker: Ranker, data: RankingData, k: int = 10) -> dict[str, Any]:

@@ -30,6 +30,10 @@ class EventType(StrEnum):
 
 EVENT_TYPES: tuple[str, ...] = tuple(e.value for e in EventType)
 
+CONSUMED_EVENTS: tuple[str, ...] = ("click", "watch", "like", "purchase", "rating")
+"""Event types after which an item counts as consumed by the user: never recommended again,
+and part of the user's live history (impressions and skips are not)."""
+
 _PAYLOAD: dict[EventType, str] = {
     EventType.WATCH: "watch_seconds",
     EventType.PURCHASE: "price",

@@ -24,8 +24,9 @@ from threadpoolctl import threadpool_limits
 
 from feedforge.artifacts import MANIFEST, Manifest, read_manifest, require_file, write_manifest
 from feedforge.config import MatrixFactorizationConfig
+from feedforge.datasets.interactions import Interactions
 from feedforge.errors import ArtifactError, DataError, NotFittedError, ValidationError
-from feedforge.models.base import EmbeddingRecommender, Interactions
+from feedforge.models.base import EmbeddingRecommender
 
 TRAIN_COMMAND = "feedforge train"
 _SCHEMA_VERSION = 1

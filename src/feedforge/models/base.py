@@ -18,111 +18,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import numpy as np
 import scipy.sparse as sp
 
-from feedforge.errors import NotFittedError, ValidationError
-
-
-@dataclass(frozen=True)
-class Interactions:
-    """Positive user-item interactions in index space (see the dataset's id maps).
-
-    Attributes:
-        user_idx: ``(N,)`` int32 user indices in ``[0, n_users)``.
-        item_idx: ``(N,)`` int32 item indices in ``[0, n_items)``.
-        weight: ``(N,)`` float32 interaction strengths (1.0 for plain implicit feedback).
-        timestamp_us: ``(N,)`` int64 UTC timestamps in microseconds since the epoch.
-        n_users: Number of users in the id map.
-        n_items: Number of items in the id map.
-        item_features: Optional ``(n_items, F)`` float32 CSR of item content (e.g. multi-hot
-            genres), for models that use side information.
-        rating: Optional ``(N,)`` float32 explicit ratings (NaN where none).
-    """
-
-    user_idx: np.ndarray
-    item_idx: np.ndarray
-    weight: np.ndarray
-    timestamp_us: np.ndarray
-    n_users: int
-    n_items: int
-    item_features: sp.csr_matrix | None = None
-    rating: np.ndarray | None = None
-
-    def __post_init__(self) -> None:
-        n = len(self.user_idx)
-        if not (len(self.item_idx) == len(self.weight) == len(self.timestamp_us) == n):
-            raise ValidationError("Interactions: all arrays must have the same length")
-        if n and (self.user_idx.min() < 0 or self.user_idx.max() >= self.n_users):
-            raise ValidationError(f"Interactions: user_idx outside [0, {self.n_users})")
-        if n and (self.item_idx.min() < 0 or self.item_idx.max() >= self.n_items):
-            raise ValidationError(f"Interactions: item_idx outside [0, {self.n_items})")
-        if self.item_features is not None and self.item_features.shape[0] != self.n_items:
-            raise ValidationError(
-                f"Interactions: item_features has {self.item_features.shape[0]} rows, "
-                f"expected n_items={self.n_items}"
-            )
-        if self.rating is not None and len(self.rating) != n:
-            raise ValidationError("Interactions: rating must have one value per interaction")
-
-    def sequences(self) -> list[np.ndarray]:
-        """Each user's item indices in time order (ties keep input order); ``[]`` if none.
-
-        Returns:
-            ``n_users`` int64 arrays.
-        """
-        order = np.lexsort((np.arange(len(self)), self.timestamp_us, self.user_idx))
-        users = self.user_idx[order]
-        items = self.item_idx[order].astype(np.int64)
-        bounds = np.searchsorted(users, np.arange(self.n_users + 1))
-        return [items[bounds[u] : bounds[u + 1]] for u in range(self.n_users)]
-
-    def __len__(self) -> int:
-        return len(self.user_idx)
-
-    def to_csr(self) -> sp.csr_matrix:
-        """The ``(n_users, n_items)`` float32 CSR matrix of summed weights."""
-        matrix = sp.csr_matrix(
-            (self.weight.astype(np.float32), (self.user_idx, self.item_idx)),
-            shape=(self.n_users, self.n_items),
-            dtype=np.float32,
-        )
-        matrix.sum_duplicates()
-        return matrix
-
-
-def top_k(
-    scores: np.ndarray, k: int, exclude: sp.csr_matrix | None = None, rows: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` columns per row of a dense score matrix, best first.
-
-    Args:
-        scores: ``(B, n_items)`` float scores; modified in place where excluded.
-        k: Items per row (clipped to ``n_items``).
-        exclude: Optional ``(n_users, n_items)`` CSR of items to drop per user.
-        rows: ``(B,)`` user indices of ``scores``' rows into ``exclude`` (needed with it).
-
-    Returns:
-        ``(B, k)`` int64 item indices and ``(B, k)`` float32 scores. Excluded items score
-        ``-inf`` and only appear when fewer than ``k`` items remain.
-    """
-    scores = np.asarray(scores, dtype=np.float32)
-    if exclude is not None:
-        if rows is None:
-            raise ValueError("top_k: rows is required with exclude")
-        sub = exclude[rows]
-        r, c = sub.nonzero()
-        scores[r, c] = -np.inf
-    k = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    part_scores = np.take_along_axis(scores, part, axis=1)
-    order = np.argsort(-part_scores, axis=1, kind="stable")
-    ids = np.take_along_axis(part, order, axis=1).astype(np.int64)
-    return ids, np.take_along_axis(part_scores, order, axis=1)
+from feedforge.datasets.interactions import Interactions
+from feedforge.errors import NotFittedError
+from feedforge.index.exact import top_k
 
 
 class Model(ABC):
@@ -240,9 +144,9 @@ class Ranker(Model):
         ``group`` is the ``(N,)`` request key of each row (the feed it was shown in):
         listwise rankers learn orderings within a request from it; pointwise ones ignore it.
         ``sample_weight`` (``(N,)``, >= 0) weights each row's loss, e.g. a positive by its
-        watch time (:func:`feedforge.datasets.objectives.ranking_target`). ``targets`` holds
+        watch time (:func:`feedforge.features.objectives.ranking_target`). ``targets`` holds
         ``(N,)`` outcomes after the impression (``watch_seconds``, ``purchased``, ``revenue``;
-        :func:`feedforge.datasets.objectives.ranking_outcomes`) for multi-task rankers;
+        :func:`feedforge.features.objectives.ranking_outcomes`) for multi-task rankers;
         single-task rankers ignore it.
         """
 

@@ -10,7 +10,7 @@ expressed in):
 
 **Score formula** (:meth:`DCNRanker.score`): the objective's expected value of the impression,
 ``sum_k value[k] * E[k]`` with ``value`` from
-:func:`~feedforge.datasets.objectives.objective_value` and
+:func:`~feedforge.features.objectives.objective_value` and
 
 * ``E[clicked] = p(click)``,
 * ``E[watch_seconds] = p(click) * E[watch_seconds | click]``,
@@ -41,8 +41,8 @@ import torch
 from scipy.special import expit
 
 from feedforge.artifacts import MANIFEST
-from feedforge.datasets.objectives import check_value
 from feedforge.errors import ArtifactError, ConfigError, DataError, NotFittedError, ValidationError
+from feedforge.features.objectives import check_value
 from feedforge.models.base import Ranker
 from feedforge.models.dcn_net import (
     HEADS,
@@ -83,7 +83,7 @@ class DCNRanker(Ranker):
 
     Args:
         value: ``{outcome: value per unit}`` of the objective the score ranks by
-            (:func:`~feedforge.datasets.objectives.objective_value`); None ranks by
+            (:func:`~feedforge.features.objectives.objective_value`); None ranks by
             ``p(click)``. ``feedforge train`` sets it from ``objective``.
         embedding_dim: Numbers per feature embedding.
         cross_layers: Cross layers.

@@ -27,8 +27,9 @@ import scipy.linalg
 import scipy.sparse as sp
 
 from feedforge.artifacts import MANIFEST, Manifest, read_manifest, require_file, write_manifest
+from feedforge.datasets.interactions import Interactions
 from feedforge.errors import ArtifactError, DataError, NotFittedError, ValidationError
-from feedforge.models.base import Interactions, Recommender
+from feedforge.models.base import Recommender
 
 TRAIN_COMMAND = "feedforge train"
 _SCHEMA_VERSION = 1

@@ -74,7 +74,7 @@ def create_ranker(
 ) -> Ranker:
     """An unfitted ranker with its hyper-parameters from ``config`` (defaults if None).
 
-    ``value`` (the objective's :func:`~feedforge.datasets.objectives.objective_value`) is
+    ``value`` (the objective's :func:`~feedforge.features.objectives.objective_value`) is
     given to multi-task rankers, whose score formula it sets; single-task rankers learn the
     objective from their labels instead.
 

@@ -39,8 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from feedforge.datasets.interactions import Interactions
 from feedforge.errors import ArtifactError, DataError, NotFittedError, ValidationError
-from feedforge.models.base import EmbeddingRecommender, Interactions
+from feedforge.models.base import EmbeddingRecommender
 from feedforge.models.torch_utils import (
     PARAMS,
     WEIGHTS,

@@ -11,17 +11,15 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
-
-import numpy as np
+from collections.abc import Callable
+from dataclasses import replace
 
 from feedforge.artifacts import Manifest, read_manifest, write_manifest
 from feedforge.config import Settings
-from feedforge.datasets.features import FEATURES, feature_matrix
 from feedforge.datasets.load import Dataset, load_dataset
-from feedforge.datasets.objectives import ranking_outcomes, ranking_target, settings_value
-from feedforge.models.base import EmbeddingRecommender, Model, Ranker
+from feedforge.features.objectives import settings_value
+from feedforge.models.base import EmbeddingRecommender, Model
+from feedforge.models.ranking_data import ranker_training_data
 from feedforge.models.registry import RANKERS, create_ranker, create_recommender
 from feedforge.workdir import Workdir
 
@@ -33,53 +31,6 @@ def _save(model: Model, workdir: Workdir, name: str, dataset: Dataset) -> Manife
     model.save(directory)
     manifest = read_manifest(directory, f"model/{name}", (1,), workdir.command("train"))
     return write_manifest(directory, replace(manifest, inputs={"dataset": dataset.version}))
-
-
-@dataclass(frozen=True)
-class RankingData:
-    """A split's impressions as the ranker sees them.
-
-    Attributes:
-        X: ``(N, F)`` features, columns in :data:`~feedforge.datasets.features.FEATURES`.
-        y: ``(N,)`` binary labels of the objective (:func:`ranking_target`).
-        weight: ``(N,)`` sample weights of the objective.
-        group: ``(N,)`` request id of each impression (``""`` when missing).
-        outcomes: ``{outcome: (N,)}`` attributed outcomes (:func:`ranking_outcomes`): what a
-            multi-task ranker learns, and what its heads are measured against.
-    """
-
-    X: np.ndarray
-    y: np.ndarray
-    weight: np.ndarray
-    group: np.ndarray
-    outcomes: dict[str, np.ndarray]
-
-    def fit(self, ranker: Ranker) -> Ranker:
-        """Fit ``ranker`` on these impressions: a single-task ranker on the objective's label
-        and weights, a multi-task one on the clicks and the outcome targets."""
-        names = list(FEATURES)
-        if ranker.multi_task:
-            clicks = self.outcomes["clicked"].astype(np.int8)
-            return ranker.fit(self.X, clicks, names, group=self.group, targets=self.outcomes)
-        return ranker.fit(self.X, self.y, names, group=self.group, sample_weight=self.weight)
-
-    def labels(self, ranker: Ranker) -> np.ndarray:
-        """The ``(N,)`` labels ``ranker.predict_proba`` estimates (clicks for multi-task)."""
-        return self.outcomes["clicked"].astype(np.int8) if ranker.multi_task else self.y
-
-
-def ranker_training_data(
-    dataset: Dataset, split: str, retrieval: EmbeddingRecommender, value: Mapping[str, float]
-) -> RankingData:
-    """Features, labels, weights, requests and outcomes of a split's impressions for an
-    objective's ``value`` (:func:`~feedforge.datasets.objectives.objective_value`)."""
-    frame = dataset.ranking(split)
-    X = feature_matrix(
-        frame, retrieval.user_embeddings(), retrieval.item_embeddings(), dataset.n_categories
-    )
-    y, weight = ranking_target(frame, value)
-    group = frame.get_column("request_id").fill_null("").to_numpy().astype(str)
-    return RankingData(X, y, weight, group, ranking_outcomes(frame))
 
 
 def train_models(

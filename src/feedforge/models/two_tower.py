@@ -41,8 +41,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from feedforge.artifacts import MANIFEST
+from feedforge.datasets.interactions import Interactions
 from feedforge.errors import ArtifactError, DataError, NotFittedError, ValidationError
-from feedforge.models.base import EmbeddingRecommender, Interactions
+from feedforge.models.base import EmbeddingRecommender
 from feedforge.models.torch_utils import (
     PARAMS,
     WEIGHTS,

@@ -15,7 +15,7 @@ process, as in the tests, never share counters). Exported:
   online store was unavailable;
 * ``feedforge_missing_features_total{kind}``: users (``kind="user"``) and candidates
   (``kind="item"``) scored with the documented default features because the online store
-  had no record for them (:func:`~feedforge.datasets.item_table.raw_from_table`);
+  had no record for them (:func:`~feedforge.features.item_table.raw_from_table`);
 * ``feedforge_serving_version_info{version}``: 1 for the version being served.
 
 With several worker processes each exports its own counts (scrape every worker, or sum

@@ -4,7 +4,7 @@ A publish
 
 1. writes a *serving bundle* ``WORKDIR/bundles/<version>/`` (item id order, the ranker, the
    ANN index over the served item embeddings in ``ann/``, of the kind ``serving.ann`` names;
-   see :mod:`feedforge.publish.ann`). The served items are the retrieval model's, completed
+   see :mod:`feedforge.index.ann`). The served items are the retrieval model's, completed
    with content-mapped vectors for catalog items it has none for (``serving.cold_items``,
    :mod:`feedforge.publish.coldstart`), so the whole catalog can be retrieved,
 2. writes every key of the version into the online store (user and item embeddings as float32
@@ -17,7 +17,7 @@ A publish
 Readers resolve ``current`` once per request, so they see either the old or the new version,
 never a mix.
 
-Feature records hold the raw counters of :mod:`feedforge.datasets.features`, counted from
+Feature records hold the raw counters of :mod:`feedforge.features.definitions`, counted from
 every event strictly before the snapshot time (the log's last event).
 """
 
@@ -25,45 +25,39 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import numpy as np
 import polars as pl
 
 from feedforge.artifacts import Manifest, new_version, write_manifest
 from feedforge.config import ServingConfig, Settings
-from feedforge.datasets.features import FEATURES, item_records, snapshot_counters, user_records
 from feedforge.datasets.idmap import IdMap
 from feedforge.datasets.load import load_dataset
 from feedforge.errors import ArtifactError, DataError
 from feedforge.events.catalog import read_catalog
 from feedforge.events.log import EventLog
+from feedforge.events.schema import CONSUMED_EVENTS
+from feedforge.features.definitions import FEATURES
+from feedforge.features.offline import snapshot_counters, snapshot_time_of
+from feedforge.features.online import item_records, user_records
+from feedforge.index.ann import AnnIndex, AnnKind
 from feedforge.models.base import EmbeddingRecommender
 from feedforge.models.registry import RANKERS, load_ranker, load_recommender
-from feedforge.publish.ann import AnnIndex, AnnKind
 from feedforge.publish.coldstart import cold_item_embeddings
-from feedforge.publish.store import OnlineStore
 from feedforge.publish.versions import prune_versions, retire
+from feedforge.store.base import OnlineStore
+from feedforge.store.bundle import (
+    ANN_DIR,
+    BUNDLE_ARTIFACT,
+    BUNDLE_SCHEMA_VERSION,
+    ITEM_IDS_FILE,
+    RANKER_DIR,
+)
+from feedforge.store.keys import ITEM_EMB, ITEM_FEAT, USER_EMB, USER_FEAT
 from feedforge.workdir import Workdir
 
-BUNDLE_ARTIFACT = "serving-bundle"
-BUNDLE_SCHEMA_VERSION = 1
-USER_EMB, ITEM_EMB, USER_FEAT, ITEM_FEAT = "user_emb", "item_emb", "user_feat", "item_feat"
-FEED = "feed"  # precomputed feeds of `feedforge batch-score` (feedforge.serving.batch)
-
-CONSUMED_EVENTS: tuple[str, ...] = ("click", "watch", "like", "purchase", "rating")
-"""Event types after which an item counts as consumed by the user: never recommended again,
-and part of the user's live history (impressions and skips are not)."""
-
-
-def snapshot_time_of(events: pl.LazyFrame) -> datetime:
-    """The feature snapshot time of a log: just after its last event (now when empty)."""
-    last = events.select(pl.col("timestamp").max()).collect().item()
-    return (last or datetime.now(UTC)) + timedelta(microseconds=1)
-
-
 POPULAR_LIST_SIZE = 1_000
-ANN_DIR = "ann"
 ANN_SEED = 0
 _CHUNK = 10_000
 
@@ -156,7 +150,7 @@ def publish(
     bundle = workdir.bundles_dir / version
     bundle.mkdir(parents=True)
     if ranker is not None:
-        ranker.save(bundle / "ranker")
+        ranker.save(bundle / RANKER_DIR)
     u_emb, i_emb = retrieval.user_embeddings(), retrieval.item_embeddings()
     serving = settings.serving
     i_ids = dataset.items.ids.to_list()
@@ -166,7 +160,7 @@ def publish(
         cold = cold_item_embeddings(items, i_ids, i_emb, snapshot_time)
         i_ids, i_emb = cold.ids, cold.vectors
         cold_stats = {"method": "content", "content_items": cold.n_content, "r2": cold.r2}
-    IdMap(i_ids).save(bundle / "item_ids.parquet")
+    IdMap(i_ids).save(bundle / ITEM_IDS_FILE)
     say(f"building the {serving.ann} ANN index over {len(i_emb)} item embeddings")
     index = build_serving_index(i_emb, u_emb, serving)
     if index.params.probe_recall:

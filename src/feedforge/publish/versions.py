@@ -18,7 +18,7 @@ import shutil
 from datetime import UTC, datetime
 
 from feedforge.errors import ArtifactError, NotPublishedError, StoreError
-from feedforge.publish.store import OnlineStore
+from feedforge.store.base import OnlineStore
 from feedforge.workdir import Workdir
 
 

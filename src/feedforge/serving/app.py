@@ -31,7 +31,6 @@ from feedforge import __version__
 from feedforge.config import Settings, load_settings
 from feedforge.errors import FeedforgeError, ValidationError
 from feedforge.events.schema import Event, validate_events
-from feedforge.publish.factory import open_store
 from feedforge.serving.explain import Explanation
 from feedforge.serving.pipeline import Feed, FeedService
 from feedforge.serving.schemas import FeedResponse, HealthResponse, IngestResponse
@@ -41,6 +40,7 @@ from feedforge.serving.security import (
     check_security_config,
     require_api_key,
 )
+from feedforge.store.factory import open_store
 from feedforge.workdir import Workdir
 
 MAX_EVENTS_PER_REQUEST = 10_000

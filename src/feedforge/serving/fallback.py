@@ -22,8 +22,8 @@ from pathlib import Path
 
 from feedforge.artifacts import read_manifest
 from feedforge.errors import ArtifactError, StoreUnavailableError
-from feedforge.publish.publisher import BUNDLE_ARTIFACT, BUNDLE_SCHEMA_VERSION
-from feedforge.publish.store import OnlineStore
+from feedforge.store.base import OnlineStore
+from feedforge.store.bundle import BUNDLE_ARTIFACT, BUNDLE_SCHEMA_VERSION
 
 logger = logging.getLogger("feedforge.serving")
 

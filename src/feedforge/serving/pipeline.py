@@ -3,7 +3,7 @@
 The service holds no state of its own beyond a cache of the *current published version*
 (item ids, the item embedding matrix loaded from the store, the ranker from the version's
 bundle). Every request reads the store's ``current`` pointer in the same round trip as its
-user's embedding, record and live history (:meth:`~feedforge.publish.store.OnlineStore.read_user`)
+user's embedding, record and live history (:meth:`~feedforge.store.base.OnlineStore.read_user`)
 and starts loading a newly published version in the background, so a running service follows
 publishes without a restart. A version that fails to load is retried after
 ``serving.load_retry_s``, doubling, while the previous one keeps serving.
@@ -23,7 +23,7 @@ config) applies business rules, freshness, category caps or MMR diversity and op
 exploration; every served item carries the propensity with which it was picked.
 
 Candidate retrieval (the ``max(serving.candidates, k)`` items of largest ``V[i] · q`` the
-ranker re-scores) goes through the version's ANN index (:mod:`feedforge.publish.ann`):
+ranker re-scores) goes through the version's ANN index (:mod:`feedforge.index.ann`):
 
 * ``serving.ann = "hnsw"`` (default): the HNSW index of the version's bundle, searched with an
   over-fetch of the number of consumed items, which are then dropped. When fewer candidates
@@ -46,19 +46,17 @@ from typing import Any
 import numpy as np
 
 from feedforge.config import Settings
-from feedforge.datasets.features import derive_features
-from feedforge.datasets.item_table import raw_from_table
 from feedforge.errors import (
     FeedforgeError,
     NotPublishedError,
     StoreUnavailableError,
 )
 from feedforge.events.log import AppendResult, EventLog
-from feedforge.events.schema import Event, EventType
+from feedforge.events.schema import CONSUMED_EVENTS, Event, EventType
+from feedforge.features.definitions import derive_features
+from feedforge.features.item_table import raw_from_table
+from feedforge.index.ann import RetrievalMethod
 from feedforge.monitoring.metrics import ServiceMetrics
-from feedforge.publish.ann import RetrievalMethod
-from feedforge.publish.publisher import CONSUMED_EVENTS, FEED, USER_EMB, USER_FEAT
-from feedforge.publish.store import OnlineStore, UserRead
 from feedforge.serving.explain import DEGRADED, POPULAR, Explanation, explain_by_history
 from feedforge.serving.fallback import DiskFallback, PendingHistories, StoreGuard
 from feedforge.serving.feedlog import FeedLog
@@ -69,6 +67,8 @@ from feedforge.serving.rerank import (
     rerank,
 )
 from feedforge.serving.version import LoadedVersion, load_version
+from feedforge.store.base import OnlineStore, UserRead
+from feedforge.store.keys import FEED, USER_EMB, USER_FEAT
 from feedforge.workdir import Workdir
 
 logger = logging.getLogger("feedforge.serving")
@@ -486,7 +486,7 @@ class FeedService:
         this request) and the items' rows of the version's snapshot.
 
         A user or candidate missing from the snapshot takes the documented defaults
-        (:func:`~feedforge.datasets.item_table.raw_from_table`) and is counted in
+        (:func:`~feedforge.features.item_table.raw_from_table`) and is counted in
         ``feedforge_missing_features_total{kind="user"|"item"}``.
         """
         raw, missing = raw_from_table(user, state.item_table, idx, state.now(), device)

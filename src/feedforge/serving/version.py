@@ -13,16 +13,17 @@ from typing import Any
 import numpy as np
 
 from feedforge.config import ServingConfig
-from feedforge.datasets.features import FEATURES
 from feedforge.datasets.idmap import IdMap
-from feedforge.datasets.item_table import ItemTable
 from feedforge.errors import ArtifactError, ConfigError, ValidationError
+from feedforge.features.definitions import FEATURES
+from feedforge.features.item_table import ItemTable
+from feedforge.index.ann import AnnIndex, load_or_exact
 from feedforge.models.base import Ranker
 from feedforge.models.ranker_utils import feature_difference
 from feedforge.models.registry import load_ranker
-from feedforge.publish.ann import AnnIndex, load_or_exact
-from feedforge.publish.publisher import ANN_DIR, ITEM_EMB, ITEM_FEAT
-from feedforge.publish.store import OnlineStore
+from feedforge.store.base import OnlineStore
+from feedforge.store.bundle import ANN_DIR, ITEM_IDS_FILE, RANKER_DIR
+from feedforge.store.keys import ITEM_EMB, ITEM_FEAT
 
 _LOAD_CHUNK = 10_000
 
@@ -72,7 +73,7 @@ def load_version(
     if bundles_dir is not None and (bundles_dir / version / "manifest.json").is_file():
         bundle = bundles_dir / version
     command = "feedforge publish"
-    items = IdMap.load(bundle / "item_ids.parquet", command).build_lookups()
+    items = IdMap.load(bundle / ITEM_IDS_FILE, command).build_lookups()
     ids = items.ids.to_list()
     parts = []
     records: list[dict[str, Any] | None] = []
@@ -102,7 +103,7 @@ def load_version(
                 "feedforge train && feedforge publish",
             )
         ranker = load_ranker(
-            meta["ranker"], bundle / "ranker", command, expected_features=published
+            meta["ranker"], bundle / RANKER_DIR, command, expected_features=published
         )
         try:
             ranker.use_device(cfg.ranker_device)

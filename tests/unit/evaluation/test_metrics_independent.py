@@ -18,9 +18,10 @@ import numpy as np
 import polars as pl
 import pytest
 
+from feedforge.datasets.interactions import Interactions
 from feedforge.evaluation.metrics import map_at_k, map_total, per_user_metrics
 from feedforge.evaluation.protocols import ProtocolSplit, evaluate_fold, msr_stratified
-from feedforge.models.base import Interactions, Recommender
+from feedforge.models.base import Recommender
 
 
 def test_map_total_by_hand() -> None:

@@ -12,6 +12,7 @@ import polars as pl
 import pytest
 import scipy.sparse as sp
 
+from feedforge.datasets.interactions import Interactions
 from feedforge.errors import ConfigError, DataError, ValidationError
 from feedforge.evaluation.protocols import (
     PROTOCOLS,
@@ -25,7 +26,7 @@ from feedforge.evaluation.protocols import (
     strong_generalization,
     temporal,
 )
-from feedforge.models.base import Interactions, Recommender
+from feedforge.models.base import Recommender
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 

@@ -13,8 +13,8 @@ import implicit.cpu.bpr
 import numpy as np
 import pytest
 
+from feedforge.datasets.interactions import Interactions
 from feedforge.errors import ArtifactError, DataError, ValidationError
-from feedforge.models.base import Interactions
 from feedforge.models.bpr import BPRRecommender
 
 N_USERS, N_ITEMS = 40, 25

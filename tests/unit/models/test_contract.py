@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 from feedforge.config import ModelsConfig
+from feedforge.datasets.interactions import Interactions
 from feedforge.errors import ArtifactError, ConfigError, DataError, NotFittedError, ValidationError
 from feedforge.models.als import ALSRecommender
-from feedforge.models.base import EmbeddingRecommender, Interactions, Recommender
+from feedforge.models.base import EmbeddingRecommender, Recommender
 from feedforge.models.popularity import MostPopular
 from feedforge.models.registry import (
     RANKERS,

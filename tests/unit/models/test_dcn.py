@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from feedforge.config import ModelsConfig, ObjectiveWeights
-from feedforge.datasets.objectives import objective_value
 from feedforge.errors import DataError, ValidationError
+from feedforge.features.objectives import objective_value
 from feedforge.models.dcn import DCNRanker
 from feedforge.models.dcn_net import fit_calibration
 from feedforge.models.registry import create_ranker, load_ranker

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from feedforge.datasets.interactions import Interactions
 from feedforge.errors import ArtifactError, ValidationError
 from feedforge.models import ease
 from feedforge.models.als import ALSRecommender
-from feedforge.models.base import Interactions
 from feedforge.models.ease import EASERecommender, required_gib
 
 N_USERS, N_ITEMS = 40, 25

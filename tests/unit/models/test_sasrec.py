@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from feedforge.datasets.interactions import Interactions
 from feedforge.errors import ArtifactError, ValidationError
-from feedforge.models.base import Interactions
 from feedforge.models.sasrec import (
     SASRecNet,
     SASRecRecommender,

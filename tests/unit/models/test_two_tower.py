@@ -9,8 +9,8 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from feedforge.datasets.interactions import Interactions
 from feedforge.errors import ValidationError
-from feedforge.models.base import Interactions
 from feedforge.models.two_tower import (
     TwoTowerNet,
     TwoTowerRecommender,

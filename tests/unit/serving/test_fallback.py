@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from feedforge.errors import StoreUnavailableError
-from feedforge.publish.embedded import EmbeddedStore
 from feedforge.serving.fallback import DiskFallback, PendingHistories, StoreGuard
+from feedforge.store.embedded import EmbeddedStore
 
 
 def test_the_breaker_opens_for_the_retry_time_and_closes_on_success() -> None:

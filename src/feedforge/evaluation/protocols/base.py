@@ -15,8 +15,8 @@ import polars as pl
 import scipy.sparse as sp
 
 from feedforge.datasets.idmap import IdMap
+from feedforge.datasets.interactions import Interactions
 from feedforge.errors import DataError, ValidationError
-from feedforge.models.base import Interactions
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ import numpy as np
 from feedforge.errors import ConfigError, DataError
 from feedforge.evaluation.metrics import catalog_coverage, per_user_metrics
 from feedforge.evaluation.protocols.base import EvalFold
-from feedforge.models.base import Recommender, top_k
+from feedforge.index.exact import top_k
+from feedforge.models.base import Recommender
 
 _PER_USER_KEYS = {
     "ndcg": "ndcg",

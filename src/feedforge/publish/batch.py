@@ -33,16 +33,17 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from feedforge.config import Settings
-from feedforge.datasets.features import snapshot_counters
 from feedforge.datasets.load import Dataset, load_dataset
 from feedforge.errors import ConfigError, NotPublishedError, StoreError
-from feedforge.evaluation.evaluate import two_stage_recommend
 from feedforge.events.catalog import read_catalog
 from feedforge.events.log import EventLog
+from feedforge.events.schema import CONSUMED_EVENTS
+from feedforge.features.offline import snapshot_counters, snapshot_time_of
 from feedforge.models.base import EmbeddingRecommender
 from feedforge.models.registry import load_ranker, load_recommender
-from feedforge.publish.publisher import CONSUMED_EVENTS, FEED, snapshot_time_of
-from feedforge.publish.store import OnlineStore
+from feedforge.models.two_stage import two_stage_recommend
+from feedforge.store.base import OnlineStore
+from feedforge.store.keys import FEED
 from feedforge.workdir import Workdir
 
 Progress = Callable[[int, int], None]

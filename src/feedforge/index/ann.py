@@ -72,7 +72,7 @@ import numpy as np
 
 from feedforge.artifacts import Manifest, read_manifest, write_manifest
 from feedforge.errors import ArtifactError, DataError, ValidationError
-from feedforge.models.base import top_k
+from feedforge.index.exact import top_k
 
 logger = logging.getLogger(__name__)
 

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from feedforge.errors import ArtifactError, DataError, ValidationError
-from feedforge.models.base import top_k
-from feedforge.publish.ann import (
+from feedforge.index.ann import (
     INDEX_FILE,
     MAX_OVERFETCH,
     AnnIndex,
@@ -19,6 +18,7 @@ from feedforge.publish.ann import (
     load_or_exact,
     recall_at_k_vs_exact,
 )
+from feedforge.index.exact import top_k
 
 
 def clustered(n: int, d: int, seed: int, n_clusters: int = 64) -> np.ndarray:
@@ -292,7 +292,7 @@ def test_load_or_exact_falls_back_to_exact_search_with_a_warning(
 ) -> None:
     assert load_or_exact(saved, small).kind == "hnsw"
     (saved / INDEX_FILE).write_bytes(b"broken")
-    with caplog.at_level(logging.WARNING, logger="feedforge.publish.ann"):
+    with caplog.at_level(logging.WARNING, logger="feedforge.index.ann"):
         index = load_or_exact(saved, small)
     assert index.kind == "exact"
     assert "ANN index unusable" in caplog.text and str(saved / INDEX_FILE) in caplog.text

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from feedforge.config import StoreConfig
-from feedforge.publish.embedded import EmbeddedStore
-from feedforge.publish.redis_store import RedisStore
-from feedforge.publish.store import OnlineStore
+from feedforge.store.base import OnlineStore
+from feedforge.store.embedded import EmbeddedStore
+from feedforge.store.redis import RedisStore
 
 
 def open_store(config: StoreConfig, default_path: Path) -> OnlineStore:
@@ -21,7 +21,7 @@ def open_store(config: StoreConfig, default_path: Path) -> OnlineStore:
     Returns:
         An open store; close it (or use it as a context manager) when done. A Redis store
         connects lazily, so opening one never fails because the server is down: call
-        :meth:`~feedforge.publish.store.OnlineStore.ping` to check.
+        :meth:`~feedforge.store.base.OnlineStore.ping` to check.
 
     Raises:
         ConfigError: ``config.redis_url`` is not a Redis URL.

@@ -4,10 +4,10 @@ Publishing runs in one process and serving in others (possibly several workers),
 is a file shared between processes, not an in-memory dict:
 
 * ``kv(key TEXT PRIMARY KEY, value BLOB) WITHOUT ROWID`` holds the versioned data under the
-  same keys as Redis (:mod:`feedforge.publish.keys`); the set of versions is stored as one
-  row per member (:meth:`~feedforge.publish.keys.Keys.version_member`).
+  same keys as Redis (:mod:`feedforge.store.keys`); the set of versions is stored as one
+  row per member (:meth:`~feedforge.store.keys.Keys.version_member`).
 * ``history(seq INTEGER PRIMARY KEY, key TEXT, item_id TEXT)`` holds live histories; ``key``
-  is :meth:`~feedforge.publish.keys.Keys.history`, ``seq`` orders the entries. A plain
+  is :meth:`~feedforge.store.keys.Keys.history`, ``seq`` orders the entries. A plain
   ``INTEGER PRIMARY KEY`` is enough: SQLite hands out ``max(seq) + 1`` and trimming only ever
   deletes the oldest rows, so ``seq`` keeps growing without ``AUTOINCREMENT``'s extra table.
 * WAL mode: readers never block the writer nor each other, and a reader sees a consistent
@@ -35,14 +35,8 @@ from typing import Any
 import numpy as np
 
 from feedforge.errors import StoreError, StoreUnavailableError, ValidationError
-from feedforge.publish.keys import (
-    Keys,
-    decode_record,
-    encode_record,
-    encode_records,
-    encode_vectors,
-)
-from feedforge.publish.store import OnlineStore, decode_vectors
+from feedforge.store.base import OnlineStore, decode_vectors
+from feedforge.store.keys import Keys, decode_record, encode_record, encode_records, encode_vectors
 
 SCHEMA_VERSION = 1
 """Stored in ``PRAGMA user_version``; a file with another non-zero version is refused."""
@@ -70,14 +64,14 @@ def _upper_bound(prefix: str) -> str:
 
 
 class EmbeddedStore(OnlineStore):
-    """An :class:`~feedforge.publish.store.OnlineStore` in one SQLite file.
+    """An :class:`~feedforge.store.base.OnlineStore` in one SQLite file.
 
     Several instances, in one or several processes, may open the same file: a publish by one
     is seen by the others as soon as its ``set_current`` commits. Thread-safe.
 
     Args:
         path: The database file; its parent folder is created if needed.
-        namespace: Key namespace (see :class:`~feedforge.publish.keys.Keys`); several
+        namespace: Key namespace (see :class:`~feedforge.store.keys.Keys`); several
             namespaces may share one file.
         busy_timeout_s: How long a write waits for another process's write to finish.
         write_chunk: Rows per transaction of bulk writes and deletes.

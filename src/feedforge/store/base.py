@@ -8,7 +8,7 @@ Two kinds of data live in the store:
   sees a half-written version. Versions are immutable once published.
 * **Live per-user state** (the recent history), unversioned, updated on every ingested event.
 
-The key layout of both backends lives in :mod:`feedforge.publish.keys`.
+The key layout of both backends lives in :mod:`feedforge.store.keys`.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Design:
 
-* Keys come from :mod:`feedforge.publish.keys`; values are float32 bytes (vectors) and JSON
+* Keys come from :mod:`feedforge.store.keys`; values are float32 bytes (vectors) and JSON
   (records, metadata). A user's live history is a bounded list (``RPUSH`` + ``LTRIM``) that
   expires ``store.history_ttl_days`` after the user's last event; version keys carry no TTL
   (publish deletes replaced versions after their grace period). The client uses
@@ -34,7 +34,8 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
 from feedforge.errors import ConfigError, StoreError, StoreUnavailableError, ValidationError
-from feedforge.publish.keys import (
+from feedforge.store.base import OnlineStore, UserRead, decode_vectors
+from feedforge.store.keys import (
     Keys,
     decode_record,
     encode_record,
@@ -42,7 +43,6 @@ from feedforge.publish.keys import (
     encode_vectors,
     glob_pattern,
 )
-from feedforge.publish.store import OnlineStore, UserRead, decode_vectors
 
 CHUNK = 10_000
 """Keys per ``MGET``/``MSET`` and per pipeline round trip of bulk writes and deletes."""
@@ -116,14 +116,14 @@ HISTORY_CHUNK = 10_000
 
 
 class RedisStore(OnlineStore):
-    """An :class:`~feedforge.publish.store.OnlineStore` on a Redis server.
+    """An :class:`~feedforge.store.base.OnlineStore` on a Redis server.
 
     Thread-safe: the redis-py client keeps a connection pool, so one instance can be shared by
     every thread of a server (create it once, in the app's lifespan).
 
     Args:
         client: A redis-py client created with ``decode_responses=False``.
-        namespace: Key namespace (see :class:`~feedforge.publish.keys.Keys`).
+        namespace: Key namespace (see :class:`~feedforge.store.keys.Keys`).
         url: The server's URL, used in error messages (redacted here).
     """
 

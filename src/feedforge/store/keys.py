@@ -18,7 +18,7 @@ restricted to ``[A-Za-z0-9_.-]`` so they can never contain the ``:`` separator o
 character; ids and user ids may be any string because they are always the last segment.
 
 Values: a vector is its compact little-endian float32 bytes
-(:func:`feedforge.publish.store.encode_vector`, batched by :func:`encode_vectors`); records and
+(:func:`feedforge.store.base.encode_vector`, batched by :func:`encode_vectors`); records and
 metadata are compact UTF-8 JSON (:func:`encode_record`; numpy scalars and arrays become plain
 JSON).
 """
@@ -33,9 +33,14 @@ from typing import Any
 import numpy as np
 
 from feedforge.errors import StoreError, ValidationError
-from feedforge.publish.store import encode_vector
+from feedforge.store.base import encode_vector
 
 PREFIX = "ff"
+
+# The record kinds of a version (the ``{kind}`` segment of a version's keys).
+USER_EMB, ITEM_EMB, USER_FEAT, ITEM_FEAT = "user_emb", "item_emb", "user_feat", "item_feat"
+FEED = "feed"
+"""Precomputed feeds of ``feedforge batch-score`` (:mod:`feedforge.publish.batch`)."""
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -121,7 +126,7 @@ def glob_pattern(prefix: str) -> str:
 
 
 def encode_vectors(ids: Sequence[str], vectors: np.ndarray) -> list[bytes]:
-    """One float32 blob per id (see :func:`~feedforge.publish.store.encode_vector`).
+    """One float32 blob per id (see :func:`~feedforge.store.base.encode_vector`).
 
     Args:
         ids: ``N`` ids.

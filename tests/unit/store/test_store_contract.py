@@ -23,11 +23,11 @@ import redis
 
 from feedforge.config import StoreConfig
 from feedforge.errors import StoreError, StoreUnavailableError, ValidationError
-from feedforge.publish.embedded import EmbeddedStore
-from feedforge.publish.factory import open_store
-from feedforge.publish.keys import Keys, glob_pattern
-from feedforge.publish.redis_store import RedisStore
-from feedforge.publish.store import OnlineStore
+from feedforge.store.base import OnlineStore
+from feedforge.store.embedded import EmbeddedStore
+from feedforge.store.factory import open_store
+from feedforge.store.keys import Keys, glob_pattern
+from feedforge.store.redis import RedisStore
 
 
 @dataclass
@@ -375,7 +375,7 @@ def test_embedded_store_is_shared_across_processes(tmp_path: Path) -> None:
         store.set_current("v1")
     script = (
         "import sys\n"
-        "from feedforge.publish.embedded import EmbeddedStore\n"
+        "from feedforge.store.embedded import EmbeddedStore\n"
         "with EmbeddedStore(sys.argv[1]) as store:\n"
         "    version = store.current_version()\n"
         "    got, found = store.get_vectors(version, 'item_emb', ['i0', 'i4'])\n"

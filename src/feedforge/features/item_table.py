@@ -1,11 +1,11 @@
 """A published version's item feature snapshot as arrays, and the candidates' raw counters.
 
-The service reads a version's item records (:func:`~feedforge.datasets.features.item_records`)
+The service reads a version's item records (:func:`~feedforge.features.definitions.item_records`)
 from the online store once, when it loads the version: they are immutable within it, and
 decoding the candidates' JSON records on every request cost 10 ms of a 24 ms request for 500
 candidates (the load benchmark's profile). :func:`raw_from_table` assembles one request's raw
 counters by array indexing; the leakage tests check they equal the offline snapshot's
-(:func:`~feedforge.datasets.features.snapshot_candidate_counters`).
+(:func:`~feedforge.features.definitions.snapshot_candidate_counters`).
 
 A missing record (an item absent from the snapshot) or a record lacking a field (written by an
 older publisher) takes the documented defaults: zero counts, age 0, duration and price 0,
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from feedforge.datasets.features import ITEM_RECORD_COUNTERS, request_raw
+from feedforge.features.online import ITEM_RECORD_COUNTERS, request_raw
 
 _FLOATS = (*ITEM_RECORD_COUNTERS, "duration_seconds", "price")
 

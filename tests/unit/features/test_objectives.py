@@ -7,7 +7,8 @@ import polars as pl
 import pytest
 
 from feedforge.config import ObjectiveWeights, load_settings
-from feedforge.datasets.objectives import (
+from feedforge.errors import ConfigError
+from feedforge.features.objectives import (
     check_value,
     impression_value,
     objective_value,
@@ -16,7 +17,6 @@ from feedforge.datasets.objectives import (
     ranking_target,
     settings_value,
 )
-from feedforge.errors import ConfigError
 
 FRAME = pl.DataFrame(
     {

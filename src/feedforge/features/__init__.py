@@ -1,0 +1,1 @@
+"""Ranking features: definitions, offline (point-in-time) and online computation, objectives."""

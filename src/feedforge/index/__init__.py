@@ -1,0 +1,1 @@
+"""The approximate-nearest-neighbour index over item embeddings, and exact top-k."""

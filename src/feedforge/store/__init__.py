@@ -1,0 +1,1 @@
+"""The online store: interface, key layout, embedded (SQLite) and Redis backends."""

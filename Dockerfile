@@ -10,7 +10,8 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends libgomp1 \
     && rm -rf /var/lib/apt/lists/*
 
-# The CPU build of torch (the pinned version) keeps the image free of CUDA libraries.
+# The runtime dependencies only (no extras: the image neither tests nor benchmarks). The CPU
+# build of torch (the pinned version) keeps the image free of CUDA libraries.
 COPY pyproject.toml README.md ./
 COPY src ./src
 RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu .

@@ -1,33 +1,51 @@
-# The README's two commands: `make demo` and `make test`. Both install what they need first.
+# The README's two commands: `make demo` and `make test`. Each installs what it needs first:
+# `make demo` (and `make serve`) the runtime dependencies only, `make test` also the dev tools
+# and the benchmark clients (extras dev and bench). One stamp per install, so `make test` after
+# `make demo` adds the extras, and `make demo` after `make test` installs nothing.
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-stamp
+PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+RUNTIME_STAMP := $(VENV)/.installed-runtime
+DEV_STAMP     := $(VENV)/.installed-dev
 WORKDIR ?= work
 
-.PHONY: install demo test lint typecheck unit serve clean
+.PHONY: install install-dev demo test lint imports typecheck unit serve clean
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
-	touch $(STAMP)
 
-install: $(STAMP)
+$(RUNTIME_STAMP): pyproject.toml | $(BIN)/python
+	$(PIP) -e .
+	touch $@
+
+# The dev install includes the runtime one: both stamps are fresh after it.
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
+	$(PIP) -e ".[dev,bench]"
+	touch $(RUNTIME_STAMP) $@
+
+install: $(RUNTIME_STAMP)
+
+install-dev: $(DEV_STAMP)
 
 demo: install
 	$(BIN)/feedforge demo --workdir $(WORKDIR)
 
-lint: install
+lint: install-dev
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 
-typecheck: install
+# The architecture's layers (import-linter contracts in pyproject.toml).
+imports: install-dev
+	$(BIN)/lint-imports
+
+typecheck: install-dev
 	$(BIN)/mypy
 
-unit: install
+unit: install-dev
 	$(BIN)/pytest
 
-test: lint typecheck unit
+test: lint imports typecheck unit
 
 serve: install
 	$(BIN)/feedforge serve --workdir $(WORKDIR)

@@ -8,10 +8,15 @@ file it came from.
 
 The business goal (step 1 of the design framework, "clarify") lives here as config, not code:
 ``objective`` picks what the feed maximises and ``serving.latency_budget_ms`` the online budget.
+
+(Over 400 lines on purpose: the README sends users here for every setting and its default, so
+the whole schema stays in one file.)
 """
 
 from __future__ import annotations
 
+import importlib
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -71,45 +76,124 @@ class DatasetConfig(_Section):
     )
 
 
-class PopularityConfig(_Section):
-    window_days: float = Field(7.0, gt=0, description="Count positives in the last N train days")
+ParamValue = float | int | str | bool | None
+"""A hyper-parameter value in the config; each model's params class types it."""
 
 
-class MatrixFactorizationConfig(_Section):
-    factors: int = Field(64, ge=2)
-    regularization: float = Field(0.05, ge=0)
-    iterations: int = Field(15, ge=1)
-    alpha: float = Field(10.0, gt=0, description="Confidence scaling of implicit feedback")
-    random_state: int = 0
+def _scalars_from_strings(section: Any) -> Any:
+    """A ``{name: value}`` section with JSON scalars written as strings (``"8"``, ``"0.5"``,
+    ``"true"``, ``"null"``) turned into numbers, booleans or None.
+
+    Environment variables only carry strings (``FEEDFORGE_MODELS__PARAMS__ALS__FACTORS=8``);
+    the params classes type-check strictly, so the string must become the number it spells.
+    Other strings (``lambdarank``, ``yes``) stay strings.
+    """
+    if not isinstance(section, dict):
+        return section
+    out = {}
+    for key, value in section.items():
+        if isinstance(value, str):
+            try:
+                parsed = json.loads(value)
+            except ValueError:
+                parsed = value
+            value = parsed if parsed is None or isinstance(parsed, bool | int | float) else value
+        out[key] = value
+    return out
 
 
 class RankerConfig(_Section):
-    """The ranking stage's model. ``type`` picks it; ``C`` and ``max_iter`` are the logistic
-    regression's, every other ranker takes its keyword arguments from ``models.params.<type>``
-    (e.g. ``params: {lightgbm: {objective: lambdarank}}``)."""
+    """The ranking stage's model: ``type`` picks it, ``models.params.<type>`` sets its
+    hyper-parameters (e.g. ``params: {lightgbm: {objective: lambdarank}}``). ``C`` and
+    ``max_iter`` are kept as aliases of ``models.params.logistic.C`` and ``.max_iter``."""
 
     type: Literal["logistic", "tree", "lightgbm", "dcn"] = Field(
         "logistic",
         description="logistic regression, a shallow decision tree, LightGBM (binary or "
         "lambdarank), or the deep multi-task DCN-v2 ranker",
     )
-    C: float = Field(1.0, gt=0, description="Inverse L2 strength of the logistic regression")
-    max_iter: int = Field(500, ge=10)
+    C: ParamValue = Field(None, description="Alias of models.params.logistic.C")
+    max_iter: ParamValue = Field(None, description="Alias of models.params.logistic.max_iter")
+
+    @field_validator("C", "max_iter", mode="before")
+    @classmethod
+    def _from_strings(cls, value: Any) -> Any:
+        return _scalars_from_strings({"value": value})["value"]
 
 
 class ModelsConfig(_Section):
     """Which models to train and their hyper-parameters.
 
-    ``popularity``, ``als`` and ``ranker`` have typed sections; every other model takes its
-    constructor's keyword arguments from ``params.<model name>`` (e.g.
-    ``params: {sasrec: {epochs: 50}}``); an unknown argument is a configuration error.
+    Every model takes its hyper-parameters from ``params.<model name>`` (e.g.
+    ``params: {sasrec: {epochs: 50}, als: {factors: 128}}``), validated when the settings are
+    loaded against the model's own declaration (its ``Params`` class, e.g.
+    :class:`feedforge.models.als.ALSParams`): an unknown or mistyped parameter is a
+    configuration error naming the file, the model and the key. ``als``, ``popularity`` and
+    ``ranker.C``/``ranker.max_iter`` are older spellings of ``params.als``,
+    ``params.popularity`` and ``params.logistic``, checked by the same declarations.
     """
 
     retrieval: Literal["als", "bpr", "ease", "two_tower", "sasrec"] = "als"
-    popularity: PopularityConfig = PopularityConfig()
-    als: MatrixFactorizationConfig = MatrixFactorizationConfig()
     ranker: RankerConfig = RankerConfig()
-    params: dict[str, dict[str, float | int | str | bool | None]] = Field(default_factory=dict)
+    params: dict[str, dict[str, ParamValue]] = Field(default_factory=dict)
+    popularity: dict[str, ParamValue] = Field(
+        default_factory=dict, description="Alias of models.params.popularity"
+    )
+    als: dict[str, ParamValue] = Field(
+        default_factory=dict, description="Alias of models.params.als"
+    )
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _params_from_strings(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        return {name: _scalars_from_strings(section) for name, section in value.items()}
+
+    @field_validator("popularity", "als", mode="before")
+    @classmethod
+    def _aliases_from_strings(cls, value: Any) -> Any:
+        return _scalars_from_strings(value)
+
+    @model_validator(mode="after")
+    def _aliases_agree_with_params(self) -> ModelsConfig:
+        for name, (path, values) in self._aliases().items():
+            both = sorted(set(values) & set(self.params.get(name, {})))
+            if both:
+                raise ValueError(
+                    f"{path} and models.params.{name} both set {both}; keep models.params.{name}"
+                )
+        return self
+
+    def _aliases(self) -> dict[str, tuple[str, dict[str, ParamValue]]]:
+        """Model name -> (config path, values) of the older sections that are set."""
+        logistic = {"C": self.ranker.C, "max_iter": self.ranker.max_iter}
+        aliases: dict[str, tuple[str, dict[str, ParamValue]]] = {
+            "popularity": ("models.popularity", dict(self.popularity)),
+            "als": ("models.als", dict(self.als)),
+            "logistic": ("models.ranker", {k: v for k, v in logistic.items() if v is not None}),
+        }
+        return {name: entry for name, entry in aliases.items() if entry[1]}
+
+    def params_sections(self) -> list[tuple[str, str, dict[str, ParamValue]]]:
+        """Every ``(config path, model name, values)`` that sets hyper-parameters."""
+        sections = [(path, name, values) for name, (path, values) in self._aliases().items()]
+        sections += [(f"models.params.{name}", name, dict(v)) for name, v in self.params.items()]
+        return sections
+
+    def params_for(self, name: str) -> dict[str, ParamValue]:
+        """The configured hyper-parameters of model ``name`` (older sections included);
+        unset ones take the model's defaults."""
+        merged: dict[str, ParamValue] = {}
+        for _, model, values in self.params_sections():
+            if model == name:
+                merged.update(values)
+        return merged
+
+    def params_sources(self, name: str) -> list[str]:
+        """The config paths that set model ``name``'s hyper-parameters (for messages)."""
+        paths = [path for path, model, _ in self.params_sections() if model == name]
+        return paths or [f"models.params.{name}"]
 
 
 class EvaluationConfig(_Section):
@@ -396,10 +480,46 @@ def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
         data = loaded
     data.update(overrides)
     try:
-        return Settings(**data)
+        settings = Settings(**data)
     except pydantic.ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
             for err in exc.errors()
         )
         raise ConfigError(f"{source}: invalid configuration: {problems}") from exc
+    check_model_params(settings.models, source)
+    return settings
+
+
+MODEL_PARAMS_CHECK = "feedforge.models.registry:check_config_params"
+"""The function that checks one config section against a model's ``Params`` class, by dotted
+path: config sits below the models package (the models read :class:`ModelsConfig`)."""
+
+
+def check_model_params(models: ModelsConfig, source: str) -> None:
+    """Validate every configured model's hyper-parameters against its ``Params`` class.
+
+    Only the models the config names are looked up, and so imported (a config without torch
+    models never imports torch).
+
+    Args:
+        models: The models section.
+        source: The config file (or ``environment/defaults``), quoted in the message.
+
+    Raises:
+        ConfigError: an unknown model name, or an unknown or invalid parameter; the message
+            names ``source``, the model and the key (e.g. ``models.params.tree.depth``).
+    """
+    sections = models.params_sections()
+    if not sections:
+        return
+    # Resolved from its dotted path when the settings are checked, as Feast's RepoConfig
+    # imports the config class of the backend a file names: a static import would make the
+    # bottom layer (config) depend on the models package.
+    module, _, function = MODEL_PARAMS_CHECK.partition(":")
+    check = getattr(importlib.import_module(module), function)
+    for path, name, values in sections:
+        try:
+            check(path, name, values)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: invalid configuration: {exc.message}") from exc

@@ -17,11 +17,13 @@ from feedforge.artifacts import read_manifest
 from feedforge.datasets.build import (
     DATASET_ARTIFACT,
     DATASET_SCHEMA_VERSION,
+    SNAPSHOT_FRAMES,
     SPLITS,
 )
 from feedforge.datasets.idmap import IdMap
 from feedforge.features.definitions import RAW_COUNTERS
 from feedforge.features.objectives import objective_value, positive_flags
+from feedforge.features.offline import snapshot_counters
 
 if TYPE_CHECKING:
     from conftest import Built
@@ -296,3 +298,42 @@ def test_train_interactions_are_the_known_train_positives(built: Built) -> None:
     assert inter.n_users == len(built.dataset.users)
     assert inter.n_items == len(built.dataset.items)
     assert inter.user_idx.max() < inter.n_users and inter.item_idx.max() < inter.n_items
+
+
+def test_feature_snapshot_is_the_snapshot_at_the_test_start(built: Built) -> None:
+    assert built.dataset.test_start == built.bounds["t2"]
+    fresh = snapshot_counters(built.events.lazy(), built.items, built.bounds["t2"])
+    stored = built.dataset.feature_snapshot()
+    for name, want, got in zip(SNAPSHOT_FRAMES, fresh, stored, strict=True):
+        key = [c for c in ("user_id", "item_id", "category") if c in want.columns]
+        assert got.schema == want.schema, name
+        assert got.sort(key).equals(want.sort(key)), name
+        assert built.manifest.counts[f"snapshot_{name}"] == got.height
+    # the late-only user's events are in the test window, after the snapshot
+    assert built.late_user not in set(stored[0].get_column("user_id"))
+
+
+def test_test_outcomes_sum_the_test_windows_events(built: Built) -> None:
+    t2, end = built.bounds["t2"], built.bounds["end"]
+    expected: dict[tuple[str, str], list[float]] = {}
+    for row in built.events.iter_rows(named=True):
+        kind = row["event_type"]
+        if not t2 <= row["timestamp"] <= end or kind not in ("click", "watch", "purchase"):
+            continue
+        sums = expected.setdefault((row["user_id"], row["item_id"]), [0.0, 0.0, 0.0])
+        if kind == "click":
+            sums[0] += 1
+        elif kind == "watch":
+            sums[1] += row["watch_seconds"]
+        else:
+            sums[2] += row["price"]
+    outcomes = built.dataset.test_outcomes()
+    assert built.manifest.counts["outcomes_test"] == outcomes.height == len(expected)
+    assert outcomes.select("user_id", "item_id").is_duplicated().sum() == 0
+    for row in outcomes.iter_rows(named=True):
+        want = expected[(row["user_id"], row["item_id"])]
+        got = [row["clicks"], row["watch_seconds"], row["revenue"]]
+        assert got == pytest.approx(want), (row["user_id"], row["item_id"])
+    late = outcomes.filter(pl.col("user_id") == built.late_user)
+    assert late.height == 1 and late.item(0, "clicks") == 1
+    assert late.item(0, "user_idx") is None and late.item(0, "item_idx") is None

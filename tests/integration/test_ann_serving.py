@@ -97,7 +97,7 @@ def test_the_service_retrieves_through_the_index(
         service = service_of(client)
         for user in users:
             assert_contract(client, user, 10, consumed[user])
-        assert service.current().index.kind == "hnsw"
+        assert service.versions.current().index.kind == "hnsw"
         methods = [service.recommend(user, 10).retrieval for user in users]
     assert methods.count("hnsw") == len(users), methods
 
@@ -108,7 +108,7 @@ def test_the_service_retrieves_through_the_index(
         TestClient(create_app(settings, published_workdir)) as hnsw_client,
     ):
         exact_service, hnsw_service = service_of(exact_client), service_of(hnsw_client)
-        assert exact_service.current().index.kind == "exact"
+        assert exact_service.versions.current().index.kind == "exact"
         same = 0
         for user in users:
             by_exact = exact_service.recommend(user, 10)
@@ -131,7 +131,7 @@ def test_feeds_keep_the_contract_when_serving_with_hnsw(
     consumed = consumed_items(published_workdir)[known_user]
     with TestClient(create_app(settings, published_workdir)) as client:
         # The served items: the model's plus content-mapped catalog items (cold_items).
-        left = set(service_of(client).current().items.ids.to_list()) - consumed
+        left = set(service_of(client).versions.current().items.ids.to_list()) - consumed
         items = assert_contract(client, known_user, min(k, len(left)), consumed)
         method = service_of(client).recommend(known_user, k).retrieval
     if k >= len(left):
@@ -158,7 +158,7 @@ def test_a_deleted_index_file_falls_back_to_exact_search(
         for k in (10, 100):
             assert_contract(client, known_user, k, consumed)
         service = service_of(client)
-        assert service.current().index.kind == "exact"
+        assert service.versions.current().index.kind == "exact"
         assert service.recommend(known_user, 10).retrieval == "exact"
         health = client.get("/health")
     assert health.status_code == 200, health.text

@@ -435,7 +435,7 @@ def test_the_current_version_is_loaded_before_the_first_request(
     # must never wait on the version load (seconds at a million items).
     with serve(small_settings, published_workdir) as client:
         service = client.app.state.service  # type: ignore[attr-defined]
-        loaded = service._loaded
+        loaded = service.versions.loaded
         assert loaded is not None
         assert loaded.version == current_version(published_workdir)
         assert loaded.items._dict is not None, "the id lookups are built at load"
@@ -453,18 +453,19 @@ def test_a_swapped_out_version_is_freed_despite_the_gc_freeze(
 
     with EmbeddedStore(published_workdir.store_path) as store:
         service = FeedService(small_settings, published_workdir, store)
-        version = service.preload()
+        versions = service.versions
+        version = versions.preload()
         assert version is not None
-        old = weakref.ref(service._loaded)
-        old_index = weakref.ref(service._loaded.index)  # type: ignore[union-attr]
+        old = weakref.ref(versions._loaded)
+        old_index = weakref.ref(versions._loaded.index)  # type: ignore[union-attr]
         # A version reachable only from a reference cycle (a deep ranker's modules, say) that
         # the load froze: freezing alone would keep it for good.
-        cycle: list[Any] = [service._loaded]
+        cycle: list[Any] = [versions._loaded]
         cycle.append(cycle)
         gc.freeze()
         del cycle
-        service._loaded = None  # the next load is a swap
-        assert service.current().version == version
+        versions._loaded = None  # the next load is a swap
+        assert versions.current().version == version
         assert old() is None and old_index() is None
         service.close()
     gc.unfreeze()  # leave the test process as it was

@@ -271,11 +271,11 @@ def test_requests_are_answered_from_the_old_version_while_the_new_one_loads(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A large version takes seconds to load: it loads in the background, never on a request."""
-    import feedforge.serving.pipeline as pipeline
+    import feedforge.serving.following as following
 
     workdir = workdir_copy()
     gate, started = threading.Event(), threading.Event()
-    real_load = pipeline.load_version
+    real_load = following.load_version
 
     def slow_load(*args: Any, **kwargs: Any) -> Any:
         started.set()
@@ -284,7 +284,7 @@ def test_requests_are_answered_from_the_old_version_while_the_new_one_loads(
 
     with TestClient(create_app(small_settings, workdir)) as client:
         old = version_of(client)
-        monkeypatch.setattr(pipeline, "load_version", slow_load)
+        monkeypatch.setattr(following, "load_version", slow_load)
         new = publish_into(workdir, small_settings)
         assert version_of(client) == old  # the pointer moved; the load has begun...
         assert started.wait(10)
@@ -304,10 +304,10 @@ def test_a_version_that_fails_to_load_is_retried_after_a_backoff(
     """A corrupt new version must not be reloaded on every request (a load of a large
     catalog costs seconds of CPU): the old version serves, the new one is tried again after
     serving.load_retry_s, and served once it loads."""
-    import feedforge.serving.pipeline as pipeline
+    import feedforge.serving.following as following
 
     workdir = workdir_copy()
-    real_load = pipeline.load_version
+    real_load = following.load_version
     attempts: list[float] = []
     clock = [1_000.0]
 
@@ -316,9 +316,9 @@ def test_a_version_that_fails_to_load_is_retried_after_a_backoff(
         raise ArtifactError(workdir.root, "corrupt bundle (test)", "feedforge publish")
 
     with TestClient(create_app(small_settings, workdir)) as client:
-        client.app.state.service._monotonic = lambda: clock[0]  # type: ignore[attr-defined]
+        client.app.state.service.versions.clock = lambda: clock[0]  # type: ignore[attr-defined]
         old = version_of(client)
-        monkeypatch.setattr(pipeline, "load_version", failing_load)
+        monkeypatch.setattr(following, "load_version", failing_load)
         new = publish_into(workdir, small_settings)
         deadline = time.perf_counter() + 10
         while not attempts and time.perf_counter() < deadline:
@@ -329,6 +329,6 @@ def test_a_version_that_fails_to_load_is_retried_after_a_backoff(
         assert len(attempts) == 1
 
         clock[0] += small_settings.serving.load_retry_s + 1  # the backoff has passed
-        monkeypatch.setattr(pipeline, "load_version", real_load)
+        monkeypatch.setattr(following, "load_version", real_load)
         wait_for_version(client, new)
         assert len(attempts) == 1

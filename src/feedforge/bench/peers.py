@@ -8,15 +8,23 @@ interface; they are not published or served.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import numpy as np
+from pydantic import Field
 from threadpoolctl import threadpool_limits
 
 from feedforge.datasets.interactions import Interactions
 from feedforge.errors import NotFittedError
 from feedforge.models.base import Recommender
+from feedforge.models.params import ModelParams
+
+
+class ImplicitPeerParams(ModelParams):
+    """Hyper-parameters of :class:`ImplicitPeer`: the algorithm and the library's own."""
+
+    algorithm: Literal["als", "bpr"]
+    library: dict[str, Any] = Field(default_factory=dict)
 
 
 class ImplicitPeer(Recommender):
@@ -29,15 +37,17 @@ class ImplicitPeer(Recommender):
     """
 
     name = "implicit"
+    Params = ImplicitPeerParams
+    params: ImplicitPeerParams
 
     def __init__(self, algorithm: str, params: dict[str, Any] | None = None) -> None:
-        self.algorithm = algorithm
-        self.params = dict(params or {})
+        super().__init__(algorithm=algorithm, library=dict(params or {}))
         self.user_factors_: np.ndarray | None = None
         self.item_factors_: np.ndarray | None = None
 
     def get_params(self) -> dict[str, Any]:
-        return {"algorithm": self.algorithm, **self.params}
+        """The algorithm and the library's keyword arguments, flat (as the report lists)."""
+        return {"algorithm": self.params.algorithm, **self.params.library}
 
     def fit(self, interactions: Interactions) -> Self:
         from implicit.cpu.als import AlternatingLeastSquares
@@ -45,8 +55,9 @@ class ImplicitPeer(Recommender):
 
         matrix = interactions.to_csr()
         matrix.data[:] = 1.0
-        cls = AlternatingLeastSquares if self.algorithm == "als" else BayesianPersonalizedRanking
-        params = {"random_state": 0, **self.params}
+        als = self.params.algorithm == "als"
+        cls = AlternatingLeastSquares if als else BayesianPersonalizedRanking
+        params = {"random_state": 0, **self.params.library}
         with threadpool_limits(1, "blas"):  # implicit checks the BLAS threads on creation
             model = cls(**params)
             model.fit(matrix, show_progress=False)
@@ -59,10 +70,3 @@ class ImplicitPeer(Recommender):
         if users is None or items is None:
             raise NotFittedError("ImplicitPeer is not fitted; call fit()")
         return users[user_idx] @ items.T
-
-    def save(self, directory: Path) -> None:  # pragma: no cover - peers are never saved
-        raise NotImplementedError("benchmark peers are not saved")
-
-    @classmethod
-    def load(cls, directory: Path, build_command: str = "") -> Self:  # pragma: no cover
-        raise NotImplementedError("benchmark peers are not loaded")

@@ -55,14 +55,11 @@ from feedforge.evaluation.evaluate import ranker_metrics
 from feedforge.evaluation.ranking_metrics import (
     intra_list_diversity,
 )
-from feedforge.events.catalog import read_catalog
-from feedforge.events.log import EventLog
 from feedforge.events.response import response_probabilities
 from feedforge.events.simulator import WORLD_FILE, simulate
 from feedforge.events.world import World
 from feedforge.features.definitions import FEATURES
 from feedforge.features.objectives import objective_value, settings_value
-from feedforge.features.offline import snapshot_counters
 from feedforge.models.base import EmbeddingRecommender, Ranker
 from feedforge.models.ranking_data import ranker_training_data
 from feedforge.models.registry import create_ranker, create_recommender
@@ -169,7 +166,8 @@ class Bench:
 
 
 def prepare(settings: Settings, workdir: Workdir, feed_users: int, say: Progress) -> Bench:
-    """Simulate, build, train retrieval and snapshot features into ``workdir``."""
+    """Simulate, build and train retrieval into ``workdir`` (the feature snapshot at the test
+    boundary is the dataset's)."""
     say(
         f"simulating {settings.simulator.n_users} users x {settings.simulator.n_items} items "
         f"x {settings.simulator.n_days} days"
@@ -188,11 +186,9 @@ def prepare(settings: Settings, workdir: Workdir, feed_users: int, say: Progress
             "stage needs an embedding retrieval model"
         )
     world = World.load(workdir.catalog_dir / WORLD_FILE)
-    _, items, _ = read_catalog(workdir)
-    cutoff = datetime.fromisoformat(dataset.split_bounds["t2"])
-    log = EventLog(workdir.events_dir)
-    with log.reading():
-        snapshot = snapshot_counters(log.scan(), items, cutoff)
+    # The snapshot the build wrote at t2: the same one `feedforge evaluate` scores with.
+    cutoff = dataset.test_start
+    snapshot = dataset.feature_snapshot()
     test_users = (
         dataset.ranking("test").get_column("user_idx").drop_nulls().unique().sort().to_numpy()
     )

@@ -21,13 +21,15 @@
 6. **profile**: the service's own per-stage histogram sums (``/metrics``) over the run.
 
 Results go to ``docs/benchmarks/serve.json`` and ``.md`` with the command that made them.
+
+The load generator is :mod:`feedforge.bench.serve_load` (its clients, aiohttp and httpx, are
+the ``bench`` extra: ``pip install 'feedforge[bench]'``); the report is
+:mod:`feedforge.bench.serve_report`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import multiprocessing
 import os
 import socket
 import subprocess
@@ -37,14 +39,13 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import yaml
 
+from feedforge.bench import serve_load, serve_report
 from feedforge.bench.report import run_info, write_report
 from feedforge.config import Settings
 from feedforge.datasets.build import build_dataset
@@ -79,132 +80,6 @@ class LoadSpec:
     floor_users: int = 200
     redis_url: str = "redis://127.0.0.1:6379/0"
     extra_rates: tuple[float, ...] = ()  # further open-loop runs, e.g. to find the capacity
-
-
-def _percentiles(values: list[float]) -> dict[str, float | None]:
-    if not values:
-        return {"p50_ms": None, "p95_ms": None, "p99_ms": None, "max_ms": None}
-    ms = np.asarray(values) * 1e3
-    return {
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p95_ms": float(np.percentile(ms, 95)),
-        "p99_ms": float(np.percentile(ms, 99)),
-        "max_ms": float(ms.max()),
-    }
-
-
-async def _open_loop(base: str, users: list[str], rate: float, duration_s: float) -> dict[str, Any]:
-    import aiohttp
-
-    rng = np.random.default_rng(0)
-    gaps = rng.exponential(1.0 / rate, size=int(rate * duration_s * 1.5) + 16)
-    schedule = np.cumsum(gaps)
-    schedule = schedule[schedule < duration_s]
-    latencies: list[float] = []
-    statuses: dict[str, int] = {}
-    degraded = 0
-    connector = aiohttp.TCPConnector(limit=512)
-    timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(base, connector=connector, timeout=timeout) as session:
-        loop = asyncio.get_running_loop()
-        start = loop.time() + 0.2
-
-        async def one(at: float, user: str) -> None:
-            nonlocal degraded
-            await asyncio.sleep(max(0.0, start + at - loop.time()))
-            try:
-                async with session.get("/recommend", params={"user_id": user, "k": 10}) as r:
-                    body = await r.read()
-                    key = str(r.status)
-                    degraded += r.status == 200 and b'"degraded":true' in body
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                key = type(exc).__name__
-            latencies.append(loop.time() - (start + at))
-            statuses[key] = statuses.get(key, 0) + 1
-
-        await asyncio.gather(
-            *(one(float(at), users[i % len(users)]) for i, at in enumerate(schedule))
-        )
-        elapsed = loop.time() - start
-    ok = statuses.get("200", 0)
-    return {
-        "offered_rate": rate,
-        "requests": len(schedule),
-        "elapsed_s": elapsed,
-        "throughput_rps": ok / elapsed if elapsed > 0 else 0.0,
-        "statuses": statuses,
-        "errors": len(schedule) - ok,
-        "degraded": degraded,
-        **_percentiles(latencies),
-    }
-
-
-def _drive(base: str, users: list[str], rate: float, duration_s: float, out: Any) -> None:
-    """The load generator's process entry point."""
-    out.put(asyncio.run(_open_loop(base, users, rate, duration_s)))
-
-
-def _event_batches(n_batches: int, batch: int) -> list[bytes]:
-    """Request bodies of ``batch`` click events each, encoded before the clock starts (so the
-    load generator's JSON encoding does not compete with the service for the CPUs); every
-    event has its own event_id."""
-    now = datetime.now(UTC).isoformat()
-    run = uuid.uuid4().hex[:8]
-    bodies = []
-    for n in range(n_batches):
-        events = [
-            {
-                "event_id": f"bench-{run}-{n}-{j}",
-                "timestamp": now,
-                "user_id": f"bench-user-{(n * batch + j) % 5000}",
-                "item_id": f"i{(n * batch + j) % 1000:06d}",
-                "event_type": "click",
-            }
-            for j in range(batch)
-        ]
-        bodies.append(json.dumps(events).encode())
-    return bodies
-
-
-async def _ingest(
-    base: str, seconds: float, batch: int, clients: int = 4, max_rate: float = 50_000.0
-) -> dict[str, Any]:
-    """``clients`` concurrent clients post pre-encoded batches for ``seconds`` (at most
-    ``max_rate`` events/s worth of bodies are prepared; a client stops when they run out)."""
-    import aiohttp
-
-    bodies = _event_batches(int(max_rate * seconds / batch) + clients, batch)
-    acknowledged = 0
-    failed = 0
-    next_body = 0
-    stop_at = 0.0  # set when the clock starts
-
-    async def client_loop(session: aiohttp.ClientSession) -> None:
-        nonlocal acknowledged, failed, next_body
-        while time.perf_counter() < stop_at and next_body < len(bodies):
-            body = bodies[next_body]
-            next_body += 1
-            headers = {"Content-Type": "application/json"}
-            async with session.post("/events", data=body, headers=headers) as response:
-                if response.status == 200:
-                    acknowledged += (await response.json())["accepted"]
-                else:
-                    failed += batch
-
-    started = time.perf_counter()
-    stop_at = started + seconds
-    timeout = aiohttp.ClientTimeout(total=120)
-    async with aiohttp.ClientSession(base, timeout=timeout) as session:
-        await asyncio.gather(*(client_loop(session) for _ in range(clients)))
-    elapsed = time.perf_counter() - started
-    return {
-        "batch": batch,
-        "clients": clients,
-        "acknowledged": acknowledged,
-        "failed": failed,
-        "seconds": elapsed,
-        "events_per_s": acknowledged / elapsed if elapsed > 0 else 0.0,
-    }
 
 
 def _compute_floor(settings: Settings, workdir: Workdir, spec: LoadSpec) -> dict[str, Any]:
@@ -307,46 +182,11 @@ def _profile(metrics_text: str) -> dict[str, dict[str, float]]:
     }
 
 
-def _tree_cpu_s(pid: int) -> float | None:
-    """CPU seconds (user + system) used so far by process ``pid`` and its descendants, from
-    ``/proc`` (None where there is none)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total, todo = 0.0, [pid]
-    try:
-        while todo:
-            p = todo.pop()
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
-            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
-            todo += [int(c) for c in children]
-    except (OSError, ValueError, IndexError):
-        return None
-    return total
-
-
-def _drive_once(
-    base: str, users: list[str], rate: float, duration_s: float, service_pid: int
-) -> dict[str, Any]:
-    """One open-loop run from a separate process, with the service's CPU time per request."""
-    context = multiprocessing.get_context("spawn")
-    queue: Any = context.Queue()
-    driver = context.Process(target=_drive, args=(base, users, rate, duration_s, queue))
-    cpu_before = _tree_cpu_s(service_pid)
-    driver.start()
-    feeds: dict[str, Any] = queue.get(timeout=duration_s + 600)
-    driver.join(timeout=60)
-    cpu_after = _tree_cpu_s(service_pid)
-    feeds["service_cpu_ms_per_request"] = (
-        None
-        if cpu_before is None or cpu_after is None or not feeds["requests"]
-        else 1e3 * (cpu_after - cpu_before) / feeds["requests"]
-    )
-    return feeds
-
-
 def _start_service(
     workdir: Workdir, config: Path, workers: int
 ) -> tuple[subprocess.Popen[str], str]:
+    import httpx  # the bench extra (see run_serve)
+
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -376,7 +216,17 @@ def _start_service(
 def run_serve(
     base_settings: Settings, spec: LoadSpec, out_dir: Path | None, progress: Progress | None = None
 ) -> dict[str, Any]:
-    """Run the benchmark (see the module docs); write ``serve.json`` / ``.md`` to ``out_dir``."""
+    """Run the benchmark (see the module docs); write ``serve.json`` / ``.md`` to ``out_dir``.
+
+    Raises:
+        FeedforgeError: the ``bench`` extra (the load generator's clients) is not installed,
+            or the service did not start.
+    """
+    serve_load.require_client_libraries()
+    # httpx is the bench extra's (checked above), imported here so the CLI can import this
+    # module, and print that check's one line, without it.
+    import httpx
+
     say = progress or (lambda _msg: None)
     started = time.perf_counter()
     namespace = f"bench-{uuid.uuid4().hex[:12]}"
@@ -415,16 +265,20 @@ def run_serve(
                     for j in range(20 * spec.workers):
                         client.get("/recommend", params={"user_id": users[j % len(users)]})
                 say(f"driving {spec.rate}/s for {spec.duration_s} s (open loop)")
-                feeds = _drive_once(base, users, spec.rate, spec.duration_s, process.pid)
+                feeds = serve_load.drive_once(base, users, spec.rate, spec.duration_s, process.pid)
                 # An overloaded service still works through requests the driver gave up on.
                 profile = _profile(httpx.get(f"{base}/metrics", timeout=600).text)
                 sweep = []
                 for rate in spec.extra_rates:
                     time.sleep(5)  # let a saturated run's backlog drain
                     say(f"driving {rate}/s for {spec.duration_s} s (open loop)")
-                    sweep.append(_drive_once(base, users, rate, spec.duration_s, process.pid))
+                    sweep.append(
+                        serve_load.drive_once(base, users, rate, spec.duration_s, process.pid)
+                    )
                 say(f"ingesting for {spec.ingest_seconds} s")
-                ingest = asyncio.run(_ingest(base, spec.ingest_seconds, spec.ingest_batch))
+                ingest = asyncio.run(
+                    serve_load.ingest(base, spec.ingest_seconds, spec.ingest_batch)
+                )
             finally:
                 process.terminate()
                 process.wait(timeout=30)
@@ -439,11 +293,11 @@ def run_serve(
         "compute_floor": floor,
         "profile_one_worker": profile,
         "ingestion": ingest,
-        "targets": _targets(feeds, floor, ingest),
+        "targets": serve_report.targets(feeds, floor, ingest),
         **run_info(started),
     }
     if out_dir is not None:
-        write_report(out_dir, "serve", report, render_markdown(report))
+        write_report(out_dir, "serve", report, serve_report.render_markdown(report))
     return report
 
 
@@ -466,135 +320,3 @@ def _drop_namespace(settings: Settings) -> None:
     if batch:
         client.unlink(*batch)
     client.close()
-
-
-def _targets(feeds: dict[str, Any], floor: dict[str, Any], ingest: dict[str, Any]) -> list[dict]:
-    p99, p50 = feeds["p99_ms"], feeds["p50_ms"]
-    return [
-        {
-            "target": "p99 <= 25 ms at the offered rate",
-            "measured": p99,
-            "met": p99 is not None and p99 <= 25.0,
-        },
-        {"target": "0 errors", "measured": feeds["errors"], "met": feeds["errors"] == 0},
-        {
-            "target": "p50 <= 2 x compute floor",
-            "measured": None if p50 is None else p50 / floor["floor_p50_ms"],
-            "met": p50 is not None and p50 <= 2 * floor["floor_p50_ms"],
-        },
-        {
-            "target": "ingestion >= 20,000 events/s (acknowledged = durable)",
-            "measured": ingest["events_per_s"],
-            "met": ingest["events_per_s"] >= 20_000,
-        },
-    ]
-
-
-def _outside_stages(profile: dict[str, dict[str, float]]) -> str:
-    """The profile's sentence on a whole request against the sum of its stages."""
-    request = profile.get("request")
-    if not request:
-        return ""
-    stages = sum(v["mean_ms"] for k, v in profile.items() if k != "request")
-    return (
-        f" A whole `/recommend` request in the app (`feedforge_request_seconds`) took "
-        f"{request['mean_ms']:.2f} ms on average ({int(request['count'])}), "
-        f"{request['mean_ms'] - stages:.2f} ms more than its stages: routing and parameter "
-        "validation, the explanations, the feed-log line and the JSON answer (HTTP parsing "
-        "before the app and the loopback are in neither)."
-    )
-
-
-def render_markdown(report: dict[str, Any]) -> str:
-    """The report as Markdown."""
-    spec, feeds, floor, ingest = (
-        report["spec"],
-        report["feeds"],
-        report["compute_floor"],
-        report["ingestion"],
-    )
-
-    def cell(value: Any) -> str:
-        return "" if value is None else (f"{value:.2f}" if isinstance(value, float) else str(value))
-
-    cold = floor.get("cold_items") or {}
-    cold_text = (
-        f"{cold['content_items']} of them with content-mapped vectors, serving.cold_items"
-        if cold.get("method") == "content"
-        else "the retrieval model's items only"
-    )
-
-    lines = [
-        "# Serving under load",
-        "",
-        f"Command: `{report['command']}`",
-        "",
-        f"{spec['items']} catalog items and {spec['users']} users simulated; the published "
-        f"version serves {floor['served_items']} items ({cold_text}) and "
-        f"{floor['served_users']} users (the users of the train split); the ANN index covers "
-        f"the served items; {spec['candidates']} candidates ranked per request (ranker "
-        f"`{floor['ranker']}`); `feedforge serve --workers {spec['workers']}` against Redis; "
-        f"open-loop Poisson arrivals for {spec['duration_s']} s per rate from a separate "
-        f"process. Machine: {report['machine']['cpus']} CPUs (service, Redis and load generator "
-        f"share them). Setup (s): {report['setup_seconds']}.",
-        "",
-        "| target | measured | met |",
-        "|---|---|---|",
-    ]
-    lines += [
-        f"| {t['target']} | {cell(t['measured'])} | {'yes' if t['met'] else '**no**'} |"
-        for t in report["targets"]
-    ]
-    lines += [
-        "",
-        "| offered rps | requests | throughput rps | p50 ms | p95 ms | p99 ms | max ms | errors "
-        "| degraded | service CPU ms / request |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-        *(
-            f"| {run['offered_rate']} | {run['requests']} | {cell(run['throughput_rps'])} | "
-            f"{cell(run['p50_ms'])} | {cell(run['p95_ms'])} | {cell(run['p99_ms'])} | "
-            f"{cell(run['max_ms'])} | {run['errors']} | {run['degraded']} | "
-            f"{cell(run.get('service_cpu_ms_per_request'))} |"
-            for run in [feeds, *report.get("sweep", [])]
-        ),
-        "",
-        "The first row is the target rate (the targets above); the service CPU time per request "
-        "is every worker's user + system time over the run, divided by the requests sent.",
-        "",
-        f"Statuses at the target rate: {feeds['statuses']}.",
-        "",
-        "Compute floor (no HTTP, no Redis), median ms per request: "
-        + ", ".join(f"{k} {v:.2f}" for k, v in floor["median_ms"].items())
-        + f"; total {floor['floor_p50_ms']:.2f}.",
-        "",
-        *(
-            [
-                f"The retrieval beam (`serving.ann_ef_search`, {spec['candidates']} candidates, "
-                f"the floor's {floor['users']} users; recall@{spec['candidates']} against exact "
-                "search):",
-                "",
-                "| ef_search | median ms | recall |",
-                "|---|---|---|",
-                *(
-                    f"| {b['ef_search']} | {b['median_ms']:.2f} | {b['recall']:.3f} |"
-                    for b in floor.get("beam", [])
-                ),
-                "",
-            ]
-            if floor.get("beam")
-            else []
-        ),
-        "Where the time goes (one worker's `feedforge_stage_seconds`, mean ms, with counts): "
-        + ", ".join(
-            f"{stage} {v['mean_ms']:.2f} ({int(v['count'])})"
-            for stage, v in report["profile_one_worker"].items()
-            if stage != "request"
-        )
-        + "."
-        + _outside_stages(report["profile_one_worker"]),
-        "",
-        f"Ingestion: {ingest['acknowledged']} events acknowledged in {ingest['seconds']:.1f} s "
-        f"= {ingest['events_per_s']:.0f} events/s (batches of {ingest['batch']}, "
-        f"{ingest['clients']} clients, {ingest['failed']} failed).",
-    ]
-    return "\n".join(lines) + "\n"

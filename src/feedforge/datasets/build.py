@@ -14,7 +14,19 @@ earlier. Id maps are fitted on the train split only. Outputs (all Parquet, in
   :mod:`feedforge.features.definitions`) and labels attributed from later events of the same
   request within ``dataset.attribution_seconds``. Impressions whose attribution window
   crosses a split boundary (or the end of the log) are dropped, so no label leaks across.
+* ``snapshot/users.parquet``, ``snapshot/items.parquet``, ``snapshot/user_categories.parquet``:
+  the feature snapshot at the test window's start ``t2``, i.e. the three frames of
+  :func:`~feedforge.features.offline.snapshot_counters` (counters from every event before
+  ``t2``, as the online store would hold them then); the evaluation's two-stage pipeline
+  scores the test window with it.
+* ``outcomes_test.parquet``: the observed outcomes of the test window ``[t2, end]`` per
+  (user, item) (:func:`observed_outcomes`): clicks, watch seconds and revenue, unweighted, so
+  the evaluation applies any objective's weights to them (:data:`OUTCOME_COLUMNS`).
 * ``card.json`` / ``card.md``: rows, users, items, label rates and split dates.
+
+Everything a later stage needs from the log and the catalog is in these files: ``train`` and
+``evaluate`` never open the log, so events ingested after a build cannot change what a
+dataset version measures. The manifest's ``counts`` give the rows of every file.
 """
 
 from __future__ import annotations
@@ -33,12 +45,23 @@ from feedforge.events.catalog import read_catalog
 from feedforge.events.log import EventLog
 from feedforge.features.definitions import RAW_COUNTERS
 from feedforge.features.objectives import positive_flags, settings_value
-from feedforge.features.offline import point_in_time_counters
+from feedforge.features.offline import point_in_time_counters, snapshot_counters
 from feedforge.workdir import Workdir
 
 DATASET_ARTIFACT = "dataset"
-DATASET_SCHEMA_VERSION = 1
+DATASET_SCHEMA_VERSION = 2
+"""2: adds the feature snapshot at ``t2`` and the test window's observed outcomes."""
 SPLITS = ("train", "validation", "test")
+SNAPSHOT_FRAMES = ("users", "items", "user_categories")
+"""The files of ``snapshot/``, in :func:`~feedforge.features.offline.snapshot_counters`'s
+order."""
+OUTCOME_COLUMNS: dict[str, str] = {
+    "clicked": "clicks",
+    "watch_seconds": "watch_seconds",
+    "revenue": "revenue",
+}
+"""Valued outcome (:data:`~feedforge.features.objectives.VALUED_OUTCOMES`) -> its column in
+``outcomes_test.parquet``."""
 
 _WEIGHTS = {"click": 1.0, "watch": 2.0, "like": 2.0, "purchase": 3.0, "rating": 1.0}
 
@@ -181,6 +204,27 @@ def ranking_examples(
     return examples.with_columns(watched.alias("watched")).drop("duration_seconds")
 
 
+def observed_outcomes(events: pl.LazyFrame, bounds: dict[str, datetime]) -> pl.LazyFrame:
+    """Observed outcomes of the test window ``[t2, end]``, summed per (user, item).
+
+    Columns: ``user_id``, ``item_id``, ``clicks`` (click events), ``watch_seconds`` (summed
+    over watch events) and ``revenue`` (summed prices of purchase events). Bounded by the
+    build's ``end`` too, so the window is the manifest's and no later event can enter it.
+    """
+    et = pl.col("event_type")
+    window = (pl.col("timestamp") >= bounds["t2"]) & (pl.col("timestamp") <= bounds["end"])
+    return (
+        events.filter(window & et.is_in(["click", "watch", "purchase"]))
+        .group_by("user_id", "item_id")
+        .agg(
+            (et == "click").sum().cast(pl.Int64).alias("clicks"),
+            pl.col("watch_seconds").filter(et == "watch").sum().cast(pl.Float64),
+            pl.col("price").filter(et == "purchase").sum().cast(pl.Float64).alias("revenue"),
+        )
+        .sort("user_id", "item_id")
+    )
+
+
 def build_dataset(
     workdir: Workdir, settings: Settings, progress: Progress | None = None
 ) -> Manifest:
@@ -245,6 +289,18 @@ def _build_dataset(
     censored -= ranking.height
 
     counts: dict[str, int] = {}
+    say("snapshotting features and outcomes of the test window")
+    snapshot = snapshot_counters(events, items, bounds["t2"])
+    (out / "snapshot").mkdir(exist_ok=True)
+    for name, frame in zip(SNAPSHOT_FRAMES, snapshot, strict=True):
+        # group_by gives no row order: sort, so the same log writes the same files.
+        key = [c for c in ("user_id", "item_id", "category") if c in frame.columns]
+        frame.sort(key).write_parquet(out / "snapshot" / f"{name}.parquet", compression="zstd")
+        counts[f"snapshot_{name}"] = frame.height
+    outcomes = with_idx(observed_outcomes(events, bounds).collect())
+    outcomes.write_parquet(out / "outcomes_test.parquet", compression="zstd")
+    counts["outcomes_test"] = outcomes.height
+
     card_splits: dict[str, Any] = {}
     for split in SPLITS:
         pos = positives.filter(pl.col("split") == split).drop("split")

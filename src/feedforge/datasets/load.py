@@ -1,9 +1,14 @@
-"""Read a built dataset: the one entry point later stages use."""
+"""Read a built dataset: the one entry point later stages use.
+
+Everything ``train`` and ``evaluate`` need from the event log and the catalog comes through
+:class:`Dataset` (see :mod:`feedforge.datasets.build` for the files): they never open the log.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +20,7 @@ from feedforge.artifacts import Manifest, read_manifest, require_file
 from feedforge.datasets.build import (
     DATASET_ARTIFACT,
     DATASET_SCHEMA_VERSION,
+    SNAPSHOT_FRAMES,
     SPLITS,
 )
 from feedforge.datasets.idmap import IdMap
@@ -63,6 +69,29 @@ class Dataset:
         """Impression-level ranking examples of a split."""
         _check_split(split)
         return self._read(f"ranking_{split}")
+
+    @property
+    def test_start(self) -> datetime:
+        """``t2``: the test window's start, the time of :meth:`feature_snapshot`."""
+        return datetime.fromisoformat(self.manifest.extra["split"]["t2"])
+
+    def feature_snapshot(self) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+        """The raw counters as of :attr:`test_start`, as the online store would hold them.
+
+        Returns:
+            ``(users, items, user_categories)``, the frames of
+            :func:`~feedforge.features.offline.snapshot_counters` (from every event before
+            ``t2``), for :func:`~feedforge.models.two_stage.two_stage_recommend`.
+        """
+        users, items, user_categories = (self._read(f"snapshot/{name}") for name in SNAPSHOT_FRAMES)
+        return users, items, user_categories
+
+    def test_outcomes(self) -> pl.DataFrame:
+        """Observed outcomes of the test window ``[t2, end]`` per (user, item): ``user_id``,
+        ``item_id``, ``user_idx``, ``item_idx`` (null: not in the id map), ``clicks``,
+        ``watch_seconds`` and ``revenue`` (see
+        :data:`~feedforge.datasets.build.OUTCOME_COLUMNS`)."""
+        return self._read("outcomes_test")
 
     def item_features(self) -> sp.csr_matrix | None:
         """``(n_items, n_categories)`` multi-hot CSR of the id-mapped items' categories, or

@@ -12,28 +12,33 @@ relevance does not say how much a feed was worth. The ranker's AUC, log loss and
 error (both for unweighted objectives only; per head for the multi-task ranker) and the NDCG@k
 of its order within each test request (gain: the objective's value) are measured on the test
 impressions.
+
+The stage reads only artifacts: the dataset (:func:`~feedforge.datasets.load.load_dataset`:
+its test positives and impressions, the feature snapshot at ``t2`` and the observed outcomes
+of the test window ``[t2, end]`` that ``feedforge build`` wrote) and the trained models. It
+never opens the event log or the catalog, so events ingested after the build do not change
+the evaluation of a dataset version. The report records that version and the version of
+every model it measured (``model_versions``, from each model directory's manifest).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from feedforge.artifacts import write_json_atomic
+from feedforge.artifacts import read_manifest, write_json_atomic
 from feedforge.config import Settings
+from feedforge.datasets.build import OUTCOME_COLUMNS
 from feedforge.datasets.load import Dataset, load_dataset
 from feedforge.errors import DataError
 from feedforge.evaluation.metrics import auc, log_loss, ranking_report
 from feedforge.evaluation.ranking_metrics import calibration_error, request_ndcg
-from feedforge.events.catalog import read_catalog
-from feedforge.events.log import EventLog
 from feedforge.features.objectives import positive_flags, settings_value
-from feedforge.features.offline import snapshot_counters
 from feedforge.models.base import EmbeddingRecommender, Ranker, Recommender
 from feedforge.models.ranking_data import RankingData, ranker_training_data
 from feedforge.models.registry import load_ranker, load_recommender
@@ -122,14 +127,6 @@ def head_metrics(ranker: Ranker, data: RankingData) -> dict[str, dict[str, float
     return result
 
 
-_OUTCOME_EVENTS: dict[str, tuple[str, str | None]] = {
-    "clicked": ("click", None),
-    "watch_seconds": ("watch", "watch_seconds"),
-    "revenue": ("purchase", "price"),
-}
-"""Valued outcome -> (event type, event column holding its amount; None: 1 per event)."""
-
-
 def value_metric_name(value: dict[str, float]) -> str | None:
     """The observed-value metric of an objective's value: ``watch_minutes``, ``revenue``,
     ``value`` (a mix, in its own units) or None (``clicks``: the relevance is the value)."""
@@ -142,39 +139,42 @@ def value_metric_name(value: dict[str, float]) -> str | None:
     return "value"
 
 
-def observed_value(
-    events: pl.LazyFrame, dataset: Dataset, start: datetime, value: dict[str, float]
-) -> tuple[str, sp.csr_matrix] | None:
+def observed_value(dataset: Dataset, value: dict[str, float]) -> tuple[str, sp.csr_matrix] | None:
     """``(name, (n_users, n_items) CSR)`` of each known user's observed value of each known
-    item in the events from ``start`` on, in the objective's units (see
+    item in the test window ``[t2, end]`` (the dataset's
+    :meth:`~feedforge.datasets.load.Dataset.test_outcomes`), in the objective's units (see
     :func:`value_metric_name`; watch time in minutes); None for ``clicks``."""
     name = value_metric_name(value)
     if name is None:
         return None
     scale = 1.0 / 60.0 if name == "watch_minutes" else 1.0
-    parts = []
-    for outcome, weight in value.items():
-        event_type, column = _OUTCOME_EVENTS[outcome]
-        amount = pl.lit(1.0) if column is None else pl.col(column).cast(pl.Float64).fill_null(0.0)
-        parts.append(
-            events.filter((pl.col("timestamp") >= start) & (pl.col("event_type") == event_type))
-            .select("user_id", "item_id", (amount * weight * scale).alias("value"))
-            .collect()
-        )
-    rows = pl.concat(parts)
-    known = rows.with_columns(
-        dataset.users.index(rows.get_column("user_id")).alias("u"),
-        dataset.items.index(rows.get_column("item_id")).alias("i"),
-    ).drop_nulls(["u", "i"])
+    amount = pl.sum_horizontal(
+        pl.col(OUTCOME_COLUMNS[outcome]).cast(pl.Float64).fill_null(0.0) * (weight * scale)
+        for outcome, weight in value.items()
+    )
+    known = (
+        dataset.test_outcomes()
+        .drop_nulls(["user_idx", "item_idx"])
+        .select("user_idx", "item_idx", amount.alias("value"))
+    )
     matrix = sp.csr_matrix(
         (
             known.get_column("value").to_numpy(),
-            (known.get_column("u").to_numpy(), known.get_column("i").to_numpy()),
+            (known.get_column("user_idx").to_numpy(), known.get_column("item_idx").to_numpy()),
         ),
         shape=(len(dataset.users), len(dataset.items)),
     )
     matrix.sum_duplicates()
     return f"{name}@", matrix
+
+
+_MODEL_SCHEMAS = (1,)
+"""Model manifest schema versions whose ``version`` field the report records (every model
+writes schema 1; its own ``load`` has checked the rest of the directory)."""
+
+
+def _model_version(directory: Path, name: str, build_command: str) -> str:
+    return read_manifest(directory, f"model/{name}", _MODEL_SCHEMAS, build_command).version
 
 
 def value_at_k(recommended: np.ndarray, value: sp.csr_matrix, k: int) -> float:
@@ -200,7 +200,13 @@ def evaluate(
     """Evaluate every trained model and write ``reports/evaluation.json``.
 
     Returns:
-        The report: ``{"models": {name: {"ndcg@10": ...}}, "ranker": {...}, ...}``.
+        The report: ``{"models": {name: {"ndcg@10": ...}}, "ranker": {...},
+        "dataset_version": ..., "model_versions": {model directory name: version}, ...}``.
+
+    Raises:
+        feedforge.errors.ArtifactError: the dataset or a model is missing, corrupt or of an
+            unknown schema (e.g. a dataset built by an older feedforge).
+        DataError: no test user has a positive for the objective.
     """
     say = progress or (lambda _msg: None)
     k = settings.evaluation.k
@@ -222,18 +228,12 @@ def evaluate(
         "dataset_version": dataset.version,
         "users_evaluated": len(users),
         "models": {},
+        "model_versions": {},
     }
     command = workdir.command("train")
-    test_start = datetime.fromisoformat(dataset.split_bounds["t2"])
     ranker_name = settings.models.ranker.type
     ranker_dir = workdir.model_dir(ranker_name)
-    log = EventLog(workdir.events_dir)
-    with log.reading():  # no compaction removes a file of the log while it is read
-        events = log.scan()
-        observed = observed_value(events, dataset, test_start, value)
-        snapshot = None  # the two-stage pipeline's features, as of the test split's start
-        if ranker_dir.is_dir():
-            snapshot = snapshot_counters(events, read_catalog(workdir)[1], test_start)
+    observed = observed_value(dataset, value)
 
     def add_value(name: str, recs: np.ndarray) -> None:
         if observed is not None:
@@ -246,22 +246,25 @@ def evaluate(
         say(f"evaluating {name}")
         model = load_recommender(name, workdir.model_dir(name), build_command=command)
         recommenders[name] = model
+        report["model_versions"][name] = _model_version(workdir.model_dir(name), name, command)
         recs, _ = model.recommend(users, k, exclude=train_csr)
         report["models"][name] = ranking_report(recs, relevant_users, n_items, k)
         add_value(name, recs)
 
     retrieval = recommenders[retrieval_name]
-    if not isinstance(retrieval, EmbeddingRecommender) or snapshot is None:
+    if not isinstance(retrieval, EmbeddingRecommender) or not ranker_dir.is_dir():
         say("no ranker trained: skipping the two-stage pipeline")
     else:
         say(f"evaluating the two-stage pipeline ({retrieval_name} -> {ranker_name})")
         ranker = load_ranker(ranker_name, ranker_dir, build_command=command)
+        report["model_versions"][ranker_name] = _model_version(ranker_dir, ranker_name, command)
+        # The features as the online store held them at the test window's start.
         recs, _ = two_stage_recommend(
             retrieval,
             ranker,
             dataset,
-            snapshot,
-            test_start,
+            dataset.feature_snapshot(),
+            dataset.test_start,
             users,
             k,
             settings.evaluation.candidates,

@@ -12,27 +12,33 @@ solves the same user equation in numpy for a user known only from live history.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import numpy as np
 import scipy.sparse as sp
 from implicit.cpu.als import AlternatingLeastSquares
 from implicit.recommender_base import ModelFitError
+from pydantic import Field
 from threadpoolctl import threadpool_limits
 
-from feedforge.artifacts import MANIFEST, Manifest, read_manifest, require_file, write_manifest
-from feedforge.config import MatrixFactorizationConfig
 from feedforge.datasets.interactions import Interactions
-from feedforge.errors import ArtifactError, DataError, NotFittedError, ValidationError
+from feedforge.errors import DataError, NotFittedError, ValidationError
+from feedforge.models.arrays import ArrayModel, ArraySpec
 from feedforge.models.base import EmbeddingRecommender
-
-TRAIN_COMMAND = "feedforge train"
-_SCHEMA_VERSION = 1
+from feedforge.models.params import ModelParams
 
 
-class ALSRecommender(EmbeddingRecommender):
+class ALSParams(ModelParams):
+    """Hyper-parameters of :class:`ALSRecommender` (documented there)."""
+
+    factors: int = Field(64, ge=1)
+    regularization: float = Field(0.05, ge=0)
+    iterations: int = Field(15, ge=1)
+    alpha: float = Field(10.0, gt=0, description="Confidence scaling of implicit feedback")
+    random_state: int = 0
+
+
+class ALSRecommender(ArrayModel, EmbeddingRecommender):
     """Implicit ALS: ``score(u, i) = user_embeddings()[u] . item_embeddings()[i]``.
 
     Args:
@@ -54,55 +60,18 @@ class ALSRecommender(EmbeddingRecommender):
     """
 
     name: ClassVar[str] = "als"
+    Params = ALSParams
+    params: ALSParams
+    ARRAYS = (
+        ArraySpec("user_factors", ("n_users", "factors")),
+        ArraySpec("item_factors", ("n_items", "factors")),
+    )
 
-    def __init__(
-        self,
-        factors: int = 64,
-        regularization: float = 0.05,
-        iterations: int = 15,
-        alpha: float = 10.0,
-        random_state: int = 0,
-    ) -> None:
-        self.factors = factors
-        self.regularization = regularization
-        self.iterations = iterations
-        self.alpha = alpha
-        self.random_state = random_state
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
         self.user_factors_: np.ndarray | None = None
         self.item_factors_: np.ndarray | None = None
         self._yty: np.ndarray | None = None  # cached (D, D) Y^T Y for fold_in
-
-    @classmethod
-    def from_config(cls, config: MatrixFactorizationConfig) -> Self:
-        return cls(
-            factors=config.factors,
-            regularization=config.regularization,
-            iterations=config.iterations,
-            alpha=config.alpha,
-            random_state=config.random_state,
-        )
-
-    def get_params(self) -> dict[str, Any]:
-        return {
-            "factors": self.factors,
-            "regularization": self.regularization,
-            "iterations": self.iterations,
-            "alpha": self.alpha,
-            "random_state": self.random_state,
-        }
-
-    def _check_params(self) -> None:
-        problems = []
-        if not (isinstance(self.factors, int | np.integer) and self.factors >= 1):
-            problems.append(f"factors must be an int >= 1, got {self.factors!r}")
-        if not (isinstance(self.iterations, int | np.integer) and self.iterations >= 1):
-            problems.append(f"iterations must be an int >= 1, got {self.iterations!r}")
-        if not self.regularization >= 0:
-            problems.append(f"regularization must be >= 0, got {self.regularization!r}")
-        if not self.alpha > 0:
-            problems.append(f"alpha must be > 0, got {self.alpha!r}")
-        if problems:
-            raise ValidationError("ALSRecommender: " + "; ".join(problems))
 
     def fit(self, interactions: Interactions) -> Self:
         """Factorise the ``(n_users, n_items)`` confidence matrix of the positives.
@@ -111,10 +80,9 @@ class ALSRecommender(EmbeddingRecommender):
 
         Raises:
             DataError: there are no interactions, or training diverged (NaN/inf factors).
-            ValidationError: a hyper-parameter is out of range or a weight is not a finite
-                positive number.
+            ValidationError: a weight is not a finite positive number.
         """
-        self._check_params()
+        p = self.params
         if len(interactions) == 0:
             raise DataError("ALSRecommender.fit: no interactions to factorise")
         weight = np.asarray(interactions.weight)
@@ -125,17 +93,17 @@ class ALSRecommender(EmbeddingRecommender):
         confidence = interactions.to_csr()
         # implicit's solver takes the matrix value itself as c_ui (its `alpha` only rescales
         # it), so pass 1 + alpha * w to get the paper's confidence.
-        confidence.data = (1.0 + self.alpha * confidence.data).astype(np.float32)
+        confidence.data = (1.0 + p.alpha * confidence.data).astype(np.float32)
         # implicit parallelises over users itself; a multi-threaded BLAS inside each of its
         # threads oversubscribes the cores (implicit warns about it), so limit BLAS to one.
         with threadpool_limits(1, "blas"):
             als = AlternatingLeastSquares(
-                factors=self.factors,
-                regularization=self.regularization,
+                factors=p.factors,
+                regularization=p.regularization,
                 alpha=1.0,
                 dtype=np.float32,
-                iterations=self.iterations,
-                random_state=self.random_state,
+                iterations=p.iterations,
+                random_state=p.random_state,
             )
             try:
                 als.fit(confidence, show_progress=False)
@@ -208,12 +176,16 @@ class ALSRecommender(EmbeddingRecommender):
         if items.min() < 0 or items.max() >= n_items:
             raise ValidationError(f"fold_in: item indices outside [0, {n_items})")
         unique, inverse = np.unique(items, return_inverse=True)
-        confidence = 1.0 + self.alpha * np.bincount(inverse, weights=w)  # (H_unique,)
+        confidence = 1.0 + self.params.alpha * np.bincount(inverse, weights=w)  # (H_unique,)
         if self._yty is None:
             y64 = item_factors.astype(np.float64)
             self._yty = y64.T @ y64
         y_h = item_factors[unique].astype(np.float64)  # (H_unique, D)
-        a = self._yty + (y_h.T * (confidence - 1.0)) @ y_h + self.regularization * np.eye(dim)
+        a = (
+            self._yty
+            + (y_h.T * (confidence - 1.0)) @ y_h
+            + self.params.regularization * np.eye(dim)
+        )
         b = y_h.T @ confidence
         try:
             x = np.linalg.solve(a, b)
@@ -255,64 +227,3 @@ class ALSRecommender(EmbeddingRecommender):
             if stop > start:
                 vectors[row] = self.fold_in(matrix.indices[start:stop], matrix.data[start:stop])
         return vectors @ item_factors.T
-
-    def save(self, directory: Path) -> None:
-        """Write ``user_factors.npy``, ``item_factors.npy``, ``params.json`` and the manifest."""
-        user_factors, item_factors = self._fitted()
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        # Drop any previous manifest first: it is written last, so until then the directory
-        # reads as incomplete rather than as the old model with half of the new files.
-        (directory / MANIFEST).unlink(missing_ok=True)
-        np.save(directory / "user_factors.npy", user_factors, allow_pickle=False)
-        np.save(directory / "item_factors.npy", item_factors, allow_pickle=False)
-        params = json.dumps({"params": self.get_params()}, indent=2)
-        (directory / "params.json").write_text(params, encoding="utf-8")
-        write_manifest(
-            directory,
-            Manifest(
-                artifact=f"model/{self.name}",
-                schema_version=_SCHEMA_VERSION,
-                counts={
-                    "n_users": int(user_factors.shape[0]),
-                    "n_items": int(item_factors.shape[0]),
-                    "factors": int(user_factors.shape[1]),
-                },
-                extra={"params": self.get_params()},
-            ),
-        )
-
-    @classmethod
-    def load(cls, directory: Path, build_command: str = TRAIN_COMMAND) -> Self:
-        """Load a model written by :meth:`save`.
-
-        Raises:
-            ArtifactError: the directory, manifest or a file is missing or corrupt.
-        """
-        directory = Path(directory)
-        manifest = read_manifest(directory, f"model/{cls.name}", (_SCHEMA_VERSION,), build_command)
-        params_path = require_file(directory / "params.json", "ALS parameters", build_command)
-        try:
-            model = cls(**json.loads(params_path.read_text(encoding="utf-8"))["params"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ArtifactError(
-                params_path, f"corrupt ALS parameters ({exc})", build_command
-            ) from exc
-        factors = {}
-        for key, rows in (("user_factors", "n_users"), ("item_factors", "n_items")):
-            path = require_file(directory / f"{key}.npy", f"ALS {key}", build_command)
-            try:
-                array = np.load(path, allow_pickle=False)
-            except (OSError, ValueError, EOFError) as exc:
-                raise ArtifactError(path, f"corrupt ALS {key} ({exc})", build_command) from exc
-            expected = (manifest.counts.get(rows), manifest.counts.get("factors"))
-            if array.shape != expected or not np.isfinite(array).all():
-                raise ArtifactError(
-                    path,
-                    f"corrupt ALS {key}: expected finite {expected} array, got {array.shape}",
-                    build_command,
-                )
-            factors[key] = np.ascontiguousarray(array, dtype=np.float32)
-        model.user_factors_ = factors["user_factors"]
-        model.item_factors_ = factors["item_factors"]
-        return model

@@ -2,20 +2,24 @@
 
 Retrieval models (:class:`Recommender`) rank the whole catalog for a user; rankers
 (:class:`Ranker`) score given (user, item) feature rows. Both follow scikit-learn's conventions:
-``__init__`` only stores hyper-parameters, ``fit`` validates input and returns ``self``, learned
-state ends in ``_``, randomness comes from ``random_state``. Both save to a directory without
-pickle (JSON and ``.npy``/``.npz`` loaded with ``allow_pickle=False``) plus a manifest.
+``__init__`` only validates and stores hyper-parameters (declared once, as the model's
+:attr:`Model.Params`), ``fit`` validates input and returns ``self``, learned state ends in
+``_``, randomness comes from ``random_state``. The base class owns persistence: :meth:`Model.save`
+writes the model's files and then, once, the manifest with the inputs the model was trained on;
+:meth:`Model.load` reads the manifest and hands the files to the model. No pickle anywhere
+(JSON, ``.npy``/``.npz`` loaded with ``allow_pickle=False``, safetensors).
 
 Example::
 
     model = ALSRecommender(factors=64).fit(train)
     ids, scores = model.recommend(np.array([0, 1]), k=10, exclude=train.to_csr())
-    model.save(path)
+    model.save(path, inputs={"dataset": dataset.version})
     same = ALSRecommender.load(path)
 """
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,27 +28,105 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import scipy.sparse as sp
 
+from feedforge.artifacts import MANIFEST, Manifest, read_manifest, require_file, write_manifest
 from feedforge.datasets.interactions import Interactions
-from feedforge.errors import NotFittedError
+from feedforge.errors import ArtifactError, NotFittedError, ValidationError
 from feedforge.index.exact import top_k
+from feedforge.models.params import ModelParams
+from feedforge.models.ranker_utils import feature_difference
+
+TRAIN_COMMAND = "feedforge train"
+PARAMS_FILE = "params.json"
 
 
 class Model(ABC):
-    """Common base: a name, fitted-state checks and directory persistence."""
+    """Common base: a name, typed hyper-parameters, fitted-state checks and persistence.
+
+    A model declares ``name``, its ``Params`` class and (narrowing the type) ``params``; it
+    implements :meth:`_describe`, :meth:`_write_files` and :meth:`_read_files`, or inherits
+    them from its kind's persistence (:class:`~feedforge.models.arrays.ArrayModel`,
+    :class:`~feedforge.models.torch_utils.TorchModel`).
+
+    Args:
+        **params: Hyper-parameters, checked against ``Params`` (unknown names refused).
+
+    Raises:
+        feedforge.errors.ValidationError: a hyper-parameter is unknown or out of range (the
+            message names it).
+
+    Attributes:
+        params: The validated, frozen hyper-parameters.
+        manifest_: The manifest of the artifact this model was saved to or loaded from
+            (``None`` before either); its ``version`` is the model's lineage id.
+    """
 
     name: ClassVar[str]
+    Params: ClassVar[type[ModelParams]] = ModelParams
+    SCHEMA_VERSION: ClassVar[int] = 1
+    params: ModelParams
+
+    def __init__(self, **params: Any) -> None:
+        self.params = self.Params.parse(params, type(self).__name__)
+        self.manifest_: Manifest | None = None
+
+    def get_params(self) -> dict[str, Any]:
+        """Hyper-parameters as JSON-ready values, in declaration order (stored in the
+        manifest and ``params.json``)."""
+        return self.params.model_dump(mode="json")
+
+    def set_params(self, **changes: Any) -> Self:
+        """Replace some hyper-parameters (validated like the constructor's); returns ``self``.
+
+        Raises:
+            feedforge.errors.ValidationError: a changed value is unknown or out of range.
+        """
+        current = self.params.model_dump()
+        self.params = self.Params.parse({**current, **changes}, type(self).__name__)
+        return self
 
     def _check_fitted(self, attribute: str) -> None:
         if getattr(self, attribute, None) is None:
             raise NotFittedError(f"{type(self).__name__} is not fitted; call fit() or load()")
 
-    @abstractmethod
-    def save(self, directory: Path) -> None:
-        """Write the fitted model into ``directory`` (created if needed), without pickle."""
+    @classmethod
+    def artifact(cls) -> str:
+        """The artifact name in the manifest, ``model/<name>``."""
+        return f"model/{cls.name}"
+
+    def save(self, directory: Path, *, inputs: Mapping[str, str]) -> Manifest:
+        """Write the fitted model into ``directory`` (created if needed), without pickle.
+
+        The manifest is written once, last: any previous one is removed first, so a half
+        written directory reads as incomplete, never as the old model with some new files.
+
+        Args:
+            directory: The model directory.
+            inputs: Artifact name -> version of what the model was trained on, e.g.
+                ``{"dataset": dataset.version}`` (its lineage; ``{}`` when there is none).
+
+        Returns:
+            The manifest written (also kept as :attr:`manifest_`).
+
+        Raises:
+            NotFittedError: the model is not fitted (nothing is written).
+        """
+        counts, extra = self._describe()
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / MANIFEST).unlink(missing_ok=True)
+        self._write_files(directory)
+        manifest = Manifest(
+            artifact=self.artifact(),
+            schema_version=self.SCHEMA_VERSION,
+            inputs=dict(inputs),
+            counts=counts,
+            extra={"params": self.get_params(), **extra},
+        )
+        self.manifest_ = write_manifest(directory, manifest)
+        return manifest
 
     @classmethod
-    @abstractmethod
-    def load(cls, directory: Path, build_command: str = "feedforge train") -> Self:
+    def load(cls, directory: Path, build_command: str = TRAIN_COMMAND) -> Self:
         """Load a model written by :meth:`save`.
 
         Args:
@@ -52,12 +134,77 @@ class Model(ABC):
             build_command: The command quoted in errors, which (re)builds the model.
 
         Raises:
-            feedforge.errors.ArtifactError: the directory is missing or corrupt.
+            feedforge.errors.ArtifactError: the directory, the manifest or a file is missing
+                or corrupt, or holds another model.
         """
+        directory = Path(directory)
+        manifest = read_manifest(directory, cls.artifact(), (cls.SCHEMA_VERSION,), build_command)
+        model = cls._read_files(directory, manifest, build_command)
+        model.manifest_ = manifest
+        return model
 
-    def get_params(self) -> dict[str, Any]:
-        """Hyper-parameters, as stored in the manifest."""
-        return {}
+    # The three persistence hooks. A model kind implements them once (arrays.ArrayModel,
+    # torch_utils.TorchModel, each ranker's format); models that are never saved (benchmark
+    # peers, test fakes) keep these defaults.
+    def _describe(self) -> tuple[dict[str, int], dict[str, Any]]:
+        """The manifest's ``counts`` and ``extra`` (besides ``params``) of the fitted model.
+
+        Raises:
+            NotFittedError: the model is not fitted.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot be saved")
+
+    def _write_files(self, directory: Path) -> None:
+        """Write the model's files (everything but the manifest) into ``directory``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be saved")
+
+    @classmethod
+    def _read_files(cls, directory: Path, manifest: Manifest, build_command: str) -> Self:
+        """A model from the files :meth:`_write_files` wrote (the manifest is checked).
+
+        Raises:
+            ArtifactError: a file is missing or corrupt.
+        """
+        raise NotImplementedError(f"{cls.__name__} cannot be loaded")
+
+    def _write_params_file(self, directory: Path, **state: Any) -> None:
+        """Write ``params.json``: the hyper-parameters plus any JSON ``state``."""
+        payload = {"params": self.get_params(), **state}
+        (directory / PARAMS_FILE).write_text(json.dumps(payload, indent=2), encoding="utf-8")
+
+    @classmethod
+    def _read_params_file(cls, directory: Path, build_command: str) -> tuple[Self, dict[str, Any]]:
+        """An unfitted model from ``params.json`` and the rest of that file's JSON state.
+
+        Raises:
+            ArtifactError: the file is missing, not JSON, or holds invalid parameters.
+        """
+        path = require_file(directory / PARAMS_FILE, f"{cls.name} parameters", build_command)
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(state, dict):
+                raise TypeError("not a JSON object")
+            params = state.pop("params")
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            raise ArtifactError(
+                path, f"corrupt {cls.name} parameters ({exc})", build_command
+            ) from exc
+        return cls._from_saved_params(params, path, build_command), state
+
+    @classmethod
+    def _from_saved_params(cls, params: Any, path: Path, build_command: str) -> Self:
+        """An unfitted model from saved hyper-parameters; ArtifactError naming ``path`` when
+        they are not a mapping or fail validation."""
+        if not isinstance(params, Mapping):
+            raise ArtifactError(
+                path, f"corrupt {cls.name} parameters (not an object)", build_command
+            )
+        try:
+            return cls(**params)
+        except ValidationError as exc:
+            raise ArtifactError(
+                path, f"corrupt {cls.name} parameters ({exc.message})", build_command
+            ) from exc
 
 
 class Recommender(Model):
@@ -182,15 +329,27 @@ class Ranker(Model):
         feature importances)."""
 
     @classmethod
-    @abstractmethod
     def load(
         cls,
         directory: Path,
-        build_command: str = "feedforge train",
+        build_command: str = TRAIN_COMMAND,
         expected_features: list[str] | None = None,
     ) -> Self:
         """Load a ranker; refuse it when its features differ from ``expected_features``.
 
+        Args:
+            directory: The model directory.
+            build_command: The command quoted in errors.
+            expected_features: The feature list the caller will pass, in column order; None
+                accepts the saved one.
+
         Raises:
-            feedforge.errors.ArtifactError: missing, corrupt, or a different feature list.
+            feedforge.errors.ArtifactError: missing, corrupt, or a different feature list
+                (the message lists the missing and extra features).
         """
+        model = super().load(directory, build_command)
+        saved = model.feature_names_ or []
+        if expected_features is not None and list(expected_features) != saved:
+            problem = feature_difference(saved, list(expected_features))
+            raise ArtifactError(Path(directory), problem, build_command)
+        return model

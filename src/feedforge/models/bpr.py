@@ -16,25 +16,33 @@ score (bias included). Users without training data get only the bias (a populari
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import numpy as np
 from implicit.cpu.bpr import BayesianPersonalizedRanking
 from implicit.recommender_base import ModelFitError
+from pydantic import Field
 from threadpoolctl import threadpool_limits
 
-from feedforge.artifacts import MANIFEST, Manifest, read_manifest, require_file, write_manifest
 from feedforge.datasets.interactions import Interactions
-from feedforge.errors import ArtifactError, DataError, NotFittedError, ValidationError
+from feedforge.errors import DataError, NotFittedError, ValidationError
+from feedforge.models.arrays import ArrayModel, ArraySpec
 from feedforge.models.base import EmbeddingRecommender
-
-TRAIN_COMMAND = "feedforge train"
-_SCHEMA_VERSION = 1
+from feedforge.models.params import ModelParams
 
 
-class BPRRecommender(EmbeddingRecommender):
+class BPRParams(ModelParams):
+    """Hyper-parameters of :class:`BPRRecommender` (documented there)."""
+
+    factors: int = Field(64, ge=1)
+    learning_rate: float = Field(0.01, gt=0)
+    regularization: float = Field(0.01, ge=0)
+    iterations: int = Field(100, ge=1)
+    random_state: int = Field(0, ge=0)
+    num_threads: int = Field(1, ge=0)
+
+
+class BPRRecommender(ArrayModel, EmbeddingRecommender):
     """BPR matrix factorisation: ``score(u, i) = user_embeddings()[u] . item_embeddings()[i]``.
 
     Interaction weights are ignored (any positive counts once), as in implicit.
@@ -60,62 +68,26 @@ class BPRRecommender(EmbeddingRecommender):
     """
 
     name: ClassVar[str] = "bpr"
+    Params = BPRParams
+    params: BPRParams
+    ARRAYS = (
+        ArraySpec("user_factors", ("n_users", "dim")),
+        ArraySpec("item_factors", ("n_items", "dim")),
+    )
 
-    def __init__(
-        self,
-        factors: int = 64,
-        learning_rate: float = 0.01,
-        regularization: float = 0.01,
-        iterations: int = 100,
-        random_state: int = 0,
-        num_threads: int = 1,
-    ) -> None:
-        self.factors = factors
-        self.learning_rate = learning_rate
-        self.regularization = regularization
-        self.iterations = iterations
-        self.random_state = random_state
-        self.num_threads = num_threads
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
         self.user_factors_: np.ndarray | None = None
         self.item_factors_: np.ndarray | None = None
-
-    def get_params(self) -> dict[str, Any]:
-        return {
-            "factors": self.factors,
-            "learning_rate": self.learning_rate,
-            "regularization": self.regularization,
-            "iterations": self.iterations,
-            "random_state": self.random_state,
-            "num_threads": self.num_threads,
-        }
-
-    def _check_params(self) -> None:
-        problems = []
-        for key, low in (("factors", 1), ("iterations", 1), ("num_threads", 0)):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not (
-                isinstance(value, int | np.integer) and value >= low
-            ):
-                problems.append(f"{key} must be an int >= {low}, got {value!r}")
-        seed = self.random_state
-        if isinstance(seed, bool) or not (isinstance(seed, int | np.integer) and seed >= 0):
-            problems.append(f"random_state must be an int >= 0, got {self.random_state!r}")
-        if not (np.isfinite(self.learning_rate) and self.learning_rate > 0):
-            problems.append(f"learning_rate must be finite and > 0, got {self.learning_rate!r}")
-        if not (np.isfinite(self.regularization) and self.regularization >= 0):
-            problems.append(f"regularization must be finite and >= 0, got {self.regularization!r}")
-        if problems:
-            raise ValidationError("BPRRecommender: " + "; ".join(problems))
 
     def fit(self, interactions: Interactions) -> Self:
         """Learn the factors from the ``(n_users, n_items)`` matrix of positives.
 
         Raises:
             DataError: there are no interactions, or training diverged (NaN/inf factors).
-            ValidationError: a hyper-parameter is out of range or a weight is not a finite
-                positive number.
+            ValidationError: a weight is not a finite positive number.
         """
-        self._check_params()
+        p = self.params
         if len(interactions) == 0:
             raise DataError("BPRRecommender.fit: no interactions to learn from")
         weight = np.asarray(interactions.weight)
@@ -128,14 +100,14 @@ class BPRRecommender(EmbeddingRecommender):
         # Same reason as ALS: implicit runs its own threads, so keep BLAS single-threaded.
         with threadpool_limits(1, "blas"):
             bpr = BayesianPersonalizedRanking(
-                factors=self.factors,
-                learning_rate=self.learning_rate,
-                regularization=self.regularization,
+                factors=p.factors,
+                learning_rate=p.learning_rate,
+                regularization=p.regularization,
                 dtype=np.float32,
-                iterations=self.iterations,
-                num_threads=self.num_threads,
+                iterations=p.iterations,
+                num_threads=p.num_threads,
                 verify_negative_samples=True,
-                random_state=self.random_state,
+                random_state=p.random_state,
             )
             try:
                 bpr.fit(user_items, show_progress=False)
@@ -166,64 +138,3 @@ class BPRRecommender(EmbeddingRecommender):
     def item_embeddings(self) -> np.ndarray:
         """``(n_items, factors + 1)`` float32 item vectors, ending with the item biases."""
         return self._fitted()[1]
-
-    def save(self, directory: Path) -> None:
-        """Write ``user_factors.npy``, ``item_factors.npy``, ``params.json`` and the manifest."""
-        user_factors, item_factors = self._fitted()
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        # Drop any previous manifest first: it is written last, so until then the directory
-        # reads as incomplete rather than as the old model with half of the new files.
-        (directory / MANIFEST).unlink(missing_ok=True)
-        np.save(directory / "user_factors.npy", user_factors, allow_pickle=False)
-        np.save(directory / "item_factors.npy", item_factors, allow_pickle=False)
-        params = json.dumps({"params": self.get_params()}, indent=2)
-        (directory / "params.json").write_text(params, encoding="utf-8")
-        write_manifest(
-            directory,
-            Manifest(
-                artifact=f"model/{self.name}",
-                schema_version=_SCHEMA_VERSION,
-                counts={
-                    "n_users": int(user_factors.shape[0]),
-                    "n_items": int(item_factors.shape[0]),
-                    "dim": int(user_factors.shape[1]),
-                },
-                extra={"params": self.get_params()},
-            ),
-        )
-
-    @classmethod
-    def load(cls, directory: Path, build_command: str = TRAIN_COMMAND) -> Self:
-        """Load a model written by :meth:`save`.
-
-        Raises:
-            ArtifactError: the directory, manifest or a file is missing or corrupt.
-        """
-        directory = Path(directory)
-        manifest = read_manifest(directory, f"model/{cls.name}", (_SCHEMA_VERSION,), build_command)
-        params_path = require_file(directory / "params.json", "BPR parameters", build_command)
-        try:
-            model = cls(**json.loads(params_path.read_text(encoding="utf-8"))["params"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ArtifactError(
-                params_path, f"corrupt BPR parameters ({exc})", build_command
-            ) from exc
-        factors = {}
-        for key, rows in (("user_factors", "n_users"), ("item_factors", "n_items")):
-            path = require_file(directory / f"{key}.npy", f"BPR {key}", build_command)
-            try:
-                array = np.load(path, allow_pickle=False)
-            except (OSError, ValueError, EOFError) as exc:
-                raise ArtifactError(path, f"corrupt BPR {key} ({exc})", build_command) from exc
-            expected = (manifest.counts.get(rows), manifest.counts.get("dim"))
-            if array.shape != expected or not np.isfinite(array).all():
-                raise ArtifactError(
-                    path,
-                    f"corrupt BPR {key}: expected finite {expected} array, got {array.shape}",
-                    build_command,
-                )
-            factors[key] = np.ascontiguousarray(array, dtype=np.float32)
-        model.user_factors_ = factors["user_factors"]
-        model.item_factors_ = factors["item_factors"]
-        return model

@@ -30,18 +30,16 @@ fails under ``auto``. Saved as safetensors weights plus JSON (:mod:`~.torch_util
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import numpy as np
 import torch
+from pydantic import Field, field_validator
 from scipy.special import expit
 
-from feedforge.artifacts import MANIFEST
-from feedforge.errors import ArtifactError, ConfigError, DataError, NotFittedError, ValidationError
+from feedforge.errors import ConfigError, NotFittedError, ValidationError
 from feedforge.features.objectives import check_value
 from feedforge.models.base import Ranker
 from feedforge.models.dcn_net import (
@@ -51,24 +49,14 @@ from feedforge.models.dcn_net import (
     fit_calibration,
     init_buffers,
     loss_columns,
-    row_losses,
     target_scales,
 )
-from feedforge.models.ranker_utils import check_expected_features, check_features, check_fit_input
-from feedforge.models.torch_utils import (
-    WEIGHTS,
-    check_positive_int,
-    minibatches,
-    read_torch_model,
-    resolve_device,
-    restore_net,
-    save_torch_model,
-    seeded,
-)
+from feedforge.models.dcn_train import check_targets, holdout_rows, train_early_stopped
+from feedforge.models.params import ModelParams
+from feedforge.models.ranker_utils import check_features, check_fit_input, ranker_description
+from feedforge.models.torch_utils import Device, TorchModel, resolve_device, seeded
 
-TRAIN_COMMAND = "feedforge train"
 _LOG = logging.getLogger(__name__)
-_TARGETS = ("watch_seconds", "purchased", "revenue")
 # Value outcome -> the heads its expectation needs besides the click.
 _NEEDS = {"clicked": (), "watch_seconds": ("watch",), "revenue": ("purchase", "revenue")}
 _FORMULA = {
@@ -78,7 +66,37 @@ _FORMULA = {
 }
 
 
-class DCNRanker(Ranker):
+class DCNParams(ModelParams):
+    """Hyper-parameters of :class:`DCNRanker` (documented there)."""
+
+    value: dict[str, float] | None = None
+    embedding_dim: int = Field(4, ge=1)
+    cross_layers: int = Field(2, ge=0)
+    cross_rank: int = Field(16, ge=1)
+    hidden_units: int = Field(128, ge=1)
+    hidden_layers: int = Field(2, ge=0)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    learning_rate: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-5, ge=0)
+    batch_size: int = Field(512, ge=1)
+    max_epochs: int = Field(40, ge=1)
+    patience: int = Field(4, ge=0)
+    validation_fraction: float = Field(0.1, gt=0, lt=1)
+    device: Device = "auto"
+    random_state: int = 0
+
+    @field_validator("value")
+    @classmethod
+    def _known_outcomes(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value is not None:
+            try:
+                check_value(value, "DCNRanker value")
+            except ConfigError as exc:  # pydantic reports ValueErrors, with the parameter
+                raise ValueError(exc.message) from exc
+        return value
+
+
+class DCNRanker(TorchModel, Ranker):
     """DCN-v2 multi-task ranker (see the module docs for the heads and the score formula).
 
     Args:
@@ -112,40 +130,11 @@ class DCNRanker(Ranker):
 
     name: ClassVar[str] = "dcn"
     multi_task: ClassVar[bool] = True
+    Params = DCNParams
+    params: DCNParams
 
-    def __init__(
-        self,
-        value: Mapping[str, float] | None = None,
-        embedding_dim: int = 4,
-        cross_layers: int = 2,
-        cross_rank: int = 16,
-        hidden_units: int = 128,
-        hidden_layers: int = 2,
-        dropout: float = 0.1,
-        learning_rate: float = 2e-3,
-        weight_decay: float = 1e-5,
-        batch_size: int = 512,
-        max_epochs: int = 40,
-        patience: int = 4,
-        validation_fraction: float = 0.1,
-        device: str = "auto",
-        random_state: int = 0,
-    ) -> None:
-        self.value = None if value is None else dict(value)
-        self.embedding_dim = embedding_dim
-        self.cross_layers = cross_layers
-        self.cross_rank = cross_rank
-        self.hidden_units = hidden_units
-        self.hidden_layers = hidden_layers
-        self.dropout = dropout
-        self.learning_rate = learning_rate
-        self.weight_decay = weight_decay
-        self.batch_size = batch_size
-        self.max_epochs = max_epochs
-        self.patience = patience
-        self.validation_fraction = validation_fraction
-        self.device = device
-        self.random_state = random_state
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
         self.feature_names_: list[str] | None = None
         self.heads_: list[str] = []
         self.attribution_: dict[str, float] = {}
@@ -154,100 +143,22 @@ class DCNRanker(Ranker):
         self.calibration_: dict[str, list[float]] = {}
         self.net_: DCNv2 | None = None
         self._device: torch.device | None = None  # where it scores
-        self._scoring = device  # the scoring device setting (use_device)
-
-    def get_params(self) -> dict[str, Any]:
-        return {
-            "value": self.value,
-            "embedding_dim": self.embedding_dim,
-            "cross_layers": self.cross_layers,
-            "cross_rank": self.cross_rank,
-            "hidden_units": self.hidden_units,
-            "hidden_layers": self.hidden_layers,
-            "dropout": self.dropout,
-            "learning_rate": self.learning_rate,
-            "weight_decay": self.weight_decay,
-            "batch_size": self.batch_size,
-            "max_epochs": self.max_epochs,
-            "patience": self.patience,
-            "validation_fraction": self.validation_fraction,
-            "device": self.device,
-            "random_state": self.random_state,
-        }
+        self._scoring: str = self.params.device  # the scoring device setting (use_device)
 
     def _value(self) -> dict[str, float]:
-        return check_value(self.value or {"clicked": 1.0}, "DCNRanker value")
-
-    def _check_params(self) -> None:
-        problems: list[str] = []
-        for key in ("embedding_dim", "cross_rank", "hidden_units", "batch_size", "max_epochs"):
-            check_positive_int(problems, key, getattr(self, key))
-        for key in ("cross_layers", "hidden_layers", "patience"):
-            check_positive_int(problems, key, getattr(self, key), minimum=0)
-        if not 0 <= self.dropout < 1:
-            problems.append(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if not self.learning_rate > 0:
-            problems.append(f"learning_rate must be > 0, got {self.learning_rate!r}")
-        if not self.weight_decay >= 0:
-            problems.append(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        if not 0 < self.validation_fraction < 1:
-            problems.append(
-                f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}"
-            )
-        if self.device not in ("auto", "cpu", "cuda"):
-            problems.append(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
-        try:
-            self._value()
-        except ConfigError as exc:
-            problems.append(str(exc))
-        if problems:
-            raise ValidationError("DCNRanker: " + "; ".join(problems))
+        return check_value(self.params.value or {"clicked": 1.0}, "DCNRanker value")
 
     def _new_net(self, n_features: int) -> DCNv2:
+        p = self.params
         return DCNv2(
             n_features,
-            int(self.embedding_dim),
-            int(self.cross_layers),
-            int(self.cross_rank),
-            int(self.hidden_units),
-            int(self.hidden_layers),
-            float(self.dropout),
+            p.embedding_dim,
+            p.cross_layers,
+            p.cross_rank,
+            p.hidden_units,
+            p.hidden_layers,
+            p.dropout,
         )
-
-    def _targets(
-        self, targets: Mapping[str, np.ndarray] | None, n: int, where: str
-    ) -> dict[str, np.ndarray]:
-        """The given outcome targets, checked; a DataError when the objective values an
-        outcome the targets cannot teach."""
-        out: dict[str, np.ndarray] = {}
-        for key, array in (targets or {}).items():
-            if key not in _TARGETS:
-                continue  # e.g. the click, which is y
-            array = np.asarray(array, dtype=np.float64).reshape(-1)
-            if len(array) != n:
-                raise ValidationError(f"{where}: {n} rows of X but {len(array)} {key} targets")
-            if not (np.isfinite(array).all() and (array >= 0).all()):
-                raise ValidationError(f"{where}: {key} targets must be finite and >= 0")
-            if key == "purchased" and not np.isin(array, (0, 1)).all():
-                raise ValidationError(f"{where}: purchased targets must be 0 or 1")
-            out[key] = array
-        if "revenue" in out and "purchased" not in out:
-            out["purchased"] = (out["revenue"] > 0).astype(np.float64)
-        for outcome in self._value():
-            column = "purchased" if outcome == "revenue" else outcome
-            if outcome == "clicked":
-                continue
-            if outcome not in out:
-                raise ValidationError(
-                    f"{where}: the objective values {outcome} but targets has no {outcome!r} "
-                    f"(give targets={{{outcome!r}: ...}}, e.g. from ranking_outcomes)"
-                )
-            if not out[column].any():
-                raise DataError(
-                    f"{where}: the objective values {outcome} but no training impression has "
-                    f"any {column}; nothing to learn it from"
-                )
-        return out
 
     def fit(
         self,
@@ -270,21 +181,21 @@ class DCNRanker(Ranker):
                 each present one trains its head. Those the objective values are required.
 
         Raises:
-            ValidationError: bad hyper-parameters, shapes, names, labels, NaN/inf features,
-                or a target the objective needs is missing or invalid.
+            ValidationError: bad shapes, names, labels, NaN/inf features, or a target the
+                objective needs is missing or invalid.
             DataError: no rows, a single class, or a valued outcome that never happens.
         """
-        self._check_params()
+        p = self.params
         where = "DCNRanker.fit"
         fit = check_fit_input(X, y, feature_names, group, sample_weight, where)
         n = len(fit.y)
-        outcome = self._targets(targets, n, where)
-        device = resolve_device(self.device)
+        outcome = check_targets(targets, n, self._value(), where)
+        device = resolve_device(p.device)
         weight = fit.weight if fit.weight is not None else np.ones(n)
-        train_rows, held_rows = self._holdout(fit.group, n)
+        train_rows, held_rows = holdout_rows(fit.group, n, p.validation_fraction, p.random_state)
         scales = target_scales(fit.y, outcome)
         columns = loss_columns(fit.y, outcome, scales)
-        with seeded(int(self.random_state), device) as generator:
+        with seeded(p.random_state, device) as generator:
             net = self._new_net(len(fit.names))
             init_buffers(net, fit.X, fit.y, weight, outcome, scales)
             net.to(device)
@@ -292,34 +203,20 @@ class DCNRanker(Ranker):
                 key: torch.tensor(value, dtype=torch.float32, device=device)
                 for key, value in {"X": fit.X, "w": weight, **columns}.items()
             }
-            optimizer = torch.optim.AdamW(
-                net.parameters(),
-                lr=float(self.learning_rate),
-                weight_decay=float(self.weight_decay),
+            epoch, best_epoch = train_early_stopped(
+                net,
+                data,
+                train_rows,
+                held_rows,
+                generator,
+                learning_rate=p.learning_rate,
+                weight_decay=p.weight_decay,
+                batch_size=p.batch_size,
+                max_epochs=p.max_epochs,
+                patience=p.patience,
+                where=where,
             )
-            best_loss, best_state, best_epoch, epoch = np.inf, copy.deepcopy(net.state_dict()), 0, 0
-            train_idx = torch.as_tensor(train_rows, device=device)
             held_idx = torch.as_tensor(held_rows, device=device)
-            for epoch in range(1, int(self.max_epochs) + 1):
-                net.train()
-                for batch in minibatches(len(train_rows), int(self.batch_size), generator):
-                    rows = train_idx[batch.to(device)]
-                    loss = self._loss(net, data, rows)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                net.eval()
-                with torch.no_grad():
-                    held = float(self._loss(net, data, held_idx))
-                if not np.isfinite(held):
-                    raise DataError(f"{where}: the loss diverged; lower learning_rate")
-                if held < best_loss - 1e-6:
-                    best_loss, best_epoch = held, epoch
-                    best_state = copy.deepcopy(net.state_dict())
-                elif epoch - best_epoch >= int(self.patience):
-                    break
-            net.load_state_dict(best_state)
-            net.eval()
             self.calibration_ = fit_calibration(
                 net,
                 data["X"][held_idx],
@@ -327,37 +224,11 @@ class DCNRanker(Ranker):
                 data["w"][held_idx],
             )
         self.feature_names_, self.net_, self._device = fit.names, net, device
-        self._scoring = self.device
+        self._scoring = p.device
         self.heads_ = ["click", *(h for h in HEADS[1:] if h in columns)]
         self.epochs_, self.best_epoch_ = epoch, best_epoch
         self.attribution_ = self._attribution(fit.X[train_rows[:2048]])
         return self
-
-    def _holdout(self, group: np.ndarray | None, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """Train and held-out row indices: a ``validation_fraction`` of the requests (rows)."""
-        rng = np.random.default_rng(self.random_state)
-        keys = group if group is not None else np.arange(n)
-        unique, codes = np.unique(keys, return_inverse=True)
-        held = (rng.random(len(unique)) < self.validation_fraction)[codes]
-        if held.all() or not held.any():
-            held = np.zeros(n, dtype=bool)
-            held[rng.permutation(n)[: max(1, int(n * self.validation_fraction))]] = True
-        return np.flatnonzero(~held), np.flatnonzero(held)
-
-    @staticmethod
-    def _loss(net: DCNv2, data: dict[str, torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
-        def part(key: str) -> torch.Tensor | None:
-            return data[key][rows] if key in data else None
-
-        w = data["w"][rows]
-        losses = row_losses(
-            net(data["X"][rows]),
-            data["click"][rows],
-            part("watch"),
-            part("purchase"),
-            part("revenue"),
-        )
-        return (losses * w).sum() / w.sum().clamp(min=1e-12)
 
     def _attribution(self, X: np.ndarray) -> dict[str, float]:
         """Each feature's share of the mean ``|d log score / d z_j * z_j|`` over ``X``
@@ -474,10 +345,11 @@ class DCNRanker(Ranker):
         """The architecture, the heads, the score formula and the feature attributions."""
         names, net = self._fitted()
         n_params = sum(p.numel() for p in net.parameters())
+        p = self.params
         lines = [
-            f"DCN-v2 multi-task ranker: {len(names)} features x {self.embedding_dim}-dim "
-            f"embeddings, {self.cross_layers} cross layers (rank {self.cross_rank}), MLP "
-            f"{self.hidden_layers} x {self.hidden_units} (halving), {n_params} parameters",
+            f"DCN-v2 multi-task ranker: {len(names)} features x {p.embedding_dim}-dim "
+            f"embeddings, {p.cross_layers} cross layers (rank {p.cross_rank}), MLP "
+            f"{p.hidden_layers} x {p.hidden_units} (halving), {n_params} parameters",
             f"  heads: {', '.join(self.heads_)}; trained {self.epochs_} epochs "
             f"(kept epoch {self.best_epoch_})",
             f"  score = {self.formula()}",
@@ -488,60 +360,41 @@ class DCNRanker(Ranker):
         lines += [f"  {share:6.1%}  {name}" for name, share in self.attribution_.items()]
         return "\n".join(lines)
 
-    def save(self, directory: Path) -> None:
-        """Write ``weights.safetensors``, ``params.json`` and the manifest (no pickle)."""
+    def _net(self) -> DCNv2:
+        return self._fitted()[1]
+
+    def _net_counts(self) -> dict[str, int]:
         names, net = self._fitted()
-        extra = {
-            "feature_names": names,
+        counts, _ = ranker_description(names, {})
+        return {**counts, "n_parameters": sum(p.numel() for p in net.parameters())}
+
+    def _net_state(self) -> dict[str, Any]:
+        names, _ = self._fitted()
+        _, extra = ranker_description(names, {})
+        return {
+            **extra,
             "heads": self.heads_,
             "attribution": [[name, share] for name, share in self.attribution_.items()],
             "epochs": self.epochs_,
             "best_epoch": self.best_epoch_,
             "calibration": [[h, a, b] for h, (a, b) in self.calibration_.items()],
         }
-        counts = {
-            "n_features": len(names),
-            "n_parameters": sum(p.numel() for p in net.parameters()),
-        }
-        save_torch_model(directory, self.name, self.get_params(), net, {}, counts, extra)
 
-    @classmethod
-    def load(
-        cls,
-        directory: Path,
-        build_command: str = TRAIN_COMMAND,
-        expected_features: list[str] | None = None,
-    ) -> Self:
-        """Load a ranker written by :meth:`save`; it scores on a CUDA GPU when torch sees one
-        (``use_device`` changes that).
+    def _empty_net(self, counts: Mapping[str, int]) -> DCNv2:
+        return self._new_net(int(counts["n_features"]))
 
-        Raises:
-            ArtifactError: the directory or a file is missing or corrupt, or the saved
-                features differ from ``expected_features``.
-        """
-        directory = Path(directory)
-        manifest, params, tensors = read_torch_model(directory, cls.name, build_command)
-        try:
-            model = cls(**params)
-            model._check_params()
-            extra = manifest.extra
-            names = [str(n) for n in extra["feature_names"]]
-            heads = [str(h) for h in extra["heads"]]
-            if not set(heads) <= set(HEADS) or "click" not in heads:
-                raise ValueError(f"unknown heads {heads}")
-            attribution = {str(k): float(v) for k, v in extra["attribution"]}
-            epochs, best = int(extra["epochs"]), int(extra["best_epoch"])
-            calibration = {str(h): [float(a), float(b)] for h, a, b in extra["calibration"]}
-        except (ValueError, KeyError, TypeError, AttributeError, ValidationError) as exc:
-            raise ArtifactError(
-                directory / MANIFEST, f"corrupt dcn ranker description ({exc})", build_command
-            ) from exc
-        net = model._new_net(len(names))
-        restore_net(net, tensors, directory / WEIGHTS, build_command)
-        net.eval()
-        check_expected_features(names, expected_features, directory, build_command)
-        model.feature_names_, model.net_, model.heads_ = names, net, heads
-        model.attribution_, model.epochs_, model.best_epoch_ = attribution, epochs, best
-        model.calibration_ = calibration
-        model.use_device("auto")
-        return model
+    def _restore(self, net: torch.nn.Module, extra: Mapping[str, Any]) -> None:
+        """Adopt the loaded network and fitted state; it scores on a CUDA GPU when torch sees
+        one (``use_device`` changes that)."""
+        assert isinstance(net, DCNv2)  # built by _empty_net
+        names = [str(n) for n in extra["feature_names"]]
+        heads = [str(h) for h in extra["heads"]]
+        if not set(heads) <= set(HEADS) or "click" not in heads:
+            raise ValueError(f"unknown heads {heads}")
+        if len(names) != net.mean.shape[0]:
+            raise ValueError(f"{len(names)} feature names for {net.mean.shape[0]} inputs")
+        self.attribution_ = {str(k): float(v) for k, v in extra["attribution"]}
+        self.epochs_, self.best_epoch_ = int(extra["epochs"]), int(extra["best_epoch"])
+        self.calibration_ = {str(h): [float(a), float(b)] for h, a, b in extra["calibration"]}
+        self.feature_names_, self.net_, self.heads_ = names, net.eval(), heads
+        self.use_device("auto")

@@ -16,23 +16,20 @@ scores any history, which makes it usable for users unseen at training time
 
 from __future__ import annotations
 
-import json
 import warnings
-import zipfile
-from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
+from pydantic import Field
 
-from feedforge.artifacts import MANIFEST, Manifest, read_manifest, require_file, write_manifest
 from feedforge.datasets.interactions import Interactions
-from feedforge.errors import ArtifactError, DataError, NotFittedError, ValidationError
+from feedforge.errors import DataError, NotFittedError, ValidationError
+from feedforge.models.arrays import ArrayModel, ArraySpec
 from feedforge.models.base import Recommender
+from feedforge.models.params import ModelParams
 
-TRAIN_COMMAND = "feedforge train"
-_SCHEMA_VERSION = 1
 # Peak memory of fit in bytes per B entry: the float64 Gram matrix, inverted in place, plus the
 # float32 copy of B made from it.
 _BYTES_PER_ENTRY = 8 + 4
@@ -67,7 +64,15 @@ def _gram(matrix: sp.csr_matrix) -> np.ndarray:
     return gram
 
 
-class EASERecommender(Recommender):
+class EASEParams(ModelParams):
+    """Hyper-parameters of :class:`EASERecommender` (documented there)."""
+
+    l2: float = Field(500.0, gt=0, description="> 0: the Gram matrix may be singular")
+    implicit: bool = True
+    max_items: int = Field(20_000, ge=1)
+
+
+class EASERecommender(ArrayModel, Recommender):
     """EASE: ``score(u) = X[u] @ B`` with ``B`` the closed-form item-item weights.
 
     Args:
@@ -91,41 +96,24 @@ class EASERecommender(Recommender):
     """
 
     name: ClassVar[str] = "ease"
+    Params = EASEParams
+    params: EASEParams
+    ARRAYS = (
+        ArraySpec("item_weights", ("n_items", "n_items")),
+        ArraySpec("user_items", ("n_users", "n_items"), sparse=True),
+    )
 
-    def __init__(self, l2: float = 500.0, implicit: bool = True, max_items: int = 20_000) -> None:
-        self.l2 = l2
-        self.implicit = implicit
-        self.max_items = max_items
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
         self.item_weights_: np.ndarray | None = None
         self.user_items_: sp.csr_matrix | None = None
-
-    def get_params(self) -> dict[str, Any]:
-        return {"l2": self.l2, "implicit": self.implicit, "max_items": self.max_items}
-
-    def _check_params(self) -> None:
-        problems = []
-        if isinstance(self.l2, bool) or not (
-            isinstance(self.l2, int | float | np.number) and np.isfinite(self.l2)
-        ):
-            problems.append(f"l2 must be a finite number > 0, got {self.l2!r}")
-        elif not self.l2 > 0:
-            problems.append(f"l2 must be > 0 (the Gram matrix may be singular), got {self.l2!r}")
-        if not isinstance(self.implicit, bool | np.bool_):
-            problems.append(f"implicit must be a bool, got {self.implicit!r}")
-        max_items = self.max_items
-        if isinstance(max_items, bool) or not (
-            isinstance(max_items, int | np.integer) and max_items >= 1
-        ):
-            problems.append(f"max_items must be an int >= 1, got {self.max_items!r}")
-        if problems:
-            raise ValidationError("EASERecommender: " + "; ".join(problems))
 
     def _prepare(self, matrix: sp.csr_matrix) -> sp.csr_matrix:
         """The float32 CSR matrix EASE multiplies: binarised when ``implicit``."""
         matrix = sp.csr_matrix(matrix, dtype=np.float32, copy=True)
         matrix.sum_duplicates()
         matrix.eliminate_zeros()
-        if self.implicit:
+        if self.params.implicit:
             matrix.data[:] = 1.0
         return matrix
 
@@ -136,16 +124,16 @@ class EASERecommender(Recommender):
 
         Raises:
             DataError: there are no interactions, or the solve produced non-finite values.
-            ValidationError: a hyper-parameter is out of range, a weight is not a finite
-                positive number, or the catalog exceeds ``max_items``.
+            ValidationError: a weight is not a finite positive number, or the catalog exceeds
+                ``max_items``.
         """
-        self._check_params()
         if len(interactions) == 0:
             raise DataError("EASERecommender.fit: no interactions to learn from")
         n_items = interactions.n_items
-        if n_items > self.max_items:
+        max_items = self.params.max_items
+        if n_items > max_items:
             raise ValidationError(
-                f"EASERecommender.fit: {n_items} items exceed max_items={self.max_items}; the "
+                f"EASERecommender.fit: {n_items} items exceed max_items={max_items}; the "
                 f"dense item-item solve needs about {required_gib(n_items):.1f} GiB. Raise "
                 "max_items if the machine has the memory, or use a factorisation model"
             )
@@ -156,7 +144,7 @@ class EASERecommender(Recommender):
             )
         user_items = self._prepare(interactions.to_csr())
         gram = _gram(user_items)
-        gram[np.diag_indices(n_items)] += self.l2
+        gram[np.diag_indices(n_items)] += self.params.l2
         # The Gram matrix is symmetric, so its transpose is a Fortran-ordered view of the same
         # data: LAPACK inverts it in place, without a second n_items^2 copy.
         try:
@@ -217,92 +205,6 @@ class EASERecommender(Recommender):
         weights, _ = self._fitted()
         matrix = _check_history(user_items, weights.shape[0], "EASE score_from_history")
         return np.asarray(self._prepare(matrix) @ weights, dtype=np.float32)
-
-    def save(self, directory: Path) -> None:
-        """Write ``item_weights.npy``, ``user_items.npz``, ``params.json`` and the manifest."""
-        weights, user_items = self._fitted()
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        # Drop any previous manifest first: it is written last, so until then the directory
-        # reads as incomplete rather than as the old model with half of the new files.
-        (directory / MANIFEST).unlink(missing_ok=True)
-        np.save(directory / "item_weights.npy", weights, allow_pickle=False)
-        np.savez(
-            directory / "user_items.npz",
-            data=user_items.data,
-            indices=user_items.indices,
-            indptr=user_items.indptr,
-        )
-        params = json.dumps({"params": self.get_params()}, indent=2)
-        (directory / "params.json").write_text(params, encoding="utf-8")
-        write_manifest(
-            directory,
-            Manifest(
-                artifact=f"model/{self.name}",
-                schema_version=_SCHEMA_VERSION,
-                counts={
-                    "n_users": int(user_items.shape[0]),
-                    "n_items": int(weights.shape[0]),
-                    "nnz": int(user_items.nnz),
-                },
-                extra={"params": self.get_params()},
-            ),
-        )
-
-    @classmethod
-    def load(cls, directory: Path, build_command: str = TRAIN_COMMAND) -> Self:
-        """Load a model written by :meth:`save`.
-
-        Raises:
-            ArtifactError: the directory, manifest or a file is missing or corrupt.
-        """
-        directory = Path(directory)
-        manifest = read_manifest(directory, f"model/{cls.name}", (_SCHEMA_VERSION,), build_command)
-        params_path = require_file(directory / "params.json", "EASE parameters", build_command)
-        try:
-            model = cls(**json.loads(params_path.read_text(encoding="utf-8"))["params"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ArtifactError(
-                params_path, f"corrupt EASE parameters ({exc})", build_command
-            ) from exc
-        n_users, n_items = manifest.counts.get("n_users"), manifest.counts.get("n_items")
-        if not isinstance(n_users, int) or not isinstance(n_items, int):
-            raise ArtifactError(
-                directory / MANIFEST, "EASE manifest lacks n_users/n_items counts", build_command
-            )
-
-        path = require_file(directory / "item_weights.npy", "EASE item weights", build_command)
-        try:
-            weights = np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as exc:
-            raise ArtifactError(path, f"corrupt EASE item weights ({exc})", build_command) from exc
-        if weights.shape != (n_items, n_items) or not np.isfinite(weights).all():
-            raise ArtifactError(
-                path,
-                f"corrupt EASE item weights: expected a finite {(n_items, n_items)} array, "
-                f"got {weights.shape}",
-                build_command,
-            )
-
-        path = require_file(directory / "user_items.npz", "EASE user-item matrix", build_command)
-        try:
-            with np.load(path, allow_pickle=False) as arrays:
-                data, indices, indptr = arrays["data"], arrays["indices"], arrays["indptr"]
-            user_items = sp.csr_matrix((data, indices, indptr), shape=(n_users, n_items))
-            user_items.check_format(full_check=True)
-        except (OSError, ValueError, EOFError, KeyError, TypeError, AttributeError,
-                zipfile.BadZipFile) as exc:  # fmt: skip
-            # AttributeError: the file is a plain .npy, whose array has no context manager.
-            raise ArtifactError(
-                path, f"corrupt EASE user-item matrix ({exc})", build_command
-            ) from exc
-        if user_items.nnz != manifest.counts.get("nnz") or not np.isfinite(user_items.data).all():
-            raise ArtifactError(
-                path, "corrupt EASE user-item matrix: non-finite values or wrong nnz", build_command
-            )
-        model.item_weights_ = np.ascontiguousarray(weights, dtype=np.float32)
-        model.user_items_ = sp.csr_matrix(user_items, dtype=np.float32)
-        return model
 
 
 def _check_history(user_items: Any, n_items: int, where: str) -> sp.csr_matrix:

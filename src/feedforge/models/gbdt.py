@@ -19,27 +19,24 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 import numpy as np
+from pydantic import Field
 from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
 
-from feedforge.artifacts import (
-    read_manifest,
-    require_file,
-)
+from feedforge.artifacts import Manifest, require_file
 from feedforge.errors import ArtifactError, DataError, NotFittedError, ValidationError
 from feedforge.models.base import Ranker
+from feedforge.models.params import ModelParams
 from feedforge.models.ranker_utils import (
-    check_expected_features,
     check_features,
     check_fit_input,
-    write_ranker,
+    ranker_description,
+    write_ranker_files,
 )
 
-TRAIN_COMMAND = "feedforge train"
-_SCHEMA_VERSION = 1
 _MODEL_FILE = "model.txt"
 _PARAMS_FILE = "params.json"
 # Below this many rows one thread predicts faster than a pool (serving scores a few hundred).
@@ -52,6 +49,23 @@ def _group_order(group: np.ndarray) -> np.ndarray:
     """A stable row order that makes each group's rows contiguous."""
     _, codes = np.unique(group, return_inverse=True)
     return np.argsort(codes, kind="stable")
+
+
+class LightGBMParams(ModelParams):
+    """Hyper-parameters of :class:`LightGBMRanker` (documented there)."""
+
+    objective: GBDTObjective = "binary"
+    n_estimators: int = Field(300, ge=1)
+    learning_rate: float = Field(0.05, gt=0)
+    num_leaves: int = Field(31, ge=2)
+    min_child_samples: int = Field(100, ge=1)
+    subsample: float = Field(0.8, gt=0, le=1)
+    colsample: float = Field(0.9, gt=0, le=1)
+    reg_lambda: float = Field(1.0, ge=0)
+    early_stopping_rounds: Annotated[int, Field(ge=1)] | None = 30
+    validation_fraction: float = Field(0.2, gt=0, lt=1)
+    num_threads: int = Field(0, ge=0)
+    random_state: int = 0
 
 
 class LightGBMRanker(Ranker):
@@ -81,103 +95,34 @@ class LightGBMRanker(Ranker):
     """
 
     name: ClassVar[str] = "lightgbm"
+    Params = LightGBMParams
+    params: LightGBMParams
 
-    def __init__(
-        self,
-        objective: GBDTObjective = "binary",
-        n_estimators: int = 300,
-        learning_rate: float = 0.05,
-        num_leaves: int = 31,
-        min_child_samples: int = 100,
-        subsample: float = 0.8,
-        colsample: float = 0.9,
-        reg_lambda: float = 1.0,
-        early_stopping_rounds: int | None = 30,
-        validation_fraction: float = 0.2,
-        num_threads: int = 0,
-        random_state: int = 0,
-    ) -> None:
-        self.objective = objective
-        self.early_stopping_rounds = early_stopping_rounds
-        self.validation_fraction = validation_fraction
-        self.n_estimators = n_estimators
-        self.learning_rate = learning_rate
-        self.num_leaves = num_leaves
-        self.min_child_samples = min_child_samples
-        self.subsample = subsample
-        self.colsample = colsample
-        self.reg_lambda = reg_lambda
-        self.num_threads = num_threads
-        self.random_state = random_state
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
         self.feature_names_: list[str] | None = None
         self.booster_: Any = None
         self.calibration_: tuple[float, float] | None = None
 
-    def get_params(self) -> dict[str, Any]:
-        return {
-            "objective": self.objective,
-            "n_estimators": self.n_estimators,
-            "learning_rate": self.learning_rate,
-            "num_leaves": self.num_leaves,
-            "min_child_samples": self.min_child_samples,
-            "subsample": self.subsample,
-            "colsample": self.colsample,
-            "reg_lambda": self.reg_lambda,
-            "early_stopping_rounds": self.early_stopping_rounds,
-            "validation_fraction": self.validation_fraction,
-            "num_threads": self.num_threads,
-            "random_state": self.random_state,
-        }
-
-    def _check_params(self) -> None:
-        problems = []
-        if self.objective not in ("binary", "lambdarank"):
-            problems.append(f"objective must be 'binary' or 'lambdarank', got {self.objective!r}")
-        for key, low in (("n_estimators", 1), ("num_leaves", 2), ("min_child_samples", 1)):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
-                problems.append(f"{key} must be an int >= {low}, got {value!r}")
-        if not self.learning_rate > 0:
-            problems.append(f"learning_rate must be > 0, got {self.learning_rate!r}")
-        for key in ("subsample", "colsample"):
-            if not 0 < getattr(self, key) <= 1:
-                problems.append(f"{key} must be in (0, 1], got {getattr(self, key)!r}")
-        if self.early_stopping_rounds is not None and (
-            isinstance(self.early_stopping_rounds, bool)
-            or not isinstance(self.early_stopping_rounds, int | np.integer)
-            or self.early_stopping_rounds < 1
-        ):
-            problems.append(
-                "early_stopping_rounds must be an int >= 1 or None, "
-                f"got {self.early_stopping_rounds!r}"
-            )
-        if not 0 < self.validation_fraction < 1:
-            problems.append(
-                f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}"
-            )
-        if not self.reg_lambda >= 0:
-            problems.append(f"reg_lambda must be >= 0, got {self.reg_lambda!r}")
-        if problems:
-            raise ValidationError("LightGBMRanker: " + "; ".join(problems))
-
     def _lgb_params(self) -> dict[str, Any]:
+        p = self.params
         params: dict[str, Any] = {
-            "objective": self.objective,
-            "learning_rate": float(self.learning_rate),
-            "num_leaves": int(self.num_leaves),
-            "min_child_samples": int(self.min_child_samples),
-            "bagging_fraction": float(self.subsample),
-            "bagging_freq": 1 if self.subsample < 1 else 0,
-            "feature_fraction": float(self.colsample),
-            "lambda_l2": float(self.reg_lambda),
-            "seed": int(self.random_state),
+            "objective": p.objective,
+            "learning_rate": p.learning_rate,
+            "num_leaves": p.num_leaves,
+            "min_child_samples": p.min_child_samples,
+            "bagging_fraction": p.subsample,
+            "bagging_freq": 1 if p.subsample < 1 else 0,
+            "feature_fraction": p.colsample,
+            "lambda_l2": p.reg_lambda,
+            "seed": p.random_state,
             "deterministic": True,
             "force_row_wise": True,
             "verbosity": -1,
         }
-        if self.num_threads:
-            params["num_threads"] = int(self.num_threads)
-        if self.objective == "lambdarank":
+        if p.num_threads:
+            params["num_threads"] = p.num_threads
+        if p.objective == "lambdarank":
             params["metric"] = "ndcg"
             params["eval_at"] = [10]
         else:
@@ -208,17 +153,17 @@ class LightGBMRanker(Ranker):
             targets: Ignored (a single-task ranker; see :class:`~.base.Ranker`).
 
         Raises:
-            ValidationError: bad hyper-parameters, shapes, names, labels, NaN/inf features,
-                or ``lambdarank`` without ``group``.
+            ValidationError: bad shapes, names, labels, NaN/inf features, or ``lambdarank``
+                without ``group``.
             DataError: no rows, a single class, or non-finite predictions after training.
         """
         import lightgbm as lgb
 
-        self._check_params()
+        p = self.params
         where = "LightGBMRanker.fit"
         fit = check_fit_input(X, y, feature_names, group, sample_weight, where)
         names, X, y, group, weight = fit.names, fit.X, fit.y, fit.group, fit.weight
-        if self.objective == "lambdarank":
+        if p.objective == "lambdarank":
             if group is None:
                 raise ValidationError(
                     f"{where}: objective 'lambdarank' needs group (the request of each row)"
@@ -232,13 +177,13 @@ class LightGBMRanker(Ranker):
             weight = None
         else:
             label = y
-        rounds = int(self.n_estimators)
-        if self.early_stopping_rounds is not None:
+        rounds = p.n_estimators
+        if p.early_stopping_rounds is not None:
             rounds = self._early_stopped_rounds(X, label, weight, group, names)
         data = self._dataset(X, label, weight, group, names)
         booster = lgb.train(self._lgb_params(), data, num_boost_round=rounds)
         self.feature_names_, self.booster_, self.calibration_ = names, booster, None
-        if self.objective == "lambdarank":
+        if p.objective == "lambdarank":
             raw = self._raw(X)
             platt = LogisticRegression(C=1e6, max_iter=1000).fit(raw.reshape(-1, 1), y)
             self.calibration_ = (float(platt.coef_[0, 0]), float(platt.intercept_[0]))
@@ -258,7 +203,7 @@ class LightGBMRanker(Ranker):
         import lightgbm as lgb
 
         sizes = None
-        if self.objective == "lambdarank" and group is not None:
+        if self.params.objective == "lambdarank" and group is not None:
             starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
             sizes = np.diff(np.r_[starts, len(group)])
         return lgb.Dataset(
@@ -279,13 +224,14 @@ class LightGBMRanker(Ranker):
         rounds without improvement; at most ``n_estimators``."""
         import lightgbm as lgb
 
-        rng = np.random.default_rng(self.random_state)
+        p = self.params
+        rng = np.random.default_rng(p.random_state)
         keys = group if group is not None else np.arange(len(label))
         unique = np.unique(keys)
-        held = rng.random(len(unique)) < self.validation_fraction
+        held = rng.random(len(unique)) < p.validation_fraction
         holdout = np.isin(keys, unique[held])
         if holdout.all() or not holdout.any() or len(np.unique(label[~holdout])) < 2:
-            return int(self.n_estimators)  # too little data to hold any out
+            return p.n_estimators  # too little data to hold any out
 
         def part(mask: np.ndarray) -> Any:
             sub_group = None if group is None else group[mask]
@@ -296,11 +242,11 @@ class LightGBMRanker(Ranker):
         booster = lgb.train(
             self._lgb_params(),
             train,
-            num_boost_round=int(self.n_estimators),
+            num_boost_round=p.n_estimators,
             valid_sets=[valid],
-            callbacks=[lgb.early_stopping(int(self.early_stopping_rounds or 1), verbose=False)],
+            callbacks=[lgb.early_stopping(p.early_stopping_rounds or 1, verbose=False)],
         )
-        return max(1, int(booster.best_iteration or self.n_estimators))
+        return max(1, int(booster.best_iteration or p.n_estimators))
 
     def _fitted(self) -> tuple[list[str], Any]:
         if self.feature_names_ is None or self.booster_ is None:
@@ -341,48 +287,37 @@ class LightGBMRanker(Ranker):
         _, booster = self._fitted()
         gains = self.feature_importance()
         total = sum(gains.values()) or 1.0
-        lines = [f"LightGBM {self.objective}: {booster.num_trees()} trees"]
+        lines = [f"LightGBM {self.params.objective}: {booster.num_trees()} trees"]
         if self.calibration_ is not None:
             a, b = self.calibration_
             lines.append(f"  calibration: p = sigmoid({a:.4f} * score + {b:+.4f})")
         lines += [f"  {gain / total:6.1%}  {name}" for name, gain in gains.items()]
         return "\n".join(lines)
 
-    def save(self, directory: Path) -> None:
-        """Write ``model.txt`` (LightGBM's text format), ``params.json`` and the manifest."""
+    def _describe(self) -> tuple[dict[str, int], dict[str, Any]]:
         names, booster = self._fitted()
-        directory = Path(directory)
+        return ranker_description(names, {"n_trees": int(booster.num_trees())})
+
+    def _write_files(self, directory: Path) -> None:
+        """Write ``model.txt`` (LightGBM's text format) and ``params.json``."""
+        names, booster = self._fitted()
         payload = {
             "params": self.get_params(),
             "feature_names": names,
             "calibration": list(self.calibration_) if self.calibration_ else None,
         }
-        files = {_MODEL_FILE: booster.model_to_string(), _PARAMS_FILE: payload}
-        counts = {"n_trees": int(booster.num_trees())}
-        write_ranker(directory, self.name, _SCHEMA_VERSION, files, names, self.get_params(), counts)
+        write_ranker_files(
+            directory, {_MODEL_FILE: booster.model_to_string(), _PARAMS_FILE: payload}
+        )
 
     @classmethod
-    def load(
-        cls,
-        directory: Path,
-        build_command: str = TRAIN_COMMAND,
-        expected_features: list[str] | None = None,
-    ) -> Self:
-        """Load a ranker written by :meth:`save` (no pickle).
-
-        Raises:
-            ArtifactError: the directory or a file is missing or corrupt, or the saved
-                features differ from ``expected_features``.
-        """
+    def _read_files(cls, directory: Path, manifest: Manifest, build_command: str) -> Self:
         import lightgbm as lgb
 
-        directory = Path(directory)
-        read_manifest(directory, f"model/{cls.name}", (_SCHEMA_VERSION,), build_command)
         params_path = require_file(directory / _PARAMS_FILE, "LightGBM parameters", build_command)
         try:
             raw = json.loads(params_path.read_text(encoding="utf-8"))
             model = cls(**raw["params"])
-            model._check_params()
             names = [str(n) for n in raw["feature_names"]]
             calibration = raw["calibration"]
             if calibration is not None:
@@ -406,6 +341,5 @@ class LightGBMRanker(Ranker):
                 f"{_PARAMS_FILE}'s {names}",
                 build_command,
             )
-        check_expected_features(names, expected_features, path, build_command)
         model.feature_names_, model.booster_, model.calibration_ = names, booster, calibration
         return model

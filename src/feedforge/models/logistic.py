@@ -13,27 +13,30 @@ from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import numpy as np
+from pydantic import Field
 from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from feedforge.artifacts import (
-    read_manifest,
-    require_file,
-)
-from feedforge.config import RankerConfig
-from feedforge.errors import ArtifactError, NotFittedError, ValidationError
+from feedforge.artifacts import Manifest, require_file
+from feedforge.errors import ArtifactError, NotFittedError
 from feedforge.models.base import Ranker
+from feedforge.models.params import ModelParams
 from feedforge.models.ranker_utils import (
-    check_expected_features,
     check_features,
     check_fit_input,
-    write_ranker,
+    ranker_description,
+    write_ranker_files,
 )
 
-TRAIN_COMMAND = "feedforge train"
-_SCHEMA_VERSION = 1
 _MODEL_FILE = "model.json"
+
+
+class LogisticParams(ModelParams):
+    """Hyper-parameters of :class:`LogisticRanker` (documented there)."""
+
+    C: float = Field(1.0, gt=0, description="Inverse L2 strength of the logistic regression")
+    max_iter: int = Field(500, ge=10)
 
 
 class LogisticRanker(Ranker):
@@ -52,22 +55,16 @@ class LogisticRanker(Ranker):
     """
 
     name: ClassVar[str] = "logistic"
+    Params = LogisticParams
+    params: LogisticParams
 
-    def __init__(self, C: float = 1.0, max_iter: int = 500) -> None:
-        self.C = C
-        self.max_iter = max_iter
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
         self.feature_names_: list[str] | None = None
         self.mean_: np.ndarray | None = None
         self.scale_: np.ndarray | None = None
         self.coef_: np.ndarray | None = None
         self.intercept_: float | None = None
-
-    @classmethod
-    def from_config(cls, config: RankerConfig) -> Self:
-        return cls(C=config.C, max_iter=config.max_iter)
-
-    def get_params(self) -> dict[str, Any]:
-        return {"C": self.C, "max_iter": self.max_iter}
 
     def fit(
         self,
@@ -93,12 +90,11 @@ class LogisticRanker(Ranker):
                 NaN/inf (the message names the columns).
             DataError: there are no rows, or ``y`` has a single class.
         """
-        if not self.C > 0:
-            raise ValidationError(f"LogisticRanker: C must be > 0, got {self.C!r}")
         fit = check_fit_input(X, y, feature_names, group, sample_weight, "LogisticRanker.fit")
         names, X, y, weight = fit.names, fit.X, fit.y, fit.weight
         scaler = StandardScaler().fit(X)
-        model = LogisticRegression(C=self.C, max_iter=self.max_iter, class_weight=None)
+        p = self.params
+        model = LogisticRegression(C=p.C, max_iter=p.max_iter, class_weight=None)
         model.fit(scaler.transform(X), y, sample_weight=weight)
         self.feature_names_ = names
         self.mean_ = np.asarray(scaler.mean_, dtype=np.float64)
@@ -145,10 +141,12 @@ class LogisticRanker(Ranker):
             lines.append(f"  {coef[j]:+.4f} * ({names[j]} - {mean[j]:.4g}) / {scale[j]:.4g}")
         return "\n".join(lines)
 
-    def save(self, directory: Path) -> None:
-        """Write ``model.json`` (every parameter, as JSON numbers) and the manifest."""
+    def _describe(self) -> tuple[dict[str, int], dict[str, Any]]:
+        return ranker_description(self._fitted()[0], {})
+
+    def _write_files(self, directory: Path) -> None:
+        """Write ``model.json``: every parameter, as JSON numbers."""
         names, mean, scale, coef, intercept = self._fitted()
-        directory = Path(directory)
         # json writes floats with repr(), which round-trips float64 exactly.
         payload = {
             "feature_names": names,
@@ -158,41 +156,14 @@ class LogisticRanker(Ranker):
             "intercept": intercept,
             "params": self.get_params(),
         }
-        write_ranker(
-            directory,
-            self.name,
-            _SCHEMA_VERSION,
-            {_MODEL_FILE: payload},
-            names,
-            payload["params"],
-            {},
-        )
+        write_ranker_files(directory, {_MODEL_FILE: payload})
 
     @classmethod
-    def load(
-        cls,
-        directory: Path,
-        build_command: str = TRAIN_COMMAND,
-        expected_features: list[str] | None = None,
-    ) -> Self:
-        """Load a ranker written by :meth:`save`.
-
-        Args:
-            directory: The model directory.
-            expected_features: The feature list the caller will pass, in column order. A saved
-                ranker with another list is refused.
-            build_command: The command quoted in errors.
-
-        Raises:
-            ArtifactError: the directory or a file is missing or corrupt, or the saved features
-                differ from ``expected_features`` (the message lists missing and extra ones).
-        """
-        directory = Path(directory)
-        read_manifest(directory, f"model/{cls.name}", (_SCHEMA_VERSION,), build_command)
+    def _read_files(cls, directory: Path, manifest: Manifest, build_command: str) -> Self:
         path = require_file(directory / _MODEL_FILE, "logistic ranker parameters", build_command)
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
-            model = cls(**raw["params"])
+            params = raw["params"]
             names = [str(n) for n in raw["feature_names"]]
             arrays = [np.asarray(raw[k], dtype=np.float64) for k in ("mean", "scale", "coef")]
             intercept = float(raw["intercept"])
@@ -200,6 +171,7 @@ class LogisticRanker(Ranker):
             raise ArtifactError(
                 path, f"corrupt logistic ranker parameters ({exc})", build_command
             ) from exc
+        model = cls._from_saved_params(params, path, build_command)
         if any(a.shape != (len(names),) or not np.isfinite(a).all() for a in arrays) or not (
             np.isfinite(intercept) and (arrays[1] > 0).all()
         ):
@@ -208,7 +180,6 @@ class LogisticRanker(Ranker):
                 f"corrupt logistic ranker parameters: expected {len(names)} finite values each",
                 build_command,
             )
-        check_expected_features(names, expected_features, path, build_command)
         model.feature_names_ = names
         model.mean_, model.scale_, model.coef_ = arrays
         model.intercept_ = intercept

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from feedforge.artifacts import MANIFEST, Manifest, write_json_atomic, write_manifest
-from feedforge.errors import ArtifactError, DataError, ValidationError
+from feedforge.artifacts import write_json_atomic
+from feedforge.errors import DataError, ValidationError
 
 
 def check_feature_names(feature_names: list[str], where: str) -> list[str]:
@@ -105,14 +105,6 @@ def feature_difference(saved: list[str], expected: list[str]) -> str:
     )
 
 
-def check_expected_features(
-    saved: list[str], expected: list[str] | None, path: Path, build_command: str
-) -> None:
-    """ArtifactError listing the difference when ``expected`` is given and differs."""
-    if expected is not None and list(expected) != list(saved):
-        raise ArtifactError(path, feature_difference(saved, list(expected)), build_command)
-
-
 @dataclass(frozen=True)
 class FitInput:
     """The checked arguments of a ranker's ``fit``."""
@@ -151,23 +143,9 @@ def check_fit_input(
     )
 
 
-def write_ranker(
-    directory: Path,
-    name: str,
-    schema_version: int,
-    files: dict[str, str | dict[str, Any]],
-    names: list[str],
-    params: dict[str, Any],
-    counts: dict[str, int],
-) -> None:
-    """Write a ranker's files (text, or JSON for a dict) and then its manifest.
-
-    Any previous manifest is removed first: it is written last, so until then the directory
-    reads as incomplete rather than as the old model with half of the new files.
-    """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / MANIFEST).unlink(missing_ok=True)
+def write_ranker_files(directory: Path, files: dict[str, str | dict[str, Any]]) -> None:
+    """Write a ranker's files into ``directory``: text as is, a dict as JSON, each through a
+    temporary file and a rename (the manifest is :meth:`~.base.Model.save`'s)."""
     for filename, content in files.items():
         if isinstance(content, dict):
             write_json_atomic(directory / filename, content)
@@ -175,12 +153,10 @@ def write_ranker(
             tmp = directory / f".{filename}.tmp"
             tmp.write_text(content, encoding="utf-8")
             tmp.replace(directory / filename)
-    write_manifest(
-        directory,
-        Manifest(
-            artifact=f"model/{name}",
-            schema_version=schema_version,
-            counts={"n_features": len(names), **counts},
-            extra={"params": params, "feature_names": names},
-        ),
-    )
+
+
+def ranker_description(
+    names: list[str], counts: dict[str, int]
+) -> tuple[dict[str, int], dict[str, Any]]:
+    """A ranker's manifest ``counts`` and ``extra``: its feature count and names first."""
+    return {"n_features": len(names), **counts}, {"feature_names": names}

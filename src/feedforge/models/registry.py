@@ -1,72 +1,167 @@
 """Every model by name: what the CLI, evaluation and serving use to build and load models.
 
-A new model is added here once; the shared contract test iterates :data:`RECOMMENDERS`, so it
-is tested from the moment it is registered.
+The registry holds dotted paths, imported on first use (Feast's online-store registry): a
+process imports only the models its configuration names, so a service whose retrieval model
+and ranker need no torch never imports torch. A new model is added here once; the shared
+contract tests iterate :data:`RECOMMENDERS` and :data:`RANKERS`, so it is tested from the
+moment it is registered.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import importlib
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, Generic, TypeVar, cast
+
+import pydantic
 
 from feedforge.config import ModelsConfig
-from feedforge.errors import ConfigError
-from feedforge.models.als import ALSRecommender
-from feedforge.models.base import Ranker, Recommender
-from feedforge.models.bpr import BPRRecommender
-from feedforge.models.dcn import DCNRanker
-from feedforge.models.ease import EASERecommender
-from feedforge.models.gbdt import LightGBMRanker
-from feedforge.models.logistic import LogisticRanker
-from feedforge.models.popularity import TRAIN_COMMAND, MostPopular
-from feedforge.models.sasrec import SASRecRecommender
-from feedforge.models.tree import DecisionTreeRanker
-from feedforge.models.two_tower import TwoTowerRecommender
+from feedforge.errors import ConfigError, ValidationError
+from feedforge.models.base import TRAIN_COMMAND, Model, Ranker, Recommender
+from feedforge.models.params import ModelParams, describe_errors
 
-RECOMMENDERS: dict[str, type[Recommender]] = {
-    MostPopular.name: MostPopular,
-    ALSRecommender.name: ALSRecommender,
-    EASERecommender.name: EASERecommender,
-    BPRRecommender.name: BPRRecommender,
-    TwoTowerRecommender.name: TwoTowerRecommender,
-    SASRecRecommender.name: SASRecRecommender,
-}
-RANKERS: dict[str, type[Ranker]] = {
-    LogisticRanker.name: LogisticRanker,
-    DecisionTreeRanker.name: DecisionTreeRanker,
-    LightGBMRanker.name: LightGBMRanker,
-    DCNRanker.name: DCNRanker,
-}
-
-_T = TypeVar("_T")
+_M = TypeVar("_M", bound=Model)
 
 
-def _lookup(kind: str, registry: dict[str, _T], name: str) -> _T:
+class LazyRegistry(Mapping[str, type[_M]], Generic[_M]):
+    """Name -> model class, each imported from its ``"module:Class"`` path on first lookup.
+
+    Iterating, ``in`` and ``len`` import nothing.
+
+    Args:
+        kind: What the entries are, for error messages (``"recommender"``).
+        base: The class every entry must derive from (``Recommender`` or ``Ranker``).
+        paths: Name -> ``"package.module:Class"``.
+    """
+
+    # base is abstract: mypy refuses an abstract class as type[_M], so it is a plain type.
+    def __init__(self, kind: str, base: type, paths: Mapping[str, str]) -> None:
+        self.kind, self.base, self.paths = kind, base, dict(paths)
+        self._loaded: dict[str, type[_M]] = {}
+
+    def __getitem__(self, name: str) -> type[_M]:
+        if name not in self._loaded:
+            module, _, attribute = self.paths[name].partition(":")
+            cls: Any = getattr(importlib.import_module(module), attribute)
+            if not (isinstance(cls, type) and issubclass(cls, self.base)):
+                raise TypeError(f"{self.paths[name]} is not a {self.kind}")
+            if getattr(cls, "name", None) != name:
+                raise TypeError(f"{self.paths[name]} is not the {self.kind} {name!r}")
+            self._loaded[name] = cast(type[_M], cls)  # checked just above
+        return self._loaded[name]
+
+    def __contains__(self, name: object) -> bool:
+        # Mapping's own __contains__ looks the entry up, which would import it.
+        return name in self.paths
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def lookup(self, name: str) -> type[_M]:
+        """The class registered as ``name``.
+
+        Raises:
+            ConfigError: ``name`` is not registered (the message lists the known names).
+        """
+        if name not in self.paths:
+            known = ", ".join(sorted(self.paths))
+            raise ConfigError(f"unknown {self.kind} {name!r}; known: {known}")
+        return self[name]
+
+
+RECOMMENDERS: LazyRegistry[Recommender] = LazyRegistry(
+    "recommender",
+    Recommender,
+    {
+        "popularity": "feedforge.models.popularity:MostPopular",
+        "als": "feedforge.models.als:ALSRecommender",
+        "ease": "feedforge.models.ease:EASERecommender",
+        "bpr": "feedforge.models.bpr:BPRRecommender",
+        "two_tower": "feedforge.models.two_tower:TwoTowerRecommender",
+        "sasrec": "feedforge.models.sasrec:SASRecRecommender",
+    },
+)
+RANKERS: LazyRegistry[Ranker] = LazyRegistry(
+    "ranker",
+    Ranker,
+    {
+        "logistic": "feedforge.models.logistic:LogisticRanker",
+        "tree": "feedforge.models.tree:DecisionTreeRanker",
+        "lightgbm": "feedforge.models.gbdt:LightGBMRanker",
+        "dcn": "feedforge.models.dcn:DCNRanker",
+    },
+)
+
+
+def model_class(name: str) -> type[Model]:
+    """The registered recommender or ranker ``name`` (model names are unique across both).
+
+    Raises:
+        ConfigError: no model is registered as ``name``.
+    """
+    if name in RANKERS:
+        return RANKERS[name]
+    if name in RECOMMENDERS:
+        return RECOMMENDERS[name]
+    known = ", ".join(sorted([*RECOMMENDERS, *RANKERS]))
+    raise ConfigError(f"unknown model {name!r}; known: {known}")
+
+
+def params_class(name: str) -> type[ModelParams]:
+    """The hyper-parameter declaration of the model ``name`` (imports only that model).
+
+    Raises:
+        ConfigError: no model is registered as ``name``.
+    """
+    return model_class(name).Params
+
+
+def check_config_params(path: str, name: str, values: Mapping[str, Any]) -> None:
+    """Check one config section of hyper-parameters against model ``name``'s ``Params``
+    (:func:`feedforge.config.check_model_params` calls it for every section it names).
+
+    Args:
+        path: Where the section sits in the config, e.g. ``models.params.als``.
+        name: The model the section configures.
+        values: The section's ``{parameter: value}``.
+
+    Raises:
+        ConfigError: ``name`` is not a model, or a parameter is unknown or invalid; the
+            message names the model and each key as ``<path>.<key>``.
+    """
     try:
-        return registry[name]
-    except KeyError:
-        known = ", ".join(sorted(registry))
-        raise ConfigError(f"unknown {kind} {name!r}; known: {known}") from None
+        declaration = params_class(name)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc.message}") from exc
+    try:
+        declaration.model_validate(dict(values))
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(describe_errors(exc, prefix=f"{path}."))
+        raise ConfigError(f"the {name} model's hyper-parameters: {problems}") from exc
+
+
+def _configured(cls: type[_M], config: ModelsConfig, extra: Mapping[str, Any]) -> _M:
+    """``cls`` with its hyper-parameters from ``config`` (plus ``extra``); ConfigError naming
+    the config keys when one is unknown or invalid."""
+    params = {**config.params_for(cls.name), **extra}
+    try:
+        return cls(**params)
+    except ValidationError as exc:
+        where = " / ".join(config.params_sources(cls.name))
+        raise ConfigError(f"{where}: {exc.message}") from exc
 
 
 def create_recommender(name: str, config: ModelsConfig | None = None) -> Recommender:
     """An unfitted recommender with its hyper-parameters from ``config`` (defaults if None).
 
     Raises:
-        ConfigError: ``name`` is not registered.
+        ConfigError: ``name`` is not registered, or a parameter is unknown or invalid.
     """
-    config = config or ModelsConfig()
-    cls = _lookup("recommender", RECOMMENDERS, name)
-    if cls is MostPopular:
-        return MostPopular.from_config(config.popularity)
-    if cls is ALSRecommender:
-        return ALSRecommender.from_config(config.als)
-    params = config.params.get(name, {})
-    try:
-        return cls(**params)
-    except TypeError as exc:
-        raise ConfigError(f"models.params.{name}: {exc}") from exc
+    return _configured(RECOMMENDERS.lookup(name), config or ModelsConfig(), {})
 
 
 def create_ranker(
@@ -79,19 +174,11 @@ def create_ranker(
     objective from their labels instead.
 
     Raises:
-        ConfigError: ``name`` is not registered, or a parameter is unknown.
+        ConfigError: ``name`` is not registered, or a parameter is unknown or invalid.
     """
-    config = config or ModelsConfig()
-    cls = _lookup("ranker", RANKERS, name)
-    if cls is LogisticRanker:
-        return LogisticRanker.from_config(config.ranker)
-    params: dict[str, object] = dict(config.params.get(name, {}))
-    if cls.multi_task and value is not None:
-        params["value"] = dict(value)
-    try:
-        return cls(**params)
-    except TypeError as exc:
-        raise ConfigError(f"models.params.{name}: {exc}") from exc
+    cls = RANKERS.lookup(name)
+    extra = {"value": dict(value)} if cls.multi_task and value is not None else {}
+    return _configured(cls, config or ModelsConfig(), extra)
 
 
 def load_recommender(name: str, directory: Path, build_command: str = TRAIN_COMMAND) -> Recommender:
@@ -101,9 +188,7 @@ def load_recommender(name: str, directory: Path, build_command: str = TRAIN_COMM
         ConfigError: ``name`` is not registered.
         ArtifactError: the directory is missing, corrupt or holds another model.
     """
-    cls = _lookup("recommender", RECOMMENDERS, name)
-    # Every registered model's load() takes build_command (the contract test checks it).
-    return cls.load(Path(directory), build_command=build_command)
+    return RECOMMENDERS.lookup(name).load(Path(directory), build_command=build_command)
 
 
 def load_ranker(
@@ -119,7 +204,6 @@ def load_ranker(
         ArtifactError: the directory is missing or corrupt, or its features differ from
             ``expected_features``.
     """
-    cls = _lookup("ranker", RANKERS, name)
-    return cls.load(
+    return RANKERS.lookup(name).load(
         Path(directory), expected_features=expected_features, build_command=build_command
     )

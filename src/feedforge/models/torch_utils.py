@@ -1,35 +1,38 @@
-"""Helpers shared by the torch models: device choice, seeding, batching and persistence.
+"""What the torch models share: device choice, seeding, batching and one persistence path.
 
-Torch models save into a directory of three files, none of them pickled:
+:class:`TorchModel` saves a torch model into a directory of three files, none of them pickled:
 
 * ``weights.safetensors``: the network's ``state_dict`` (keys prefixed ``net.``) and the
-  precomputed embeddings serving publishes (``user_embeddings``, ``item_embeddings``);
+  declared arrays serving publishes (e.g. ``user_embeddings``, ``item_embeddings``);
 * ``params.json``: the hyper-parameters (``{"params": get_params()}``);
-* ``manifest.json``: artifact ``model/<name>``, schema version and sizes, written last.
+* ``manifest.json``: artifact ``model/<name>``, the inputs, the sizes that rebuild the network
+  and any fitted state beside the weights, written last.
 
-``torch.load`` is never used: it unpickles. ``safetensors.torch.load_file`` only reads tensors.
+At load the network is rebuilt from the manifest's sizes and every tensor's shape is checked
+against it. ``torch.load`` is never used: it unpickles; ``safetensors.torch.load_file`` only
+reads tensors.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-from collections.abc import Iterator
+from abc import abstractmethod
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Self
 
 import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from feedforge.artifacts import MANIFEST, Manifest, read_manifest, require_file, write_manifest
-from feedforge.errors import ArtifactError, ValidationError
+from feedforge.artifacts import MANIFEST, Manifest, require_file
+from feedforge.errors import ArtifactError, NotFittedError, ValidationError
+from feedforge.models.arrays import ArraySpec
+from feedforge.models.base import Model
 
 Device = Literal["auto", "cpu", "cuda"]
-SCHEMA_VERSION = 1
 WEIGHTS = "weights.safetensors"
-PARAMS = "params.json"
 NET_PREFIX = "net."
 
 
@@ -102,99 +105,106 @@ def pad_sequences(sequences: list[np.ndarray], length: int, shift: int = 1) -> n
     return out
 
 
-def check_positive_int(problems: list[str], name: str, value: Any, minimum: int = 1) -> None:
-    """Append a message to ``problems`` unless ``value`` is an int ``>= minimum``."""
-    is_int = isinstance(value, int | np.integer) and not isinstance(value, bool)
-    if not is_int or value < minimum:
-        problems.append(f"{name} must be an int >= {minimum}, got {value!r}")
+class TorchModel(Model):
+    """Save and load a model made of a torch network plus declared float32 arrays.
 
-
-def save_torch_model(
-    directory: Path,
-    name: str,
-    params: dict[str, Any],
-    net: torch.nn.Module,
-    embeddings: dict[str, np.ndarray],
-    counts: dict[str, int],
-    extra: dict[str, Any] | None = None,
-) -> None:
-    """Write ``weights.safetensors``, ``params.json`` and the manifest (last).
-
-    Args:
-        directory: The model directory (created if needed).
-        name: The model name; the artifact is ``model/<name>``.
-        params: The hyper-parameters (JSON-serialisable).
-        net: The network whose ``state_dict`` is saved (moved to CPU).
-        embeddings: Extra float arrays saved beside the weights, e.g. ``user_embeddings``.
-        counts: Sizes recorded in the manifest and checked at load.
-        extra: Fitted state beside the weights (JSON), kept in the manifest's ``extra``.
+    A subclass sets :attr:`ARRAYS` (kept in attributes ``<name>_``, shapes from manifest
+    counts) and implements :meth:`_net` and :meth:`_empty_net`; it may add sizes
+    (:meth:`_net_counts`) and JSON state (:meth:`_net_state`, restored by :meth:`_restore`).
     """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    # The manifest goes first and comes back last: a half-written directory reads as
-    # incomplete, never as the old model with some of the new files.
-    (directory / MANIFEST).unlink(missing_ok=True)
-    tensors = {
-        NET_PREFIX + key: value.detach().to("cpu").contiguous()
-        for key, value in net.state_dict().items()
-    }
-    for key, array in embeddings.items():
-        tensors[key] = torch.from_numpy(np.ascontiguousarray(array))
-    save_file(tensors, str(directory / WEIGHTS), metadata={"artifact": f"model/{name}"})
-    (directory / PARAMS).write_text(json.dumps({"params": params}, indent=2), encoding="utf-8")
-    write_manifest(
-        directory,
-        Manifest(
-            artifact=f"model/{name}",
-            schema_version=SCHEMA_VERSION,
-            counts=counts,
-            extra={"params": params, **(extra or {})},
-        ),
-    )
+
+    ARRAYS: ClassVar[tuple[ArraySpec, ...]] = ()
+
+    @abstractmethod
+    def _net(self) -> torch.nn.Module:
+        """The fitted network; NotFittedError before fit or load."""
+
+    @abstractmethod
+    def _empty_net(self, counts: Mapping[str, int]) -> torch.nn.Module:
+        """A network of the saved shape, from the manifest's counts, to load weights into.
+
+        Raises:
+            KeyError, TypeError, ValueError: the counts lack a size or hold a bad one.
+        """
+
+    def _net_counts(self) -> dict[str, int]:
+        """Sizes of the fitted network that :meth:`_empty_net` needs besides the arrays'."""
+        return {}
+
+    def _net_state(self) -> dict[str, Any]:
+        """JSON fitted state beside the weights, kept in the manifest's ``extra``."""
+        return {}
+
+    @abstractmethod
+    def _restore(self, net: torch.nn.Module, extra: Mapping[str, Any]) -> None:
+        """Adopt the loaded network (built by :meth:`_empty_net`) and the manifest's
+        ``extra`` state.
+
+        Raises:
+            KeyError, TypeError, ValueError, AttributeError: malformed ``extra`` state.
+        """
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        arrays = {spec.name: getattr(self, f"{spec.name}_", None) for spec in self.ARRAYS}
+        if any(array is None for array in arrays.values()):
+            raise NotFittedError(f"{type(self).__name__} is not fitted; call fit() or load()")
+        return arrays  # type: ignore[return-value]
+
+    def _describe(self) -> tuple[dict[str, int], dict[str, Any]]:
+        self._net()  # NotFittedError before anything is written
+        arrays = self._arrays()
+        counts: dict[str, int] = {}
+        for spec in self.ARRAYS:
+            counts.update(zip(spec.axes, (int(n) for n in arrays[spec.name].shape), strict=True))
+        counts.update(self._net_counts())
+        return counts, self._net_state()
+
+    def _write_files(self, directory: Path) -> None:
+        tensors = {
+            NET_PREFIX + key: value.detach().to("cpu").contiguous()
+            for key, value in self._net().state_dict().items()
+        }
+        for key, array in self._arrays().items():
+            tensors[key] = torch.from_numpy(np.ascontiguousarray(array))
+        save_file(tensors, str(directory / WEIGHTS), metadata={"artifact": self.artifact()})
+        self._write_params_file(directory)
+
+    @classmethod
+    def _read_files(cls, directory: Path, manifest: Manifest, build_command: str) -> Self:
+        model, _ = cls._read_params_file(directory, build_command)
+        weights_path = require_file(directory / WEIGHTS, f"{cls.name} weights", build_command)
+        try:
+            tensors = load_file(str(weights_path), device="cpu")
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise ArtifactError(
+                weights_path, f"corrupt {cls.name} weights ({exc})", build_command
+            ) from exc
+        try:
+            net = model._empty_net(manifest.counts)
+            shapes = {
+                spec.name: tuple(int(manifest.counts[axis]) for axis in spec.axes)
+                for spec in cls.ARRAYS
+            }
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(
+                directory / MANIFEST, f"corrupt manifest counts ({exc})", build_command
+            ) from exc
+        _restore_net(net, tensors, weights_path, build_command)
+        for spec in cls.ARRAYS:
+            array = _array_tensor(
+                tensors, spec.name, shapes[spec.name], weights_path, build_command
+            )
+            setattr(model, f"{spec.name}_", array)
+        try:
+            model._restore(net, manifest.extra)
+        except (KeyError, TypeError, ValueError, AttributeError, ValidationError) as exc:
+            raise ArtifactError(
+                directory / MANIFEST, f"corrupt {cls.name} description ({exc})", build_command
+            ) from exc
+        return model
 
 
-def read_torch_model(
-    directory: Path, name: str, build_command: str
-) -> tuple[Manifest, dict[str, Any], dict[str, torch.Tensor]]:
-    """Read what :func:`save_torch_model` wrote.
-
-    Returns:
-        The manifest, the hyper-parameters and every tensor of ``weights.safetensors``.
-
-    Raises:
-        ArtifactError: the directory or a file is missing or corrupt.
-    """
-    directory = Path(directory)
-    manifest = read_manifest(directory, f"model/{name}", (SCHEMA_VERSION,), build_command)
-    params_path = require_file(directory / PARAMS, f"{name} parameters", build_command)
-    try:
-        params = json.loads(params_path.read_text(encoding="utf-8"))["params"]
-        if not isinstance(params, dict):
-            raise TypeError("params is not an object")
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ArtifactError(
-            params_path, f"corrupt {name} parameters ({exc})", build_command
-        ) from exc
-    weights_path = require_file(directory / WEIGHTS, f"{name} weights", build_command)
-    try:
-        tensors = load_file(str(weights_path), device="cpu")
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise ArtifactError(weights_path, f"corrupt {name} weights ({exc})", build_command) from exc
-    return manifest, params, tensors
-
-
-def manifest_sizes(manifest: Manifest, directory: Path, build_command: str) -> tuple[int, int]:
-    """``(n_users, n_items)`` from a torch model's manifest counts; refuse missing ones."""
-    try:
-        n_users, n_items = int(manifest.counts["n_users"]), int(manifest.counts["n_items"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ArtifactError(
-            directory / MANIFEST, f"corrupt manifest counts ({exc})", build_command
-        ) from exc
-    return n_users, n_items
-
-
-def restore_net(
+def _restore_net(
     net: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path, build_command: str
 ) -> None:
     """Load the ``net.``-prefixed tensors into ``net``; refuse missing or misshapen ones."""
@@ -209,14 +219,15 @@ def restore_net(
     net.load_state_dict(state)
 
 
-def embedding_tensor(
+def _array_tensor(
     tensors: dict[str, torch.Tensor],
     key: str,
-    shape: tuple[int, int],
+    shape: tuple[int, ...],
     path: Path,
     build_command: str,
 ) -> np.ndarray:
-    """A saved ``(rows, D)`` float32 embedding matrix as numpy; refuse a bad one."""
+    """A saved float32 array of ``shape`` as numpy; refuse a missing, misshapen or non-finite
+    one."""
     tensor = tensors.get(key)
     if tensor is None or tuple(tensor.shape) != shape or tensor.dtype != torch.float32:
         got = None if tensor is None else (tuple(tensor.shape), str(tensor.dtype))

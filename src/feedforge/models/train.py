@@ -12,25 +12,17 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
-from dataclasses import replace
 
-from feedforge.artifacts import Manifest, read_manifest, write_manifest
+from feedforge.artifacts import Manifest
 from feedforge.config import Settings
-from feedforge.datasets.load import Dataset, load_dataset
+from feedforge.datasets.load import load_dataset
 from feedforge.features.objectives import settings_value
-from feedforge.models.base import EmbeddingRecommender, Model
+from feedforge.models.base import EmbeddingRecommender
 from feedforge.models.ranking_data import ranker_training_data
 from feedforge.models.registry import RANKERS, create_ranker, create_recommender
 from feedforge.workdir import Workdir
 
 Progress = Callable[[str], None]
-
-
-def _save(model: Model, workdir: Workdir, name: str, dataset: Dataset) -> Manifest:
-    directory = workdir.model_dir(name)
-    model.save(directory)
-    manifest = read_manifest(directory, f"model/{name}", (1,), workdir.command("train"))
-    return write_manifest(directory, replace(manifest, inputs={"dataset": dataset.version}))
 
 
 def train_models(
@@ -53,16 +45,17 @@ def train_models(
     cfg = settings.models
     dataset = load_dataset(workdir)
     train = dataset.train_interactions()
+    inputs = {"dataset": dataset.version}  # every model's lineage: the dataset it learned from
     saved: dict[str, Manifest] = {}
 
     say("fitting popularity")
     popularity = create_recommender("popularity", cfg).fit(train)
-    saved["popularity"] = _save(popularity, workdir, "popularity", dataset)
+    saved["popularity"] = popularity.save(workdir.model_dir("popularity"), inputs=inputs)
 
     name = cfg.retrieval
     say(f"fitting the retrieval model {name}")
     retrieval = create_recommender(name, cfg).fit(train)
-    saved[name] = _save(retrieval, workdir, name, dataset)
+    saved[name] = retrieval.save(workdir.model_dir(name), inputs=inputs)
     if not isinstance(retrieval, EmbeddingRecommender):
         say(f"{name} has no embeddings: no ranker (it ranks retrieval-score features)")
         return saved
@@ -79,5 +72,5 @@ def train_models(
         return saved
     say(f"fitting the {ranker_name} ranker on {len(data.y)} validation impressions")
     ranker = data.fit(create_ranker(ranker_name, cfg, value=value))
-    saved[ranker_name] = _save(ranker, workdir, ranker_name, dataset)
+    saved[ranker_name] = ranker.save(workdir.model_dir(ranker_name), inputs=inputs)
     return saved

@@ -15,25 +15,30 @@ from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import numpy as np
+from pydantic import Field
 from sklearn.tree import DecisionTreeClassifier
 
-from feedforge.artifacts import (
-    read_manifest,
-    require_file,
-)
-from feedforge.errors import ArtifactError, NotFittedError, ValidationError
+from feedforge.artifacts import Manifest, require_file
+from feedforge.errors import ArtifactError, NotFittedError
 from feedforge.models.base import Ranker
+from feedforge.models.params import ModelParams
 from feedforge.models.ranker_utils import (
-    check_expected_features,
     check_features,
     check_fit_input,
-    write_ranker,
+    ranker_description,
+    write_ranker_files,
 )
 
-TRAIN_COMMAND = "feedforge train"
-_SCHEMA_VERSION = 1
 _MODEL_FILE = "tree.json"
 _LEAF = -1
+
+
+class TreeParams(ModelParams):
+    """Hyper-parameters of :class:`DecisionTreeRanker` (documented there)."""
+
+    max_depth: int = Field(5, ge=1)
+    min_samples_leaf: int = Field(200, ge=1)
+    random_state: int = 0
 
 
 class DecisionTreeRanker(Ranker):
@@ -60,13 +65,11 @@ class DecisionTreeRanker(Ranker):
     """
 
     name: ClassVar[str] = "tree"
+    Params = TreeParams
+    params: TreeParams
 
-    def __init__(
-        self, max_depth: int = 5, min_samples_leaf: int = 200, random_state: int = 0
-    ) -> None:
-        self.max_depth = max_depth
-        self.min_samples_leaf = min_samples_leaf
-        self.random_state = random_state
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
         self.feature_names_: list[str] | None = None
         self.left_: np.ndarray | None = None
         self.right_: np.ndarray | None = None
@@ -74,22 +77,6 @@ class DecisionTreeRanker(Ranker):
         self.threshold_: np.ndarray | None = None
         self.rate_: np.ndarray | None = None
         self.samples_: np.ndarray | None = None
-
-    def get_params(self) -> dict[str, Any]:
-        return {
-            "max_depth": self.max_depth,
-            "min_samples_leaf": self.min_samples_leaf,
-            "random_state": self.random_state,
-        }
-
-    def _check_params(self) -> None:
-        problems = []
-        for key in ("max_depth", "min_samples_leaf"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-                problems.append(f"{key} must be an int >= 1, got {value!r}")
-        if problems:
-            raise ValidationError("DecisionTreeRanker: " + "; ".join(problems))
 
     def fit(
         self,
@@ -111,17 +98,15 @@ class DecisionTreeRanker(Ranker):
             targets: Ignored (a single-task ranker; see :class:`~.base.Ranker`).
 
         Raises:
-            ValidationError: bad hyper-parameters, shapes, names, labels or NaN/inf features.
+            ValidationError: bad shapes, names, labels or NaN/inf features.
             DataError: no rows, or a single class.
         """
-        self._check_params()
         where = "DecisionTreeRanker.fit"
         fit = check_fit_input(X, y, feature_names, group, sample_weight, where)
         names, X, y, weight = fit.names, fit.X, fit.y, fit.weight
+        p = self.params
         model = DecisionTreeClassifier(
-            max_depth=int(self.max_depth),
-            min_samples_leaf=int(self.min_samples_leaf),
-            random_state=self.random_state,
+            max_depth=p.max_depth, min_samples_leaf=p.min_samples_leaf, random_state=p.random_state
         ).fit(X, y, sample_weight=weight)
         tree = model.tree_
         # value holds per-class weights or (scikit-learn >= 1.4) fractions: normalise either.
@@ -193,11 +178,14 @@ class DecisionTreeRanker(Ranker):
         walk(0, 1)
         return "\n".join(lines)
 
-    def save(self, directory: Path) -> None:
-        """Write ``tree.json`` (every node, as JSON numbers) and the manifest."""
+    def _describe(self) -> tuple[dict[str, int], dict[str, Any]]:
+        names, left, _, _, _ = self._fitted()
+        return ranker_description(names, {"n_nodes": len(left)})
+
+    def _write_files(self, directory: Path) -> None:
+        """Write ``tree.json``: every node, as JSON numbers."""
         names, left, right, feature, threshold = self._fitted()
         assert self.rate_ is not None and self.samples_ is not None
-        directory = Path(directory)
         payload = {
             "feature_names": names,
             "left": left.tolist(),
@@ -208,30 +196,16 @@ class DecisionTreeRanker(Ranker):
             "samples": self.samples_.tolist(),
             "params": self.get_params(),
         }
-        counts = {"n_nodes": len(left)}
-        files: dict[str, str | dict[str, Any]] = {_MODEL_FILE: payload}
-        write_ranker(directory, self.name, _SCHEMA_VERSION, files, names, payload["params"], counts)
+        write_ranker_files(directory, {_MODEL_FILE: payload})
 
     @classmethod
-    def load(
-        cls,
-        directory: Path,
-        build_command: str = TRAIN_COMMAND,
-        expected_features: list[str] | None = None,
-    ) -> Self:
-        """Load a tree written by :meth:`save`.
-
-        Raises:
-            ArtifactError: the directory or file is missing or corrupt (including a node that
-                points outside the tree or a split on a feature that does not exist), or the
-                saved features differ from ``expected_features``.
-        """
-        directory = Path(directory)
-        read_manifest(directory, f"model/{cls.name}", (_SCHEMA_VERSION,), build_command)
+    def _read_files(cls, directory: Path, manifest: Manifest, build_command: str) -> Self:
+        """Read ``tree.json``; refuse a node that points outside the tree or a split on a
+        feature that does not exist."""
         path = require_file(directory / _MODEL_FILE, "decision tree", build_command)
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
-            model = cls(**raw["params"])
+            params = raw["params"]
             names = [str(n) for n in raw["feature_names"]]
             ints = [np.asarray(raw[k], dtype=np.int64) for k in ("left", "right", "feature")]
             threshold = np.asarray(raw["threshold"], dtype=np.float64)
@@ -239,6 +213,7 @@ class DecisionTreeRanker(Ranker):
             samples = np.asarray(raw["samples"], dtype=np.int64)
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
             raise ArtifactError(path, f"corrupt decision tree ({exc})", build_command) from exc
+        model = cls._from_saved_params(params, path, build_command)
         left, right, feature = ints
         n = len(left)
         arrays_ok = n > 0 and all(
@@ -256,7 +231,6 @@ class DecisionTreeRanker(Ranker):
             raise ArtifactError(
                 path, "corrupt decision tree: inconsistent node arrays", build_command
             )
-        check_expected_features(names, expected_features, path, build_command)
         model.feature_names_ = names
         model.left_, model.right_, model.feature_ = left, right, feature
         model.threshold_, model.rate_, model.samples_ = threshold, rate, samples

@@ -1,7 +1,7 @@
 """Batch scoring, the offline alternative to online serving: top-N for every user, in chunks.
 
 ``feedforge batch-score`` runs the same two stages as the evaluation's two-stage pipeline
-(:func:`~feedforge.evaluation.evaluate.two_stage_recommend`): the retrieval model's top
+(:func:`~feedforge.models.two_stage.two_stage_recommend`): the retrieval model's top
 ``serving.candidates`` per user, minus every item the user consumed in the event log,
 re-scored by the trained ranker on features snapshotted at the log's end, as publish does.
 Chunks of users go:
@@ -9,7 +9,7 @@ Chunks of users go:
 * to Parquet (``user_id``, ``rank``, ``item_id``, ``score``, ``version``, ``computed_at``),
   written chunk by chunk so memory stays bounded by one chunk;
 * optionally to the online store, as the precomputed feed of each user under the current
-  published version (key kind :data:`feedforge.publish.publisher.FEED`). A service with
+  published version (key kind :data:`feedforge.store.keys.FEED`). A service with
   ``serving.precomputed: true`` answers from it while it is younger than
   ``serving.precomputed_max_age_s`` (dropping items consumed since, and re-ranking the rest
   with the online re-ranking stage: rules, caps, freshness, exploration), and runs the online

@@ -1,10 +1,13 @@
 """The online pipeline: retrieve -> rank -> re-rank, against the online store.
 
+Over ~400 lines on purpose: a request's path, read to re-rank, reads top to bottom in one class.
+
 The service holds no state of its own beyond a cache of the *current published version*
 (item ids, the item embedding matrix loaded from the store, the ranker from the version's
 bundle). Every request reads the store's ``current`` pointer in the same round trip as its
 user's embedding, record and live history (:meth:`~feedforge.store.base.OnlineStore.read_user`)
-and starts loading a newly published version in the background, so a running service follows
+and hands the pointer to its :class:`~feedforge.serving.following.VersionFollower`, which
+starts loading a newly published version in the background, so a running service follows
 publishes without a restart. A version that fails to load is retried after
 ``serving.load_retry_s``, doubling, while the previous one keeps serving.
 
@@ -36,9 +39,7 @@ ranker re-scores) goes through the version's ANN index (:mod:`feedforge.index.an
 
 from __future__ import annotations
 
-import gc
 import logging
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -46,11 +47,7 @@ from typing import Any
 import numpy as np
 
 from feedforge.config import Settings
-from feedforge.errors import (
-    FeedforgeError,
-    NotPublishedError,
-    StoreUnavailableError,
-)
+from feedforge.errors import StoreUnavailableError
 from feedforge.events.log import AppendResult, EventLog
 from feedforge.events.schema import CONSUMED_EVENTS, Event, EventType
 from feedforge.features.definitions import derive_features
@@ -60,13 +57,14 @@ from feedforge.monitoring.metrics import ServiceMetrics
 from feedforge.serving.explain import DEGRADED, POPULAR, Explanation, explain_by_history
 from feedforge.serving.fallback import DiskFallback, PendingHistories, StoreGuard
 from feedforge.serving.feedlog import FeedLog
+from feedforge.serving.following import VersionFollower
 from feedforge.serving.rerank import (
     Candidates,
     Reranked,
     pinned_item_ids,
     rerank,
 )
-from feedforge.serving.version import LoadedVersion, load_version
+from feedforge.serving.version import LoadedVersion
 from feedforge.store.base import OnlineStore, UserRead
 from feedforge.store.keys import FEED, USER_EMB, USER_FEAT
 from feedforge.workdir import Workdir
@@ -100,122 +98,15 @@ class FeedService:
         self.workdir = workdir
         self.store = store
         self.log = EventLog(workdir.events_dir)
-        self._loaded: LoadedVersion | None = None
-        self._lock = threading.Lock()  # guards _loading
-        self._load_lock = threading.Lock()  # one version load at a time
-        self._loading: str | None = None  # the version a background thread is loading
-        # version -> (failed loads, monotonic time before which it is not tried again)
-        self._failed_loads: dict[str, tuple[int, float]] = {}
-        self._monotonic = time.monotonic  # the backoff's clock
         self.metrics = ServiceMetrics()
         """The Prometheus metrics (``GET /metrics``), e.g. candidates scored with default
         features because the snapshot had no record for them."""
+        self.versions = VersionFollower(store, settings.serving, workdir, self.metrics)
+        """The published version this worker serves (:mod:`feedforge.serving.following`)."""
         self.guard = StoreGuard(settings.serving.store_retry_s)
         self.feed_log = FeedLog(workdir.feedlog_dir) if settings.serving.feed_log else None
         self.pending = PendingHistories()
         self._disk_fallback = DiskFallback(workdir.bundles_dir)
-
-    # -- version cache ------------------------------------------------------------------------
-    def current(self) -> LoadedVersion:
-        """The loaded current version, following the store's pointer.
-
-        The first version loads on the calling request. A later one (a publish or a rollback
-        moved the pointer) loads in a background thread while requests keep being answered
-        from the version already in memory, whose keys the store keeps for
-        ``store.retire_grace_s``; the swap happens when the new one is ready. So a publish
-        never stalls requests for the seconds a large catalog takes to load.
-
-        Raises:
-            NotPublishedError: nothing was published yet.
-            feedforge.errors.StoreUnavailableError: the store cannot be reached.
-        """
-        return self._follow(self.store.current_version())
-
-    def preload(self) -> str | None:
-        """Load the current version now, before the first request (a worker's start-up).
-
-        A 1M-item version takes seconds to load; on the first request it would stall every
-        request queued behind it on that worker. Best effort: while nothing is published, the
-        store cannot be reached or the version does not load, the first request tries again
-        (and answers degraded or with the error, as without a preload).
-
-        Returns:
-            The loaded version, or None when there was nothing to load.
-        """
-        try:
-            return self.current().version
-        except FeedforgeError as exc:
-            logger.warning("no version loaded at start-up (%s); the first request loads it", exc)
-            return None
-
-    def _follow(self, version: str | None) -> LoadedVersion:
-        """:meth:`current` for the pointer value ``version`` the caller has just read."""
-        if version is None:
-            raise NotPublishedError(
-                f"nothing is published yet; run `{self.workdir.command('publish')}`"
-            )
-        loaded = self._loaded
-        if loaded is not None and loaded.version == version:
-            return loaded
-        if loaded is None:
-            return self._load(version)
-        with self._lock:
-            retry_at = self._failed_loads.get(version, (0, 0.0))[1]
-            if self._loading != version and self._monotonic() >= retry_at:
-                self._loading = version
-                threading.Thread(
-                    target=self._load_in_background, args=(version,), daemon=True
-                ).start()
-        return loaded
-
-    def _load(self, version: str) -> LoadedVersion:
-        with self._load_lock:
-            loaded = self._loaded
-            if loaded is not None and loaded.version == version:
-                return loaded
-            meta = self.store.get_meta(version)
-            if meta is None:
-                raise NotPublishedError(f"version {version} has no metadata in the store")
-            state = load_version(
-                self.store, version, meta, self.settings.serving, self.workdir.bundles_dir
-            )
-            self._loaded = state
-            # A full pass of the cyclic collector over a loaded service takes ~150 ms (a tail
-            # latency spike) and finds nothing of the version to free: freeze what is live.
-            # Unfreeze and collect first, so cycles the previous version left are freed, not
-            # kept forever: one such pass per load, i.e. a pause of that worker's requests of
-            # about that long once per publish (it holds the GIL, even in the background).
-            gc.unfreeze()
-            gc.collect()
-            gc.freeze()
-            self.metrics.serving(version)
-            logger.info("serving version %s", version)
-            return state
-
-    def _load_in_background(self, version: str) -> None:
-        try:
-            self._load(version)
-        except Exception:
-            # The old version keeps serving; the failed one is tried again after a backoff
-            # (serving.load_retry_s, doubling), not on the very next request.
-            with self._lock:
-                failures = self._failed_loads.get(version, (0, 0.0))[0] + 1
-                delay = min(self.settings.serving.load_retry_s * 2 ** (failures - 1), 600.0)
-                self._failed_loads[version] = (failures, self._monotonic() + delay)
-            logger.exception(
-                "could not load version %s (failure %d); still serving the previous one, "
-                "next try in %.0f s",
-                version,
-                failures,
-                delay,
-            )
-        else:
-            with self._lock:
-                self._failed_loads.pop(version, None)
-        finally:
-            with self._lock:
-                if self._loading == version:
-                    self._loading = None
 
     # -- feeds ------------------------------------------------------------------------------
     def recommend(self, user_id: str, k: int, device: str | None = None) -> Feed:
@@ -226,7 +117,7 @@ class FeedService:
         ``degraded`` (:mod:`feedforge.serving.fallback`).
 
         Raises:
-            NotPublishedError: the store answers but nothing was published yet.
+            feedforge.errors.NotPublishedError: the store answers but nothing was published yet.
             StoreUnavailableError: the store is unavailable and there is nothing to fall
                 back to (no version loaded, no bundle on disk).
         """
@@ -271,7 +162,7 @@ class FeedService:
     def _degraded(self, user_id: str, k: int) -> Feed:
         """The popular items of the last loaded version (else the newest bundle on disk)."""
         self.metrics.degraded.inc()
-        loaded = self._loaded
+        loaded = self.versions.loaded
         if loaded is not None:
             version, popular = loaded.version, loaded.popular
         else:
@@ -371,7 +262,7 @@ class FeedService:
         """
         cfg = self.settings.serving
         extra = FEED if cfg.precomputed else None
-        loaded = self._loaded or self.current()
+        loaded = self.versions.loaded or self.versions.current()
         for _ in range(_MAX_READS):
             user = self.store.read_user(
                 loaded.version,
@@ -381,7 +272,7 @@ class FeedService:
                 record_kind=USER_FEAT,
                 extra_kind=extra,
             )
-            state = self._follow(user.current)
+            state = self.versions.follow(user.current)
             if state.version == loaded.version:
                 break
             loaded = state
@@ -545,7 +436,7 @@ class FeedService:
         checks["store"] = "ok" if ok else "unreachable"
         if ok:
             try:
-                checks["version"] = self.current().version
+                checks["version"] = self.versions.current().version
             except Exception as exc:
                 checks["version"] = f"unavailable: {exc}"
                 ok = False

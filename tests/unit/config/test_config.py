@@ -10,6 +10,7 @@ import pytest
 
 from feedforge.config import Settings, load_settings
 from feedforge.errors import ConfigError
+from feedforge.models.registry import create_ranker, create_recommender
 
 
 @pytest.fixture(autouse=True)
@@ -52,10 +53,11 @@ def test_file_values_apply(tmp_path: Path) -> None:
     assert settings.dataset.test_days == 2.0
     assert settings.dataset.attribution_seconds == 600
     assert settings.store.namespace == "staging"
-    assert settings.models.als.factors == 8
+    assert settings.models.params_for("als") == {"factors": 8}
     # Keys the file does not name keep their defaults.
     assert settings.dataset.validation_days == 4.0
-    assert settings.models.als.iterations == 15
+    als = create_recommender("als", settings.models)
+    assert als.get_params()["factors"] == 8 and als.get_params()["iterations"] == 15
 
 
 def test_env_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -174,3 +176,66 @@ def test_simulator_start_is_utc(tmp_path: Path, text: str, expected: datetime) -
     assert start == expected
     assert start.utcoffset() is not None
     assert start.utcoffset().total_seconds() == 0
+
+
+# -- models.params: each model's own declaration -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("models:\n  params:\n    tree: {depth: 3}\n", ["tree", "models.params.tree.depth"]),
+        ("models:\n  params:\n    als: {factors: 0}\n", ["als", "models.params.als.factors"]),
+        ("models:\n  params:\n    als: {factors: 2.5}\n", ["als", "models.params.als.factors"]),
+        ("models:\n  params:\n    ease: {implicit: maybe}\n", ["ease", "implicit"]),
+        ("models:\n  params:\n    lightgbm: {objective: lambda}\n", ["lightgbm", "objective"]),
+        ("models:\n  params:\n    sasrec: {num_heads: 3}\n", ["sasrec", "num_heads"]),
+        ("models:\n  als: {factorz: 8}\n", ["als", "models.als.factorz"]),
+        ("models:\n  popularity: {window_days: -1}\n", ["popularity", "models.popularity"]),
+        ("models:\n  ranker: {C: 0}\n", ["logistic", "models.ranker.C"]),
+        ("models:\n  params:\n    nope: {a: 1}\n", ["models.params.nope", "unknown model"]),
+    ],
+)
+def test_model_params_are_checked_against_the_model(
+    tmp_path: Path, text: str, named: list[str]
+) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    for part in [str(path), *named]:
+        assert part in str(info.value)
+
+
+def test_valid_model_params_reach_the_models(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        "models:\n"
+        "  ranker: {type: tree, C: 2}\n"  # C: the older spelling of params.logistic.C
+        "  popularity: {window_days: 3}\n"
+        "  params: {tree: {max_depth: 3}, lightgbm: {objective: lambdarank}}\n",
+    )
+    models = load_settings(path).models
+    assert create_ranker("tree", models).get_params()["max_depth"] == 3
+    assert create_ranker("lightgbm", models).get_params()["objective"] == "lambdarank"
+    assert create_ranker("logistic", models).get_params() == {"C": 2.0, "max_iter": 500}
+    assert create_recommender("popularity", models).get_params() == {"window_days": 3.0}
+
+
+def test_an_older_section_and_params_may_not_both_set_a_key(tmp_path: Path) -> None:
+    path = _write(tmp_path, "models:\n  als: {factors: 8}\n  params: {als: {factors: 16}}\n")
+    with pytest.raises(ConfigError, match=r"models\.als and models\.params\.als both set"):
+        load_settings(path)
+
+
+def test_model_params_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Environment values are strings; numbers, booleans and null are read as such.
+    monkeypatch.setenv("FEEDFORGE_MODELS__PARAMS__ALS__FACTORS", "8")
+    monkeypatch.setenv("FEEDFORGE_MODELS__PARAMS__EASE__IMPLICIT", "false")
+    monkeypatch.setenv("FEEDFORGE_MODELS__PARAMS__LIGHTGBM__OBJECTIVE", "lambdarank")
+    models = load_settings().models
+    assert create_recommender("als", models).get_params()["factors"] == 8
+    assert create_recommender("ease", models).get_params()["implicit"] is False
+    assert create_ranker("lightgbm", models).get_params()["objective"] == "lambdarank"
+    monkeypatch.setenv("FEEDFORGE_MODELS__PARAMS__ALS__FACTORS", "eight")
+    with pytest.raises(ConfigError, match=r"models\.params\.als\.factors"):
+        load_settings()

@@ -218,3 +218,38 @@ def test_label_positives_rules() -> None:
         "purchase": 3.0,
     }
     assert out.get_column("event_id").n_unique() == out.height
+
+
+def test_test_outcomes_are_the_test_windows_per_pair_sums(edge_workdir: Workdir) -> None:
+    EventLog(edge_workdir.events_dir).append(
+        _log(
+            [
+                _row("watch_before_t2", T2 - timedelta(minutes=1), "u1", "i1", "watch",
+                     watch_seconds=99.0),
+                _row("watch_a", T2 + timedelta(hours=1), "u1", "i1", "watch", watch_seconds=30.0),
+                _row("watch_b", T2 + timedelta(hours=2), "u1", "i1", "watch", watch_seconds=20.0),
+                _row("buy", T2 + timedelta(hours=3), "u1", "i2", "purchase", price=1.99),
+                _row("like", T2 + timedelta(hours=3), "u1", "i3", "like"),
+            ]
+        )
+    )  # fmt: skip
+    manifest = build_dataset(edge_workdir, _settings())
+    outcomes = load_dataset(edge_workdir).test_outcomes()
+    rows = outcomes.select("user_id", "item_id", "clicks", "watch_seconds", "revenue").rows()
+    assert rows == [
+        ("u1", "i1", 0, 50.0, 0.0),
+        ("u1", "i2", 0, 0.0, 1.99),
+        ("u2", "i2", 1, 0.0, 0.0),
+    ]
+    assert outcomes.get_column("user_idx").to_list() == [0, 0, 1]
+    assert manifest.counts["outcomes_test"] == 3
+
+
+def test_a_dataset_of_an_older_schema_is_refused(edge_workdir: Workdir) -> None:
+    build_dataset(edge_workdir, _settings())
+    path = edge_workdir.dataset_dir / "manifest.json"
+    manifest = json.loads(path.read_text())
+    path.write_text(json.dumps({**manifest, "schema_version": 1}))
+    with pytest.raises(ArtifactError, match="schema version 1 is not supported") as caught:
+        load_dataset(edge_workdir)
+    assert "feedforge build" in str(caught.value)

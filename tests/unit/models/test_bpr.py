@@ -17,6 +17,8 @@ from feedforge.datasets.interactions import Interactions
 from feedforge.errors import ArtifactError, DataError, ValidationError
 from feedforge.models.bpr import BPRRecommender
 
+INPUTS = {"dataset": "test-dataset"}  # the lineage every saved model records
+
 N_USERS, N_ITEMS = 40, 25
 PARAMS: dict[str, Any] = {"factors": 6, "learning_rate": 0.05, "iterations": 20}
 
@@ -119,7 +121,7 @@ def test_divergence_raises_data_error(
 
 
 def test_load_refuses_factors_of_the_wrong_width(model: BPRRecommender, tmp_path: Path) -> None:
-    model.save(tmp_path / "bpr")
+    model.save(tmp_path / "bpr", inputs=INPUTS)
     manifest = json.loads((tmp_path / "bpr" / "manifest.json").read_text())
     assert manifest["counts"] == {"n_users": N_USERS, "n_items": N_ITEMS, "dim": 7}
     np.save(tmp_path / "bpr" / "item_factors.npy", model.item_embeddings()[:, :-1])

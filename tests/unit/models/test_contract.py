@@ -30,6 +30,8 @@ from feedforge.models.registry import (
     load_recommender,
 )
 
+INPUTS = {"dataset": "test-dataset"}  # the lineage every saved model records
+
 SMALL_PARAMS: dict[str, dict[str, Any]] = {
     # Strong regularisation keeps ALS near the data's true rank (2 blocks): with weak
     # regularisation it has enough capacity to learn each held-out item as a zero.
@@ -153,11 +155,14 @@ def test_known_answer_held_out_item_ranks_above_other_block(
 
 
 def test_save_load_gives_identical_scores(fitted: Recommender, tmp_path: Path) -> None:
-    fitted.save(tmp_path / "model")
+    fitted.save(tmp_path / "model", inputs=INPUTS)
     manifest = json.loads((tmp_path / "model" / "manifest.json").read_text())
     assert manifest["artifact"] == f"model/{fitted.name}"
     assert manifest["schema_version"] == 1
+    assert manifest["inputs"] == INPUTS  # written once, with the lineage given to save
+    assert manifest["extra"]["params"] == fitted.get_params()
     loaded = type(fitted).load(tmp_path / "model")
+    assert loaded.manifest_ is not None and loaded.manifest_.version == manifest["version"]
     users = np.arange(N_USERS)
     np.testing.assert_array_equal(loaded.score(users), fitted.score(users))
     assert loaded.get_params() == fitted.get_params()
@@ -179,11 +184,11 @@ def test_load_missing_directory_names_the_path(name: str, tmp_path: Path) -> Non
 
 def test_load_corrupt_or_missing_files_names_the_file(fitted: Recommender, tmp_path: Path) -> None:
     directory = tmp_path / "model"
-    fitted.save(directory)
+    fitted.save(directory, inputs=INPUTS)
     files = sorted(p.name for p in directory.iterdir() if not p.name.startswith("."))
     assert "manifest.json" in files and len(files) > 1
     for file in files:
-        fitted.save(directory)
+        fitted.save(directory, inputs=INPUTS)
         (directory / file).write_bytes(b"\x93NUMPY garbage {")
         with pytest.raises(ArtifactError) as info:
             type(fitted).load(directory)
@@ -195,7 +200,7 @@ def test_load_corrupt_or_missing_files_names_the_file(fitted: Recommender, tmp_p
 
 
 def test_load_refuses_another_models_directory(fitted: Recommender, tmp_path: Path) -> None:
-    fitted.save(tmp_path / "model")
+    fitted.save(tmp_path / "model", inputs=INPUTS)
     for name, cls in RECOMMENDERS.items():
         if name != fitted.name:
             with pytest.raises(ArtifactError, match=f"model/{fitted.name}"):
@@ -210,7 +215,7 @@ def test_unfitted_use_raises_not_fitted(name: str, tmp_path: Path) -> None:
     with pytest.raises(NotFittedError):
         model.recommend(np.array([0]), k=3)
     with pytest.raises(NotFittedError):
-        model.save(tmp_path / "model")
+        model.save(tmp_path / "model", inputs=INPUTS)
     assert not (tmp_path / "model" / "manifest.json").exists()
     if isinstance(model, EmbeddingRecommender):
         with pytest.raises(NotFittedError):
@@ -289,7 +294,7 @@ def test_popularity_known_answer_window_weights_and_tie_break(tmp_path: Path) ->
     # The same vector for every user, including one unknown at training time.
     scores = model.score(np.array([0, 3, 99]))
     assert (scores == scores[0]).all()
-    model.save(tmp_path / "pop")
+    model.save(tmp_path / "pop", inputs=INPUTS)
     np.testing.assert_array_equal(
         MostPopular.load(tmp_path / "pop").score(np.array([0])), scores[:1]
     )
@@ -303,7 +308,7 @@ def test_als_fold_in_recovers_the_user(data: tuple[Interactions, np.ndarray]) ->
     for u in (0, 13):
         history = train[u].indices
         vector = model.fold_in(history)
-        assert vector.shape == (model.factors,) and vector.dtype == np.float32
+        assert vector.shape == (model.params.factors,) and vector.dtype == np.float32
         stored = model.user_embeddings()[u]
         cosine = vector @ stored / (np.linalg.norm(vector) * np.linalg.norm(stored))
         assert cosine > 0.95
@@ -329,10 +334,10 @@ def test_als_fold_in_solves_the_als_normal_equation(data: tuple[Interactions, np
     history, weights = np.array([0, 3, 4]), np.array([1.0, 2.0, 0.5])
     # Dense form of (Y^T C Y + lambda I) x = Y^T C p with c = 1 + alpha * w, p = 1 on history.
     c = np.ones(N_ITEMS)
-    c[history] += model.alpha * weights
+    c[history] += model.params.alpha * weights
     p = np.zeros(N_ITEMS)
     p[history] = 1.0
-    a = Y.T @ (c[:, None] * Y) + model.regularization * np.eye(Y.shape[1])
+    a = Y.T @ (c[:, None] * Y) + model.params.regularization * np.eye(Y.shape[1])
     expected = np.linalg.solve(a, Y.T @ (c * p))
     np.testing.assert_allclose(model.fold_in(history, weights), expected, rtol=1e-4, atol=1e-6)
 

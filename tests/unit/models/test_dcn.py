@@ -17,6 +17,8 @@ from feedforge.models.dcn import DCNRanker
 from feedforge.models.dcn_net import fit_calibration
 from feedforge.models.registry import create_ranker, load_ranker
 
+INPUTS = {"dataset": "test-dataset"}  # the lineage every saved model records
+
 NAMES = ["appeal", "length", "price"]
 
 
@@ -78,7 +80,7 @@ def test_score_is_the_objectives_expected_value(watch_ranker: DCNRanker) -> None
     # The same trained heads under another formula: a mix weighs the expectations.
     mix = objective_value("mix", ObjectiveWeights(clicks=2.0, watch_minutes=1.0, revenue=5.0))
     watch_ranker_mix = copy.copy(watch_ranker)  # the formula is read when scoring
-    watch_ranker_mix.value = mix
+    watch_ranker_mix.set_params(value=mix)
     expected = (
         2.0 * heads["p_click"]
         + heads["expected_watch_seconds"] / 60.0
@@ -102,7 +104,7 @@ def test_objective_changes_the_order() -> None:
 
 
 def test_save_load_keeps_heads_and_scores(watch_ranker: DCNRanker, tmp_path: Path) -> None:
-    watch_ranker.save(tmp_path / "dcn")
+    watch_ranker.save(tmp_path / "dcn", inputs=INPUTS)
     loaded = load_ranker("dcn", tmp_path / "dcn", expected_features=NAMES)
     X, _, _ = world(n=300, seed=4)
     np.testing.assert_allclose(loaded.score(X), watch_ranker.score(X), rtol=0, atol=1e-9)
@@ -136,7 +138,7 @@ def test_registry_gives_the_objective_to_multi_task_rankers_only() -> None:
     config = ModelsConfig(params={"dcn": {"hidden_units": 32}})
     ranker = create_ranker("dcn", config, value=value)
     assert isinstance(ranker, DCNRanker)
-    assert ranker.value == value and ranker.hidden_units == 32
+    assert ranker.params.value == value and ranker.params.hidden_units == 32
     assert "value" not in create_ranker("lightgbm", config, value=value).get_params()
 
 
@@ -178,6 +180,6 @@ def test_scoring_an_objective_without_its_heads_is_refused() -> None:
     ranker = DCNRanker(max_epochs=2, device="cpu").fit(X, y, NAMES)  # clicks only
     assert ranker.heads_ == ["click"]
     assert ranker.score(X[:5]).shape == (5,)  # p(click)
-    ranker.value = objective_value("watch_time")
+    ranker.set_params(value=objective_value("watch_time"))
     with pytest.raises(ValidationError, match=r"needs the heads \['watch'\]"):
         ranker.score(X[:5])

@@ -19,6 +19,8 @@ from feedforge.models import ease
 from feedforge.models.als import ALSRecommender
 from feedforge.models.ease import EASERecommender, required_gib
 
+INPUTS = {"dataset": "test-dataset"}  # the lineage every saved model records
+
 N_USERS, N_ITEMS = 40, 25
 
 
@@ -149,14 +151,14 @@ def test_rejects_invalid_params(params: dict[str, Any], match: str, data: Intera
 def test_load_refuses_inconsistent_files(data: Interactions, tmp_path: Path) -> None:
     model = EASERecommender(l2=7.0).fit(data)
     directory = tmp_path / "ease"
-    model.save(directory)
+    model.save(directory, inputs=INPUTS)
     loaded = EASERecommender.load(directory)
     assert loaded.user_items_ is not None and model.user_items_ is not None
     assert (loaded.user_items_ != model.user_items_).nnz == 0
     np.save(directory / "item_weights.npy", np.zeros((N_ITEMS, N_ITEMS - 1), np.float32))
     with pytest.raises(ArtifactError, match="item_weights"):
         EASERecommender.load(directory)
-    model.save(directory)
+    model.save(directory, inputs=INPUTS)
     x = data.to_csr()
     np.savez(directory / "user_items.npz", data=x.data[1:], indices=x.indices, indptr=x.indptr)
     with pytest.raises(ArtifactError, match="user_items"):

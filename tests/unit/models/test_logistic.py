@@ -15,6 +15,8 @@ from feedforge.errors import ArtifactError, DataError, NotFittedError, Validatio
 from feedforge.evaluation.metrics import auc
 from feedforge.models.logistic import LogisticRanker
 
+INPUTS = {"dataset": "test-dataset"}  # the lineage every saved model records
+
 FEATURES = ["als_score", "item_popularity", "noise"]
 
 
@@ -55,7 +57,7 @@ def test_numpy_prediction_matches_scikit_learn(ranker: LogisticRanker) -> None:
 
 
 def test_save_load_predicts_identically(ranker: LogisticRanker, tmp_path: Path) -> None:
-    ranker.save(tmp_path / "ranker")
+    ranker.save(tmp_path / "ranker", inputs=INPUTS)
     assert not list(tmp_path.glob("ranker/*.pkl")) and not list(tmp_path.glob("ranker/*.joblib"))
     saved = json.loads((tmp_path / "ranker" / "model.json").read_text())
     assert saved["feature_names"] == FEATURES and saved["params"]["C"] == 1.0
@@ -66,7 +68,7 @@ def test_save_load_predicts_identically(ranker: LogisticRanker, tmp_path: Path) 
 
 
 def test_feature_mismatch_lists_the_difference(ranker: LogisticRanker, tmp_path: Path) -> None:
-    ranker.save(tmp_path / "ranker")
+    ranker.save(tmp_path / "ranker", inputs=INPUTS)
     with pytest.raises(ArtifactError) as info:
         LogisticRanker.load(
             tmp_path / "ranker", expected_features=["als_score", "item_popularity", "recency"]
@@ -112,7 +114,7 @@ def test_other_input_errors(ranker: LogisticRanker) -> None:
 
 
 def test_corrupt_model_file_names_the_path(ranker: LogisticRanker, tmp_path: Path) -> None:
-    ranker.save(tmp_path / "ranker")
+    ranker.save(tmp_path / "ranker", inputs=INPUTS)
     path = tmp_path / "ranker" / "model.json"
     payload = json.loads(path.read_text())
     payload["coef"] = payload["coef"][:-1]

@@ -19,6 +19,8 @@ from feedforge.models.gbdt import LightGBMRanker
 from feedforge.models.registry import RANKERS, create_ranker, load_ranker
 from feedforge.models.tree import DecisionTreeRanker
 
+INPUTS = {"dataset": "test-dataset"}  # the lineage every saved model records
+
 FEATURES = ["affinity", "popularity", "noise"]
 # (registered name, models.params for it): every ranker with its defaults, plus variants.
 CASES: list[tuple[str, dict[str, Any]]] = [(name, {}) for name in sorted(RANKERS)] + [
@@ -76,8 +78,10 @@ def test_save_load_predicts_identically(
     fitted: tuple[str, dict[str, Any], Ranker], tmp_path: Path
 ) -> None:
     name, _, ranker = fitted
-    ranker.save(tmp_path / "ranker")
+    saved = ranker.save(tmp_path / "ranker", inputs=INPUTS)
+    assert saved.inputs == INPUTS and saved.extra["params"] == ranker.get_params()
     loaded = load_ranker(name, tmp_path / "ranker", expected_features=FEATURES)
+    assert loaded.manifest_ == saved and loaded.get_params() == ranker.get_params()
     X, _, _ = signal(seed=2)
     np.testing.assert_allclose(loaded.predict_proba(X), ranker.predict_proba(X), rtol=0, atol=1e-12)
     assert loaded.describe() == ranker.describe()
@@ -88,7 +92,7 @@ def test_feature_mismatch_is_refused_with_the_difference(
     fitted: tuple[str, dict[str, Any], Ranker], tmp_path: Path
 ) -> None:
     name, _, ranker = fitted
-    ranker.save(tmp_path / "ranker")
+    ranker.save(tmp_path / "ranker", inputs=INPUTS)
     with pytest.raises(ArtifactError) as info:
         load_ranker(name, tmp_path / "ranker", expected_features=["affinity", "popularity", "hour"])
     message = str(info.value)
@@ -104,7 +108,7 @@ def test_missing_and_corrupt_artifacts_name_the_path(
     with pytest.raises(ArtifactError) as info:
         RANKERS[name].load(tmp_path / "missing")
     assert str(tmp_path / "missing") in str(info.value)
-    ranker.save(tmp_path / "ranker")
+    ranker.save(tmp_path / "ranker", inputs=INPUTS)
     for path in sorted((tmp_path / "ranker").iterdir()):
         if path.name == "manifest.json":
             continue
@@ -148,9 +152,9 @@ def test_registry_builds_rankers_from_config() -> None:
         ranker=RankerConfig(type="lightgbm"), params={"lightgbm": {"objective": "lambdarank"}}
     )
     ranker = create_ranker(config.ranker.type, config)
-    assert isinstance(ranker, LightGBMRanker) and ranker.objective == "lambdarank"
+    assert isinstance(ranker, LightGBMRanker) and ranker.params.objective == "lambdarank"
     tree = create_ranker("tree", ModelsConfig(params={"tree": {"max_depth": 2}}))
-    assert isinstance(tree, DecisionTreeRanker) and tree.max_depth == 2
+    assert isinstance(tree, DecisionTreeRanker) and tree.params.max_depth == 2
     with pytest.raises(ConfigError, match=r"models\.params\.tree"):
         create_ranker("tree", ModelsConfig(params={"tree": {"depth": 2}}))
     with pytest.raises(ConfigError, match="unknown ranker"):
@@ -184,7 +188,9 @@ def test_tree_is_the_printed_rules() -> None:
 
 def test_tree_refuses_an_inconsistent_node_array(tmp_path: Path) -> None:
     X, y, _ = signal(n_requests=50)
-    DecisionTreeRanker(max_depth=2, min_samples_leaf=20).fit(X, y, FEATURES).save(tmp_path / "t")
+    DecisionTreeRanker(max_depth=2, min_samples_leaf=20).fit(X, y, FEATURES).save(
+        tmp_path / "t", inputs=INPUTS
+    )
     path = tmp_path / "t" / "tree.json"
     payload = json.loads(path.read_text())
     payload["left"][0] = 10_000  # a child outside the tree

@@ -17,6 +17,8 @@ from feedforge.models.sasrec import (
     training_windows,
 )
 
+INPUTS = {"dataset": "test-dataset"}  # the lineage every saved model records
+
 TINY = {
     "embedding_dim": 16, "num_blocks": 1, "max_len": 12, "epochs": 40, "batch_size": 8,
     "device": "cpu",
@@ -187,7 +189,7 @@ def test_save_load_keeps_scores_and_the_network(
     successor: tuple[Interactions, np.ndarray, SASRecRecommender], tmp_path: Path
 ) -> None:
     interactions, _, model = successor
-    model.save(tmp_path / "m")
+    model.save(tmp_path / "m", inputs=INPUTS)
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
         "manifest.json", "params.json", "weights.safetensors",
     ]  # fmt: skip
@@ -203,7 +205,7 @@ def test_load_refuses_weights_of_another_shape(
     successor: tuple[Interactions, np.ndarray, SASRecRecommender], tmp_path: Path
 ) -> None:
     _, _, model = successor
-    model.save(tmp_path / "m")
+    model.save(tmp_path / "m", inputs=INPUTS)
     path = tmp_path / "m" / "params.json"
     path.write_text(path.read_text().replace('"embedding_dim": 16', '"embedding_dim": 8'))
     with pytest.raises(ArtifactError, match="weights"):

@@ -19,6 +19,8 @@ from feedforge.models.two_tower import (
     recent_history,
 )
 
+INPUTS = {"dataset": "test-dataset"}  # the lineage every saved model records
+
 TINY = {"embedding_dim": 16, "hidden_dim": 16, "batch_size": 32, "epochs": 20, "device": "cpu"}
 N_USERS, N_ITEMS = 30, 14
 
@@ -150,7 +152,7 @@ def test_variants_fit_and_round_trip(options: dict[str, object], tmp_path: Path)
     model = TwoTowerRecommender(**{**TINY, "epochs": 3, **options}).fit(interactions)  # type: ignore[arg-type]
     users = np.arange(N_USERS)
     assert np.isfinite(model.score(users)).all()
-    model.save(tmp_path / "m")
+    model.save(tmp_path / "m", inputs=INPUTS)
     loaded = TwoTowerRecommender.load(tmp_path / "m")
     np.testing.assert_array_equal(loaded.score(users), model.score(users))
     history = np.array([1, 2, 3])

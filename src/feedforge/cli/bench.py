@@ -1,0 +1,131 @@
+"""``feedforge bench``: the benchmark commands (quality, ranking, serve) for docs/benchmarks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from feedforge.cli.common import (
+    ConfigOpt,
+    app,
+    clean_errors,
+    console,
+    progress,
+    settings_from,
+)
+
+bench_app = typer.Typer(
+    help="Benchmarks: quality and speed tables for docs/benchmarks.", no_args_is_help=True
+)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("quality")
+@clean_errors
+def bench_quality_cmd(
+    dataset: Annotated[str, typer.Option(help="ml-100k, ml-latest-small, ... (see import)")],
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="Where the dataset's files are")],
+    protocol: Annotated[
+        str,
+        typer.Option(help="msr-stratified, leave-one-out, temporal or strong-generalization"),
+    ],
+    negatives: Annotated[
+        int | None, typer.Option(help="leave-one-out: sampled negatives (default: full ranking)")
+    ] = None,
+    models: Annotated[
+        list[str] | None, typer.Option("--model", help="Only these models (repeatable)")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Where the tables go")] = Path("docs/benchmarks"),
+) -> None:
+    """Train, tune (on validation) and evaluate every model and the peers on one protocol."""
+    from feedforge.bench.quality import run_quality
+
+    with progress("bench quality") as say:
+        report = run_quality(
+            dataset, data_dir, protocol, out, negatives=negatives, models=models, progress=say
+        )
+    table = Table(title=f"{dataset} / {report['protocol']}")
+    table.add_column("model")
+    table.add_column("source")
+    for metric in report["metrics"]:
+        table.add_column(metric, justify="right")
+    table.add_column("train s", justify="right")
+    for row in report["rows"]:
+        table.add_row(
+            row["model"],
+            row["source"],
+            *(f"{row['metrics'][m]:.4f}" if m in row["metrics"] else "" for m in report["metrics"]),
+            "" if row["train_seconds"] is None else f"{row['train_seconds']:.1f}",
+        )
+    console.print(table)
+    console.print(f"written to {out}")
+
+
+@bench_app.command("ranking")
+@clean_errors
+def bench_ranking_cmd(
+    config: ConfigOpt = None,
+    feed_users: Annotated[
+        int, typer.Option(min=1, help="Test users whose feeds are scored with ground truth")
+    ] = 2_000,
+    out: Annotated[Path, typer.Option(help="Where the tables go")] = Path("docs/benchmarks"),
+) -> None:
+    """Every ranker against logistic regression on simulator data (with ground truth)."""
+    from feedforge.bench.ranking import run_ranking
+
+    with progress("bench ranking") as say:
+        report = run_ranking(settings_from(config), out, feed_users=feed_users, progress=say)
+    columns = ("auc", "log_loss", "ece", "ndcg@10", "feed_clicks", "feed_watch_minutes")
+    table = Table(title=f"ranking / simulator / objective {report['objective']}")
+    table.add_column("model")
+    for name in columns:
+        table.add_column(name, justify="right")
+    for row in report["rows"]:
+        m = row["metrics"]
+        table.add_row(row["model"], *("" if m.get(c) is None else f"{m[c]:.4f}" for c in columns))
+    console.print(table)
+    console.print(f"written to {out}")
+
+
+@bench_app.command("serve")
+@clean_errors
+def bench_serve_cmd(
+    config: ConfigOpt = None,
+    items: Annotated[int, typer.Option(min=100, help="Catalog size")] = 1_000_000,
+    users: Annotated[int, typer.Option(min=100, help="Simulated users")] = 20_000,
+    days: Annotated[int, typer.Option(min=4, help="Simulated days")] = 7,
+    rate: Annotated[float, typer.Option(min=1, help="Requests per second (open loop)")] = 200.0,
+    duration: Annotated[float, typer.Option(min=1, help="Seconds of load")] = 60.0,
+    workers: Annotated[int, typer.Option(min=1, help="Service worker processes")] = 2,
+    candidates: Annotated[int, typer.Option(min=1, help="Candidates ranked per request")] = 500,
+    extra_rate: Annotated[
+        list[float] | None,
+        typer.Option(min=1, help="Another rate to drive after the target one (repeatable)"),
+    ] = None,
+    redis_url: Annotated[str, typer.Option(help="The Redis to publish to")] = (
+        "redis://127.0.0.1:6379/0"
+    ),
+    out: Annotated[Path, typer.Option(help="Where the tables go")] = Path("docs/benchmarks"),
+) -> None:
+    """Latency under load: publish a simulated catalog to Redis, serve it, drive it."""
+    from feedforge.bench.serve import LoadSpec, run_serve
+
+    spec = LoadSpec(
+        items=items,
+        users=users,
+        days=days,
+        rate=rate,
+        duration_s=duration,
+        workers=workers,
+        candidates=candidates,
+        redis_url=redis_url,
+        extra_rates=tuple(extra_rate or ()),
+    )
+    with progress("bench serve") as say:
+        report = run_serve(settings_from(config), spec, out, progress=say)
+    for target in report["targets"]:
+        console.print(f"{target['target']}: {target['measured']} (met: {target['met']})")
+    console.print(f"written to {out}")

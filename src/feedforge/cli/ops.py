@@ -1,0 +1,97 @@
+"""Operating a deployment: serve the API, compact the event log, roll back a version."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+
+from feedforge.cli.common import (
+    DEFAULT_WORKDIR,
+    ConfigOpt,
+    WorkdirOpt,
+    app,
+    clean_errors,
+    console,
+    settings_from,
+)
+from feedforge.workdir import Workdir
+
+
+@app.command("compact")
+@clean_errors
+def compact_cmd(
+    workdir: WorkdirOpt = DEFAULT_WORKDIR,
+    before: Annotated[
+        str | None,
+        typer.Option(help="Only days before this one, YYYY-MM-DD (default: today, UTC)"),
+    ] = None,
+) -> None:
+    """Merge each day of the event log into one Parquet file (the service writes one file
+    per request). Run it when no build or publish reads the log."""
+    from datetime import UTC, date, datetime
+
+    from feedforge.errors import ValidationError
+    from feedforge.events.log import EventLog
+
+    try:
+        until = date.fromisoformat(before) if before else datetime.now(UTC).date()
+    except ValueError as exc:
+        raise ValidationError(f"--before: {exc} (expected YYYY-MM-DD)") from exc
+    wd = Workdir.at(workdir)
+    result = EventLog(wd.events_dir).compact(before=until)
+    console.print(
+        f"compacted {result.partitions} day(s) before {until}: {result.files_before} files "
+        f"-> {result.files_after}, {result.events} events, in {wd.events_dir}"
+    )
+
+
+@app.command("rollback")
+@clean_errors
+def rollback_cmd(
+    workdir: WorkdirOpt = DEFAULT_WORKDIR,
+    config: ConfigOpt = None,
+    to: Annotated[
+        str | None, typer.Option(help="Version to return to (default: the one before)")
+    ] = None,
+) -> None:
+    """Make an earlier published version current again (atomic; services follow it)."""
+    from feedforge.publish.versions import rollback
+    from feedforge.store.factory import open_store
+
+    settings = settings_from(config)
+    wd = Workdir.at(workdir)
+    with open_store(settings.store, wd.store_path) as store:
+        previous, current = rollback(wd, store, to)
+    console.print(f"rolled back: current version {current} (was {previous})")
+
+
+@app.command("serve")
+@clean_errors
+def serve_cmd(
+    workdir: WorkdirOpt = DEFAULT_WORKDIR,
+    config: ConfigOpt = None,
+    host: Annotated[str | None, typer.Option(help="Default: serving.host")] = None,
+    port: Annotated[int | None, typer.Option(help="Default: serving.port")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes")] = 1,
+) -> None:
+    """Serve the feed API (GET /recommend, POST /events, /health, /docs)."""
+    import uvicorn
+
+    from feedforge.monitoring.logs import log_config
+
+    settings = settings_from(config)
+    wd = Workdir.at(workdir)
+    os.environ["FEEDFORGE_WORKDIR"] = str(wd.root)
+    if config is not None:
+        os.environ["FEEDFORGE_CONFIG"] = str(config.resolve())
+    uvicorn.run(
+        "feedforge.serving.app:create_app_from_env",
+        factory=True,
+        host=host or settings.serving.host,
+        port=port or settings.serving.port,
+        workers=workers,
+        log_config=log_config(settings.serving.log_format),
+        access_log=settings.serving.access_log,
+    )

@@ -1,0 +1,2 @@
+"""The API's routers, one module per resource: feed (``/recommend``), events (``/events``),
+ops (``/health``, ``/metrics``)."""

@@ -18,20 +18,19 @@ its test positives and impressions, the feature snapshot at ``t2`` and the obser
 of the test window ``[t2, end]`` that ``feedforge build`` wrote) and the trained models. It
 never opens the event log or the catalog, so events ingested after the build do not change
 the evaluation of a dataset version. The report records that version and the version of
-every model it measured (``model_versions``, from each model directory's manifest).
+every model it measured (``model_versions``, from each model's manifest).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from feedforge.artifacts import read_manifest, write_json_atomic
+from feedforge.artifacts import write_json_atomic
 from feedforge.config import Settings
 from feedforge.datasets.build import OUTCOME_COLUMNS
 from feedforge.datasets.load import Dataset, load_dataset
@@ -168,15 +167,6 @@ def observed_value(dataset: Dataset, value: dict[str, float]) -> tuple[str, sp.c
     return f"{name}@", matrix
 
 
-_MODEL_SCHEMAS = (1,)
-"""Model manifest schema versions whose ``version`` field the report records (every model
-writes schema 1; its own ``load`` has checked the rest of the directory)."""
-
-
-def _model_version(directory: Path, name: str, build_command: str) -> str:
-    return read_manifest(directory, f"model/{name}", _MODEL_SCHEMAS, build_command).version
-
-
 def value_at_k(recommended: np.ndarray, value: sp.csr_matrix, k: int) -> float:
     """Mean over users of the summed observed value of their top-``k`` items.
 
@@ -246,7 +236,7 @@ def evaluate(
         say(f"evaluating {name}")
         model = load_recommender(name, workdir.model_dir(name), build_command=command)
         recommenders[name] = model
-        report["model_versions"][name] = _model_version(workdir.model_dir(name), name, command)
+        report["model_versions"][name] = model.artifact_version
         recs, _ = model.recommend(users, k, exclude=train_csr)
         report["models"][name] = ranking_report(recs, relevant_users, n_items, k)
         add_value(name, recs)
@@ -257,7 +247,7 @@ def evaluate(
     else:
         say(f"evaluating the two-stage pipeline ({retrieval_name} -> {ranker_name})")
         ranker = load_ranker(ranker_name, ranker_dir, build_command=command)
-        report["model_versions"][ranker_name] = _model_version(ranker_dir, ranker_name, command)
+        report["model_versions"][ranker_name] = ranker.artifact_version
         # The features as the online store held them at the test window's start.
         recs, _ = two_stage_recommend(
             retrieval,

@@ -17,14 +17,12 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import scipy.sparse as sp
 from implicit.cpu.als import AlternatingLeastSquares
-from implicit.recommender_base import ModelFitError
 from pydantic import Field
-from threadpoolctl import threadpool_limits
 
 from feedforge.datasets.interactions import Interactions
-from feedforge.errors import DataError, NotFittedError, ValidationError
-from feedforge.models.arrays import ArrayModel, ArraySpec
-from feedforge.models.base import EmbeddingRecommender
+from feedforge.errors import ValidationError
+from feedforge.models.arrays import ArraySpec
+from feedforge.models.factors import FactorModel
 from feedforge.models.params import ModelParams
 
 
@@ -38,7 +36,7 @@ class ALSParams(ModelParams):
     random_state: int = 0
 
 
-class ALSRecommender(ArrayModel, EmbeddingRecommender):
+class ALSRecommender(FactorModel):
     """Implicit ALS: ``score(u, i) = user_embeddings()[u] . item_embeddings()[i]``.
 
     Args:
@@ -67,74 +65,40 @@ class ALSRecommender(ArrayModel, EmbeddingRecommender):
         ArraySpec("item_factors", ("n_items", "factors")),
     )
 
+    DIVERGED_HINT = "raise regularization or lower alpha"
+
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
-        self.user_factors_: np.ndarray | None = None
-        self.item_factors_: np.ndarray | None = None
         self._yty: np.ndarray | None = None  # cached (D, D) Y^T Y for fold_in
+
+    def _solver(self, interactions: Interactions) -> tuple[AlternatingLeastSquares, sp.csr_matrix]:
+        """implicit's ALS and the confidence matrix; duplicate ``(user, item)`` pairs are
+        summed before the confidence is computed."""
+        p = self.params
+        confidence = interactions.to_csr()
+        # implicit's solver takes the matrix value itself as c_ui (its `alpha` only rescales
+        # it), so pass 1 + alpha * w to get the paper's confidence.
+        confidence.data = (1.0 + p.alpha * confidence.data).astype(np.float32)
+        solver = AlternatingLeastSquares(
+            factors=p.factors,
+            regularization=p.regularization,
+            alpha=1.0,
+            dtype=np.float32,
+            iterations=p.iterations,
+            random_state=p.random_state,
+        )
+        return solver, confidence
 
     def fit(self, interactions: Interactions) -> Self:
         """Factorise the ``(n_users, n_items)`` confidence matrix of the positives.
-
-        Duplicate ``(user, item)`` pairs are summed before the confidence is computed.
 
         Raises:
             DataError: there are no interactions, or training diverged (NaN/inf factors).
             ValidationError: a weight is not a finite positive number.
         """
-        p = self.params
-        if len(interactions) == 0:
-            raise DataError("ALSRecommender.fit: no interactions to factorise")
-        weight = np.asarray(interactions.weight)
-        if not (np.isfinite(weight).all() and (weight > 0).all()):
-            raise ValidationError(
-                "ALSRecommender.fit: interaction weights must be finite and > 0 (positives only)"
-            )
-        confidence = interactions.to_csr()
-        # implicit's solver takes the matrix value itself as c_ui (its `alpha` only rescales
-        # it), so pass 1 + alpha * w to get the paper's confidence.
-        confidence.data = (1.0 + p.alpha * confidence.data).astype(np.float32)
-        # implicit parallelises over users itself; a multi-threaded BLAS inside each of its
-        # threads oversubscribes the cores (implicit warns about it), so limit BLAS to one.
-        with threadpool_limits(1, "blas"):
-            als = AlternatingLeastSquares(
-                factors=p.factors,
-                regularization=p.regularization,
-                alpha=1.0,
-                dtype=np.float32,
-                iterations=p.iterations,
-                random_state=p.random_state,
-            )
-            try:
-                als.fit(confidence, show_progress=False)
-            except ModelFitError as exc:
-                raise DataError(
-                    "ALSRecommender.fit: training diverged (NaN factors); "
-                    "raise regularization or lower alpha"
-                ) from exc
-        user_factors = np.ascontiguousarray(als.user_factors, dtype=np.float32)
-        item_factors = np.ascontiguousarray(als.item_factors, dtype=np.float32)
-        if not (np.isfinite(user_factors).all() and np.isfinite(item_factors).all()):
-            raise DataError(
-                "ALSRecommender.fit: training diverged (non-finite factors); "
-                "raise regularization or lower alpha"
-            )
-        self.user_factors_, self.item_factors_ = user_factors, item_factors
-        self._yty = None
+        super().fit(interactions)
+        self._yty = None  # the cache of the previous factors
         return self
-
-    def _fitted(self) -> tuple[np.ndarray, np.ndarray]:
-        if self.user_factors_ is None or self.item_factors_ is None:
-            raise NotFittedError(f"{type(self).__name__} is not fitted; call fit() or load()")
-        return self.user_factors_, self.item_factors_
-
-    def user_embeddings(self) -> np.ndarray:
-        """``(n_users, D)`` float32 user vectors."""
-        return self._fitted()[0]
-
-    def item_embeddings(self) -> np.ndarray:
-        """``(n_items, D)`` float32 item vectors."""
-        return self._fitted()[1]
 
     def fold_in(
         self, item_idx_history: np.ndarray, weights: np.ndarray | None = None

@@ -125,6 +125,19 @@ class Model(ABC):
         self.manifest_ = write_manifest(directory, manifest)
         return manifest
 
+    @property
+    def artifact_version(self) -> str:
+        """The version of the artifact this model was saved to or loaded from (its lineage id).
+
+        Raises:
+            NotFittedError: the model was neither saved nor loaded.
+        """
+        if self.manifest_ is None:
+            raise NotFittedError(
+                f"{type(self).__name__} was neither saved nor loaded, so it has no artifact version"
+            )
+        return self.manifest_.version
+
     @classmethod
     def load(cls, directory: Path, build_command: str = TRAIN_COMMAND) -> Self:
         """Load a model written by :meth:`save`.

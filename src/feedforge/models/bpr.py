@@ -16,18 +16,16 @@ score (bias included). Users without training data get only the bias (a populari
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Self
+from typing import ClassVar
 
 import numpy as np
+import scipy.sparse as sp
 from implicit.cpu.bpr import BayesianPersonalizedRanking
-from implicit.recommender_base import ModelFitError
 from pydantic import Field
-from threadpoolctl import threadpool_limits
 
 from feedforge.datasets.interactions import Interactions
-from feedforge.errors import DataError, NotFittedError, ValidationError
-from feedforge.models.arrays import ArrayModel, ArraySpec
-from feedforge.models.base import EmbeddingRecommender
+from feedforge.models.arrays import ArraySpec
+from feedforge.models.factors import FactorModel
 from feedforge.models.params import ModelParams
 
 
@@ -42,7 +40,7 @@ class BPRParams(ModelParams):
     num_threads: int = Field(1, ge=0)
 
 
-class BPRRecommender(ArrayModel, EmbeddingRecommender):
+class BPRRecommender(FactorModel):
     """BPR matrix factorisation: ``score(u, i) = user_embeddings()[u] . item_embeddings()[i]``.
 
     Interaction weights are ignored (any positive counts once), as in implicit.
@@ -75,61 +73,27 @@ class BPRRecommender(ArrayModel, EmbeddingRecommender):
         ArraySpec("item_factors", ("n_items", "dim")),
     )
 
-    def __init__(self, **params: Any) -> None:
-        super().__init__(**params)
-        self.user_factors_: np.ndarray | None = None
-        self.item_factors_: np.ndarray | None = None
+    DIVERGED_HINT = "lower learning_rate or raise regularization"
 
-    def fit(self, interactions: Interactions) -> Self:
-        """Learn the factors from the ``(n_users, n_items)`` matrix of positives.
-
-        Raises:
-            DataError: there are no interactions, or training diverged (NaN/inf factors).
-            ValidationError: a weight is not a finite positive number.
-        """
+    def _solver(
+        self, interactions: Interactions
+    ) -> tuple[BayesianPersonalizedRanking, sp.csr_matrix]:
+        """implicit's BPR and the binary matrix of the positives (it reads only which entries
+        are stored)."""
         p = self.params
-        if len(interactions) == 0:
-            raise DataError("BPRRecommender.fit: no interactions to learn from")
-        weight = np.asarray(interactions.weight)
-        if not (np.isfinite(weight).all() and (weight > 0).all()):
-            raise ValidationError(
-                "BPRRecommender.fit: interaction weights must be finite and > 0 (positives only)"
-            )
         user_items = interactions.to_csr()
-        user_items.data[:] = 1.0  # BPR reads only which entries are stored
-        # Same reason as ALS: implicit runs its own threads, so keep BLAS single-threaded.
-        with threadpool_limits(1, "blas"):
-            bpr = BayesianPersonalizedRanking(
-                factors=p.factors,
-                learning_rate=p.learning_rate,
-                regularization=p.regularization,
-                dtype=np.float32,
-                iterations=p.iterations,
-                num_threads=p.num_threads,
-                verify_negative_samples=True,
-                random_state=p.random_state,
-            )
-            try:
-                bpr.fit(user_items, show_progress=False)
-            except ModelFitError as exc:
-                raise DataError(
-                    "BPRRecommender.fit: training diverged (NaN factors); "
-                    "lower learning_rate or raise regularization"
-                ) from exc
-        user_factors = np.ascontiguousarray(bpr.user_factors, dtype=np.float32)
-        item_factors = np.ascontiguousarray(bpr.item_factors, dtype=np.float32)
-        if not (np.isfinite(user_factors).all() and np.isfinite(item_factors).all()):
-            raise DataError(
-                "BPRRecommender.fit: training diverged (non-finite factors); "
-                "lower learning_rate or raise regularization"
-            )
-        self.user_factors_, self.item_factors_ = user_factors, item_factors
-        return self
-
-    def _fitted(self) -> tuple[np.ndarray, np.ndarray]:
-        if self.user_factors_ is None or self.item_factors_ is None:
-            raise NotFittedError(f"{type(self).__name__} is not fitted; call fit() or load()")
-        return self.user_factors_, self.item_factors_
+        user_items.data[:] = 1.0
+        solver = BayesianPersonalizedRanking(
+            factors=p.factors,
+            learning_rate=p.learning_rate,
+            regularization=p.regularization,
+            dtype=np.float32,
+            iterations=p.iterations,
+            num_threads=p.num_threads,
+            verify_negative_samples=True,
+            random_state=p.random_state,
+        )
+        return solver, user_items
 
     def user_embeddings(self) -> np.ndarray:
         """``(n_users, factors + 1)`` float32 user vectors, ending with a column of ones."""

@@ -42,7 +42,7 @@ from feedforge.features.definitions import FEATURES
 from feedforge.features.offline import snapshot_counters, snapshot_time_of
 from feedforge.features.online import item_records, user_records
 from feedforge.index.ann import AnnIndex, AnnKind
-from feedforge.models.base import EmbeddingRecommender, Model
+from feedforge.models.base import EmbeddingRecommender
 from feedforge.models.registry import RANKERS, load_ranker, load_recommender
 from feedforge.publish.coldstart import cold_item_embeddings
 from feedforge.publish.versions import prune_versions, retire
@@ -66,13 +66,6 @@ Progress = Callable[[str], None]
 
 def _chunks(n: int) -> list[slice]:
     return [slice(i, min(i + _CHUNK, n)) for i in range(0, n, _CHUNK)]
-
-
-def _version(model: Model) -> str:
-    """The version of the artifact ``model`` was loaded from."""
-    if model.manifest_ is None:  # a bug: publish only uses loaded models
-        raise ValueError(f"{model.name} was not loaded from an artifact")
-    return model.manifest_.version
 
 
 def build_serving_index(
@@ -159,7 +152,7 @@ def publish(
     # The bundle's lineage: the dataset and each model version it was built from (read from
     # each model directory's manifest when the model was loaded).
     models = [popularity, retrieval] + ([ranker] if ranker is not None else [])
-    inputs = {"dataset": dataset.version, **{m.artifact(): _version(m) for m in models}}
+    inputs = {"dataset": dataset.version, **{m.artifact(): m.artifact_version for m in models}}
     if ranker is not None:
         # The bundle's copy of the ranker was built from the trained one.
         ranker.save(bundle / RANKER_DIR, inputs={ranker.artifact(): inputs[ranker.artifact()]})

@@ -5,7 +5,8 @@
     WORKDIR/
       raw/catalog/      items.parquet, users.parquet, manifest.json   (simulate / import)
       raw/events/       date=YYYY-MM-DD/part-*.parquet                (append-only event log)
-      dataset/          splits, id maps, ranking examples, card       (build)
+      dataset/          splits, id maps, ranking examples, test-window (build)
+                        snapshot and outcomes, card
       models/<name>/    model files + manifest.json                   (train)
       reports/          evaluation.json                               (evaluate)
       bundles/<ver>/    serving bundle of one published version       (publish)

@@ -163,6 +163,7 @@ def test_save_load_gives_identical_scores(fitted: Recommender, tmp_path: Path) -
     assert manifest["extra"]["params"] == fitted.get_params()
     loaded = type(fitted).load(tmp_path / "model")
     assert loaded.manifest_ is not None and loaded.manifest_.version == manifest["version"]
+    assert loaded.artifact_version == fitted.artifact_version == manifest["version"]
     users = np.arange(N_USERS)
     np.testing.assert_array_equal(loaded.score(users), fitted.score(users))
     assert loaded.get_params() == fitted.get_params()
@@ -217,6 +218,8 @@ def test_unfitted_use_raises_not_fitted(name: str, tmp_path: Path) -> None:
     with pytest.raises(NotFittedError):
         model.save(tmp_path / "model", inputs=INPUTS)
     assert not (tmp_path / "model" / "manifest.json").exists()
+    with pytest.raises(NotFittedError, match="no artifact version"):
+        _ = model.artifact_version  # neither saved nor loaded: no lineage to report
     if isinstance(model, EmbeddingRecommender):
         with pytest.raises(NotFittedError):
             model.user_embeddings()

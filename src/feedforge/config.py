@@ -10,13 +10,19 @@ The business goal (step 1 of the design framework, "clarify") lives here as conf
 ``objective`` picks what the feed maximises and ``serving.latency_budget_ms`` the online budget.
 
 (Over 400 lines on purpose: the README sends users here for every setting and its default, so
-the whole schema stays in one file.)
+the whole schema stays in one file, with the two checks `load_settings` runs beside it: unknown
+``FEEDFORGE_*`` variables and the models' hyper-parameters.)
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import json
+import os
+import types
+import typing
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -245,14 +251,21 @@ class ServingConfig(_Section):
     history_length: int = Field(200, ge=1, description="Recent items kept per user")
     environment: Literal["development", "production"] = Field(
         "development",
-        description="production refuses to start without api_key; development leaves the "
-        "write endpoints open when no key is set (with a warning)",
+        description="production refuses to start without api_key and read_api_key; "
+        "development leaves the endpoints of an unset key open (with a warning)",
     )
     api_key: pydantic.SecretStr | None = Field(
         None,
         min_length=16,
         description="The key write endpoints (POST /events) require in the X-API-Key header; "
         "set it from the environment (FEEDFORGE_SERVING__API_KEY), not in a committed file",
+    )
+    read_api_key: pydantic.SecretStr | None = Field(
+        None,
+        min_length=16,
+        description="The key GET /recommend requires in the X-API-Key header (a feed names "
+        "items of the user's history); separate from api_key, which does not grant reads. "
+        "Set it from the environment (FEEDFORGE_SERVING__READ_API_KEY)",
     )
     max_request_bytes: int = Field(
         16 * 1024 * 1024,
@@ -266,6 +279,32 @@ class ServingConfig(_Section):
         True,
         description="Log every served feed (request id, user, items, scores, propensities, "
         "version) to WORKDIR/feedlog as training and off-policy-evaluation data",
+    )
+    feed_log_max_items: int = Field(
+        100,
+        ge=1,
+        description="Items logged per feed line: the feed's first ones (with their scores and "
+        "propensities); the rest are dropped and the line says so (items_total, truncated)",
+    )
+    feed_log_max_bytes: int = Field(
+        64 * 1024 * 1024, ge=1, description="A worker starts a new feed log file at this size"
+    )
+    feed_log_rotate_s: float = Field(
+        3600.0,
+        gt=0,
+        description="A worker also starts a new feed log file when its file is this old "
+        "(and at each UTC day)",
+    )
+    feed_log_retention_s: float | None = Field(
+        7 * 86_400.0,
+        gt=0,
+        description="Feed log files last written longer ago are deleted (null: kept)",
+    )
+    feed_log_max_total_bytes: int | None = Field(
+        1024 * 1024 * 1024,
+        ge=1,
+        description="The oldest feed log files are deleted beyond this total (null: no cap); "
+        "a file a worker is writing is never deleted",
     )
     precomputed: bool = Field(
         False,
@@ -289,6 +328,28 @@ class ServingConfig(_Section):
         "per failure up to 10 minutes (a load of a large catalog costs seconds of CPU)",
     )
     max_future_skew_s: float = Field(300.0, ge=0, description="Event timestamps this far ahead ok")
+    max_past_age_days: float = Field(
+        30.0,
+        gt=0,
+        description="POST /events refuses timestamps older than this (422): live clients send "
+        "events within seconds, offline apps within days or weeks; older history is a backfill "
+        "for `feedforge import`, which this bound does not apply to",
+    )
+    max_header_bytes: int = Field(
+        32 * 1024,
+        ge=4 * 1024,
+        le=1024 * 1024,
+        description="Request line plus headers `feedforge serve` buffers while they are "
+        "incomplete (uvicorn's h11_max_incomplete_event_size): longer ones get 400 before the "
+        "app sees them (a header block that arrives whole in one socket read, at most "
+        "256 KiB, is parsed as it is)",
+    )
+    http: Literal["h11", "httptools"] = Field(
+        "h11",
+        description="uvicorn's HTTP/1.1 parser in `feedforge serve`: h11 bounds the header "
+        "size (max_header_bytes); httptools parses faster but reads headers of any size, so "
+        "use it only behind a proxy that bounds them",
+    )
     access_log: bool = Field(
         False,
         description="uvicorn's per-request access log (off: /metrics counts requests and the "
@@ -458,9 +519,12 @@ def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
 
     Raises:
         ConfigError: the file is missing, not YAML, not a mapping, or holds an unknown key or
-            an invalid value. The message names the file and the offending key.
+            an invalid value (the message names the file and the offending key); or a
+            ``FEEDFORGE_*`` environment variable names no setting (see
+            :func:`check_environment`).
     """
     source = str(path) if path is not None else "environment/defaults"
+    check_environment()
     data: dict[str, Any] = {}
     if path is not None:
         file = Path(path)
@@ -489,6 +553,86 @@ def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
         raise ConfigError(f"{source}: invalid configuration: {problems}") from exc
     check_model_params(settings.models, source)
     return settings
+
+
+ENV_PREFIX = "FEEDFORGE_"
+
+ENV_NOT_SETTINGS = frozenset({"WORKDIR", "CONFIG", "UID", "GID", "TEST_REDIS_URL"})
+"""``FEEDFORGE_*`` variables that are not settings: ``FEEDFORGE_WORKDIR`` and
+``FEEDFORGE_CONFIG`` (set by ``feedforge serve`` for its workers, read by
+:func:`feedforge.serving.app.create_app_from_env`), ``FEEDFORGE_UID``/``GID``
+(``docker-compose.yml``'s user of the API container) and ``FEEDFORGE_TEST_REDIS_URL`` (the
+test suite's Redis server)."""
+
+
+def check_environment(environ: Mapping[str, str] | None = None) -> None:
+    """Refuse ``FEEDFORGE_*`` environment variables that name no setting.
+
+    pydantic-settings ignores them, so a typo (``FEEDFORGE_SERVING_PORT`` for
+    ``FEEDFORGE_SERVING__PORT``) would silently leave the default in force. A variable is
+    known when each ``__``-separated part names a field of the section before it (matched
+    case-insensitively, as the settings are read); below a mapping field (e.g.
+    ``models.params``) any key is allowed, and its values are checked with the section.
+
+    Args:
+        environ: The variables to check (default: ``os.environ``).
+
+    Raises:
+        ConfigError: naming every unknown variable, with the nearest known name.
+    """
+    environ = os.environ if environ is None else environ
+    unknown = []
+    for name in sorted(environ):
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX) :]
+        if rest.upper() in ENV_NOT_SETTINGS or _is_setting(Settings, rest.lower().split("__")):
+            continue
+        close = difflib.get_close_matches(name.upper(), _env_names(Settings), n=1, cutoff=0.8)
+        unknown.append(f"{name}" + (f" (did you mean {close[0]}?)" if close else ""))
+    if unknown:
+        raise ConfigError(
+            f"environment: unknown variable {', '.join(unknown)}: FEEDFORGE_ variables name a "
+            "setting, with `__` between a section and its key (e.g. FEEDFORGE_STORE__TYPE); "
+            "see feedforge/config.py"
+        )
+
+
+def _sections(annotation: Any) -> list[Any]:
+    """The pydantic models and mappings an annotation allows (``X | None`` unwrapped)."""
+    args = typing.get_args(annotation) if typing.get_origin(annotation) is not None else ()
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return [found for arg in args for found in _sections(arg)]
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    if typing.get_origin(annotation) in (dict, Mapping) or annotation is dict:
+        return [dict]
+    return []
+
+
+def _is_setting(model: type[BaseModel], parts: list[str]) -> bool:
+    field = model.model_fields.get(parts[0])
+    if field is None:
+        return False
+    if len(parts) == 1:
+        return True
+    for section in _sections(field.annotation):
+        if section is dict:
+            return all(parts[1:])
+        if _is_setting(section, parts[1:]):
+            return True
+    return False
+
+
+def _env_names(model: type[BaseModel], prefix: str = ENV_PREFIX) -> list[str]:
+    """Every variable that sets one field of ``model`` (for suggestions)."""
+    names = []
+    for name, field in model.model_fields.items():
+        names.append(f"{prefix}{name.upper()}")
+        for section in _sections(field.annotation):
+            if section is not dict:
+                names += _env_names(section, f"{prefix}{name.upper()}__")
+    return names
 
 
 MODEL_PARAMS_CHECK = "feedforge.models.registry:check_config_params"

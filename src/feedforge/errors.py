@@ -71,14 +71,20 @@ class ArtifactError(FeedforgeError):
 
 class EventLogError(FeedforgeError):
     """The event log could not be written (a disk that is full, read-only, or not writable by
-    the service's user). The message names the directory, the reason and what was kept."""
+    the service's user). The message names the directory, the reason and what was kept; the
+    client's view (:meth:`to_dict`) leaves the server's path out (the service logs it)."""
 
     http_status = 503
 
     def __init__(self, path: Path | str, reason: str, consequence: str, **details: Any) -> None:
         message = f"cannot write the event log at {path} ({reason}); {consequence}"
-        super().__init__(message, path=str(path), **details)
+        super().__init__(message, **details)
         self.path = Path(path)
+        self.client_message = f"cannot write the event log ({reason}); {consequence}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The error as a client sees it: no server path (``reason`` must hold none)."""
+        return {"error": type(self).__name__, "message": self.client_message, **self.details}
 
 
 class NotFittedError(FeedforgeError):

@@ -11,6 +11,8 @@
       reports/          evaluation.json                               (evaluate)
       bundles/<ver>/    serving bundle of one published version       (publish)
       store.sqlite3     the embedded online store                     (publish, serve)
+      serving/          last current version per store, held history  (publish, serve)
+                        updates
 """
 
 from __future__ import annotations
@@ -68,6 +70,18 @@ class Workdir:
     @property
     def bundles_dir(self) -> Path:
         return self.root / "bundles"
+
+    @property
+    def serving_dir(self) -> Path:
+        """The service's durable state: each store's last current version (``current/``,
+        :mod:`feedforge.store.last_current`) and live-history updates held while the store
+        was down (``held-histories/``, :mod:`feedforge.serving.fallback`)."""
+        return self.root / "serving"
+
+    @property
+    def current_dir(self) -> Path:
+        """Each store's last current version (:mod:`feedforge.store.last_current`)."""
+        return self.serving_dir / "current"
 
     @property
     def store_path(self) -> Path:

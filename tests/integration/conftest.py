@@ -32,6 +32,7 @@ import httpx
 import polars as pl
 import pytest
 import yaml
+from fastapi.testclient import TestClient
 
 from feedforge.config import Settings, load_settings
 from feedforge.datasets.build import build_dataset
@@ -41,6 +42,7 @@ from feedforge.events.log import EventLog
 from feedforge.events.simulator import simulate
 from feedforge.models.train import train_models
 from feedforge.publish.publisher import publish
+from feedforge.serving.app import create_app
 from feedforge.store.factory import open_store
 from feedforge.workdir import Workdir
 
@@ -269,3 +271,11 @@ class ServerProcess:
             output = self.process.communicate()[0]
         self.process = None
         return output
+
+
+@pytest.fixture(scope="module")
+def client(published_workdir: Workdir, small_settings: Settings) -> Iterator[TestClient]:
+    """A client on the shared published work directory, one per test module (post events
+    for new users only: the work directory is shared by the whole session)."""
+    with TestClient(create_app(small_settings, published_workdir)) as test_client:
+        yield test_client

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
@@ -87,7 +88,7 @@ def test_precomputed_feeds_are_served_while_fresh(
         # A consumed item leaves the precomputed feed at once.
         top = stored["items"][0]
         event = {
-            "event_id": f"batch-{time.time_ns()}", "timestamp": "2026-12-01T00:00:00Z",
+            "event_id": f"batch-{time.time_ns()}", "timestamp": datetime.now(UTC).isoformat(),
             "user_id": known_user, "item_id": top, "event_type": "click",
         }  # fmt: skip
         assert client.post("/events", json=event).status_code == 200

@@ -26,7 +26,9 @@ def test_bench_serve_reports_latency_floor_profile_and_ingestion(
         ingest_seconds=1, ingest_batch=100, floor_users=20, redis_url=redis_url,
         extra_rates=(10,),
     )  # fmt: skip
-    report = run_serve(Settings(**SMALL_CONFIG), spec, tmp_path)
+    # With both API keys set: the load generator, the warm-up and the ingestion send them.
+    keys = {"api_key": "w" * 32, "read_api_key": "r" * 32}
+    report = run_serve(Settings(**{**SMALL_CONFIG, "serving": keys}), spec, tmp_path)
     saved = json.loads((tmp_path / "serve.json").read_text())
     assert saved["command"].startswith("feedforge ")
     feeds = saved["feeds"]

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydantic
 import yaml
 
 from feedforge.bench import serve_load, serve_report
@@ -56,6 +57,7 @@ from feedforge.features.definitions import RAW_COUNTERS, derive_features
 from feedforge.index.ann import AnnIndex
 from feedforge.models.train import train_models
 from feedforge.publish.publisher import publish
+from feedforge.serving.security import API_KEY_HEADER
 from feedforge.serving.version import load_version
 from feedforge.store.factory import open_store
 from feedforge.store.keys import USER_EMB, Keys, glob_pattern
@@ -182,8 +184,23 @@ def _profile(metrics_text: str) -> dict[str, dict[str, float]]:
     }
 
 
+def _key_env(settings: Settings) -> dict[str, str]:
+    """The service's API keys as the environment variables that set them (a config file
+    dumped from the settings holds them masked: ``**********``)."""
+    keys = {"api_key": settings.serving.api_key, "read_api_key": settings.serving.read_api_key}
+    return {
+        f"FEEDFORGE_SERVING__{name.upper()}": key.get_secret_value()
+        for name, key in keys.items()
+        if key is not None
+    }
+
+
+def _key_header(key: pydantic.SecretStr | None) -> dict[str, str] | None:
+    return None if key is None else {API_KEY_HEADER: key.get_secret_value()}
+
+
 def _start_service(
-    workdir: Workdir, config: Path, workers: int
+    workdir: Workdir, config: Path, workers: int, env: dict[str, str]
 ) -> tuple[subprocess.Popen[str], str]:
     import httpx  # the bench extra (see run_serve)
 
@@ -196,7 +213,11 @@ def _start_service(
         "--workers", str(workers),
     ]  # fmt: skip
     process = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True, env=os.environ
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, **env},
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -237,12 +258,21 @@ def run_serve(
     data["store"] = {**data["store"], "type": "redis", "redis_url": spec.redis_url}
     data["store"]["namespace"] = namespace
     data["serving"] = {**data["serving"], "candidates": spec.candidates, "log_format": "text"}
+    # The JSON dump masks secrets ("**********"): the API keys are taken as they are.
+    data["serving"].update(
+        api_key=base_settings.serving.api_key, read_api_key=base_settings.serving.read_api_key
+    )
     settings = Settings(**data)
     setup: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="feedforge-bench-serve-") as tmp:
         workdir = Workdir.at(Path(tmp) / "work")
         config = Path(tmp) / "config.yaml"
-        config.write_text(yaml.safe_dump(settings.model_dump(mode="json")), encoding="utf-8")
+        dumped = settings.model_dump(mode="json")
+        # The keys go to the service in its environment (_key_env), not masked in the file.
+        dumped["serving"].update(api_key=None, read_api_key=None)
+        config.write_text(yaml.safe_dump(dumped), encoding="utf-8")
+        read_headers = _key_header(settings.serving.read_api_key)
+        write_headers = _key_header(settings.serving.api_key)
         try:
             for name, step in (
                 ("simulate", lambda: simulate(settings.simulator, workdir)),
@@ -258,14 +288,16 @@ def run_serve(
             say("compute floor")
             floor = _compute_floor(settings, workdir, spec)
             say(f"starting feedforge serve --workers {spec.workers}")
-            process, base = _start_service(workdir, config, spec.workers)
+            process, base = _start_service(workdir, config, spec.workers, _key_env(settings))
             try:
                 say("warming up (each worker loaded the version before it listened)")
-                with httpx.Client(base_url=base, timeout=300) as client:
+                with httpx.Client(base_url=base, timeout=300, headers=read_headers) as client:
                     for j in range(20 * spec.workers):
                         client.get("/recommend", params={"user_id": users[j % len(users)]})
                 say(f"driving {spec.rate}/s for {spec.duration_s} s (open loop)")
-                feeds = serve_load.drive_once(base, users, spec.rate, spec.duration_s, process.pid)
+                feeds = serve_load.drive_once(
+                    base, users, spec.rate, spec.duration_s, process.pid, read_headers
+                )
                 # An overloaded service still works through requests the driver gave up on.
                 profile = _profile(httpx.get(f"{base}/metrics", timeout=600).text)
                 sweep = []
@@ -273,11 +305,15 @@ def run_serve(
                     time.sleep(5)  # let a saturated run's backlog drain
                     say(f"driving {rate}/s for {spec.duration_s} s (open loop)")
                     sweep.append(
-                        serve_load.drive_once(base, users, rate, spec.duration_s, process.pid)
+                        serve_load.drive_once(
+                            base, users, rate, spec.duration_s, process.pid, read_headers
+                        )
                     )
                 say(f"ingesting for {spec.ingest_seconds} s")
                 ingest = asyncio.run(
-                    serve_load.ingest(base, spec.ingest_seconds, spec.ingest_batch)
+                    serve_load.ingest(
+                        base, spec.ingest_seconds, spec.ingest_batch, headers=write_headers
+                    )
                 )
             finally:
                 process.terminate()

@@ -57,7 +57,13 @@ def _percentiles(values: list[float]) -> dict[str, float | None]:
     }
 
 
-async def open_loop(base: str, users: list[str], rate: float, duration_s: float) -> dict[str, Any]:
+async def open_loop(
+    base: str,
+    users: list[str],
+    rate: float,
+    duration_s: float,
+    headers: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """``GET /recommend`` at Poisson arrivals of ``rate`` per second for ``duration_s`` seconds.
 
     Each request leaves at its scheduled time whatever the earlier ones are doing, and its
@@ -68,6 +74,7 @@ async def open_loop(base: str, users: list[str], rate: float, duration_s: float)
         users: The user ids asked for, in turn.
         rate: Offered requests per second.
         duration_s: Seconds of load.
+        headers: Sent with every request (the read key, where the service has one).
 
     Returns:
         Requests, throughput, statuses, errors, degraded answers and latency percentiles (ms).
@@ -83,7 +90,9 @@ async def open_loop(base: str, users: list[str], rate: float, duration_s: float)
     degraded = 0
     connector = aiohttp.TCPConnector(limit=512)
     timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(base, connector=connector, timeout=timeout) as session:
+    async with aiohttp.ClientSession(
+        base, connector=connector, timeout=timeout, headers=headers
+    ) as session:
         loop = asyncio.get_running_loop()
         start = loop.time() + 0.2
 
@@ -117,9 +126,16 @@ async def open_loop(base: str, users: list[str], rate: float, duration_s: float)
     }
 
 
-def _drive(base: str, users: list[str], rate: float, duration_s: float, out: Any) -> None:
+def _drive(
+    base: str,
+    users: list[str],
+    rate: float,
+    duration_s: float,
+    headers: dict[str, str] | None,
+    out: Any,
+) -> None:
     """The load generator's process entry point."""
-    out.put(asyncio.run(open_loop(base, users, rate, duration_s)))
+    out.put(asyncio.run(open_loop(base, users, rate, duration_s, headers)))
 
 
 def _event_batches(n_batches: int, batch: int) -> list[bytes]:
@@ -145,10 +161,16 @@ def _event_batches(n_batches: int, batch: int) -> list[bytes]:
 
 
 async def ingest(
-    base: str, seconds: float, batch: int, clients: int = 4, max_rate: float = 50_000.0
+    base: str,
+    seconds: float,
+    batch: int,
+    clients: int = 4,
+    max_rate: float = 50_000.0,
+    headers: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """``clients`` concurrent clients post pre-encoded batches for ``seconds`` (at most
-    ``max_rate`` events/s worth of bodies are prepared; a client stops when they run out).
+    ``max_rate`` events/s worth of bodies are prepared; a client stops when they run out),
+    with ``headers`` (the write key, where the service has one).
 
     Returns:
         Events acknowledged (durable) and failed, the seconds taken and events per second.
@@ -176,7 +198,7 @@ async def ingest(
     started = time.perf_counter()
     stop_at = started + seconds
     timeout = aiohttp.ClientTimeout(total=120)
-    async with aiohttp.ClientSession(base, timeout=timeout) as session:
+    async with aiohttp.ClientSession(base, timeout=timeout, headers=headers) as session:
         await asyncio.gather(*(client_loop(session) for _ in range(clients)))
     elapsed = time.perf_counter() - started
     return {
@@ -207,14 +229,20 @@ def _tree_cpu_s(pid: int) -> float | None:
 
 
 def drive_once(
-    base: str, users: list[str], rate: float, duration_s: float, service_pid: int
+    base: str,
+    users: list[str],
+    rate: float,
+    duration_s: float,
+    service_pid: int,
+    headers: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """One :func:`open_loop` run from a separate process (so the driver does not share this
     one's GIL), with the CPU time per request of the service (process ``service_pid`` and its
-    workers) added as ``service_cpu_ms_per_request``."""
+    workers) added as ``service_cpu_ms_per_request``; ``headers`` go with every request."""
     context = multiprocessing.get_context("spawn")
     queue: Any = context.Queue()
-    driver = context.Process(target=_drive, args=(base, users, rate, duration_s, queue))
+    args = (base, users, rate, duration_s, headers, queue)
+    driver = context.Process(target=_drive, args=args)
     cpu_before = _tree_cpu_s(service_pid)
     driver.start()
     feeds: dict[str, Any] = queue.get(timeout=duration_s + 600)

@@ -23,6 +23,7 @@ from feedforge.workdir import Workdir
 @clean_errors
 def compact_cmd(
     workdir: WorkdirOpt = DEFAULT_WORKDIR,
+    config: ConfigOpt = None,
     before: Annotated[
         str | None,
         typer.Option(help="Only days before this one, YYYY-MM-DD (default: today, UTC)"),
@@ -32,14 +33,17 @@ def compact_cmd(
     per request). Run it when no build or publish reads the log."""
     from datetime import UTC, date, datetime
 
-    from feedforge.errors import ValidationError
+    from feedforge.errors import ArtifactError, ValidationError
     from feedforge.events.log import EventLog
 
+    settings_from(config)  # no setting applies; a bad file fails here, as for any command
     try:
         until = date.fromisoformat(before) if before else datetime.now(UTC).date()
     except ValueError as exc:
         raise ValidationError(f"--before: {exc} (expected YYYY-MM-DD)") from exc
     wd = Workdir.at(workdir)
+    if not wd.root.is_dir():  # a mistyped --workdir, not an empty log
+        raise ArtifactError(wd.root, "missing work directory", wd.command("simulate"))
     result = EventLog(wd.events_dir).compact(before=until)
     console.print(
         f"compacted {result.partitions} day(s) before {until}: {result.files_before} files "
@@ -76,22 +80,33 @@ def serve_cmd(
     port: Annotated[int | None, typer.Option(help="Default: serving.port")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes")] = 1,
 ) -> None:
-    """Serve the feed API (GET /recommend, POST /events, /health, /docs)."""
+    """Serve the feed API (GET /recommend, POST /events, /health, /metrics, /docs).
+
+    With several workers (or ``PROMETHEUS_MULTIPROC_DIR`` set), /metrics adds up every
+    worker's counts (:mod:`feedforge.monitoring.metrics`): in the directory the variable
+    names, emptied first, else in a temporary one of this run, removed at exit.
+    """
     import uvicorn
 
     from feedforge.monitoring.logs import log_config
+    from feedforge.monitoring.metrics import multiprocess_metrics
 
     settings = settings_from(config)
     wd = Workdir.at(workdir)
     os.environ["FEEDFORGE_WORKDIR"] = str(wd.root)
     if config is not None:
         os.environ["FEEDFORGE_CONFIG"] = str(config.resolve())
-    uvicorn.run(
-        "feedforge.serving.app:create_app_from_env",
-        factory=True,
-        host=host or settings.serving.host,
-        port=port or settings.serving.port,
-        workers=workers,
-        log_config=log_config(settings.serving.log_format),
-        access_log=settings.serving.access_log,
-    )
+    with multiprocess_metrics(workers):
+        uvicorn.run(
+            "feedforge.serving.app:create_app_from_env",
+            factory=True,
+            host=host or settings.serving.host,
+            port=port or settings.serving.port,
+            workers=workers,
+            log_config=log_config(settings.serving.log_format),
+            access_log=settings.serving.access_log,
+            # Bound the request line plus headers: uvicorn's h11 parser answers 400 past
+            # h11_max_incomplete_event_size; its httptools parser has no such bound at all.
+            http=settings.serving.http,
+            h11_max_incomplete_event_size=settings.serving.max_header_bytes,
+        )

@@ -149,11 +149,15 @@ def import_cmd(
     ],
     data_dir: Annotated[Path, typer.Option("--data-dir", help="Dataset directory or file")],
     workdir: WorkdirOpt = DEFAULT_WORKDIR,
+    config: ConfigOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing raw data")] = False,
 ) -> None:
     """Import a real dataset into the work directory's event log and catalog."""
     from feedforge.events.importers import import_dataset
 
+    # The import reads no setting, but a bad file should fail now, not at `build` after a
+    # long import.
+    settings_from(config)
     with progress("import") as say:
         summary = import_dataset(
             source, data_dir, Workdir.at(workdir), overwrite=overwrite, progress=say

@@ -5,12 +5,16 @@ Layout::
     events/date=2026-01-01/part-<version>.parquet
     events/date=2026-01-02/part-<version>.parquet
 
-An append is durable when it returns: each file is written to a temporary name, fsynced and
-atomically renamed, then the directory is fsynced. Appends from several processes are
-serialised with an advisory file lock. An event whose ``event_id`` is already in the log (or
-twice in one batch) is stored once; the duplicate count is returned. Duplicates are looked up in
-the partition of the event's own date, so a re-sent event must keep its timestamp (it does when
-it is the same event).
+An append is durable when it returns: each day's file is written to a temporary name and
+fsynced, then renamed into place, then the day's directory is fsynced (and the log's root once,
+when the append created days). Appends from several processes are serialised with an advisory
+file lock, held only for the duplicate check, the renames and the directories' fsyncs: the
+files are written and fsynced before it is taken, several at once when an append spans several
+days, so one append's many days hold other appends up for little. An event whose ``event_id``
+is already in the log (or twice in one batch) is stored once (the first of the batch); the
+duplicate count and the ids stored are returned. Duplicates are looked up in the partition of
+the event's own date, so a re-sent event must keep its timestamp (it does when it is the same
+event).
 
 **The id index.** Looking duplicates up by scanning a partition's files on every append costs
 O(files) per append, and the service appends one file per request. So an :class:`EventLog`
@@ -24,16 +28,18 @@ and a partition larger than that on its own is scanned as before.
 :meth:`EventLog.compact` (``feedforge compact``) rewrites each closed day's files into one.
 A reader wraps its use of :meth:`EventLog.scan` in :meth:`EventLog.reading` (a shared lock):
 compaction removes the old files only when no reader holds it, so a file a reader listed is
-never gone when it reads it. Appends never wait for readers.
+never gone when it reads it. It removes them under the append lock too, since an append lists
+a day's files and then reads the ones it has not seen: appends go on during a compaction, wait
+only while a batch of old files is removed, and never wait for readers.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import date
 from functools import partial
 from pathlib import Path
@@ -42,6 +48,7 @@ import polars as pl
 
 from feedforge.artifacts import new_version
 from feedforge.errors import EventLogError
+from feedforge.events.durable import DayFile, commit, fsync, on_each, tmp_name
 from feedforge.events.schema import (
     EVENT_REQUIRED,
     EVENT_SCHEMA,
@@ -55,14 +62,21 @@ _READ_LOCK = ".read.lock"
 _COMPACT_LOCK = ".compact.lock"
 MAX_INDEXED_IDS = 2_000_000
 """Event ids an :class:`EventLog` holds in memory for duplicate checks (about 100 MB)."""
+UNLINK_BATCH = 1_000
+"""Old files a compaction removes per hold of the append lock."""
 
 
 @dataclass(frozen=True)
 class AppendResult:
-    """What an append did: rows ``written`` and ``duplicates`` skipped."""
+    """What an append did: rows ``written`` and ``duplicates`` skipped.
+
+    ``stored_ids`` are the ``event_id`` of the rows written (for each, the row is the first
+    of the batch with that id); they are left out of comparisons, which compare the counts.
+    """
 
     written: int
     duplicates: int
+    stored_ids: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -76,29 +90,8 @@ class CompactResult:
     events: int
 
 
-def _fsync(path: Path) -> None:
-    """fsync a file or a directory (a directory: its entries, e.g. a rename, are durable)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _commit(target: Path, write: Callable[[Path], None]) -> None:
-    """Create ``target`` durably: ``write`` fills a temporary file beside it, which is fsynced
-    and renamed into place, then the directory is fsynced. A failure leaves no temporary
-    file and no ``target``."""
-    tmp = target.with_name(f".{target.stem}.tmp")
-    try:
-        write(tmp)
-        _fsync(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        with suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise
-    _fsync(target.parent)
+_Failure = tuple[Path, OSError]
+"""Where an append failed first (the directory) and why."""
 
 
 class EventLog:
@@ -207,50 +200,124 @@ class EventLog:
             return AppendResult(0, 0)
         total = frame.height
         frame = frame.unique(subset="event_id", keep="first", maintain_order=True)
-        frame = frame.with_columns(pl.col("timestamp").dt.strftime("%Y-%m-%d").alias("_date"))
-        written = 0
-        version = new_version()
-        where_now: Path = self.root
+        shares = self._split(frame)
+        stored: list[DayFile] = []
         try:
-            with self._locked():
-                for (date,), part in frame.group_by("_date", maintain_order=True):
-                    part = part.drop("_date")
-                    seen = self._existing_ids(str(date), part.get_column("event_id"))
-                    if seen.len():
-                        part = part.filter(~pl.col("event_id").is_in(seen.implode()))
-                    if part.is_empty():
-                        continue
-                    where_now = directory = self._partition(str(date))
-                    directory.mkdir(parents=True, exist_ok=True)
-                    target = directory / f"part-{version}.parquet"
-                    write = part.sort("timestamp").write_parquet
-                    _commit(target, partial(write, compression="zstd", statistics=True))
-                    self._indexed(str(date), target.name, part.get_column("event_id"))
-                    written += part.height
-        except OSError as exc:
+            staged, failure = self._stage(shares)
+            if staged:
+                with self._locked():
+                    stored, late = self._commit_staged(staged)
+                failure = late or failure  # its days come before the one staging failed on
+        except OSError as exc:  # the lock file (or the root) could not be opened
+            failure = (self.root, exc)
+        finally:
+            for share in shares:
+                share.discard()
+        written = sum(share.rows.height for share in stored)
+        if failure is not None:
+            directory, error = failure
             raise EventLogError(
-                where_now,
-                exc.strerror or str(exc),
+                directory,
+                error.strerror or type(error).__name__,  # no path: the client sees it
                 f"{written} new event(s) of this batch were stored before the failure and the "
                 "rest were not: re-send the batch once the log is writable (stored events are "
                 "de-duplicated by event_id)",
                 stored=written,
-            ) from exc
-        return AppendResult(written=written, duplicates=total - written)
+            ) from error
+        ids = frozenset(i for share in stored for i in share.rows.get_column("event_id").to_list())
+        return AppendResult(written=written, duplicates=total - written, stored_ids=ids)
+
+    def _split(self, frame: pl.DataFrame) -> list[DayFile]:
+        """``frame`` (unique ids) cut into one share per UTC day, oldest day first, each
+        sorted by time, all bound for files of one new version."""
+        version = new_version()
+        days = (
+            frame.sort("timestamp", maintain_order=True)
+            .with_columns(pl.col("timestamp").dt.strftime("%Y-%m-%d").alias("_date"))
+            .partition_by("_date", maintain_order=True, include_key=False, as_dict=True)
+        )
+        return [
+            DayFile(str(day), rows, self._partition(str(day)) / f"part-{version}.parquet")
+            for (day,), rows in days.items()
+        ]
+
+    def _stage(self, shares: list[DayFile]) -> tuple[list[DayFile], _Failure | None]:
+        """Create the shares' day directories durably (the root fsynced once for all the new
+        ones) and write and fsync each share's temporary file, several at once. No lock is
+        needed: nothing is visible until it is renamed.
+
+        Returns:
+            The shares staged before the first failure, and that failure (None: all were).
+        """
+        try:
+            if not self.root.is_dir():
+                self.root.mkdir(parents=True, exist_ok=True)
+                fsync(self.root.parent)
+        except OSError as exc:
+            return [], (self.root, exc)
+        created = any(not share.target.parent.is_dir() for share in shares)
+        ready, failure = shares, None
+        for n, error in enumerate(on_each(DayFile.stage, shares)):
+            if error is not None:
+                ready, failure = shares[:n], (shares[n].target.parent, error)
+                break
+        try:
+            if created and ready:  # the new days' directory entries
+                fsync(self.root)
+        except OSError as exc:
+            return [], (self.root, exc)
+        return ready, failure
+
+    def _commit_staged(self, staged: list[DayFile]) -> tuple[list[DayFile], _Failure | None]:
+        """Under the append lock: drop the rows already in the log, rename each staged file
+        into place and fsync the directories, several at once.
+
+        Returns:
+            The shares now durable (not those whose rows were all in the log already), and
+            the first failure.
+        """
+        failure: _Failure | None = None
+        renamed: list[DayFile] = []
+        for share in staged:
+            try:
+                ids = share.rows.get_column("event_id")
+                seen = self._existing_ids(share.date, ids)
+                if seen.len():  # re-sent events: rewrite the file without them (rare)
+                    share.rows = share.rows.filter(~pl.col("event_id").is_in(seen.implode()))
+                    share.discard()
+                    if share.rows.is_empty():
+                        continue
+                    share.stage()
+                os.replace(tmp_name(share.target), share.target)
+            except OSError as exc:
+                failure = (share.target.parent, exc)
+                break
+            renamed.append(share)
+        stored: list[DayFile] = []
+        synced = on_each(lambda s: fsync(s.target.parent), renamed)
+        for share, error in zip(renamed, synced, strict=True):
+            if error is not None:
+                failure = failure or (share.target.parent, error)
+                continue
+            self._indexed(share.date, share.target.name, share.rows.get_column("event_id"))
+            stored.append(share)
+        return stored, failure
 
     def compact(self, before: date | None = None) -> CompactResult:
         """Rewrite every partition of several files into one file (the service writes one file
         per ``POST /events`` request: at 20 requests/s about 1.7M files a day, which every
         reader of the log then opens).
 
-        One compaction runs at a time. Each partition is merged under the append lock, one at
-        a time, so appends go on between partitions: its files are merged (one row per
-        ``event_id``, sorted by time) into a new file written durably like an append. Then,
-        once no reader holds :meth:`reading` (``feedforge build``, publish, evaluate and
-        batch-score do while they read), the old files are removed and the directory is
-        fsynced; readers that start meanwhile see both, which :meth:`scan` de-duplicates. A
-        crash in between leaves both as well (the next compaction drops the duplicates; no
-        event is lost). A reader that never lets go holds the compaction up, not the appends.
+        One compaction runs at a time, one partition at a time, and appends go on meanwhile,
+        to any day: a partition's files are merged (one row per ``event_id``, sorted by time)
+        into a new file written durably like an append; files appended meanwhile are left as
+        they are. Then, once no reader holds :meth:`reading` (``feedforge build``, publish,
+        evaluate and batch-score do while they read), the merged files are removed under the
+        append lock, a batch at a time (an append waits for one batch of removals at most),
+        and the directory is fsynced; readers and appends that look meanwhile see both, which
+        :meth:`scan` and the duplicate check handle. A crash in between leaves both as well (the
+        next compaction drops the duplicates; no event is lost). A reader that never lets go
+        holds the compaction up, not the appends.
         The merge is one polars query written with ``sink_parquet``; its sort needs a whole
         day, so memory grows with the largest.
 
@@ -275,24 +342,19 @@ class EventLog:
             if before is not None and day >= before.isoformat():
                 continue
             try:
-                with self._locked():
-                    files = sorted(directory.glob("*.parquet"))
-                    if len(files) <= 1:
-                        continue
-                    target = directory / f"part-{new_version()}.parquet"
-                    merged = (
-                        pl.scan_parquet(files, hive_partitioning=False, schema=EVENT_SCHEMA)
-                        .unique(subset="event_id", keep="any")
-                        .sort("timestamp")
-                    )
-                    _commit(
-                        target, partial(merged.sink_parquet, compression="zstd", statistics=True)
-                    )
-                    self._index.pop(day, None)
-                with self._locked(_READ_LOCK):  # waits for readers that may have listed them
-                    for old in files:
-                        old.unlink(missing_ok=True)
-                    _fsync(directory)
+                # No lock for the merge: committed files never change and appends only add
+                # files, which this compaction neither merges nor removes.
+                files = sorted(directory.glob("*.parquet"))
+                if len(files) <= 1:
+                    continue
+                target = directory / f"part-{new_version()}.parquet"
+                merged = (
+                    pl.scan_parquet(files, hive_partitioning=False, schema=EVENT_SCHEMA)
+                    .unique(subset="event_id", keep="any")
+                    .sort("timestamp")
+                )
+                commit(target, partial(merged.sink_parquet, compression="zstd", statistics=True))
+                self._remove(directory, files)
                 rows = pl.scan_parquet(target).select(pl.len()).collect().item()
             except OSError as exc:
                 raise EventLogError(
@@ -306,6 +368,21 @@ class EventLog:
             files_after += 1
             events += int(rows)
         return CompactResult(partitions, files_before, files_after, events)
+
+    def _remove(self, directory: Path, files: list[Path]) -> None:
+        """Remove a compacted day's old files, then fsync its directory.
+
+        Once no reader holds :meth:`reading` (a reader may have listed them), and
+        :data:`UNLINK_BATCH` files at a time under the append lock (an append lists a day's
+        files, then reads those it has not seen). Locks are taken in this order only (appends
+        never take the read lock), so they cannot deadlock.
+        """
+        with self._locked(_READ_LOCK):
+            for start in range(0, len(files), UNLINK_BATCH):
+                with self._locked():
+                    for old in files[start : start + UNLINK_BATCH]:
+                        old.unlink(missing_ok=True)
+            fsync(directory)
 
     def files(self) -> list[Path]:
         """All committed Parquet files of the log, oldest partition first."""

@@ -18,15 +18,28 @@ process, as in the tests, never share counters). Exported:
   had no record for them (:func:`~feedforge.features.item_table.raw_from_table`);
 * ``feedforge_serving_version_info{version}``: 1 for the version being served.
 
-With several worker processes each exports its own counts (scrape every worker, or sum
-them); Prometheus' multiprocess mode is not set up here.
+With several worker processes (``feedforge serve --workers N``) the metrics use
+prometheus-client's multiprocess mode, so every worker answers a scrape with the counts of the
+whole service and counters never go down from one scrape to the next, whichever worker
+answers: ``feedforge serve`` points ``PROMETHEUS_MULTIPROC_DIR`` at a directory of its own
+(:func:`multiprocess_metrics`: the one the variable names, emptied at start, or a new
+temporary one, removed at exit) before the workers start; each worker writes its values to
+files there, ``/metrics`` merges them (``MultiProcessCollector``), and a worker that shuts
+down marks itself dead (:func:`mark_worker_dead`). Counters and histograms of exited workers
+keep counting; ``feedforge_serving_version_info`` is the largest value over the live workers
+(``livemax``): 1 for each version some worker serves, 0 for versions served before. A single
+process without the variable keeps one registry per service instance, as described above.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -35,6 +48,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    multiprocess,
 )
 
 # Milliseconds matter: a feed has a 50 ms budget, its stages a few ms each.
@@ -42,6 +56,54 @@ _LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 )  # fmt: skip
 STAGES = ("read", "retrieve", "features", "score", "rerank")
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+"""The variable that turns on prometheus-client's multiprocess mode; it must be set before
+``prometheus_client`` is first imported in a worker."""
+
+
+def multiprocess_dir() -> Path | None:
+    """The multiprocess directory of this process, or None in single-process mode."""
+    value = os.environ.get(MULTIPROC_ENV)
+    return Path(value) if value else None
+
+
+def prepare_multiprocess_dir(directory: Path) -> None:
+    """Create ``directory`` and delete the metric files an earlier run left there (their
+    counts would be added to this run's)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink(missing_ok=True)
+
+
+@contextmanager
+def multiprocess_metrics(workers: int) -> Iterator[Path | None]:
+    """Set up multiprocess mode for a service about to start ``workers`` processes.
+
+    With ``PROMETHEUS_MULTIPROC_DIR`` set, that directory is emptied; else, with more than
+    one worker, a new temporary directory is made, exported in the variable (the workers
+    inherit it) and removed on exit. One worker without the variable keeps the
+    single-process registry. Yields the directory in use, or None.
+    """
+    directory = multiprocess_dir()
+    temporary = directory is None and workers > 1
+    if directory is None and temporary:
+        directory = Path(tempfile.mkdtemp(prefix="feedforge-metrics-"))
+        os.environ[MULTIPROC_ENV] = str(directory)
+    if directory is not None:
+        prepare_multiprocess_dir(directory)
+    try:
+        yield directory
+    finally:
+        if temporary and directory is not None:
+            os.environ.pop(MULTIPROC_ENV, None)
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def mark_worker_dead(pid: int | None = None) -> None:
+    """Drop the live-gauge values of an exiting worker (multiprocess mode; else nothing)."""
+    directory = multiprocess_dir()
+    if directory is not None:
+        multiprocess.mark_process_dead(pid if pid is not None else os.getpid(), str(directory))
 
 
 class ServiceMetrics:
@@ -49,6 +111,8 @@ class ServiceMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._multiprocess_dir = multiprocess_dir()
+        self._versions: set[str] = set()
         self.requests = Counter(
             "feedforge_requests",
             "HTTP requests by route and status code",
@@ -93,6 +157,7 @@ class ServiceMetrics:
             "The published version being served (value 1)",
             ["version"],
             registry=self.registry,
+            multiprocess_mode="livemax",
         )
         for stage in STAGES:  # exported from the start, before the first feed
             self.stage_seconds.labels(stage=stage)
@@ -110,7 +175,12 @@ class ServiceMetrics:
 
     def serving(self, version: str) -> None:
         """Mark ``version`` as the one being served (clearing the previous one)."""
-        self.version.clear()
+        if self._multiprocess_dir is None:
+            self.version.clear()
+        else:  # a cleared label set stays in the worker's file: set it to 0 instead
+            for previous in self._versions - {version}:
+                self.version.labels(version=previous).set(0)
+            self._versions.add(version)
         self.version.labels(version=version).set(1)
 
     def missing(self, kind: str) -> float:
@@ -119,5 +189,10 @@ class ServiceMetrics:
         return float(value or 0.0)
 
     def render(self) -> tuple[bytes, str]:
-        """The exposition text and its content type."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        """The exposition text and its content type (of every worker in multiprocess
+        mode)."""
+        if self._multiprocess_dir is None:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged, path=str(self._multiprocess_dir))
+        return generate_latest(merged), CONTENT_TYPE_LATEST

@@ -55,6 +55,7 @@ from feedforge.store.bundle import (
     RANKER_DIR,
 )
 from feedforge.store.keys import ITEM_EMB, ITEM_FEAT, USER_EMB, USER_FEAT
+from feedforge.store.last_current import remember_current
 from feedforge.workdir import Workdir
 
 POPULAR_LIST_SIZE = 1_000
@@ -187,6 +188,7 @@ def publish(
         store.put_records(version, ITEM_FEAT, item_ids[s], item_recs[s])
 
     popular_idx = np.argsort(-popularity.score(np.zeros(1, dtype=np.int64))[0], kind="stable")
+    popular = dataset.items.id_of(popular_idx[:POPULAR_LIST_SIZE])
     meta = {
         "version": version,
         "published_at": datetime.now(UTC).isoformat(),
@@ -200,7 +202,7 @@ def publish(
         "n_items": len(i_ids),
         "cold_items": cold_stats,
         "n_users": len(u_ids),
-        "popular": dataset.items.id_of(popular_idx[:POPULAR_LIST_SIZE]),
+        "popular": popular,
         "bundle": str(bundle),
         "ann": {"dir": ANN_DIR, **asdict(index.params)},
         "dataset_version": dataset.version,
@@ -220,6 +222,7 @@ def publish(
     store.put_meta(version, meta)
     previous = store.current_version()
     store.set_current(version)
+    remember_current(workdir.current_dir, store, version, popular)
     say(f"version {version} is live")
     if previous is not None and previous != version:
         retire(store, previous)

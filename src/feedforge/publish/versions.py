@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 
 from feedforge.errors import ArtifactError, NotPublishedError, StoreError
 from feedforge.store.base import OnlineStore
+from feedforge.store.last_current import remember_current
 from feedforge.workdir import Workdir
 
 
@@ -104,5 +105,7 @@ def rollback(workdir: Workdir, store: OnlineStore, to: str | None = None) -> tup
         # Back in service: a prune must not count its earlier retirement.
         store.put_meta(to, {k: v for k, v in meta.items() if k != "retired_at"})
     store.set_current(to)
+    if meta is not None:
+        remember_current(workdir.current_dir, store, to, meta.get("popular") or [])
     retire(store, current)
     return current, to

@@ -3,24 +3,32 @@
 Endpoints, one router per resource (:mod:`feedforge.serving.routes`): ``GET /recommend``
 (feed), ``POST /events`` (events), ``GET /health`` (plus ``/health/live`` and
 ``/health/ready``) and ``GET /metrics`` (Prometheus, :mod:`feedforge.monitoring.metrics`)
-(ops); OpenAPI at ``/docs``. Heavy objects (the store client, the service) are created in the
+(ops); OpenAPI at ``/docs`` and ``/redoc``, from local assets
+(:mod:`feedforge.serving.docs`). Heavy objects (the store client, the service) are created in the
 lifespan, never per request; endpoints get them through :mod:`feedforge.serving.deps`. Every
-:class:`~feedforge.errors.FeedforgeError` is turned into a JSON response with its HTTP status
-by the one handler below.
+:class:`~feedforge.errors.FeedforgeError`, and FastAPI's own 4xx, is turned into a JSON
+response of one shape with its HTTP status by :func:`install_error_handlers`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from http import HTTPStatus
+from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
 
 from feedforge import __version__
 from feedforge.config import Settings, load_settings
-from feedforge.errors import FeedforgeError
+from feedforge.errors import FeedforgeError, ValidationError
+from feedforge.events.schema import issue_reason, quote
+from feedforge.monitoring.metrics import mark_worker_dead
+from feedforge.serving.docs import install_docs
 from feedforge.serving.middleware import RequestTiming
 from feedforge.serving.pipeline import FeedService
 from feedforge.serving.routes import events, feed, ops
@@ -34,7 +42,7 @@ def create_app(settings: Settings, workdir: Workdir) -> FastAPI:
 
     Raises:
         feedforge.errors.ConfigError: the security settings are refused (production without
-            an API key).
+            both API keys, or the same key for reads and writes).
     """
 
     @asynccontextmanager
@@ -44,11 +52,13 @@ def create_app(settings: Settings, workdir: Workdir) -> FastAPI:
         # uvicorn opens a worker's socket after the lifespan start-up, so no request waits
         # on the version load.
         service.versions.preload()
+        service.replay_held_histories()  # updates a stopped or killed worker still held
         try:
             yield
         finally:
             service.close()
             store.close()
+            mark_worker_dead()
 
     check_security_config(settings.serving)
     app = FastAPI(
@@ -56,19 +66,58 @@ def create_app(settings: Settings, workdir: Workdir) -> FastAPI:
         version=__version__,
         description="A personalized feed: retrieve -> rank -> re-rank over published models.",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's pages load from a CDN: served locally by install_docs
+        redoc_url=None,
     )
     app.state.settings = settings
     app.add_middleware(BodySizeLimit, max_bytes=settings.serving.max_request_bytes)
     app.add_middleware(RequestTiming, budget_ms=settings.serving.latency_budget_ms)
 
-    @app.exception_handler(FeedforgeError)
-    async def _feedforge_error(_request: Request, exc: FeedforgeError) -> JSONResponse:
-        return JSONResponse(status_code=exc.http_status, content=exc.to_dict())
+    install_error_handlers(app)
 
     for router in (feed.router, events.router, ops.router):
         app.include_router(router)
     events.install_event_schema(app)
+    install_docs(app)
     return app
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Answer every error in the API's one shape (``error``, ``message``, ``errors``; see
+    :class:`~feedforge.serving.schemas.ErrorResponse`), FastAPI's own included: its request
+    validation (422, by default ``{"detail": ...}`` quoting the whole input) and its HTTP
+    errors (400 for an undecodable body, 404, 405)."""
+
+    @app.exception_handler(FeedforgeError)
+    async def _feedforge_error(_request: Request, exc: FeedforgeError) -> JSONResponse:
+        return JSONResponse(status_code=exc.http_status, content=exc.to_dict())
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [_field_error(err) for err in exc.errors()]
+        fields = ", ".join(dict.fromkeys(e["field"] for e in errors))
+        error = ValidationError(f"invalid request: {quote(fields)}", errors=errors)
+        return JSONResponse(status_code=422, content=error.to_dict())
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_request: Request, exc: HTTPException) -> Response:
+        if exc.status_code in (204, 304) or exc.status_code < 200:
+            return Response(status_code=exc.status_code, headers=exc.headers)
+        kind = HTTPStatus(exc.status_code).phrase.replace(" ", "").replace("-", "")
+        body = {"error": kind, "message": quote(str(exc.detail), 200)}
+        return JSONResponse(status_code=exc.status_code, content=body, headers=exc.headers)
+
+
+def _field_error(err: Mapping[str, Any]) -> dict[str, str]:
+    """One FastAPI validation error as ``{"field", "reason"}``, quoting none of the input."""
+    loc = [str(part) for part in err.get("loc") or ()]
+    if err.get("type") == "json_invalid":
+        at = f" at position {loc[1]}" if len(loc) > 1 else ""
+        problem = (err.get("ctx") or {}).get("error", "decode error")
+        return {"field": "body", "reason": f"not valid JSON: {problem}{at}"}
+    # ("query", "k") -> "k"; ("body",) -> "body"; ("body", "x", 0) -> "x.0".
+    field = ".".join(loc[1:]) or (loc[0] if loc else "request")
+    return {"field": quote(field), "reason": issue_reason(err)}
 
 
 def create_app_from_env() -> FastAPI:

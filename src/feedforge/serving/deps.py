@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 
 from feedforge.serving.pipeline import FeedService
-from feedforge.serving.security import api_key_header
+from feedforge.serving.security import require_read_key, require_write_key
 
 
 async def get_service(request: Request) -> FeedService:
@@ -24,6 +24,12 @@ async def get_service(request: Request) -> FeedService:
 Service = Annotated[FeedService, Depends(get_service)]
 """The feed service of the app."""
 
-ApiKey = Annotated[str | None, Security(api_key_header)]
-"""The request's ``X-API-Key`` header (None when absent), documented as the write endpoints'
-security scheme; :func:`~feedforge.serving.security.require_api_key` checks it."""
+ReadAccess = Security(require_read_key)
+"""Route dependency of the read endpoints (``dependencies=[ReadAccess]``): 401 without
+``serving.read_api_key`` in ``X-API-Key`` (:mod:`feedforge.serving.security`)."""
+
+WriteAccess = Security(require_write_key)
+"""Route dependency of the write endpoints (``dependencies=[WriteAccess]``): 401 without
+``serving.api_key`` in ``X-API-Key``. A route's dependencies are solved before its other
+dependencies, so before :func:`feedforge.serving.body.read_json` reads the body (a ``Body``
+parameter would be read by FastAPI before any dependency: write routes take none)."""

@@ -25,6 +25,7 @@ from feedforge.errors import FeedforgeError, NotPublishedError
 from feedforge.monitoring.metrics import ServiceMetrics
 from feedforge.serving.version import LoadedVersion, load_version
 from feedforge.store.base import OnlineStore
+from feedforge.store.last_current import remember_current
 from feedforge.workdir import Workdir
 
 # The pipeline's logger: the lines ("serving version ...", "could not load version ...") are
@@ -144,6 +145,10 @@ class VersionFollower:
                 raise NotPublishedError(f"version {version} has no metadata in the store")
             state = load_version(self.store, version, meta, self.serving, self.workdir.bundles_dir)
             self._loaded = state
+            # What a later start with the store down falls back to (serving.fallback).
+            remember_current(
+                self.workdir.current_dir, self.store, version, meta.get("popular") or []
+            )
             # A full pass of the cyclic collector over a loaded service takes ~150 ms (a tail
             # latency spike) and finds nothing of the version to free: freeze what is live.
             # Unfreeze and collect first, so cycles the previous version left are freed, not

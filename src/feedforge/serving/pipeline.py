@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from feedforge.config import Settings
-from feedforge.errors import StoreUnavailableError
+from feedforge.errors import EventLogError, StoreUnavailableError
 from feedforge.events.log import AppendResult, EventLog
 from feedforge.events.schema import CONSUMED_EVENTS, Event, EventType
 from feedforge.features.definitions import derive_features
@@ -104,9 +104,14 @@ class FeedService:
         self.versions = VersionFollower(store, settings.serving, workdir, self.metrics)
         """The published version this worker serves (:mod:`feedforge.serving.following`)."""
         self.guard = StoreGuard(settings.serving.store_retry_s)
-        self.feed_log = FeedLog(workdir.feedlog_dir) if settings.serving.feed_log else None
-        self.pending = PendingHistories()
-        self._disk_fallback = DiskFallback(workdir.bundles_dir)
+        self.feed_log = (
+            FeedLog.from_settings(workdir.feedlog_dir, settings.serving)
+            if settings.serving.feed_log
+            else None
+        )
+        self.pending = PendingHistories(workdir.serving_dir / "held-histories")
+        """Held live-history updates, journalled durably (:mod:`feedforge.serving.held`)."""
+        self._disk_fallback = DiskFallback(workdir.current_dir, store)
 
     # -- feeds ------------------------------------------------------------------------------
     def recommend(self, user_id: str, k: int, device: str | None = None) -> Feed:
@@ -154,8 +159,20 @@ class FeedService:
             self.metrics.feed_log_errors.inc()
             logger.error("could not write the feed log: %s", exc)
 
+    def replay_held_histories(self) -> None:
+        """At start-up: adopt the held history updates of workers that are gone (a crash, or
+        a stop while the store was down) and write them if the store answers."""
+        self.pending.adopt_orphans()
+        if len(self.pending):
+            try:
+                self.pending.flush(self.store, self.settings.serving.history_length, None)
+            except StoreUnavailableError as exc:
+                self.guard.failed(exc)
+
     def close(self) -> None:
-        """Close the feed log."""
+        """Write held history updates (journal what the store does not take), close the
+        feed log."""
+        self.pending.close(self.store, self.settings.serving.history_length)
         if self.feed_log is not None:
             self.feed_log.close()
 
@@ -401,20 +418,37 @@ class FeedService:
 
     # -- events -----------------------------------------------------------------------------
     def ingest(self, events: list[Event]) -> tuple[AppendResult, bool]:
-        """Store events durably, then append their items to the users' live histories.
+        """Store events durably, then append the items of those the log newly stored to the
+        users' live histories (a re-sent event, or a second use of an ``event_id``, is not
+        stored again and changes no history: history and log agree).
 
         Returns:
             The log's append result, and whether the histories were updated now: False
-            while the store is unavailable (the updates are held in memory and written when
-            it answers again; the events are durable in the log either way).
+            while the store is unavailable (the updates are held, journalled durably, and
+            written when it answers again; the events are durable in the log either way).
+
+        Raises:
+            feedforge.errors.EventLogError: the log could not be written (logged here with
+                the log's path, which the error's client view leaves out).
         """
-        result = self.log.append(events)
+        try:
+            result = self.log.append(events)
+        except EventLogError as exc:
+            logger.error("POST /events: %s (%s)", exc.message, exc.__cause__ or "")
+            raise
+        stored = set(result.stored_ids)
+        new: list[Event] = []
+        for event in events:  # in batch order: the log keeps the first event of each id
+            if event.event_id in stored:
+                stored.discard(event.event_id)
+                new.append(event)
         per_user: dict[str, list[str]] = {}
-        for event in sorted(events, key=lambda e: e.timestamp):
+        for event in sorted(new, key=lambda e: e.timestamp):
             if event.event_type in HISTORY_EVENTS:
                 per_user.setdefault(event.user_id, []).append(event.item_id)
         self.pending.add(per_user)
         if not self.guard.available():
+            self.pending.persist()  # durable before the answer acknowledges the events
             return result, False
         try:
             # Everything held, this batch's users included: acknowledged history updates
@@ -424,6 +458,7 @@ class FeedService:
             )
         except StoreUnavailableError as exc:
             self.guard.failed(exc)
+            self.pending.persist()
             return result, False
         self.guard.succeeded()
         return result, done

@@ -59,12 +59,45 @@ class IngestResponse(BaseModel):
     accepted: int = Field(description="Events stored durably (new ones)")
     duplicates: int = Field(description="Events whose event_id was already stored")
     rejected: int = 0
-    errors: list[EventIssue] = []
+    errors: list[EventIssue] = Field(
+        [],
+        description="One entry per problem of a rejected event: its index in the batch, the "
+        "field (dotted, e.g. `context.position`) and the reason",
+    )
     history_updated: bool = Field(
         True,
         description="False while the online store is unavailable: the events are durable in "
         "the log, and the users' live histories are updated when the store answers again",
     )
+
+
+class FieldError(BaseModel):
+    """One rejected part of a request."""
+
+    field: str = Field(description="The query parameter, or `body`, that was rejected")
+    reason: str = Field(description="Why; quotes at most 80 characters of the input")
+
+
+class ErrorResponse(BaseModel):
+    """The body of every 4xx (and 5xx) answer of the API."""
+
+    error: str = Field(
+        description="The kind of error: `ValidationError` (422), `BadRequest` (400: a body "
+        "that cannot be decoded), `AuthError` (401), `PayloadTooLargeError` (413), `NotFound` "
+        "(404), `MethodNotAllowed` (405), or a server-side error (5xx)"
+    )
+    message: str = Field(description="What went wrong, for a person")
+    errors: list[FieldError] = Field(
+        [], description="The rejected parameters, one per problem (422 only)"
+    )
+
+
+class EventsRejected(IngestResponse):
+    """``POST /events``' 422: the error fields plus what happened to the batch (the valid
+    events were stored all the same)."""
+
+    error: Literal["ValidationError"] = "ValidationError"
+    message: str = Field(description="How many events were rejected")
 
 
 class HealthResponse(BaseModel):

@@ -1,9 +1,24 @@
-"""Who may write, and how much: the API key of the write endpoints and the request size limit.
+"""Who may read and write, and how much: the API keys of the endpoints and the request size
+limit.
 
-* ``serving.api_key`` set: ``POST /events`` needs it in the ``X-API-Key`` header (compared in
-  constant time); a missing or wrong key gets 401. Unset: allowed only with
-  ``serving.environment: development`` (the default, with a warning at start);
-  ``production`` refuses to start without a key.
+* Two separate credentials, both sent in the ``X-API-Key`` header and compared in constant
+  time; a missing or wrong key gets 401:
+
+  - ``serving.read_api_key`` guards ``GET /recommend``: a feed names items of the user's
+    history (``because_item_id``, the explanation), so reading one is reading what the user
+    watched;
+  - ``serving.api_key`` (the write key) guards ``POST /events``.
+
+  The write key does not grant reads, nor the read key writes: an event producer (an ingest
+  job, a client's tracking) holding the write key cannot list users' histories, and a leaked
+  read key cannot forge events. The two must differ. ``/health*``, ``/metrics`` and the docs
+  stay open (no user data).
+* An unset key leaves its endpoints open, allowed only with ``serving.environment:
+  development`` (the default, with a warning at start); ``production`` refuses to start
+  without both keys.
+* The keys are checked by route dependencies (:data:`feedforge.serving.deps.ReadAccess`,
+  :data:`~feedforge.serving.deps.WriteAccess`), which FastAPI solves before anything reads the
+  body: a request without the key is answered 401 from its headers alone.
 * :class:`BodySizeLimit` answers 413 to any request whose body exceeds
   ``serving.max_request_bytes``, from ``Content-Length`` before reading, or while reading a
   body sent without one, so an oversized upload is never buffered whole.
@@ -14,9 +29,10 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Request
+import pydantic
+from fastapi import Request, Security
 from fastapi.security import APIKeyHeader
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -26,34 +42,75 @@ from feedforge.errors import AuthError, ConfigError, PayloadTooLargeError
 logger = logging.getLogger("feedforge.serving")
 
 API_KEY_HEADER = "X-API-Key"
-api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False)
+read_key_header = APIKeyHeader(
+    name=API_KEY_HEADER,
+    scheme_name="ReadApiKey",
+    description="serving.read_api_key: GET /recommend",
+    auto_error=False,
+)
+write_key_header = APIKeyHeader(
+    name=API_KEY_HEADER,
+    scheme_name="WriteApiKey",
+    description="serving.api_key: POST /events",
+    auto_error=False,
+)
+
+_KEYS = (("api_key", "POST /events"), ("read_api_key", "GET /recommend"))
 
 
 def check_security_config(serving: ServingConfig) -> None:
-    """Refuse a production service without an API key; warn about an open development one.
+    """Refuse a production service without both API keys; warn about open development ones.
 
     Raises:
-        ConfigError: ``environment`` is production and ``api_key`` is unset.
+        ConfigError: ``environment`` is production and ``api_key`` or ``read_api_key`` is
+            unset; or the two keys are the same.
     """
-    if serving.api_key is not None:
-        return
-    if serving.environment == "production":
+    read, write = serving.read_api_key, serving.api_key
+    if read is not None and write is not None and _same(read, write.get_secret_value()):
         raise ConfigError(
-            "serving.api_key is required when serving.environment is production "
-            "(set FEEDFORGE_SERVING__API_KEY)"
+            "serving.api_key and serving.read_api_key must differ: they are separate "
+            "credentials (writing events, reading feeds)"
         )
-    logger.warning("serving.api_key is not set: POST /events is open to anyone (development mode)")
+    for field, endpoint in _KEYS:
+        if getattr(serving, field) is not None:
+            continue
+        if serving.environment == "production":
+            raise ConfigError(
+                f"serving.{field} is required when serving.environment is production "
+                f"(set FEEDFORGE_SERVING__{field.upper()})"
+            )
+        logger.warning(
+            "serving.%s is not set: %s is open to anyone (development mode)", field, endpoint
+        )
 
 
-def require_api_key(request: Request, key: str | None) -> None:
-    """Raise AuthError unless ``key`` is the configured API key (or none is configured)."""
-    expected = request.app.state.settings.serving.api_key
+def _same(expected: pydantic.SecretStr, key: str) -> bool:
+    return secrets.compare_digest(key.encode(), expected.get_secret_value().encode())
+
+
+def _check_key(expected: pydantic.SecretStr | None, key: str | None, name: str) -> None:
     if expected is None:
         return
     if key is None:
-        raise AuthError(f"this endpoint needs the API key in the {API_KEY_HEADER} header")
-    if not secrets.compare_digest(key.encode(), expected.get_secret_value().encode()):
+        raise AuthError(f"this endpoint needs serving.{name} in the {API_KEY_HEADER} header")
+    if not _same(expected, key):
         raise AuthError("wrong API key")
+
+
+async def require_read_key(
+    request: Request, key: Annotated[str | None, Security(read_key_header)]
+) -> None:
+    """Route dependency: raise AuthError unless the request carries ``serving.read_api_key``
+    (or none is configured). Async: no thread-pool hop on the feed's path."""
+    _check_key(request.app.state.settings.serving.read_api_key, key, "read_api_key")
+
+
+async def require_write_key(
+    request: Request, key: Annotated[str | None, Security(write_key_header)]
+) -> None:
+    """Route dependency: raise AuthError unless the request carries ``serving.api_key`` (or
+    none is configured). Solved before the body is read (see the module docs)."""
+    _check_key(request.app.state.settings.serving.api_key, key, "api_key")
 
 
 class BodySizeLimit:

@@ -43,6 +43,10 @@ class UserRead:
     extra: dict[str, Any] | None = None
 
 
+APPLIED_TOKEN_TTL_S = 30 * 86_400
+"""How long a store remembers an :meth:`OnlineStore.append_histories` token."""
+
+
 class OnlineStore(ABC):
     """A key-value online store. Backends: embedded (SQLite, no server) and Redis."""
 
@@ -149,9 +153,21 @@ class OnlineStore(ABC):
 
     # -- live per-user state ----------------------------------------------------------------
     @abstractmethod
-    def append_histories(self, items: Mapping[str, Sequence[str]], max_len: int) -> None:
+    def append_histories(
+        self, items: Mapping[str, Sequence[str]], max_len: int, token: str | None = None
+    ) -> None:
         """Append items to users' recent histories in one batched write (per user, the last
         id is the newest). Each history keeps its ``max_len`` newest entries.
+
+        Args:
+            items: user -> items, oldest first.
+            max_len: The most entries a history keeps.
+            token: Makes the write happen at most once: a call with a token the store has
+                seen in the last :data:`APPLIED_TOKEN_TTL_S` writes nothing (the service's
+                replay of held updates, :mod:`feedforge.serving.fallback`, may repeat a
+                write it cannot tell reached the store). Redis splits a large call into
+                several server-side calls, each applied at most once, so a repeated call
+                must pass the same ``items`` in the same order.
 
         Raises:
             feedforge.errors.ValidationError: ``max_len`` < 1.
@@ -174,6 +190,11 @@ class OnlineStore(ABC):
         """Delete every user's live history (used when a work directory is rebuilt)."""
 
     # -- lifecycle --------------------------------------------------------------------------
+    def identity(self) -> str:
+        """What tells this store apart from another one sharing the work directory and its
+        bundles (the backend, where it lives, the namespace); no secret in it."""
+        return repr(self)
+
     @abstractmethod
     def ping(self) -> bool:
         """``True`` when the backend answers; never raises."""

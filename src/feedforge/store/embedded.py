@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -35,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from feedforge.errors import StoreError, StoreUnavailableError, ValidationError
-from feedforge.store.base import OnlineStore, decode_vectors
+from feedforge.store.base import APPLIED_TOKEN_TTL_S, OnlineStore, decode_vectors
 from feedforge.store.keys import Keys, decode_record, encode_record, encode_records, encode_vectors
 
 SCHEMA_VERSION = 1
@@ -115,6 +116,9 @@ class EmbeddedStore(OnlineStore):
 
     def __repr__(self) -> str:
         return f"EmbeddedStore({str(self.path)!r}, namespace={self.keys.namespace!r})"
+
+    def identity(self) -> str:
+        return f"sqlite {self.path.resolve()} namespace={self.keys.namespace}"
 
     # -- connections and transactions ---------------------------------------------------------
     @contextmanager
@@ -321,13 +325,17 @@ class EmbeddedStore(OnlineStore):
                 return
 
     # -- live per-user state ------------------------------------------------------------------
-    def append_histories(self, items: Mapping[str, Sequence[str]], max_len: int) -> None:
+    def append_histories(
+        self, items: Mapping[str, Sequence[str]], max_len: int, token: str | None = None
+    ) -> None:
         if max_len < 1:
             raise ValidationError(f"max_len must be >= 1, got {max_len}")
         items = {user_id: ids for user_id, ids in items.items() if ids}
         if not items:
             return
         with self._transaction("append_histories", write=True) as conn:
+            if token is not None and not self._first_use(conn, token):
+                return
             for user_id, item_ids in items.items():
                 key = self.keys.history(user_id)
                 conn.executemany(
@@ -339,6 +347,22 @@ class EmbeddedStore(OnlineStore):
                     "(SELECT seq FROM history WHERE key = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
                     (key, key, max_len),
                 )
+
+    def _first_use(self, conn: sqlite3.Connection, token: str) -> bool:
+        """Record ``token`` (in the caller's transaction); False when it was already there.
+        Tokens older than :data:`APPLIED_TOKEN_TTL_S` are forgotten (they are few: one per
+        replayed write)."""
+        now = time.time()
+        prefix = self.keys.applied_prefix()
+        conn.execute(
+            "DELETE FROM kv WHERE key >= ? AND key < ? AND CAST(value AS REAL) < ?",
+            (prefix, _upper_bound(prefix), now - APPLIED_TOKEN_TTL_S),
+        )
+        added = conn.execute(
+            "INSERT OR IGNORE INTO kv (key, value) VALUES (?, ?)",
+            (self.keys.applied(token), str(now).encode()),
+        ).rowcount
+        return bool(added)
 
     def get_histories(self, user_ids: Sequence[str], n: int) -> list[list[str]]:
         if n <= 0 or not user_ids:

@@ -11,6 +11,7 @@ whatever the backend::
     ff:{ns}:v:{version}:{kind}:{id}       -> one vector (float32 bytes) or record (JSON)
     ff:{ns}:hist:{user_id}                -> Redis: the user's recent history (a list)
                                              embedded: the ``key`` column of the history table
+    ff:{ns}:applied:{token}               -> a history write done at most once (expires)
 
 Every key of a version starts with :meth:`Keys.version_prefix`, which ends with ``:``, so
 deleting version ``v1`` can never touch version ``v10``. Namespaces, versions and kinds are
@@ -118,6 +119,14 @@ class Keys:
     def history(self, user_id: str) -> str:
         """One user's recent history."""
         return f"{self.history_prefix()}{user_id}"
+
+    def applied_prefix(self) -> str:
+        """The prefix of every :meth:`applied` key."""
+        return f"{self.prefix}applied:"
+
+    def applied(self, token: str) -> str:
+        """Marks a history write with that token as done (it is not repeated)."""
+        return f"{self.applied_prefix()}{token}"
 
 
 def glob_pattern(prefix: str) -> str:

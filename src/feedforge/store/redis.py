@@ -34,7 +34,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
 from feedforge.errors import ConfigError, StoreError, StoreUnavailableError, ValidationError
-from feedforge.store.base import OnlineStore, UserRead, decode_vectors
+from feedforge.store.base import APPLIED_TOKEN_TTL_S, OnlineStore, UserRead, decode_vectors
 from feedforge.store.keys import (
     Keys,
     decode_record,
@@ -89,15 +89,24 @@ def _optional_bytes(value: object) -> bytes | None:
     return None if value is None else _bytes(value)
 
 
-# KEYS: one history key per user. ARGV: max_len, ttl_s (0: none), then per key the number of
-# its items followed by the items (oldest first). Appends, trims and sets the TTL of every key
-# in one server-side call: as a pipeline, the three commands per user cost 16 us each in
-# redis-py, 49 ms per 1,000 users. (A Redis Cluster backend would split the call by slot.)
+# KEYS: the token key (when ARGV[3] > 0), then one history key per user. ARGV: max_len,
+# ttl_s (0: none), token_ttl_s (0: no token), then per key the number of its items followed by
+# the items (oldest first). Appends, trims and sets the TTL of every key in one server-side
+# call: as a pipeline, the three commands per user cost 16 us each in redis-py, 49 ms per
+# 1,000 users. With a token, a call whose token key exists does nothing (it was applied).
+# (A Redis Cluster backend would split the call by slot.)
 _APPEND_HISTORIES = """
 local max_len = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
-local pos = 3
-for _, key in ipairs(KEYS) do
+local token_ttl = tonumber(ARGV[3])
+local first = 1
+if token_ttl > 0 then
+  if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', token_ttl) then return 0 end
+  first = 2
+end
+local pos = 4
+for i = first, #KEYS do
+  local key = KEYS[i]
   local n = tonumber(ARGV[pos])
   pos = pos + 1
   local last = pos + n - 1
@@ -180,6 +189,10 @@ class RedisStore(OnlineStore):
 
     def __repr__(self) -> str:
         return f"RedisStore({self.url!r}, namespace={self.keys.namespace!r})"
+
+    def identity(self) -> str:
+        # The URL without its password; the namespace separates deployments of one database.
+        return f"redis {self.url} namespace={self.keys.namespace}"
 
     @contextmanager
     def _errors(self, operation: str) -> Iterator[None]:
@@ -329,12 +342,21 @@ class RedisStore(OnlineStore):
             self._unlink_matching(self.keys.version_prefix(version))
 
     # -- live per-user state ------------------------------------------------------------------
-    def append_histories(self, items: Mapping[str, Sequence[str]], max_len: int) -> None:
+    def append_histories(
+        self, items: Mapping[str, Sequence[str]], max_len: int, token: str | None = None
+    ) -> None:
         if max_len < 1:
             raise ValidationError(f"max_len must be >= 1, got {max_len}")
         ttl = 0 if self.history_ttl_s is None else max(1, int(self.history_ttl_s))
-        keys: list[str] = []
-        args: list[str | int] = [max_len, ttl]
+        token_ttl = 0 if token is None else APPLIED_TOKEN_TTL_S
+        calls = 0
+
+        def start() -> tuple[list[str], list[str | int]]:
+            # Each server-side call of a tokened write is applied at most once on its own.
+            keys = [] if token is None else [self.keys.applied(f"{token}:{calls}")]
+            return keys, [max_len, ttl, token_ttl]
+
+        keys, args = start()
         with self._errors("append_histories"):
             for user_id, item_ids in items.items():
                 if not item_ids:
@@ -343,8 +365,9 @@ class RedisStore(OnlineStore):
                 args += [len(item_ids), *item_ids]
                 if len(args) >= HISTORY_CHUNK:
                     self._append_histories(keys=keys, args=args)
-                    keys, args = [], [max_len, ttl]
-            if keys:
+                    calls += 1
+                    keys, args = start()
+            if len(args) > 3:
                 self._append_histories(keys=keys, args=args)
 
     def get_histories(self, user_ids: Sequence[str], n: int) -> list[list[str]]:

@@ -16,6 +16,7 @@ import polars as pl
 import pytest
 
 from feedforge.errors import ArtifactError, EventLogError, ValidationError
+from feedforge.events import durable
 from feedforge.events import log as log_module
 from feedforge.events.catalog import read_catalog, write_catalog
 from feedforge.events.log import AppendResult, CompactResult, EventLog
@@ -510,9 +511,9 @@ def test_a_failed_commit_leaves_neither_the_temporary_file_nor_the_target(tmp_pa
         raise OSError(28, "No space left on device")
 
     with pytest.raises(OSError, match="No space left"):
-        log_module._commit(target, half_written)
+        durable.commit(target, half_written)
     assert list(tmp_path.iterdir()) == []
 
-    log_module._commit(target, lambda tmp: tmp.write_bytes(b"whole"))
+    durable.commit(target, lambda tmp: tmp.write_bytes(b"whole"))
     assert [p.name for p in tmp_path.iterdir()] == ["part-x.parquet"]
     assert target.read_bytes() == b"whole"

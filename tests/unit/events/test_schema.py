@@ -14,6 +14,9 @@ from feedforge.events.schema import (
     EVENT_SCHEMA,
     EVENT_TYPES,
     ITEM_SCHEMA,
+    MAX_POSITION,
+    MAX_PRICE,
+    MAX_WATCH_SECONDS,
     Event,
     EventType,
     check_event_values,
@@ -86,6 +89,34 @@ BAD: list[tuple[dict[str, Any], str]] = [
     (_raw(bogus=1), "bogus"),
     (_raw(context={"request_id": "r", "bogus": 1}), "context.bogus"),
     (_raw(context={"position": -1}), "context.position"),
+    # Strict types (issue 14): timestamps are ISO-8601 strings, numbers are JSON numbers.
+    (_raw(timestamp=1_769_940_000), "timestamp"),  # an epoch number
+    (_raw(timestamp="1769940000"), "timestamp"),  # an epoch in a string
+    (_raw(timestamp=False), "timestamp"),
+    (_raw(timestamp="2026-02-01"), "timestamp"),  # a date is not a point in time
+    (_raw(event_type="watch", watch_seconds="120"), "watch_seconds"),
+    (_raw(event_type="watch", watch_seconds=False), "watch_seconds"),
+    (_raw(event_type="purchase", price="2.99"), "price"),
+    (_raw(event_type="rating", value=True), "value"),
+    (_raw(context={"position": "3"}), "context.position"),
+    (_raw(context={"position": True}), "context.position"),
+    # Upper bounds a real product needs.
+    (_raw(event_type="watch", watch_seconds=1e308), "watch_seconds"),
+    (_raw(event_type="watch", watch_seconds=MAX_WATCH_SECONDS + 1), "watch_seconds"),
+    (_raw(event_type="purchase", price=1e308), "price"),
+    (_raw(event_type="purchase", price=MAX_PRICE * 1.01), "price"),
+    (_raw(event_type="rating", value=1e308), "value"),
+    (_raw(event_type="rating", value=-1e308), "value"),
+    (_raw(context={"position": MAX_POSITION + 1}), "context.position"),
+    # Ids and context strings: printable, no control characters or line breaks.
+    (_raw(user_id="u1\nadmin"), "user_id"),
+    (_raw(event_id="e\x001"), "event_id"),
+    (_raw(item_id="i1\r"), "item_id"),
+    (_raw(item_id="i\u2028"), "item_id"),
+    (_raw(user_id="u\x851"), "user_id"),
+    (_raw(context={"request_id": "r\t1"}), "context.request_id"),
+    (_raw(context={"device": "tv\x1b[31m"}), "context.device"),
+    (_raw(context={"surface": "s" * 65}), "context.surface"),
 ]
 
 
@@ -110,6 +141,76 @@ def test_future_skew_is_configurable() -> None:
     assert len(good) == 1
     good, issues = validate_events([_raw(timestamp="2026-02-01T12:00:30Z")], now=NOW)
     assert len(good) == 1 and not issues
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    ["2026-02-01T10:00:00Z", "2026-02-01T10:00:00.123456+00:00", "2026-02-01t05:00:00-05:00"],
+)
+def test_iso_8601_timestamps_with_a_timezone_are_accepted(timestamp: str) -> None:
+    good, issues = validate_events([_raw(timestamp=timestamp)], now=NOW)
+    assert issues == [] and len(good) == 1
+
+
+def test_a_timestamp_that_is_not_an_iso_string_says_what_is_expected() -> None:
+    _, issues = validate_events([_raw(timestamp=1_769_940_000)], now=NOW)
+    assert "ISO-8601" in issues[0].reason and "timezone" in issues[0].reason
+
+
+def test_values_at_the_bounds_and_integer_numbers_are_accepted() -> None:
+    batch = [
+        _raw(event_id="w", event_type="watch", watch_seconds=MAX_WATCH_SECONDS),
+        _raw(event_id="w0", event_type="watch", watch_seconds=120),  # a JSON integer
+        _raw(event_id="p", event_type="purchase", price=MAX_PRICE),
+        _raw(event_id="r", event_type="rating", value=-1),
+        _raw(event_id="c", context={"position": MAX_POSITION, "device": "Smart TV (Wohnzimmer)"}),
+        _raw(event_id="unicode", user_id="ユーザー-1", item_id="élément 7"),
+    ]
+    good, issues = validate_events(batch, now=NOW)
+    assert issues == []
+    assert [e.event_id for e in good] == ["w", "w0", "p", "r", "c", "unicode"]
+
+
+def test_a_control_character_gets_a_readable_reason() -> None:
+    _, issues = validate_events([_raw(user_id="u1\nadmin")], now=NOW)
+    assert "control characters" in issues[0].reason
+
+
+def test_rejections_quote_no_large_input() -> None:
+    huge = "x" * 60_000
+    batch = [_raw(**{huge: 1}), _raw(user_id=huge), _raw(timestamp=huge), {huge: huge}]
+    _, issues = validate_events(batch, now=NOW)
+    assert len(issues) >= 4
+    assert all(len(i.field) <= 100 and len(i.reason) <= 300 for i in issues), [
+        (len(i.field), len(i.reason)) for i in issues
+    ]
+
+
+# -- the accepted past (serving.max_past_age_days) -----------------------------------------
+
+
+def test_timestamps_older_than_the_past_bound_are_rejected_naming_it() -> None:
+    batch = [
+        _raw(event_id="recent", timestamp="2026-01-05T00:00:00Z"),  # 27 days before NOW
+        _raw(event_id="old", timestamp="2025-12-01T00:00:00Z"),  # 62 days
+        _raw(event_id="year-1", timestamp="0001-01-01T00:00:00Z"),
+        _raw(event_id="year-1000", timestamp="1000-06-01T00:00:00+00:00"),
+    ]
+    good, issues = validate_events(batch, now=NOW, max_past_age_days=30)
+    assert [e.event_id for e in good] == ["recent"]
+    assert [(i.index, i.field) for i in issues] == [
+        (1, "timestamp"),
+        (2, "timestamp"),
+        (3, "timestamp"),
+    ]
+    assert all("max_past_age_days" in i.reason and "30" in i.reason for i in issues)
+
+
+def test_the_past_bound_can_be_lifted() -> None:
+    # Importers of historical datasets validate frames (check_event_values), not through this
+    # bound; a caller of validate_events may lift it too.
+    good, issues = validate_events([_raw(timestamp="1998-04-22T23:10:38Z")], now=NOW)
+    assert issues == [] and len(good) == 1
 
 
 def test_not_a_mapping_is_rejected() -> None:
@@ -256,6 +357,12 @@ def test_conform_item_schema() -> None:
         ({"value": [float("inf"), None]}, "value"),
         ({"position": [0, -2]}, "position"),
         ({"event_id": ["", "e2"]}, "event_id"),
+        # The same bounds and id rules as Event (issue 14).
+        ({"user_id": ["u\n1", "u2"]}, "user_id"),
+        ({"item_id": ["i1", "i\x00"]}, "item_id"),
+        ({"event_type": ["watch", "click"], "watch_seconds": [1e308, None]}, "watch_seconds"),
+        ({"price": [MAX_PRICE * 2, None]}, "price"),
+        ({"value": [1e308, None]}, "value"),
     ],
 )
 def test_check_event_values_names_the_column(changes: dict[str, Any], column: str) -> None:

@@ -297,6 +297,20 @@ def test_append_histories_writes_many_users_in_one_call(store: OnlineStore) -> N
         store.append_histories({"u1": ["e"]}, max_len=0)
 
 
+def test_a_tokened_history_write_is_applied_once(store: OnlineStore) -> None:
+    """The replay of held updates may repeat a write that reached the store: with the same
+    token it writes nothing, in every server-side chunk of a large call too."""
+    many = {f"tok{k}": [f"i{k}", f"j{k}"] for k in range(4_000)}  # several chunks
+    for _ in range(2):
+        store.append_histories({"t1": ["a", "b"], **many}, max_len=10, token="j1:1-3")
+    assert store.get_history("t1", 10) == ["b", "a"]
+    assert store.get_histories(["tok0", "tok3999"], 10) == [["j0", "i0"], ["j3999", "i3999"]]
+    store.append_histories({"t1": ["c"]}, max_len=10, token="j1:4-4")
+    store.append_histories({"t1": ["d"]}, max_len=10)  # no token: always written
+    store.append_histories({"t1": ["d"]}, max_len=10)
+    assert store.get_history("t1", 10) == ["d", "d", "c", "b", "a"]
+
+
 def test_read_user_returns_the_pointer_with_the_users_data(store: OnlineStore) -> None:
     vectors = publish(store, "v1")
     store.put_records("v1", "user_feat", ["u1"], [{"clicks": 3}])

@@ -1,7 +1,10 @@
 """The events resource: ``POST /events``.
 
 A plain ``def``: FastAPI runs it on the thread pool, since it waits on the disk (the event
-log fsyncs) and on the store.
+log fsyncs) and on the store. Its body is no ``Body`` parameter, which FastAPI would read and
+decode on the event loop before checking the key, but :func:`events_payload`, solved after
+the key check (``WriteAccess``) and decoding large bodies off the loop
+(:mod:`feedforge.serving.body`).
 """
 
 from __future__ import annotations
@@ -9,14 +12,14 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from feedforge.errors import ValidationError
 from feedforge.events.schema import Event, validate_events
-from feedforge.serving.deps import ApiKey, Service
-from feedforge.serving.schemas import IngestResponse
-from feedforge.serving.security import require_api_key
+from feedforge.serving.body import read_json
+from feedforge.serving.deps import Service, WriteAccess
+from feedforge.serving.schemas import ErrorResponse, EventsRejected, IngestResponse
 
 MAX_EVENTS_PER_REQUEST = 10_000
 
@@ -36,9 +39,18 @@ _EVENT_BODY_SCHEMA = {
 }
 
 
+async def events_payload(request: Request) -> Any:
+    """The body: one event or a list, read after the key check (see the module docs)."""
+    return await read_json(request, max_items=MAX_EVENTS_PER_REQUEST, what="events")
+
+
+EventsPayload = Annotated[Any, Depends(events_payload)]
+
+
 @router.post(
     "/events",
     response_model=IngestResponse,
+    dependencies=[WriteAccess],
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -46,43 +58,49 @@ _EVENT_BODY_SCHEMA = {
         }
     },
     responses={
-        401: {"description": "Missing or wrong X-API-Key"},
-        413: {"description": "Body over serving.max_request_bytes"},
-        422: {"model": IngestResponse, "description": "Some events were rejected"},
+        400: {"model": ErrorResponse, "description": "A body that cannot be decoded (not UTF-8)"},
+        401: {"model": ErrorResponse, "description": "Missing or wrong X-API-Key"},
+        413: {"model": ErrorResponse, "description": "Body over serving.max_request_bytes"},
+        422: {
+            "model": EventsRejected | ErrorResponse,
+            "description": "Some events were rejected (EventsRejected: each one's index, field "
+            "and reason; the valid ones were stored), or the body is no JSON event or list of "
+            "at most 10,000 events (ErrorResponse)",
+        },
     },
 )
-def post_events(
-    request: Request,
-    service: Service,
-    payload: Annotated[Any, Body(include_in_schema=False)],
-    api_key: ApiKey = None,
-) -> Any:
+def post_events(service: Service, payload: EventsPayload) -> Any:
     """Validate events (one object or a list), store the good ones durably, update the
     users' live histories. Any rejected event makes the answer 422, listing each rejected
     event's index, field and reason; the good ones are stored all the same. Needs the
     ``X-API-Key`` header when ``serving.api_key`` is set."""
-    # Checked here, after the body parsed, not in a dependency: a request without a body
-    # answers 422 whatever its key, as it always has.
-    require_api_key(request, api_key)
     batch = payload if isinstance(payload, list) else [payload]
     if len(batch) > MAX_EVENTS_PER_REQUEST:
         raise ValidationError(
             f"too many events in one request: {len(batch)} > {MAX_EVENTS_PER_REQUEST}"
         )
+    serving = service.settings.serving
     good, issues = validate_events(
-        batch, max_future_skew_s=service.settings.serving.max_future_skew_s
+        batch,
+        max_future_skew_s=serving.max_future_skew_s,
+        max_past_age_days=serving.max_past_age_days,
     )
     result, history_updated = service.ingest(good)
-    body = IngestResponse(
-        accepted=result.written,
-        duplicates=result.duplicates,
-        rejected=len(batch) - len(good),
-        errors=issues,
-        history_updated=history_updated,
-    )
+    counts = {
+        "accepted": result.written,
+        "duplicates": result.duplicates,
+        "rejected": len(batch) - len(good),
+        "history_updated": history_updated,
+    }
     if issues:
-        return JSONResponse(status_code=422, content=json.loads(body.model_dump_json()))
-    return body
+        rejected = EventsRejected(
+            **counts,
+            errors=issues,
+            message=f"{counts['rejected']} of {len(batch)} event(s) rejected; "
+            f"{len(good)} valid one(s) stored",
+        )
+        return JSONResponse(status_code=422, content=json.loads(rejected.model_dump_json()))
+    return IngestResponse(**counts)
 
 
 def install_event_schema(app: FastAPI) -> None:

@@ -14,10 +14,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
-from feedforge.serving.deps import Service
+from feedforge.events.schema import (
+    MAX_ID_LENGTH,
+    MAX_LABEL_LENGTH,
+    PRINTABLE,
+    PRINTABLE_OR_EMPTY,
+)
+from feedforge.serving.deps import ReadAccess, Service
 from feedforge.serving.explain import Explanation
 from feedforge.serving.pipeline import Feed
-from feedforge.serving.schemas import FeedResponse
+from feedforge.serving.schemas import ErrorResponse, FeedResponse
 
 router = APIRouter(tags=["feed"])
 
@@ -62,15 +68,25 @@ def feed_body(feed: Feed, request_id: str) -> dict[str, Any]:
     }
 
 
-@router.get("/recommend", response_model=FeedResponse)
+@router.get(
+    "/recommend",
+    response_model=FeedResponse,
+    # A feed names items of the user's history: reads need serving.read_api_key.
+    dependencies=[ReadAccess],
+    responses={
+        401: {"model": ErrorResponse, "description": "Missing or wrong X-API-Key (read key)"},
+        422: {"model": ErrorResponse, "description": "A missing or invalid parameter"},
+    },
+)
 async def recommend(
     service: Service,
-    user_id: Annotated[str, Query(min_length=1, max_length=128)],
+    user_id: Annotated[str, Query(min_length=1, max_length=MAX_ID_LENGTH, pattern=PRINTABLE)],
     k: Annotated[int, Query(ge=1, le=500, description="Number of items")] = 10,
     device: Annotated[
         str | None,
         Query(
-            max_length=64,
+            max_length=MAX_LABEL_LENGTH,
+            pattern=PRINTABLE_OR_EMPTY,
             description="The requesting device (tv, mobile, web; a ranking feature). "
             "Default: the user's last device",
         ),
@@ -85,7 +101,8 @@ async def recommend(
     ] = None,
 ) -> JSONResponse:
     """The ranked feed of a user; unknown users get the popularity feed. Every answer is
-    logged to the feed log with its request id."""
+    logged to the feed log with its request id. Needs the ``X-API-Key`` header (the read
+    key) when ``serving.read_api_key`` is set."""
     request_id = request_id or uuid.uuid4().hex
     feed = service.recommend(user_id, k, device)
     service.log_feed(feed, request_id, device)

@@ -9,9 +9,10 @@ files several at once, before it takes the append lock, and only renames them un
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,27 @@ import polars as pl
 WRITERS = 8
 """Files written and fsynced at once (fsyncs in flight together share the file system's
 journal commits)."""
+
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+@contextmanager
+def os_errors() -> Iterator[None]:
+    """Raise a polars I/O failure as the ``OSError`` it wraps.
+
+    polars reports a failed write (a full disk) as a ``ComputeError`` whose message ends with
+    Rust's "(os error 28)"; the log handles ``OSError`` (a 503 that names the reason, or the
+    compaction's error), so it is re-raised as one, e.g. ``OSError(ENOSPC, "No space left on
+    device")``. A polars error without an OS error code propagates as it is.
+    """
+    try:
+        yield
+    except pl.exceptions.PolarsError as exc:
+        found = _OS_ERROR.search(str(exc))
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code)) from exc
 
 
 def fsync(path: Path) -> None:
@@ -37,7 +59,8 @@ def commit(target: Path, write: Callable[[Path], None]) -> None:
     file and no ``target``."""
     tmp = tmp_name(target)
     try:
-        write(tmp)
+        with os_errors():
+            write(tmp)
         fsync(tmp)
         os.replace(tmp, target)
     except BaseException:
@@ -66,7 +89,8 @@ class DayFile:
         self.target.parent.mkdir(exist_ok=True)  # raises where a file has the name
         tmp = tmp_name(self.target)
         try:
-            self.rows.write_parquet(tmp, compression="zstd", statistics=True)
+            with os_errors():
+                self.rows.write_parquet(tmp, compression="zstd", statistics=True)
             fsync(tmp)
         except BaseException:
             self.discard()

@@ -517,3 +517,25 @@ def test_a_failed_commit_leaves_neither_the_temporary_file_nor_the_target(tmp_pa
     durable.commit(target, lambda tmp: tmp.write_bytes(b"whole"))
     assert [p.name for p in tmp_path.iterdir()] == ["part-x.parquet"]
     assert target.read_bytes() == b"whole"
+
+
+def test_a_full_disk_reported_by_polars_is_an_event_log_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # polars reports a full disk as a ComputeError, not an OSError (as on a full tmpfs: see
+    # tests/integration/test_disk_full.py, which needs root to mount one).
+    def full(self: pl.DataFrame, file: Path, **kwargs: Any) -> None:
+        Path(file).write_bytes(b"PAR1 half a file")
+        raise pl.exceptions.ComputeError(
+            "parquet: File out of specification: underlying IO error: "
+            "No space left on device (os error 28)"
+        )
+
+    log = EventLog(tmp_path / "events")
+    with monkeypatch.context() as mp:
+        mp.setattr(pl.DataFrame, "write_parquet", full)
+        with pytest.raises(EventLogError, match=r"\(No space left on device\)") as failed:
+            log.append(_events(["a"]))
+    assert failed.value.http_status == 503 and failed.value.details["stored"] == 0
+    assert not list(tmp_path.rglob("*.tmp")) and log.files() == []
+    assert log.append(_events(["a"])) == AppendResult(written=1, duplicates=0)

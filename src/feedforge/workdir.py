@@ -75,13 +75,18 @@ class Workdir:
     def serving_dir(self) -> Path:
         """The service's durable state: each store's last current version (``current/``,
         :mod:`feedforge.store.last_current`) and live-history updates held while the store
-        was down (``held-histories/``, :mod:`feedforge.serving.fallback`)."""
+        was down (``held-histories/``, :mod:`feedforge.serving.held`)."""
         return self.root / "serving"
 
     @property
     def current_dir(self) -> Path:
         """Each store's last current version (:mod:`feedforge.store.last_current`)."""
         return self.serving_dir / "current"
+
+    @property
+    def held_dir(self) -> Path:
+        """The journals of held live-history updates (:mod:`feedforge.serving.held`)."""
+        return self.serving_dir / "held-histories"
 
     @property
     def store_path(self) -> Path:

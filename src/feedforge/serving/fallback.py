@@ -20,11 +20,8 @@ import time
 from pathlib import Path
 
 from feedforge.errors import StoreUnavailableError
-from feedforge.serving.held import MAX_PENDING_ITEMS, PendingHistories
 from feedforge.store.base import OnlineStore
 from feedforge.store.last_current import recall_current
-
-__all__ = ["MAX_PENDING_ITEMS", "DiskFallback", "PendingHistories", "StoreGuard"]
 
 logger = logging.getLogger("feedforge.serving")
 

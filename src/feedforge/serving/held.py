@@ -22,7 +22,8 @@ goes in groups of consecutive batches of one journal:
 A journal with nothing left is truncated (a worker's own) or deleted (an adopted one); a
 graceful stop flushes what it can and deletes its journal when empty.
 
-**Replay.** At start-up (and every :data:`SCAN_INTERVAL_S` while running) a worker looks for
+**Replay.** At start-up (and every :data:`SCAN_INTERVAL_S` while running, on a background
+thread of the service, never on a request) a worker looks for
 journals whose lock it can take: their owner is gone. It adopts each (keeps the lock, so no
 other worker replays it too), reads the batches after the last ``done``, and writes them
 like its own, re-using a pending ``flush`` group and its token, so an update is applied once
@@ -42,7 +43,6 @@ import json
 import logging
 import os
 import threading
-import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
@@ -163,7 +163,6 @@ class PendingHistories:
         self._lock = threading.Lock()
         self._own: _Journal | None = None
         self._adopted: list[_Journal] = []
-        self._next_scan = 0.0
 
     def __len__(self) -> int:
         return self._count
@@ -207,7 +206,6 @@ class PendingHistories:
         Returns:
             How many updates were adopted.
         """
-        self._next_scan = time.monotonic() + SCAN_INTERVAL_S
         if self.directory is None or not self.directory.is_dir():
             return 0
         adopted = 0
@@ -242,11 +240,19 @@ class PendingHistories:
             self._drop_overflow()
         return adopted
 
-    def flush(self, store: OnlineStore, max_len: int, max_users: int | None = 1_000) -> bool:
+    def flush(
+        self, store: OnlineStore, max_len: int, max_users: int | None = 1_000, wait: bool = True
+    ) -> bool:
         """Write held updates to ``store``, oldest first, in groups of one journal, at most
         ``max_users`` users per call (None: all; the feed path passes a bound so the first
-        request after an outage does not carry the whole backlog). Every
-        :data:`SCAN_INTERVAL_S` it first adopts journals of workers that are gone.
+        request after an outage does not carry the whole backlog).
+
+        Args:
+            store: Where the updates go.
+            max_len: The live-history length kept per user.
+            max_users: Users written in this call at most (None: all).
+            wait: Wait for another flush in progress; False returns at once instead (the
+                feed path, which runs on the event loop, never waits for a backlog).
 
         Returns:
             Whether nothing is held any more.
@@ -254,11 +260,11 @@ class PendingHistories:
         Raises:
             feedforge.errors.StoreError: the store failed; everything not written stays held.
         """
-        if self.directory is not None and time.monotonic() >= self._next_scan:
-            self.adopt_orphans()
         if not self._count:
             return True
-        with self._lock:
+        if not self._lock.acquire(blocking=wait):
+            return False
+        try:
             budget = max_users
             while self._batches and (budget is None or budget > 0):
                 group = self._group(budget)
@@ -266,6 +272,8 @@ class PendingHistories:
                 if budget is not None:
                     budget -= len({u for b in group for u in b.items})
             return not self._count
+        finally:
+            self._lock.release()
 
     def close(self, store: OnlineStore | None, max_len: int) -> None:
         """At shutdown: write everything held to ``store`` if it answers, journal the rest,

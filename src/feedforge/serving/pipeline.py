@@ -40,6 +40,7 @@ ranker re-scores) goes through the version's ANN index (:mod:`feedforge.index.an
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -55,9 +56,10 @@ from feedforge.features.item_table import raw_from_table
 from feedforge.index.ann import RetrievalMethod
 from feedforge.monitoring.metrics import ServiceMetrics
 from feedforge.serving.explain import DEGRADED, POPULAR, Explanation, explain_by_history
-from feedforge.serving.fallback import DiskFallback, PendingHistories, StoreGuard
+from feedforge.serving.fallback import DiskFallback, StoreGuard
 from feedforge.serving.feedlog import FeedLog
 from feedforge.serving.following import VersionFollower
+from feedforge.serving.held import SCAN_INTERVAL_S, PendingHistories
 from feedforge.serving.rerank import (
     Candidates,
     Reranked,
@@ -109,9 +111,11 @@ class FeedService:
             if settings.serving.feed_log
             else None
         )
-        self.pending = PendingHistories(workdir.serving_dir / "held-histories")
+        self.pending = PendingHistories(workdir.held_dir)
         """Held live-history updates, journalled durably (:mod:`feedforge.serving.held`)."""
         self._disk_fallback = DiskFallback(workdir.current_dir, store)
+        self._stopping = threading.Event()  # ends the held-history replay thread
+        self._replayer: threading.Thread | None = None
 
     # -- feeds ------------------------------------------------------------------------------
     def recommend(self, user_id: str, k: int, device: str | None = None) -> Feed:
@@ -128,7 +132,8 @@ class FeedService:
         """
         if self.guard.available():
             try:
-                self.pending.flush(self.store, self.settings.serving.history_length)
+                # Never waits: an ingest thread flushing a backlog holds the lock.
+                self.pending.flush(self.store, self.settings.serving.history_length, wait=False)
                 feed = self._personalized(user_id, k, device)
             except StoreUnavailableError as exc:
                 self.guard.failed(exc)
@@ -160,18 +165,37 @@ class FeedService:
             logger.error("could not write the feed log: %s", exc)
 
     def replay_held_histories(self) -> None:
-        """At start-up: adopt the held history updates of workers that are gone (a crash, or
-        a stop while the store was down) and write them if the store answers."""
+        """Adopt the held history updates of workers that are gone (a crash, or a stop while
+        the store was down) and write them if the store answers: once now (at start-up), then
+        every :data:`~feedforge.serving.held.SCAN_INTERVAL_S` on a background thread, so no
+        request pays for the scan."""
+        self._replay_once()
+        self._replayer = threading.Thread(
+            target=self._replay_loop, name="feedforge-held-replay", daemon=True
+        )
+        self._replayer.start()
+
+    def _replay_once(self) -> None:
         self.pending.adopt_orphans()
-        if len(self.pending):
+        if len(self.pending) and self.guard.available():
             try:
                 self.pending.flush(self.store, self.settings.serving.history_length, None)
             except StoreUnavailableError as exc:
                 self.guard.failed(exc)
 
+    def _replay_loop(self) -> None:
+        while not self._stopping.wait(SCAN_INTERVAL_S):
+            try:
+                self._replay_once()
+            except Exception:  # the thread must outlive any one failed scan
+                logger.exception("replaying held history updates failed")
+
     def close(self) -> None:
-        """Write held history updates (journal what the store does not take), close the
-        feed log."""
+        """Stop the replay thread, write held history updates (journal what the store does
+        not take), close the feed log."""
+        self._stopping.set()
+        if self._replayer is not None:
+            self._replayer.join()
         self.pending.close(self.store, self.settings.serving.history_length)
         if self.feed_log is not None:
             self.feed_log.close()

@@ -164,7 +164,7 @@ class OnlineStore(ABC):
             max_len: The most entries a history keeps.
             token: Makes the write happen at most once: a call with a token the store has
                 seen in the last :data:`APPLIED_TOKEN_TTL_S` writes nothing (the service's
-                replay of held updates, :mod:`feedforge.serving.fallback`, may repeat a
+                replay of held updates, :mod:`feedforge.serving.held`, may repeat a
                 write it cannot tell reached the store). Redis splits a large call into
                 several server-side calls, each applied at most once, so a repeated call
                 must pass the same ``items`` in the same order.

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from feedforge.errors import StoreUnavailableError
-from feedforge.serving.fallback import DiskFallback, PendingHistories, StoreGuard
+from feedforge.serving.fallback import DiskFallback, StoreGuard
+from feedforge.serving.held import PendingHistories
 from feedforge.store.embedded import EmbeddedStore
 from feedforge.store.last_current import recall_current, remember_current
 
@@ -37,6 +38,24 @@ def test_held_histories_are_written_in_order_in_bounded_batches(tmp_path: Path) 
         pending.flush(store, max_len=10)
         assert len(pending) == 0 and store.get_history("u3", 10) == ["y"]
         assert store.get_history("u1", 10) == ["c", "b", "a"]
+
+
+def test_the_feed_path_never_waits_for_a_flush_in_progress(tmp_path: Path) -> None:
+    # The feed path runs on the event loop: while an ingest thread writes a backlog (holding
+    # the lock), a feed's flush returns at once and leaves the updates to that thread.
+    pending = PendingHistories()
+    pending.add({"u1": ["a"]})
+    with EmbeddedStore(tmp_path / "store.sqlite3") as store:
+        pending._lock.acquire()  # another thread is flushing
+        try:
+            started = time.perf_counter()
+            assert pending.flush(store, max_len=10, wait=False) is False
+            assert time.perf_counter() - started < 0.1
+            assert len(pending) == 1 and store.get_history("u1", 10) == []
+        finally:
+            pending._lock.release()
+        assert pending.flush(store, max_len=10, wait=False) is True
+        assert store.get_history("u1", 10) == ["a"]
 
 
 def test_no_remembered_version_means_no_fallback(tmp_path: Path) -> None:

@@ -36,10 +36,9 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator
 from scipy.special import expit
 
-from feedforge.errors import ConfigError, NotFittedError, ValidationError
+from feedforge.errors import NotFittedError, ValidationError
 from feedforge.features.objectives import check_value
 from feedforge.models.base import Ranker
 from feedforge.models.dcn_net import (
@@ -52,9 +51,9 @@ from feedforge.models.dcn_net import (
     target_scales,
 )
 from feedforge.models.dcn_train import check_targets, holdout_rows, train_early_stopped
-from feedforge.models.params import ModelParams
 from feedforge.models.ranker_utils import check_features, check_fit_input, ranker_description
-from feedforge.models.torch_utils import Device, TorchModel, resolve_device, seeded
+from feedforge.models.torch_params import DCNParams
+from feedforge.models.torch_utils import TorchModel, resolve_device, seeded
 
 _LOG = logging.getLogger(__name__)
 # Value outcome -> the heads its expectation needs besides the click.
@@ -64,36 +63,6 @@ _FORMULA = {
     "watch_seconds": "p(click) x E[watch_seconds | click]",
     "revenue": "p(click) x p(purchase | click) x E[revenue | purchase]",
 }
-
-
-class DCNParams(ModelParams):
-    """Hyper-parameters of :class:`DCNRanker` (documented there)."""
-
-    value: dict[str, float] | None = None
-    embedding_dim: int = Field(4, ge=1)
-    cross_layers: int = Field(2, ge=0)
-    cross_rank: int = Field(16, ge=1)
-    hidden_units: int = Field(128, ge=1)
-    hidden_layers: int = Field(2, ge=0)
-    dropout: float = Field(0.1, ge=0, lt=1)
-    learning_rate: float = Field(2e-3, gt=0)
-    weight_decay: float = Field(1e-5, ge=0)
-    batch_size: int = Field(512, ge=1)
-    max_epochs: int = Field(40, ge=1)
-    patience: int = Field(4, ge=0)
-    validation_fraction: float = Field(0.1, gt=0, lt=1)
-    device: Device = "auto"
-    random_state: int = 0
-
-    @field_validator("value")
-    @classmethod
-    def _known_outcomes(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        if value is not None:
-            try:
-                check_value(value, "DCNRanker value")
-            except ConfigError as exc:  # pydantic reports ValueErrors, with the parameter
-                raise ValueError(exc.message) from exc
-        return value
 
 
 class DCNRanker(TorchModel, Ranker):

@@ -111,12 +111,26 @@ def model_class(name: str) -> type[Model]:
     raise ConfigError(f"unknown model {name!r}; known: {known}")
 
 
+TORCH_FREE_PARAMS: dict[str, str] = {
+    "two_tower": "feedforge.models.torch_params:TwoTowerParams",
+    "sasrec": "feedforge.models.torch_params:SASRecParams",
+    "dcn": "feedforge.models.torch_params:DCNParams",
+}
+"""Where the torch models' declarations live apart from their torch-importing modules."""
+
+
 def params_class(name: str) -> type[ModelParams]:
-    """The hyper-parameter declaration of the model ``name`` (imports only that model).
+    """The hyper-parameter declaration of the model ``name``: imports only that model's
+    module, or for a torch model only :mod:`feedforge.models.torch_params` (checking a config
+    never imports torch).
 
     Raises:
         ConfigError: no model is registered as ``name``.
     """
+    if name in TORCH_FREE_PARAMS:
+        module, _, attribute = TORCH_FREE_PARAMS[name].partition(":")
+        declaration: type[ModelParams] = getattr(importlib.import_module(module), attribute)
+        return declaration
     return model_class(name).Params
 
 

@@ -32,49 +32,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar, Self
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import torch
-from pydantic import Field, model_validator
 
 from feedforge.datasets.interactions import Interactions
 from feedforge.errors import DataError, NotFittedError, ValidationError
 from feedforge.models.arrays import ArraySpec
 from feedforge.models.base import EmbeddingRecommender
-from feedforge.models.params import ModelParams
 from feedforge.models.sasrec_net import SASRecNet, next_item_loss, training_windows
+from feedforge.models.torch_params import SASRecParams
 from feedforge.models.torch_utils import (
-    Device,
     TorchModel,
     minibatches,
     pad_sequences,
     resolve_device,
     seeded,
 )
-
-
-class SASRecParams(ModelParams):
-    """Hyper-parameters of :class:`SASRecRecommender` (documented there)."""
-
-    embedding_dim: int = Field(64, ge=1)
-    num_blocks: int = Field(2, ge=1)
-    num_heads: int = Field(1, ge=1)
-    max_len: int = Field(50, ge=1)
-    dropout: float = Field(0.2, ge=0, lt=1)
-    epochs: int = Field(20, ge=0)
-    batch_size: int = Field(16, ge=1)
-    learning_rate: float = Field(2e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    negatives: Annotated[int, Field(ge=1)] | None = None
-    device: Device = "auto"
-    random_state: int = 0
-
-    @model_validator(mode="after")
-    def _heads_divide_dim(self) -> SASRecParams:
-        if self.embedding_dim % self.num_heads:
-            raise ValueError("num_heads must divide embedding_dim")
-        return self
 
 
 class SASRecRecommender(TorchModel, EmbeddingRecommender):

@@ -19,7 +19,7 @@ import contextlib
 from abc import abstractmethod
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import torch
@@ -31,7 +31,6 @@ from feedforge.errors import ArtifactError, NotFittedError, ValidationError
 from feedforge.models.arrays import ArraySpec
 from feedforge.models.base import Model
 
-Device = Literal["auto", "cpu", "cuda"]
 WEIGHTS = "weights.safetensors"
 NET_PREFIX = "net."
 

@@ -36,41 +36,19 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 import torch
-from pydantic import Field
 
 from feedforge.datasets.interactions import Interactions
 from feedforge.errors import DataError, NotFittedError, ValidationError
 from feedforge.models.arrays import ArraySpec
 from feedforge.models.base import EmbeddingRecommender
-from feedforge.models.params import ModelParams
-from feedforge.models.torch_utils import Device, TorchModel, minibatches, resolve_device, seeded
+from feedforge.models.torch_params import TwoTowerParams
+from feedforge.models.torch_utils import TorchModel, minibatches, resolve_device, seeded
 from feedforge.models.two_tower_net import (
-    Pooling,
     TwoTowerNet,
     in_batch_softmax_loss,
     padded_features,
     recent_history,
 )
-
-
-class TwoTowerParams(ModelParams):
-    """Hyper-parameters of :class:`TwoTowerRecommender` (documented there)."""
-
-    embedding_dim: int = Field(64, ge=1)
-    history_len: int = Field(50, ge=1)
-    pooling: Pooling = "mean"
-    use_user_id: bool = False
-    hidden_dim: int = Field(128, ge=1)
-    dropout: float = Field(0.1, ge=0, lt=1)
-    normalize: bool = True
-    temperature: float = Field(0.05, gt=0)
-    logq_correction: bool = True
-    epochs: int = Field(20, ge=0)
-    batch_size: int = Field(512, ge=2)
-    learning_rate: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    device: Device = "auto"
-    random_state: int = 0
 
 
 class TwoTowerRecommender(TorchModel, EmbeddingRecommender):

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -19,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-Pooling = Literal["mean", "attention"]
+from feedforge.models.torch_params import Pooling
 
 
 def padded_features(features: sp.csr_matrix | None, n_items: int) -> tuple[np.ndarray, np.ndarray]:

@@ -35,7 +35,8 @@ _NO_TORCH_SERVICE = textwrap.dedent(
         "models:\\n"
         "  retrieval: als\\n"
         "  ranker: {type: logistic}\\n"
-        "  params: {als: {factors: 4, iterations: 3}, logistic: {C: 0.5}}\\n"
+        "  params: {als: {factors: 4, iterations: 3}, logistic: {C: 0.5},\\n"
+        "           sasrec: {epochs: 2}, two_tower: {epochs: 2}, dcn: {hidden_units: 8}}\\n"
     )
     settings = load_settings(config)
     models = settings.models
@@ -78,6 +79,12 @@ def test_a_service_without_torch_models_never_imports_torch(tmp_path: Path) -> N
     loaded = result.stdout.split("models:")[1].split("\n")[0].split()
     for unused in ("two_tower", "sasrec", "dcn", "torch_utils", "gbdt", "tree", "ease", "bpr"):
         assert f"feedforge.models.{unused}" not in loaded, loaded
+
+
+@pytest.mark.parametrize("name", ["two_tower", "sasrec", "dcn"])
+def test_a_torch_models_declaration_is_the_one_its_class_validates_with(name: str) -> None:
+    # Kept apart from the model so checking a config imports no torch; never a second copy.
+    assert model_class(name).Params is params_class(name)
 
 
 def test_iterating_the_registry_imports_no_model() -> None:

@@ -52,16 +52,32 @@ class Manifest:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def fsync(path: Path) -> None:
+    """fsync a file or a directory (a directory: its entries, e.g. a rename, are durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON to ``path`` through a temporary file and an atomic rename."""
+    """Write JSON to ``path`` durably: a temporary file (unique, so concurrent writers never
+    share one) is fsynced, renamed over ``path`` and the rename fsynced; on failure the
+    temporary file is removed and ``path`` is untouched."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        json.dump(payload, fh, indent=2, sort_keys=True, default=str)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w", encoding="utf-8") as fh:
+            json.dump(payload, fh, indent=2, sort_keys=True, default=str)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync(path.parent)
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> Manifest:

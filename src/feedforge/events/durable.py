@@ -18,6 +18,8 @@ from pathlib import Path
 
 import polars as pl
 
+from feedforge.artifacts import fsync
+
 WRITERS = 8
 """Files written and fsynced at once (fsyncs in flight together share the file system's
 journal commits)."""
@@ -42,15 +44,6 @@ def os_errors() -> Iterator[None]:
             raise
         code = int(found.group(1))
         raise OSError(code, os.strerror(code)) from exc
-
-
-def fsync(path: Path) -> None:
-    """fsync a file or a directory (a directory: its entries, e.g. a rename, are durable)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def commit(target: Path, write: Callable[[Path], None]) -> None:

@@ -46,9 +46,9 @@ from pathlib import Path
 
 import polars as pl
 
-from feedforge.artifacts import new_version
+from feedforge.artifacts import fsync, new_version
 from feedforge.errors import EventLogError
-from feedforge.events.durable import DayFile, commit, fsync, on_each, tmp_name
+from feedforge.events.durable import DayFile, commit, on_each, tmp_name
 from feedforge.events.schema import (
     EVENT_REQUIRED,
     EVENT_SCHEMA,

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from feedforge.events.durable import fsync
+from feedforge.artifacts import fsync
 from feedforge.store.base import OnlineStore
 
 logger = logging.getLogger("feedforge.serving")

@@ -19,15 +19,14 @@ has just read or set, so a stale one is replaced by the next load, publish or ro
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from feedforge.artifacts import write_json_atomic
 from feedforge.store.base import OnlineStore
 
 logger = logging.getLogger("feedforge.store")
@@ -57,22 +56,9 @@ def remember_current(
         "popular": [str(item) for item in popular],
         "written_at": time.time(),
     }
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(record, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_json_atomic(path, record)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
         logger.warning("could not remember the current version in %s: %s", path, exc)
 
 

@@ -124,3 +124,14 @@ def test_require_file(tmp_path: Path) -> None:
     _assert_names(info.value, tmp_path / "b.parquet")
     with pytest.raises(ArtifactError):
         require_file(tmp_path, "thing", BUILD)  # a directory is not a file
+
+
+def test_a_failed_atomic_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "state.json"
+    write_json_atomic(target, {"v": 1})
+    circular: dict[str, object] = {}
+    circular["self"] = circular  # json.dump raises ValueError midway through the write
+    with pytest.raises(ValueError):
+        write_json_atomic(target, circular)
+    assert json.loads(target.read_text()) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]

@@ -128,7 +128,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             if floor.get("beam")
             else []
         ),
-        "Where the time goes (one worker's `feedforge_stage_seconds`, mean ms, with counts): "
+        "Where the time goes (every worker's `feedforge_stage_seconds`, mean ms, with counts): "
         + ", ".join(
             f"{stage} {v['mean_ms']:.2f} ({int(v['count'])})"
             for stage, v in report["profile_one_worker"].items()

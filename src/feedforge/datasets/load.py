@@ -73,7 +73,7 @@ class Dataset:
     @property
     def test_start(self) -> datetime:
         """``t2``: the test window's start, the time of :meth:`feature_snapshot`."""
-        return datetime.fromisoformat(self.manifest.extra["split"]["t2"])
+        return datetime.fromisoformat(self.split_bounds["t2"])
 
     def feature_snapshot(self) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
         """The raw counters as of :attr:`test_start`, as the online store would hold them.

@@ -94,11 +94,3 @@ class BPRRecommender(FactorModel):
             random_state=p.random_state,
         )
         return solver, user_items
-
-    def user_embeddings(self) -> np.ndarray:
-        """``(n_users, factors + 1)`` float32 user vectors, ending with a column of ones."""
-        return self._fitted()[0]
-
-    def item_embeddings(self) -> np.ndarray:
-        """``(n_items, factors + 1)`` float32 item vectors, ending with the item biases."""
-        return self._fitted()[1]

@@ -86,7 +86,7 @@ def multiprocess_metrics(workers: int) -> Iterator[Path | None]:
     """
     directory = multiprocess_dir()
     temporary = directory is None and workers > 1
-    if directory is None and temporary:
+    if temporary:
         directory = Path(tempfile.mkdtemp(prefix="feedforge-metrics-"))
         os.environ[MULTIPROC_ENV] = str(directory)
     if directory is not None:

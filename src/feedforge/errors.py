@@ -16,18 +16,22 @@ class FeedforgeError(Exception):
 
     Attributes:
         http_status: The HTTP status code the serving layer answers with.
+        message: The whole message, for the operator (the CLI, the service's log).
+        client_message: What an API client is told: the message without what only the
+            server should know, such as its file paths (the message itself by default).
     """
 
     http_status: int = 500
 
-    def __init__(self, message: str, **details: Any) -> None:
+    def __init__(self, message: str, *, client_message: str | None = None, **details: Any):
         super().__init__(message)
         self.message = message
+        self.client_message = message if client_message is None else client_message
         self.details = details
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready description of the error (used by the API's error handler)."""
-        return {"error": type(self).__name__, "message": self.message, **self.details}
+        """The error as an API client sees it (the API's error handler answers with it)."""
+        return {"error": type(self).__name__, "message": self.client_message, **self.details}
 
 
 class ConfigError(FeedforgeError):
@@ -59,12 +63,14 @@ class DataError(FeedforgeError):
 class ArtifactError(FeedforgeError):
     """An artifact directory is missing, corrupt or of an unknown schema version.
 
-    The message always names the path and the command that (re)builds it.
+    The message always names the path and the command that (re)builds it; an API client is
+    told the problem and the command, not the server's path.
     """
 
     def __init__(self, path: Path | str, problem: str, build_command: str) -> None:
         message = f"{problem}: {path}. Build it with `{build_command}`."
-        super().__init__(message, path=str(path), build_command=build_command)
+        client = f"{problem}. Build it with `{build_command}`."
+        super().__init__(message, client_message=client, build_command=build_command)
         self.path = Path(path)
         self.build_command = build_command
 
@@ -72,19 +78,15 @@ class ArtifactError(FeedforgeError):
 class EventLogError(FeedforgeError):
     """The event log could not be written (a disk that is full, read-only, or not writable by
     the service's user). The message names the directory, the reason and what was kept; the
-    client's view (:meth:`to_dict`) leaves the server's path out (the service logs it)."""
+    client's message leaves the server's path out (``reason`` must hold none)."""
 
     http_status = 503
 
     def __init__(self, path: Path | str, reason: str, consequence: str, **details: Any) -> None:
         message = f"cannot write the event log at {path} ({reason}); {consequence}"
-        super().__init__(message, **details)
+        client = f"cannot write the event log ({reason}); {consequence}"
+        super().__init__(message, client_message=client, **details)
         self.path = Path(path)
-        self.client_message = f"cannot write the event log ({reason}); {consequence}"
-
-    def to_dict(self) -> dict[str, Any]:
-        """The error as a client sees it: no server path (``reason`` must hold none)."""
-        return {"error": type(self).__name__, "message": self.client_message, **self.details}
 
 
 class NotFittedError(FeedforgeError):

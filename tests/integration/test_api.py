@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 
 from feedforge.config import Settings, load_settings
 from feedforge.datasets.load import load_dataset
-from feedforge.errors import FeedforgeError
+from feedforge.errors import ArtifactError, FeedforgeError
 from feedforge.events.catalog import read_catalog
 from feedforge.events.log import EventLog
 from feedforge.models.base import EmbeddingRecommender
@@ -750,3 +750,24 @@ def test_a_failing_feed_log_never_fails_the_request(
         assert client.get("/recommend", params={"user_id": known_user}).status_code == 200
         text = client.get("/metrics").text
     assert metric(text, "feedforge_feed_log_errors_total") == 1
+
+
+def test_a_server_error_tells_the_client_no_server_path_and_logs_it(
+    tmp_path: Path, small_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    # One handler answers every FeedforgeError: an artifact fault is the operator's to fix;
+    # the client learns what failed and the command, the log says where.
+    app = create_app(small_settings, Workdir.at(tmp_path / "w"))
+    missing = tmp_path / "w" / "bundles" / "v1" / "item_ids.parquet"
+
+    def broken() -> None:
+        raise ArtifactError(missing, "missing serving bundle file", "feedforge publish")
+
+    app.add_api_route("/broken", broken)
+    with caplog.at_level(logging.ERROR), TestClient(app) as client:
+        answer = client.get("/broken")
+    assert answer.status_code == 500, answer.text
+    assert answer.json()["error"] == "ArtifactError"
+    assert "feedforge publish" in answer.json()["message"]
+    assert str(tmp_path) not in answer.text
+    assert any(str(missing) in r.getMessage() for r in caplog.records), caplog.records

@@ -12,6 +12,7 @@ response of one shape with its HTTP status by :func:`install_error_handlers`.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -35,6 +36,8 @@ from feedforge.serving.routes import events, feed, ops
 from feedforge.serving.security import BodySizeLimit, check_security_config
 from feedforge.store.factory import open_store
 from feedforge.workdir import Workdir
+
+logger = logging.getLogger("feedforge.serving")
 
 
 def create_app(settings: Settings, workdir: Workdir) -> FastAPI:
@@ -89,7 +92,9 @@ def install_error_handlers(app: FastAPI) -> None:
     errors (400 for an undecodable body, 404, 405)."""
 
     @app.exception_handler(FeedforgeError)
-    async def _feedforge_error(_request: Request, exc: FeedforgeError) -> JSONResponse:
+    async def _feedforge_error(request: Request, exc: FeedforgeError) -> JSONResponse:
+        if exc.http_status >= 500:  # the operator's view, with what the client is not told
+            logger.error("%s %s: %s", request.method, request.url.path, exc.message)
         return JSONResponse(status_code=exc.http_status, content=exc.to_dict())
 
     @app.exception_handler(RequestValidationError)

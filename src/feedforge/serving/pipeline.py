@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from feedforge.config import Settings
-from feedforge.errors import EventLogError, StoreUnavailableError
+from feedforge.errors import StoreUnavailableError
 from feedforge.events.log import AppendResult, EventLog
 from feedforge.events.schema import CONSUMED_EVENTS, Event, EventType
 from feedforge.features.definitions import derive_features
@@ -452,14 +452,10 @@ class FeedService:
             written when it answers again; the events are durable in the log either way).
 
         Raises:
-            feedforge.errors.EventLogError: the log could not be written (logged here with
-                the log's path, which the error's client view leaves out).
+            feedforge.errors.EventLogError: the log could not be written (the API's error
+                handler logs it with the log's path, which the client's message leaves out).
         """
-        try:
-            result = self.log.append(events)
-        except EventLogError as exc:
-            logger.error("POST /events: %s (%s)", exc.message, exc.__cause__ or "")
-            raise
+        result = self.log.append(events)
         stored = set(result.stored_ids)
         new: list[Event] = []
         for event in events:  # in batch order: the log keeps the first event of each id

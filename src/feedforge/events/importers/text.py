@@ -15,7 +15,7 @@ import codecs
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import polars as pl
 
@@ -51,7 +51,8 @@ def bad_input(origin: Origin, number: int, expected: str) -> ValidationError:
     if found is not None:
         shown = found if len(found) <= _QUOTED else found[:_QUOTED] + "..."
         message += f"; found {shown!r}"
-    return ValidationError(message, path=str(origin.path), **{origin.unit: number})
+    where: dict[str, Any] = {"path": str(origin.path), origin.unit: number}
+    return ValidationError(message, **where)
 
 
 @dataclass(frozen=True)

@@ -216,7 +216,16 @@ class StoreConfig(_Section):
     )
     redis_url: str = "redis://127.0.0.1:6379/0"
     namespace: str = Field("feedforge", pattern=r"^[A-Za-z0-9_.-]+$")
-    socket_timeout_s: float = Field(0.5, gt=0)
+    socket_timeout_s: float = Field(
+        0.5, gt=0, description="Redis: socket and connect timeout of every call but a feed's read"
+    )
+    read_timeout_ms: float = Field(
+        25.0,
+        gt=0,
+        description="Redis: a feed request's store read gives up after this long (the "
+        "timeout of the serving read connection, no retry) and the feed is answered "
+        "degraded; keep it well inside serving.latency_budget_ms",
+    )
     history_ttl_days: float | None = Field(
         90.0,
         gt=0,
@@ -482,6 +491,16 @@ class Settings(BaseSettings):
     store: StoreConfig = StoreConfig()
     serving: ServingConfig = ServingConfig()
     reranking: ReRankConfig = ReRankConfig()
+
+    @model_validator(mode="after")
+    def _read_deadline_within_budget(self) -> Settings:
+        if self.store.read_timeout_ms >= self.serving.latency_budget_ms:
+            raise ValueError(
+                f"store.read_timeout_ms ({self.store.read_timeout_ms:g}) must be below "
+                f"serving.latency_budget_ms ({self.serving.latency_budget_ms:g}): a hung "
+                "store would use the whole budget before the feed falls back"
+            )
+        return self
 
     @model_validator(mode="after")
     def _mix_has_weights(self) -> Settings:

@@ -134,7 +134,67 @@ def test_a_slow_redis_degrades_within_its_timeout(
             own_redis.process.send_signal(signal.SIGCONT)
         assert first.status_code == second.status_code == 200
         assert first.json()["degraded"] and second.json()["degraded"]
-        assert first_s < 2.0  # socket timeout 0.2 s, one retry
+        # The feed read's deadline (store.read_timeout_ms, 25 ms, no retry), not the 0.2 s
+        # socket timeout of the other calls.
+        assert first_s < 0.5
         assert second_s < 0.1  # the breaker is open: no store call at all
         time.sleep(settings.serving.store_retry_s)
         assert client.get("/recommend", params={"user_id": known_user}).json()["degraded"] is False
+
+
+def test_a_hung_redis_never_blocks_the_event_loop(
+    own_redis: RedisServer,
+    workdir_copy: Callable[..., Workdir],
+    small_settings: Settings,
+    known_user: str,
+) -> None:
+    """While Redis hangs (SIGSTOP) under steady feed traffic, the liveness probe keeps
+    answering at once and every feed comes back within the store's read deadline: the read
+    runs off the event loop, on a connection whose timeout is ``store.read_timeout_ms``
+    with no retry. (Before: each store probe froze the loop for a socket timeout and a
+    retry, ~2 x 0.5 s, and ``/health/live`` took as long.)"""
+    settings = Settings(
+        **{
+            **small_settings.model_dump(),
+            "store": {"type": "redis", "redis_url": own_redis.url, "socket_timeout_s": 0.5},
+            "serving": {**small_settings.serving.model_dump(), "store_retry_s": 0.1},
+        }
+    )
+    workdir = workdir_copy(publish=False)
+    with open_store(settings.store, workdir.store_path) as store:
+        publish(workdir, settings, store)
+    assert own_redis.process is not None
+    feed_s: list[float] = []
+    statuses: Counter[int] = Counter()
+    stop = threading.Event()
+    with TestClient(create_app(settings, workdir)) as client:
+        assert client.get("/recommend", params={"user_id": known_user}).json()["degraded"] is False
+
+        def traffic() -> None:
+            while not stop.is_set():
+                started = time.perf_counter()
+                response = client.get("/recommend", params={"user_id": known_user})
+                feed_s.append(time.perf_counter() - started)
+                statuses[response.status_code] += 1
+
+        senders = [threading.Thread(target=traffic) for _ in range(2)]
+        for sender in senders:
+            sender.start()
+        live_s: list[float] = []
+        own_redis.process.send_signal(signal.SIGSTOP)
+        try:
+            hung_until = time.monotonic() + 3.0
+            while time.monotonic() < hung_until:
+                started = time.perf_counter()
+                assert client.get("/health/live").status_code == 200
+                live_s.append(time.perf_counter() - started)
+                time.sleep(0.02)
+        finally:
+            own_redis.process.send_signal(signal.SIGCONT)
+            stop.set()
+            for sender in senders:
+                sender.join(timeout=30)
+    assert not [code for code in statuses if code != 200], statuses
+    # Every store probe of the breaker (one per store_retry_s) hit the hung server.
+    assert len(live_s) > 50 and max(live_s) < 0.25, max(live_s)
+    assert len(feed_s) > 20 and max(feed_s) < 0.3, sorted(feed_s)[-5:]

@@ -251,8 +251,8 @@ class PendingHistories:
             store: Where the updates go.
             max_len: The live-history length kept per user.
             max_users: Users written in this call at most (None: all).
-            wait: Wait for another flush in progress; False returns at once instead (the
-                feed path, which runs on the event loop, never waits for a backlog).
+            wait: Wait for another flush in progress; False returns at once instead (a feed
+                request never waits for a backlog).
 
         Returns:
             Whether nothing is held any more.

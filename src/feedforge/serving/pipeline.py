@@ -123,7 +123,8 @@ class FeedService:
 
         ``device`` is the request's device (a ranking feature); None uses the user's last.
         While the store is unavailable the answer is the in-process fallback, marked
-        ``degraded`` (:mod:`feedforge.serving.fallback`).
+        ``degraded`` (:mod:`feedforge.serving.fallback`). The store read is bounded by
+        ``store.read_timeout_ms``; the service's routes call this off the event loop.
 
         Raises:
             feedforge.errors.NotPublishedError: the store answers but nothing was published yet.
@@ -132,6 +133,10 @@ class FeedService:
         """
         if self.guard.available():
             try:
+                if self.guard.last_error is not None and len(self.pending):
+                    # After a failure, the deadline-bound read probes the store before the
+                    # held updates are written with the slower write timeout.
+                    self._read_user(user_id)
                 # Never waits: an ingest thread flushing a backlog holds the lock.
                 self.pending.flush(self.store, self.settings.serving.history_length, wait=False)
                 feed = self._personalized(user_id, k, device)

@@ -32,6 +32,7 @@ def open_store(config: StoreConfig, default_path: Path) -> OnlineStore:
             config.redis_url,
             namespace=config.namespace,
             socket_timeout_s=config.socket_timeout_s,
+            read_timeout_s=config.read_timeout_ms / 1000,
             history_ttl_s=None
             if config.history_ttl_days is None
             else config.history_ttl_days * 86_400,

@@ -7,6 +7,13 @@ Design:
   expires ``store.history_ttl_days`` after the user's last event; version keys carry no TTL
   (publish deletes replaced versions after their grace period). The client uses
   ``decode_responses=False`` and hiredis when installed.
+* A feed request's read (:meth:`RedisStore.read_user`) has a client of its own, whose socket
+  and connect timeouts are the request's store deadline (``store.read_timeout_ms``, tens of
+  milliseconds) with no retry: a hung server costs a feed one deadline, then the service's
+  breaker answers degraded. Every other call (publishes, history writes, health) uses the
+  main client (``store.socket_timeout_s``, one retry). Socket timeouts count time waiting
+  on the server only, so a busy interpreter (the GIL held by a background load) never makes
+  a healthy server miss the deadline, as a wall-clock timer around the call would.
 * Reads are one round trip per call: one ``MGET`` (or, above :data:`CHUNK` keys, one
   non-transactional pipeline of ``MGET`` s).
 * Bulk writes go through non-transactional pipelines of ``MSET`` s, :data:`CHUNK` keys per
@@ -30,7 +37,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import redis
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.retry import Retry
 
 from feedforge.errors import ConfigError, StoreError, StoreUnavailableError, ValidationError
@@ -134,6 +141,10 @@ class RedisStore(OnlineStore):
         client: A redis-py client created with ``decode_responses=False``.
         namespace: Key namespace (see :class:`~feedforge.store.keys.Keys`).
         url: The server's URL, used in error messages (redacted here).
+        history_ttl_s: A user's live history expires this long after their last event
+            (None: never).
+        read_client: The client of feed reads (:meth:`read_user`), normally one with a short
+            timeout and no retry (:meth:`from_url`); None uses ``client``.
     """
 
     def __init__(
@@ -142,12 +153,15 @@ class RedisStore(OnlineStore):
         namespace: str = "feedforge",
         url: str = "",
         history_ttl_s: float | None = None,
+        read_client: redis.Redis | None = None,
     ) -> None:
-        if client.get_connection_kwargs().get("decode_responses"):
-            raise ValidationError("RedisStore needs a client with decode_responses=False")
+        for each in (client, read_client):
+            if each is not None and each.get_connection_kwargs().get("decode_responses"):
+                raise ValidationError("RedisStore needs clients with decode_responses=False")
         self.keys = Keys(namespace)
         self.url = redact_url(url) if url else repr(client)
         self._client = client
+        self._read_client = client if read_client is None else read_client
         # A user's live history expires this long after their last event (None: never).
         self.history_ttl_s = history_ttl_s
         self._set_current = client.register_script(_SET_CURRENT)
@@ -161,11 +175,13 @@ class RedisStore(OnlineStore):
         namespace: str = "feedforge",
         socket_timeout_s: float = 0.5,
         history_ttl_s: float | None = None,
+        read_timeout_s: float = 0.025,
     ) -> RedisStore:
         """Create a store for ``url`` (e.g. ``redis://127.0.0.1:6379/0``); connects lazily.
 
         A failed command is retried once after a short backoff, so an unreachable server
-        costs about two connect timeouts, not redis-py's default of ten retries.
+        costs about two connect timeouts, not redis-py's default of ten retries. Feed reads
+        use a second connection pool, with timeout ``read_timeout_s`` and no retry.
 
         Raises:
             ConfigError: ``url`` is not a Redis URL.
@@ -178,9 +194,16 @@ class RedisStore(OnlineStore):
                 retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), retries=1),
                 decode_responses=False,
             )
+            read_client = redis.Redis.from_url(
+                url,
+                socket_timeout=read_timeout_s,
+                socket_connect_timeout=read_timeout_s,
+                retry=Retry(NoBackoff(), retries=0),
+                decode_responses=False,
+            )
         except ValueError as exc:
             raise ConfigError(f"invalid Redis URL {redact_url(url)!r}: {exc}") from exc
-        return cls(client, namespace, url=url, history_ttl_s=history_ttl_s)
+        return cls(client, namespace, url=url, history_ttl_s=history_ttl_s, read_client=read_client)
 
     @property
     def client(self) -> redis.Redis:
@@ -276,7 +299,7 @@ class RedisStore(OnlineStore):
         extra_kind: str | None = None,
     ) -> UserRead:
         with self._errors("read_user"):
-            pipe = self._client.pipeline(transaction=False)
+            pipe = self._read_client.pipeline(transaction=False)
             pipe.get(self.keys.current())
             pipe.get(self.keys.item(version, vector_kind, user_id))
             pipe.get(self.keys.item(version, record_kind, user_id))
@@ -394,3 +417,5 @@ class RedisStore(OnlineStore):
     def close(self) -> None:
         with self._errors("close"):
             self._client.close()
+            if self._read_client is not self._client:
+                self._read_client.close()

@@ -106,6 +106,9 @@ def test_unknown_keys_are_rejected(tmp_path: Path, text: str, key: str) -> None:
         ("store:\n  type: memcached\n", "store.type"),
         ("dataset:\n  watch_completion: 1.5\n", "dataset.watch_completion"),
         ("store: 5\n", "store"),
+        ("store:\n  read_timeout_ms: 0\n", "store.read_timeout_ms"),
+        # A feed's store deadline must leave room in the latency budget.
+        ("store:\n  read_timeout_ms: 60\n", "store.read_timeout_ms (60) must be below"),
     ],
 )
 def test_invalid_values_are_rejected(tmp_path: Path, text: str, key: str) -> None:

@@ -18,11 +18,15 @@ event).
 
 **The id index.** Looking duplicates up by scanning a partition's files on every append costs
 O(files) per append, and the service appends one file per request. So an :class:`EventLog`
-keeps, per partition it appended to, the set of its event ids and the names of the files they
-came from; each append (under the lock) lists the partition and reads the ids of only the
-files it has not seen, which also picks up other processes' appends. At most
-:data:`MAX_INDEXED_IDS` ids are held: the least recently used partitions are dropped first,
-and a partition larger than that on its own is scanned as before.
+keeps, per partition it appended to, a 64-bit hash of each event id with the file it is in
+(12 bytes per event, where a set of the id strings took about 120: a day of 720,000 events
+grew each service worker by ~85 MB) and the names of the files read; each append (under the
+lock) lists the partition and reads the ids of only the files it has not seen, which also
+picks up other processes' appends. A candidate whose hash is indexed is confirmed by reading
+the ids of the files holding that hash (a re-send; a collision of distinct ids, about one in
+10^7 per day of 2 million events, is told apart there), so a hash never drops an event. At
+most :data:`MAX_INDEXED_IDS` ids are held: the least recently used partitions are dropped
+first, and a partition larger than that on its own is scanned as before.
 
 **Compaction.** One file per append adds up (the service appends once per request):
 :meth:`EventLog.compact` (``feedforge compact``) rewrites each closed day's files into one.
@@ -44,6 +48,7 @@ from datetime import date
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from feedforge.artifacts import fsync, new_version
@@ -60,8 +65,10 @@ from feedforge.events.schema import (
 _LOCK = ".append.lock"
 _READ_LOCK = ".read.lock"
 _COMPACT_LOCK = ".compact.lock"
-MAX_INDEXED_IDS = 2_000_000
-"""Event ids an :class:`EventLog` holds in memory for duplicate checks (about 100 MB)."""
+MAX_INDEXED_IDS = 10_000_000
+"""Event ids an :class:`EventLog` indexes in memory for duplicate checks (12 bytes each, so
+at most about 120 MB)."""
+_HASH_SEED = 0x5EED
 UNLINK_BATCH = 1_000
 """Old files a compaction removes per hold of the append lock."""
 
@@ -94,13 +101,69 @@ _Failure = tuple[Path, OSError]
 """Where an append failed first (the directory) and why."""
 
 
+def _id_hashes(ids: pl.Series) -> np.ndarray:
+    """64-bit hashes of event ids (stable within a process, which is all the index needs)."""
+    return ids.hash(seed=_HASH_SEED).to_numpy()
+
+
+class _DayIndex:
+    """The hashed event ids of one partition's files (see the module docs): ``hashes``
+    sorted, ``file_of`` the position in ``files`` of each hash's file."""
+
+    def __init__(self) -> None:
+        self.files: list[str] = []
+        self.hashes = np.empty(0, dtype=np.uint64)
+        self.file_of = np.empty(0, dtype=np.uint32)
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    def add(self, names: list[str], ids: list[pl.Series]) -> None:
+        """Index the ids of files ``names`` (``ids[j]`` those of ``names[j]``)."""
+        if not names:
+            return
+        hashes = np.concatenate([_id_hashes(i) for i in ids])
+        file_of = np.repeat(
+            np.arange(len(self.files), len(self.files) + len(names), dtype=np.uint32),
+            [len(i) for i in ids],
+        )
+        order = np.argsort(hashes, kind="stable")
+        hashes, file_of = hashes[order], file_of[order]
+        # One merge into the sorted arrays: O(indexed + new), whatever the number of files.
+        at = np.searchsorted(self.hashes, hashes)
+        self.hashes = np.insert(self.hashes, at, hashes)
+        self.file_of = np.insert(self.file_of, at, file_of)
+        self.files.extend(names)
+
+    def files_holding(self, ids: pl.Series) -> tuple[np.ndarray, list[str]]:
+        """Which ``ids`` have an indexed hash (a bool mask), and the files holding those
+        hashes."""
+        hashes = _id_hashes(ids)
+        lo = np.searchsorted(self.hashes, hashes, side="left")
+        hi = np.searchsorted(self.hashes, hashes, side="right")
+        hit = hi > lo
+        holders = {int(f) for a, b in zip(lo[hit], hi[hit], strict=True) for f in self.file_of[a:b]}
+        return hit, [self.files[f] for f in sorted(holders)]
+
+
+def _stored_among(files: list[Path], candidates: pl.Series) -> pl.Series:
+    """The ``candidates`` found in the event ids of ``files``."""
+    return (
+        pl.scan_parquet(files)
+        .select("event_id")
+        .filter(pl.col("event_id").is_in(candidates.implode()))
+        .collect()
+        .get_column("event_id")
+    )
+
+
 class EventLog:
     """An append-only, date-partitioned Parquet event log rooted at ``root``."""
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
-        # partition date -> (file names read, their event ids); most recently used last
-        self._index: dict[str, tuple[set[str], set[str]]] = {}
+        # partition date -> its id index; most recently used last
+        self._index: dict[str, _DayIndex] = {}
 
     @contextmanager
     def _locked(self, name: str = _LOCK) -> Iterator[None]:
@@ -142,33 +205,27 @@ class EventLog:
         if not files:
             self._index.pop(date, None)
             return pl.Series("event_id", [], dtype=pl.String)
-        read, ids = self._index.pop(date, (set(), set()))
-        if not read <= files.keys():  # a file went away (rewritten partition): start over
-            read, ids = set(), set()
-        new = sorted(files.keys() - read)
-        if new:
-            fresh = pl.read_parquet([files[n] for n in new], columns=["event_id"])
-            ids.update(fresh.get_column("event_id").to_list())
-            read.update(new)
-        if len(ids) > MAX_INDEXED_IDS:  # too large to hold: scan it, as without an index
-            return (
-                pl.scan_parquet(list(files.values()))
-                .select("event_id")
-                .filter(pl.col("event_id").is_in(candidates.implode()))
-                .collect()
-                .get_column("event_id")
-            )
-        self._index[date] = (read, ids)
-        while sum(len(i) for _, i in self._index.values()) > MAX_INDEXED_IDS:
+        index = self._index.pop(date, None)
+        if index is None or not set(index.files) <= files.keys():
+            index = _DayIndex()  # new, or a file went away (rewritten partition): start over
+        new = sorted(files.keys() - set(index.files))
+        index.add(new, [pl.read_parquet(files[n], columns=["event_id"])["event_id"] for n in new])
+        if len(index) > MAX_INDEXED_IDS:  # too large to hold: scan it, as without an index
+            return _stored_among(list(files.values()), candidates)
+        self._index[date] = index
+        while sum(len(i) for i in self._index.values()) > MAX_INDEXED_IDS:
             del self._index[next(iter(self._index))]
-        return pl.Series("event_id", [c for c in candidates.to_list() if c in ids], dtype=pl.String)
+        hit, holders = index.files_holding(candidates)
+        if not holders:
+            return pl.Series("event_id", [], dtype=pl.String)
+        # Confirmed against the ids themselves, in the files that hold the hashes.
+        return _stored_among([files[n] for n in holders], candidates.filter(pl.Series(hit)))
 
     def _indexed(self, date: str, name: str, ids: pl.Series) -> None:
         """Record a file this process has just committed in the id index."""
-        entry = self._index.get(date)
-        if entry is not None:
-            entry[0].add(name)
-            entry[1].update(ids.to_list())
+        index = self._index.get(date)
+        if index is not None:
+            index.add([name], [ids])
 
     def append(self, events: pl.DataFrame | Sequence[Event], where: str = "events") -> AppendResult:
         """Append events durably.

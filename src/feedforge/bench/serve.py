@@ -30,40 +30,35 @@ the ``bench`` extra: ``pip install 'feedforge[bench]'``); the report is
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pydantic
-import yaml
 
 from feedforge.bench import serve_load, serve_report
 from feedforge.bench.report import run_info, write_report
+from feedforge.bench.service import (
+    Progress,
+    bench_settings,
+    drop_namespace,
+    key_env,
+    key_header,
+    set_up_world,
+    start_service,
+    write_service_config,
+)
 from feedforge.config import Settings
-from feedforge.datasets.build import build_dataset
 from feedforge.datasets.load import load_dataset
-from feedforge.errors import FeedforgeError
-from feedforge.events.simulator import simulate
 from feedforge.features.definitions import RAW_COUNTERS, derive_features
 from feedforge.index.ann import AnnIndex
-from feedforge.models.train import train_models
-from feedforge.publish.publisher import publish
-from feedforge.serving.security import API_KEY_HEADER
 from feedforge.serving.version import load_version
 from feedforge.store.factory import open_store
-from feedforge.store.keys import USER_EMB, Keys, glob_pattern
+from feedforge.store.keys import USER_EMB
 from feedforge.workdir import Workdir
-
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -184,56 +179,6 @@ def _profile(metrics_text: str) -> dict[str, dict[str, float]]:
     }
 
 
-def _key_env(settings: Settings) -> dict[str, str]:
-    """The service's API keys as the environment variables that set them (a config file
-    dumped from the settings holds them masked: ``**********``)."""
-    keys = {"api_key": settings.serving.api_key, "read_api_key": settings.serving.read_api_key}
-    return {
-        f"FEEDFORGE_SERVING__{name.upper()}": key.get_secret_value()
-        for name, key in keys.items()
-        if key is not None
-    }
-
-
-def _key_header(key: pydantic.SecretStr | None) -> dict[str, str] | None:
-    return None if key is None else {API_KEY_HEADER: key.get_secret_value()}
-
-
-def _start_service(
-    workdir: Workdir, config: Path, workers: int, env: dict[str, str]
-) -> tuple[subprocess.Popen[str], str]:
-    import httpx  # the bench extra (see run_serve)
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    command = [
-        sys.executable, "-c", "from feedforge.cli import main; main()", "serve",
-        "--workdir", str(workdir.root), "--config", str(config), "--port", str(port),
-        "--workers", str(workers),
-    ]  # fmt: skip
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, **env},
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise FeedforgeError("feedforge serve exited during start-up")
-        try:
-            if httpx.get(f"{base}/health/live", timeout=1).status_code == 200:
-                return process, base
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise FeedforgeError("feedforge serve did not start in 120 s")
-
-
 def run_serve(
     base_settings: Settings, spec: LoadSpec, out_dir: Path | None, progress: Progress | None = None
 ) -> dict[str, Any]:
@@ -251,44 +196,29 @@ def run_serve(
     say = progress or (lambda _msg: None)
     started = time.perf_counter()
     namespace = f"bench-{uuid.uuid4().hex[:12]}"
-    data = base_settings.model_dump(mode="json")
-    data["simulator"] = {**data["simulator"], "n_items": spec.items, "n_users": spec.users}
-    data["simulator"]["n_days"] = spec.days
-    data["dataset"] = {**data["dataset"], "validation_days": 1, "test_days": 1}
-    data["store"] = {**data["store"], "type": "redis", "redis_url": spec.redis_url}
-    data["store"]["namespace"] = namespace
-    data["serving"] = {**data["serving"], "candidates": spec.candidates, "log_format": "text"}
-    # The JSON dump masks secrets ("**********"): the API keys are taken as they are.
-    data["serving"].update(
-        api_key=base_settings.serving.api_key, read_api_key=base_settings.serving.read_api_key
+    settings = bench_settings(
+        base_settings,
+        items=spec.items,
+        users=spec.users,
+        days=spec.days,
+        redis_url=spec.redis_url,
+        namespace=namespace,
+        serving={"candidates": spec.candidates},
+        dataset={"validation_days": 1, "test_days": 1},
     )
-    settings = Settings(**data)
-    setup: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="feedforge-bench-serve-") as tmp:
         workdir = Workdir.at(Path(tmp) / "work")
         config = Path(tmp) / "config.yaml"
-        dumped = settings.model_dump(mode="json")
-        # The keys go to the service in its environment (_key_env), not masked in the file.
-        dumped["serving"].update(api_key=None, read_api_key=None)
-        config.write_text(yaml.safe_dump(dumped), encoding="utf-8")
-        read_headers = _key_header(settings.serving.read_api_key)
-        write_headers = _key_header(settings.serving.api_key)
+        write_service_config(settings, config)
+        read_headers = key_header(settings.serving.read_api_key)
+        write_headers = key_header(settings.serving.api_key)
         try:
-            for name, step in (
-                ("simulate", lambda: simulate(settings.simulator, workdir)),
-                ("build", lambda: build_dataset(workdir, settings)),
-                ("train", lambda: train_models(workdir, settings)),
-                ("publish", lambda: _publish(workdir, settings)),
-            ):
-                say(f"setup: {name}")
-                t0 = time.perf_counter()
-                step()
-                setup[name] = round(time.perf_counter() - t0, 1)
+            setup = set_up_world(workdir, settings, say)
             users = load_dataset(workdir).users.ids.to_list()
             say("compute floor")
             floor = _compute_floor(settings, workdir, spec)
             say(f"starting feedforge serve --workers {spec.workers}")
-            process, base = _start_service(workdir, config, spec.workers, _key_env(settings))
+            process, base = start_service(workdir, config, spec.workers, key_env(settings))
             try:
                 say("warming up (each worker loaded the version before it listened)")
                 with httpx.Client(base_url=base, timeout=300, headers=read_headers) as client:
@@ -319,7 +249,7 @@ def run_serve(
                 process.terminate()
                 process.wait(timeout=30)
         finally:
-            _drop_namespace(settings)
+            drop_namespace(settings)
     report: dict[str, Any] = {
         "spec": asdict(spec),
         "namespace": namespace,
@@ -335,24 +265,3 @@ def run_serve(
     if out_dir is not None:
         write_report(out_dir, "serve", report, serve_report.render_markdown(report))
     return report
-
-
-def _publish(workdir: Workdir, settings: Settings) -> None:
-    with open_store(settings.store, workdir.store_path) as store:
-        publish(workdir, settings, store)
-
-
-def _drop_namespace(settings: Settings) -> None:
-    import redis
-
-    client = redis.Redis.from_url(settings.store.redis_url)
-    pattern = glob_pattern(Keys(settings.store.namespace).prefix)
-    batch: list[bytes] = []
-    for key in client.scan_iter(match=pattern, count=10_000):
-        batch.append(key)
-        if len(batch) >= 10_000:
-            client.unlink(*batch)
-            batch = []
-    if batch:
-        client.unlink(*batch)
-    client.close()

@@ -22,8 +22,9 @@ import numpy as np
 
 from feedforge.errors import FeedforgeError
 
-CLIENT_LIBRARIES = ("aiohttp", "httpx")
-"""What the benchmark's clients need beyond the runtime dependencies (the ``bench`` extra)."""
+CLIENT_LIBRARIES = ("aiohttp", "httpx", "psutil")
+"""What the load benchmarks need beyond the runtime dependencies (the ``bench`` extra): the
+clients, and psutil for the soak's memory samples."""
 
 
 def require_client_libraries() -> None:
@@ -41,7 +42,7 @@ def require_client_libraries() -> None:
             missing.append(name)
     if missing:
         raise FeedforgeError(
-            f"feedforge bench serve needs {' and '.join(missing)}: pip install 'feedforge[bench]'"
+            f"the load benchmarks need {' and '.join(missing)}: pip install 'feedforge[bench]'"
         )
 
 

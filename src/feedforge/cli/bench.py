@@ -129,3 +129,47 @@ def bench_serve_cmd(
     for target in report["targets"]:
         console.print(f"{target['target']}: {target['measured']} (met: {target['met']})")
     console.print(f"written to {out}")
+
+
+@bench_app.command("soak")
+@clean_errors
+def bench_soak_cmd(
+    config: ConfigOpt = None,
+    duration: Annotated[float, typer.Option(min=60, help="Seconds of traffic")] = 1800.0,
+    items: Annotated[int, typer.Option(min=100, help="Catalog size")] = 10_000,
+    users: Annotated[int, typer.Option(min=100, help="Simulated users")] = 5_000,
+    feed_rate: Annotated[float, typer.Option(min=1, help="Feed requests per second")] = 40.0,
+    event_rate: Annotated[float, typer.Option(min=1, help="Events per second")] = 400.0,
+    workers: Annotated[int, typer.Option(min=1, help="Service worker processes")] = 2,
+    publish_every: Annotated[
+        float, typer.Option(min=10, help="Seconds between publishes (a rollback half-way)")
+    ] = 300.0,
+    compact_every: Annotated[
+        float, typer.Option(min=10, help="Seconds between compactions")
+    ] = 600.0,
+    redis_url: Annotated[str, typer.Option(help="The Redis to publish to")] = (
+        "redis://127.0.0.1:6379/0"
+    ),
+    out: Annotated[Path, typer.Option(help="Where the report goes")] = Path("docs/benchmarks"),
+) -> None:
+    """Soak: mixed traffic against the real service and Redis while an operator publishes,
+    rolls back and compacts; 5xx, lost events, memory and feed-log size."""
+    from feedforge.bench.soak import SoakSpec, run_soak
+
+    spec = SoakSpec(
+        duration_s=duration,
+        items=items,
+        users=users,
+        feed_rate=feed_rate,
+        event_rate=event_rate,
+        workers=workers,
+        publish_every_s=publish_every,
+        compact_every_s=compact_every,
+        sample_every_s=min(30.0, duration / 20),
+        redis_url=redis_url,
+    )
+    with progress("bench soak") as say:
+        report = run_soak(settings_from(config), spec, out, progress=say)
+    for target in report["targets"]:
+        console.print(f"{target['target']}: {target['measured']} (met: {target['met']})")
+    console.print(f"written to {out}")

@@ -17,7 +17,7 @@ def test_a_missing_client_library_names_the_extra(
     monkeypatch: pytest.MonkeyPatch, missing: str
 ) -> None:
     monkeypatch.setitem(sys.modules, missing, None)  # makes `import <missing>` fail
-    with pytest.raises(FeedforgeError, match=rf"needs {missing}: pip install 'feedforge\[bench\]'"):
+    with pytest.raises(FeedforgeError, match=rf"need {missing}: pip install 'feedforge\[bench\]'"):
         require_client_libraries()
 
 
@@ -28,4 +28,4 @@ def test_bench_serve_without_aiohttp_fails_in_one_line_before_any_setup(
     result = CliRunner().invoke(app, ["bench", "serve", "--redis-url", "redis://127.0.0.1:1/0"])
     assert result.exit_code == 1, result.output
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert errors == ["error: feedforge bench serve needs aiohttp: pip install 'feedforge[bench]'"]
+    assert errors == ["error: the load benchmarks need aiohttp: pip install 'feedforge[bench]'"]

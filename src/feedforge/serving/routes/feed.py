@@ -2,9 +2,9 @@
 
 A feed is computed on the thread pool, not on the event loop: it waits on the store, and a
 hung store must never freeze the loop (the liveness probe, the other requests). The store
-read's own deadline (``store.read_timeout_ms``) bounds that wait; the hop to a thread costs
-about 0.15 ms per request. A deployment still runs one worker per core, since the GIL lets
-one feed compute at a time.
+read's own deadline (``store.read_timeout_ms``) bounds that wait. What the thread pool costs
+under load is in ``docs/benchmarks`` (README, issue 5 section). A deployment still runs one
+worker per core, since the GIL lets one feed compute at a time.
 """
 
 from __future__ import annotations

@@ -68,3 +68,5 @@ def test_counters_add_up_over_every_worker(
     finally:
         output = server.stop()
     assert "Traceback" not in output, output
+    # Each worker fixed its allocator's mmap threshold (feedforge.serving.allocator).
+    assert output.count("glibc mmap threshold fixed at 131072 bytes") == 2, output

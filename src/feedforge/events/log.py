@@ -101,22 +101,58 @@ _Failure = tuple[Path, OSError]
 """Where an append failed first (the directory) and why."""
 
 
+_RECENT_MIN = 65_536
+"""The recent run of a day's id index merges into the base run only past this many hashes."""
+
+
 def _id_hashes(ids: pl.Series) -> np.ndarray:
     """64-bit hashes of event ids (stable within a process, which is all the index needs)."""
     return ids.hash(seed=_HASH_SEED).to_numpy()
 
 
-class _DayIndex:
-    """The hashed event ids of one partition's files (see the module docs): ``hashes``
-    sorted, ``file_of`` the position in ``files`` of each hash's file."""
+class _SortedRun:
+    """Sorted 64-bit id hashes and the file (position in :attr:`_DayIndex.files`) of each."""
 
     def __init__(self) -> None:
-        self.files: list[str] = []
         self.hashes = np.empty(0, dtype=np.uint64)
         self.file_of = np.empty(0, dtype=np.uint32)
 
     def __len__(self) -> int:
         return len(self.hashes)
+
+    def merge(self, hashes: np.ndarray, file_of: np.ndarray) -> None:
+        """Merge sorted ``hashes`` (with their files) in: O(len(self) + new)."""
+        at = np.searchsorted(self.hashes, hashes)
+        self.hashes = np.insert(self.hashes, at, hashes)
+        self.file_of = np.insert(self.file_of, at, file_of)
+
+    def files_of(self, hashes: np.ndarray) -> tuple[np.ndarray, set[int]]:
+        """Which ``hashes`` are here (a bool mask) and the files holding them."""
+        lo = np.searchsorted(self.hashes, hashes, side="left")
+        hi = np.searchsorted(self.hashes, hashes, side="right")
+        hit = hi > lo
+        holders = {int(f) for a, b in zip(lo[hit], hi[hit], strict=True) for f in self.file_of[a:b]}
+        return hit, holders
+
+
+class _DayIndex:
+    """The hashed event ids of one partition's files (see the module docs), in two sorted
+    runs: a large ``base`` and a small ``recent`` one that each append merges into.
+
+    ``recent`` joins ``base`` once it holds more than an eighth of it (and at least
+    :data:`_RECENT_MIN` hashes), so an append copies the recent run (at most an eighth of
+    the day's index, or 64k hashes), not the whole index: one sorted array copied on every
+    append of a busy day (8 MB per append at ~700k events) was a churn of large blocks
+    (``docs/benchmarks/README.md``, issue 14 soak).
+    """
+
+    def __init__(self) -> None:
+        self.files: list[str] = []
+        self.base = _SortedRun()
+        self.recent = _SortedRun()
+
+    def __len__(self) -> int:
+        return len(self.base) + len(self.recent)
 
     def add(self, names: list[str], ids: list[pl.Series]) -> None:
         """Index the ids of files ``names`` (``ids[j]`` those of ``names[j]``)."""
@@ -128,22 +164,19 @@ class _DayIndex:
             [len(i) for i in ids],
         )
         order = np.argsort(hashes, kind="stable")
-        hashes, file_of = hashes[order], file_of[order]
-        # One merge into the sorted arrays: O(indexed + new), whatever the number of files.
-        at = np.searchsorted(self.hashes, hashes)
-        self.hashes = np.insert(self.hashes, at, hashes)
-        self.file_of = np.insert(self.file_of, at, file_of)
+        self.recent.merge(hashes[order], file_of[order])
         self.files.extend(names)
+        if len(self.recent) > max(_RECENT_MIN, len(self.base) // 8):
+            self.base.merge(self.recent.hashes, self.recent.file_of)
+            self.recent = _SortedRun()
 
     def files_holding(self, ids: pl.Series) -> tuple[np.ndarray, list[str]]:
         """Which ``ids`` have an indexed hash (a bool mask), and the files holding those
         hashes."""
         hashes = _id_hashes(ids)
-        lo = np.searchsorted(self.hashes, hashes, side="left")
-        hi = np.searchsorted(self.hashes, hashes, side="right")
-        hit = hi > lo
-        holders = {int(f) for a, b in zip(lo[hit], hi[hit], strict=True) for f in self.file_of[a:b]}
-        return hit, [self.files[f] for f in sorted(holders)]
+        hit_base, in_base = self.base.files_of(hashes)
+        hit_recent, in_recent = self.recent.files_of(hashes)
+        return hit_base | hit_recent, [self.files[f] for f in sorted(in_base | in_recent)]
 
 
 def _stored_among(files: list[Path], candidates: pl.Series) -> pl.Series:

@@ -29,6 +29,7 @@ from feedforge.config import Settings, load_settings
 from feedforge.errors import FeedforgeError, ValidationError
 from feedforge.events.schema import issue_reason, quote
 from feedforge.monitoring.metrics import mark_worker_dead
+from feedforge.serving.allocator import fix_mmap_threshold
 from feedforge.serving.docs import install_docs
 from feedforge.serving.middleware import RequestTiming
 from feedforge.serving.pipeline import FeedService
@@ -50,6 +51,12 @@ def create_app(settings: Settings, workdir: Workdir) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Before the version load's large blocks are allocated and freed.
+        if fix_mmap_threshold(settings.serving.malloc_mmap_threshold_bytes):
+            logger.info(
+                "glibc mmap threshold fixed at %d bytes",
+                settings.serving.malloc_mmap_threshold_bytes,
+            )
         store = open_store(settings.store, workdir.store_path)
         app.state.service = service = FeedService(settings, workdir, store)
         # uvicorn opens a worker's socket after the lifespan start-up, so no request waits

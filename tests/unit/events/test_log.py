@@ -180,6 +180,38 @@ def test_the_id_index_holds_a_few_bytes_per_event(tmp_path: Path) -> None:
     assert retained < 16 * n, f"{retained / n:.0f} bytes per indexed event"
 
 
+def test_an_append_copies_no_more_than_the_recent_part_of_the_index(tmp_path: Path) -> None:
+    # One sorted array copied whole on every append was 8 MB per append on a 700k-event day,
+    # a churn of large blocks. A small append onto an indexed 200k-event day now allocates a
+    # small fraction of the index.
+    n = 200_000
+    log = EventLog(tmp_path)
+    log.append(_events([f"old-{j:07d}" for j in range(n)], hours=[0.0] * n))
+    log.append(_events(["warm"], hours=[0]))
+    tracemalloc.start()
+    try:
+        assert log.append(_events(["new", "old-0000007"], hours=[0, 0])) == AppendResult(1, 1)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 12 * n / 4, f"an append of 2 events allocated {peak / 2**20:.1f} MiB"
+
+
+def test_every_run_of_the_index_is_searched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Small runs: ids land in the recent run, then the base one; a re-send is found in either.
+    monkeypatch.setattr(log_module, "_RECENT_MIN", 4)
+    log = EventLog(tmp_path)
+    for b in range(30):
+        assert log.append(_events([f"e{b}-{j}" for j in range(3)], hours=[0] * 3)).written == 3
+    index = log._index["2026-01-01"]
+    assert len(index.base) > 0 and len(index) == 90
+    assert len(index.recent) <= max(4, len(index.base) // 8)
+    resent = ["e0-0", "e12-1", "e29-2", "fresh"]
+    assert log.append(_events(resent, hours=[0] * 4)) == AppendResult(1, 3)
+
+
 def test_a_hash_collision_never_drops_an_event(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -5,12 +5,11 @@ system on ``free``), but it raises that threshold to the size of every such bloc
 to 32 MiB, and the threshold above which a heap's free top is given back with it (twice the
 mmap threshold). A worker frees large blocks early (loading a version: the item matrix, the
 index, the ranker) and again at every publish, so soon every block below 32 MiB comes from a
-heap that keeps up to 64 MiB free before trimming, and busy threads get heaps of their own (up
-to 8 per core; the
-thread pool that computes feeds and ingests events). Under steady traffic a worker's resident
-memory then only grows: +10 MiB a minute per worker in the first 30-minute soak
-(``docs/benchmarks/README.md``, issue 14 soak), with Python's own allocations flat
-(``tracemalloc``). The fixed threshold costs CPU where requests allocate large blocks: about
+heap that keeps up to 64 MiB free before trimming, and busy threads get heaps of their own
+(up to 8 per core; the thread pool computes feeds and ingests events). Under steady traffic
+a worker's resident memory then only grows: +10 MiB a minute per worker in the first
+30-minute soak (``docs/benchmarks/README.md``, issue 14 soak), with Python's own allocations
+flat (``tracemalloc``). The fixed threshold costs CPU where requests allocate large blocks: about
 1 ms per feed at 1M items (a 1 MB faiss visited table per HNSW search; same file, issue 5).
 
 Setting the threshold with ``mallopt`` fixes it (glibc then adjusts neither it nor the trim

@@ -15,7 +15,6 @@ import textwrap
 import pytest
 
 from feedforge.config import Settings
-from feedforge.serving.allocator import fix_mmap_threshold
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="glibc's allocator (Linux)"
@@ -73,6 +72,3 @@ def test_glibcs_dynamic_threshold_keeps_them() -> None:
     assert not fixed
     assert retained > 32, f"only {retained:.1f} MiB stayed resident"
 
-
-def test_nothing_is_set_without_a_threshold() -> None:
-    assert fix_mmap_threshold(None) is False

@@ -71,4 +71,3 @@ def test_glibcs_dynamic_threshold_keeps_them() -> None:
     fixed, retained = _retained_mib("none")
     assert not fixed
     assert retained > 32, f"only {retained:.1f} MiB stayed resident"
-

@@ -109,3 +109,9 @@ class NotPublishedError(StoreError):
     """The online store has no published version yet."""
 
     http_status = 503
+
+
+class StoreConflictError(StoreError):
+    """A compare-and-set write lost to a concurrent one (read again and retry)."""
+
+    http_status = 409

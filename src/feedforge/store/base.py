@@ -189,6 +189,28 @@ class OnlineStore(ABC):
     def clear_histories(self) -> None:
         """Delete every user's live history (used when a work directory is rebuilt)."""
 
+    # -- documents --------------------------------------------------------------------------
+    @abstractmethod
+    def get_document(self, name: str) -> tuple[int, dict[str, Any] | None]:
+        """A control document (e.g. the experiment definitions) with its revision.
+
+        Returns:
+            ``(revision, document)``; ``(0, None)`` when it was never written.
+        """
+
+    @abstractmethod
+    def put_document(self, name: str, document: Mapping[str, Any], expected_revision: int) -> int:
+        """Replace a control document if its revision is still ``expected_revision``
+        (compare and set, atomic), so concurrent editors never overwrite each other.
+
+        Returns:
+            The new revision (``expected_revision + 1``).
+
+        Raises:
+            feedforge.errors.StoreConflictError: the document's revision moved on (read it
+                again and redo the change).
+        """
+
     # -- lifecycle --------------------------------------------------------------------------
     def identity(self) -> str:
         """What tells this store apart from another one sharing the work directory and its

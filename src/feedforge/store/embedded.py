@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from feedforge.errors import StoreError, StoreUnavailableError, ValidationError
+from feedforge.errors import StoreConflictError, StoreError, StoreUnavailableError, ValidationError
 from feedforge.store.base import APPLIED_TOKEN_TTL_S, OnlineStore, decode_vectors
 from feedforge.store.keys import Keys, decode_record, encode_record, encode_records, encode_vectors
 
@@ -385,6 +385,31 @@ class EmbeddedStore(OnlineStore):
             conn.execute(
                 "DELETE FROM history WHERE key >= ? AND key < ?", (prefix, _upper_bound(prefix))
             )
+
+    # -- documents ----------------------------------------------------------------------------
+    def get_document(self, name: str) -> tuple[int, dict[str, Any] | None]:
+        key = self.keys.document(name)
+        with self._errors("get_document"):
+            blob = self._get(self._conn(), key)
+        if blob is None:
+            return 0, None
+        stored = decode_record(blob)
+        return int(stored["rev"]), dict(stored["body"])
+
+    def put_document(self, name: str, document: Mapping[str, Any], expected_revision: int) -> int:
+        key = self.keys.document(name)
+        with self._transaction("put_document", write=True) as conn:
+            blob = self._get(conn, key)
+            rev = 0 if blob is None else int(decode_record(blob)["rev"])
+            if rev != expected_revision:
+                raise StoreConflictError(
+                    f"document {name!r} in {self.path} changed since revision "
+                    f"{expected_revision}; read it again",
+                    document=name,
+                )
+            value = encode_record({"rev": rev + 1, "body": dict(document)})
+            conn.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (key, value))
+        return rev + 1
 
     # -- lifecycle ----------------------------------------------------------------------------
     def ping(self) -> bool:

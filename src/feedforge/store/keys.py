@@ -128,6 +128,11 @@ class Keys:
         """Marks a history write with that token as done (it is not repeated)."""
         return f"{self.applied_prefix()}{token}"
 
+    # -- documents ----------------------------------------------------------------------------
+    def document(self, name: str) -> str:
+        """A revisioned control document (e.g. ``"experiments"``), unversioned."""
+        return f"{self.prefix}doc:{_check_name('document', name)}"
+
 
 def glob_pattern(prefix: str) -> str:
     """A Redis ``SCAN MATCH`` pattern matching every key that starts with ``prefix``."""

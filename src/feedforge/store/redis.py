@@ -40,7 +40,13 @@ import redis
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.retry import Retry
 
-from feedforge.errors import ConfigError, StoreError, StoreUnavailableError, ValidationError
+from feedforge.errors import (
+    ConfigError,
+    StoreConflictError,
+    StoreError,
+    StoreUnavailableError,
+    ValidationError,
+)
 from feedforge.store.base import APPLIED_TOKEN_TTL_S, OnlineStore, UserRead, decode_vectors
 from feedforge.store.keys import (
     Keys,
@@ -59,6 +65,15 @@ _SET_CURRENT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('SET', KEYS[2], ARGV[1])
 return 1
+"""
+
+# KEYS: document. ARGV: expected revision, body. Compare-and-set of a revisioned document
+# (a hash of rev and body); returns the new revision, or -1 when the revision moved on.
+_PUT_DOCUMENT = """
+local rev = tonumber(redis.call('HGET', KEYS[1], 'rev') or '0')
+if rev ~= tonumber(ARGV[1]) then return -1 end
+redis.call('HSET', KEYS[1], 'rev', rev + 1, 'body', ARGV[2])
+return rev + 1
 """
 
 # KEYS: current, versions, meta. ARGV: version. Unpublishes a version unless it is current;
@@ -167,6 +182,7 @@ class RedisStore(OnlineStore):
         self._set_current = client.register_script(_SET_CURRENT)
         self._unpublish = client.register_script(_UNPUBLISH)
         self._append_histories = client.register_script(_APPEND_HISTORIES)
+        self._put_document = client.register_script(_PUT_DOCUMENT)
 
     @classmethod
     def from_url(
@@ -406,6 +422,28 @@ class RedisStore(OnlineStore):
     def clear_histories(self) -> None:
         with self._errors("clear_histories"):
             self._unlink_matching(self.keys.history_prefix())
+
+    # -- documents ----------------------------------------------------------------------------
+    def get_document(self, name: str) -> tuple[int, dict[str, Any] | None]:
+        with self._errors("get_document"):
+            rev, body = self._client.hmget(self.keys.document(name), ["rev", "body"])
+        if body is None:
+            return 0, None
+        return int(_bytes(rev)), decode_record(_bytes(body))
+
+    def put_document(self, name: str, document: Mapping[str, Any], expected_revision: int) -> int:
+        key = self.keys.document(name)
+        with self._errors("put_document"):
+            rev = int(
+                self._put_document(keys=[key], args=[expected_revision, encode_record(document)])
+            )
+        if rev < 0:
+            raise StoreConflictError(
+                f"document {name!r} in {self.url} changed since revision {expected_revision}; "
+                "read it again",
+                document=name,
+            )
+        return rev
 
     # -- lifecycle ----------------------------------------------------------------------------
     def ping(self) -> bool:

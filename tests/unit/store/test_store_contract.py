@@ -22,7 +22,7 @@ import pytest
 import redis
 
 from feedforge.config import StoreConfig
-from feedforge.errors import StoreError, StoreUnavailableError, ValidationError
+from feedforge.errors import StoreConflictError, StoreError, StoreUnavailableError, ValidationError
 from feedforge.store.base import OnlineStore
 from feedforge.store.embedded import EmbeddedStore
 from feedforge.store.factory import open_store
@@ -584,3 +584,44 @@ def test_redis_histories_expire_after_the_last_event(
     assert redis_client.ttl(forever.keys.history("u2")) == -1  # no expiry
     store.close()
     forever.close()
+
+
+# -- documents --------------------------------------------------------------------------------
+def test_a_document_is_read_by_another_client_with_its_revision(backend: Backend) -> None:
+    writer, reader = backend.open(), backend.open()
+    assert reader.get_document("experiments") == (0, None)
+    assert writer.put_document("experiments", {"items": [{"id": "e1"}]}, 0) == 1
+    assert writer.put_document("experiments", {"items": []}, 1) == 2
+    assert reader.get_document("experiments") == (2, {"items": []})
+    assert backend.raw_keys(Keys(backend.namespace).document("experiments")) == [
+        Keys(backend.namespace).document("experiments")
+    ]
+
+
+def test_a_stale_document_write_is_refused_and_changes_nothing(backend: Backend) -> None:
+    first, second = backend.open(), backend.open()
+    first.put_document("experiments", {"n": 1}, 0)
+    with pytest.raises(StoreConflictError, match="changed since revision 0"):
+        second.put_document("experiments", {"n": 2}, 0)
+    assert first.get_document("experiments") == (1, {"n": 1})
+
+
+def test_concurrent_document_updates_are_each_applied_once(backend: Backend) -> None:
+    # 4 threads x 10 read-modify-write increments with retry on conflict: 40 in the end.
+    def bump() -> None:
+        store = backend.open()
+        for _ in range(10):
+            while True:
+                rev, doc = store.get_document("counter")
+                try:
+                    store.put_document("counter", {"n": (doc or {"n": 0})["n"] + 1}, rev)
+                    break
+                except StoreConflictError:
+                    continue
+
+    threads = [threading.Thread(target=bump) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert backend.open().get_document("counter") == (40, {"n": 40})

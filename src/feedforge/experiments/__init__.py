@@ -1,0 +1,1 @@
+"""Online experiments: definitions, assignment, exposure, online metrics, analysis."""

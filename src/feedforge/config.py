@@ -377,6 +377,13 @@ class ServingConfig(_Section):
     history_weight: float = Field(
         1.0, ge=0, description="Weight of live history in the user vector (see serving docs)"
     )
+    experiments_refresh_s: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="How often each worker reads the experiment definitions from the store "
+        "(a start or stop reaches every worker within this time)",
+    )
     ann: Literal["hnsw", "exact"] = Field(
         "hnsw",
         description="Candidate retrieval: an HNSW index built at publish (exact search is the "

@@ -16,6 +16,8 @@ process, as in the tests, never share counters). Exported:
 * ``feedforge_missing_features_total{kind}``: users (``kind="user"``) and candidates
   (``kind="item"``) scored with the documented default features because the online store
   had no record for them (:func:`~feedforge.features.item_table.raw_from_table`);
+* ``feedforge_experiment_feeds_total{experiment, variant}``: feeds served under a running
+  experiment (``variant="interleaved"`` in an interleaving one);
 * ``feedforge_serving_version_info{version}``: 1 for the version being served.
 
 With several worker processes (``feedforge serve --workers N``) the metrics use
@@ -139,6 +141,12 @@ class ServiceMetrics:
         self.degraded = Counter(
             "feedforge_degraded_feeds",
             "Feeds answered from the in-process fallback while the online store was unavailable",
+            registry=self.registry,
+        )
+        self.experiment_feeds = Counter(
+            "feedforge_experiment_feeds",
+            "Feeds served under a running experiment, by experiment and variant",
+            ["experiment", "variant"],
             registry=self.registry,
         )
         self.feed_log_errors = Counter(

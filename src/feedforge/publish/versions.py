@@ -18,6 +18,7 @@ import shutil
 from datetime import UTC, datetime
 
 from feedforge.errors import ArtifactError, NotPublishedError, StoreError
+from feedforge.experiments.registry import ExperimentRegistry
 from feedforge.store.base import OnlineStore
 from feedforge.store.last_current import remember_current
 from feedforge.workdir import Workdir
@@ -46,7 +47,8 @@ def prune_versions(
     grace_s: float = 0.0,
     now: datetime | None = None,
 ) -> list[str]:
-    """Delete versions beyond the newest ``keep`` retired at least ``grace_s`` ago.
+    """Delete versions beyond the newest ``keep`` retired at least ``grace_s`` ago (never the
+    current one, nor one a running experiment serves).
 
     Returns:
         The deleted version ids.
@@ -54,10 +56,11 @@ def prune_versions(
     now = now or datetime.now(UTC)
     current = store.current_version()
     versions = store.versions()
+    pinned = ExperimentRegistry(store).pinned_versions()
     doomed = [
         v
         for v in versions[: max(len(versions) - keep, 0)]
-        if v != current and _retired_for_s(store.get_meta(v), now) >= grace_s
+        if v != current and v not in pinned and _retired_for_s(store.get_meta(v), now) >= grace_s
     ]
     for version in doomed:
         store.delete_version(version)

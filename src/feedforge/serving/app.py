@@ -63,6 +63,7 @@ def create_app(settings: Settings, workdir: Workdir) -> FastAPI:
         # on the version load.
         service.versions.preload()
         service.replay_held_histories()  # updates a stopped or killed worker still held
+        service.experiments.start()  # the running experiments, then every refresh period
         try:
             yield
         finally:

@@ -42,19 +42,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from feedforge.config import Settings
+from feedforge.config import ReRankConfig, Settings
 from feedforge.errors import StoreUnavailableError
 from feedforge.events.log import AppendResult, EventLog
 from feedforge.events.schema import CONSUMED_EVENTS, Event, EventType
+from feedforge.experiments.interleaving import team_draft
 from feedforge.features.definitions import derive_features
 from feedforge.features.item_table import raw_from_table
 from feedforge.index.ann import RetrievalMethod
 from feedforge.monitoring.metrics import ServiceMetrics
+from feedforge.serving.experiments import Assigned, ExperimentFollower, Plan, default_plan
 from feedforge.serving.explain import DEGRADED, POPULAR, Explanation, explain_by_history
 from feedforge.serving.fallback import DiskFallback, StoreGuard
 from feedforge.serving.feedlog import FeedLog
@@ -90,6 +92,8 @@ class Feed:
     propensities: list[float] | None = None  # per item; None means all 1 (deterministic)
     explanations: list[Explanation] | None = None  # per item
     degraded: bool = False  # answered from the in-process fallback (store unavailable)
+    experiments: list[dict[str, Any]] | None = None  # exposures: experiment, variant, version
+    teams: list[str] | None = None  # interleaved feeds: the variant that placed each slot
 
 
 class FeedService:
@@ -114,14 +118,83 @@ class FeedService:
         self.pending = PendingHistories(workdir.held_dir)
         """Held live-history updates, journalled durably (:mod:`feedforge.serving.held`)."""
         self._disk_fallback = DiskFallback(workdir.current_dir, store)
+        self.experiments = ExperimentFollower(
+            store, settings, workdir, lambda: self.versions.loaded
+        )
+        """The running experiments (:mod:`feedforge.serving.experiments`); started by the
+        app, so a service used without it serves every user the default plan."""
+        self._default_plan = default_plan(settings)
         self._stopping = threading.Event()  # ends the held-history replay thread
         self._replayer: threading.Thread | None = None
 
     # -- feeds ------------------------------------------------------------------------------
-    def recommend(self, user_id: str, k: int, device: str | None = None) -> Feed:
+    def serve(self, user_id: str, k: int, device: str | None, request_id: str) -> Feed:
+        """Answer one feed request: assign the user to the running experiments, serve the
+        feed of its variants (a team-draft interleaving of both variants' feeds in an
+        interleaving experiment), and log it with its exposures and latency. A request that
+        fails is logged too (``error``), with its exposures, then the error propagates.
+        """
+        started = time.perf_counter()
+        assigned = self.experiments.assign(user_id)
+        try:
+            interleaving = assigned.interleaving()
+            if interleaving is not None:
+                feed = self._interleaved(user_id, k, device, assigned)
+            else:
+                feed = self.recommend(user_id, k, device, self.experiments.plan(assigned))
+        except Exception as exc:
+            self._log_failure(user_id, request_id, device, assigned, exc, started)
+            raise
+        if assigned.assignments:
+            exposures = [a.exposure(feed.version) for a in assigned.assignments]
+            if interleaving is not None:
+                for exposure in exposures:
+                    if exposure["experiment"] == interleaving.experiment.id:
+                        exposure["variant"] = "interleaved"
+            for assignment in assigned.assignments:
+                self.metrics.experiment_feeds.labels(
+                    experiment=assignment.experiment.id,
+                    variant="interleaved"
+                    if assignment is interleaving
+                    else assignment.variant.name,
+                ).inc()
+            feed = replace(feed, experiments=exposures)
+        self.log_feed(feed, request_id, device, (time.perf_counter() - started) * 1000)
+        return feed
+
+    def _interleaved(self, user_id: str, k: int, device: str | None, assigned: Assigned) -> Feed:
+        """Both variants' feeds of the interleaving experiment, merged by team draft."""
+        interleaving = assigned.interleaving()
+        assert interleaving is not None
+        variants = interleaving.experiment.variants
+        feeds = [
+            self.recommend(user_id, k, device, self.experiments.plan(assigned, v)) for v in variants
+        ]
+        merged = team_draft(feeds[0].item_ids, feeds[1].item_ids, k, np.random.default_rng())
+        picked = [(feeds[t], r) for t, r in zip(merged.teams, merged.source_ranks, strict=True)]
+
+        return Feed(
+            user_id=user_id,
+            version=feeds[0].version,
+            strategy=feeds[0].strategy,
+            item_ids=merged.item_ids,
+            scores=[f.scores[r] for f, r in picked],
+            retrieval=feeds[0].retrieval,
+            propensities=[(f.propensities or [1.0] * len(f.item_ids))[r] for f, r in picked],
+            explanations=[
+                (f.explanations or [Explanation("")] * len(f.item_ids))[r] for f, r in picked
+            ],
+            degraded=feeds[0].degraded or feeds[1].degraded,
+            teams=[variants[t].name for t in merged.teams],
+        )
+
+    def recommend(
+        self, user_id: str, k: int, device: str | None = None, plan: Plan | None = None
+    ) -> Feed:
         """The top-``k`` feed of a user (see the module docs for the pipeline).
 
         ``device`` is the request's device (a ranking feature); None uses the user's last.
+        ``plan`` is an experiment variant's (default: the service's settings).
         While the store is unavailable the answer is the in-process fallback, marked
         ``degraded`` (:mod:`feedforge.serving.fallback`). The store read is bounded by
         ``store.read_timeout_ms``; the service's routes call this off the event loop.
@@ -139,7 +212,7 @@ class FeedService:
                     self._read_user(user_id)
                 # Never waits: an ingest thread flushing a backlog holds the lock.
                 self.pending.flush(self.store, self.settings.serving.history_length, wait=False)
-                feed = self._personalized(user_id, k, device)
+                feed = self._personalized(user_id, k, device, plan or self._default_plan)
             except StoreUnavailableError as exc:
                 self.guard.failed(exc)
             else:
@@ -147,12 +220,14 @@ class FeedService:
                 return feed
         return self._degraded(user_id, k)
 
-    def log_feed(self, feed: Feed, request_id: str, device: str | None) -> None:
+    def log_feed(
+        self, feed: Feed, request_id: str, device: str | None, latency_ms: float | None = None
+    ) -> None:
         """Append a served feed to the feed log; a failing disk is logged and counted, never
         turned into a failed request."""
         if self.feed_log is None:
             return
-        record = {
+        record: dict[str, Any] = {
             "request_id": request_id,
             "user_id": feed.user_id,
             "version": feed.version,
@@ -163,6 +238,43 @@ class FeedService:
             "scores": [float(s) for s in feed.scores],
             "propensities": feed.propensities or [1.0] * len(feed.item_ids),
         }
+        if latency_ms is not None:
+            record["latency_ms"] = round(latency_ms, 3)
+        if feed.experiments:
+            record["experiments"] = feed.experiments
+        if feed.teams is not None:
+            record["teams"] = feed.teams
+        self._write_log(record)
+
+    def _log_failure(
+        self,
+        user_id: str,
+        request_id: str,
+        device: str | None,
+        assigned: Assigned,
+        exc: Exception,
+        started: float,
+    ) -> None:
+        """Log a failed request (the error rate of each variant comes from these lines)."""
+        if self.feed_log is None:
+            return
+        record: dict[str, Any] = {
+            "request_id": request_id,
+            "user_id": user_id,
+            "device": device,
+            "error": type(exc).__name__,
+            "items": [],
+            "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+        }
+        if assigned.assignments:
+            record["experiments"] = [
+                {"experiment": a.experiment.id, "variant": a.variant.name, "version": None}
+                for a in assigned.assignments
+            ]
+        self._write_log(record)
+
+    def _write_log(self, record: dict[str, Any]) -> None:
+        assert self.feed_log is not None
         try:
             self.feed_log.write(record)
         except OSError as exc:
@@ -201,6 +313,7 @@ class FeedService:
         self._stopping.set()
         if self._replayer is not None:
             self._replayer.join()
+        self.experiments.close()
         self.pending.close(self.store, self.settings.serving.history_length)
         if self.feed_log is not None:
             self.feed_log.close()
@@ -224,12 +337,11 @@ class FeedService:
             degraded=True,
         )
 
-    def _personalized(self, user_id: str, k: int, device: str | None) -> Feed:
+    def _personalized(self, user_id: str, k: int, device: str | None, plan: Plan) -> Feed:
         """The pipeline itself; store failures propagate."""
-        cfg = self.settings.serving
         metrics = self.metrics
         with metrics.stage("read"):
-            state, user = self._read_user(user_id)
+            state, user = self._read_user(user_id, plan.version)
         with metrics.stage("retrieve"):
             user_record = user.record
             record = user_record or {}
@@ -239,7 +351,7 @@ class FeedService:
 
             if user.extra is not None:
                 precomputed = self._precomputed(
-                    state, user_id, k, seen, user.extra, record, history
+                    state, user_id, k, seen, user.extra, record, history, plan.reranking
                 )
                 if precomputed is not None:
                     return precomputed
@@ -250,17 +362,17 @@ class FeedService:
             if vector is not None and vector.shape[0] == query.shape[0]:
                 query += vector
             if hist_idx:
-                weight = cfg.history_weight if vector is not None else 1.0
+                weight = plan.history_weight if vector is not None else 1.0
                 query += weight * state.item_matrix[hist_idx].mean(axis=0)
 
             seen_idx = [i for i in (state.items.get(s) for s in seen) if i is not None]
             # At least k candidates: a feed of k > serving.candidates must not be cut short.
-            found_cand = state.index.retrieve(query, max(cfg.candidates, k), exclude=seen_idx)
+            found_cand = state.index.retrieve(query, max(plan.candidates, k), exclude=seen_idx)
             cand_idx, cand_scores = found_cand.ids, found_cand.scores
             # Pinned items join the candidates even when retrieval missed them (unless seen).
             pinned = [
                 idx
-                for item_id in pinned_item_ids(self.settings.reranking)
+                for item_id in pinned_item_ids(plan.reranking)
                 if item_id not in seen and (idx := state.items.get(item_id)) is not None
             ]
             if pinned:
@@ -277,14 +389,14 @@ class FeedService:
         with metrics.stage("features"):
             # The candidates' item features come from the version's in-memory snapshot
             # (read from the store once, at load); the user's from this request's read.
-            if state.ranker is not None:
+            if state.ranker is not None and plan.use_ranker:
                 X = self._features(state, user_record, cand_idx, retrieval_scores, device)
         with metrics.stage("score"):
             # The ranker's one batched call; without a ranker, the retrieval order.
-            ranker = state.ranker
+            ranker = state.ranker if plan.use_ranker else None
             scores = retrieval_scores if ranker is None or X is None else ranker.score(X)
         with metrics.stage("rerank"):
-            shown = self._rerank(state, cand_idx, cand_ids, scores, k)
+            shown = self._rerank(state, cand_idx, cand_ids, scores, k, plan.reranking)
         metrics.feeds.labels(strategy="personalized").inc()
         explanations = self._explain(state, shown.item_ids, record, history)
         return Feed(
@@ -298,16 +410,29 @@ class FeedService:
             explanations=explanations,
         )
 
-    def _read_user(self, user_id: str) -> tuple[LoadedVersion, UserRead]:
+    def _read_user(
+        self, user_id: str, pinned: LoadedVersion | None = None
+    ) -> tuple[LoadedVersion, UserRead]:
         """The serving version and the user's embedding, record, live history (and
         precomputed feed with ``serving.precomputed``), in one store round trip.
 
         The read is made for the version in memory and also returns the store's pointer;
         when the pointer moved to a version that is ready (the first one, or a background
-        load finished), the user is read again for it.
+        load finished), the user is read again for it. A ``pinned`` version (an experiment
+        variant's) is read as it is, whatever the pointer says.
         """
         cfg = self.settings.serving
         extra = FEED if cfg.precomputed else None
+        if pinned is not None:
+            user = self.store.read_user(
+                pinned.version,
+                user_id,
+                cfg.history_length,
+                vector_kind=USER_EMB,
+                record_kind=USER_FEAT,
+                extra_kind=extra,
+            )
+            return pinned, user
         loaded = self.versions.loaded or self.versions.current()
         for _ in range(_MAX_READS):
             user = self.store.read_user(
@@ -333,6 +458,7 @@ class FeedService:
         stored: dict[str, Any],
         record: dict[str, Any],
         history: list[str],
+        reranking: ReRankConfig,
     ) -> Feed | None:
         """The user's fresh precomputed feed (``stored``) minus consumed items, if it still
         has ``k``."""
@@ -351,13 +477,13 @@ class FeedService:
         # the stored candidates plus any pinned item.
         floor = min(s for _, _, s in kept)
         stored_ids = {i for _, i, _ in kept}
-        for item_id in pinned_item_ids(self.settings.reranking):
+        for item_id in pinned_item_ids(reranking):
             known = item_id not in seen and item_id not in stored_ids
             if known and (j := state.items.get(item_id)) is not None:
                 kept.append((j, item_id, floor))
         idx = np.asarray([j for j, _, _ in kept], dtype=np.int64)
         ids, scores = [i for _, i, _ in kept], [s for _, _, s in kept]
-        shown = self._rerank(state, idx, ids, np.asarray(scores, dtype=np.float64), k)
+        shown = self._rerank(state, idx, ids, np.asarray(scores, dtype=np.float64), k, reranking)
         self.metrics.feeds.labels(strategy="precomputed").inc()
         return Feed(
             user_id=user_id,
@@ -376,10 +502,10 @@ class FeedService:
         item_ids: list[str],
         scores: np.ndarray,
         k: int,
+        reranking: ReRankConfig,
     ) -> Reranked:
         """Re-rank scored candidates (item indices ``idx``, ids ``item_ids``); categories and
         ages come from the version's item snapshot."""
-        reranking = self.settings.reranking
         table = state.item_table
         return rerank(
             Candidates(

@@ -34,6 +34,19 @@ class ScoredItem(BaseModel):
     because_item_id: str | None = Field(
         None, description="The history item the explanation points at, if any"
     )
+    team: str | None = Field(
+        None,
+        description="Interleaving experiments: the variant whose feed placed this item "
+        "(team-draft interleaving); absent otherwise",
+    )
+
+
+class Exposure(BaseModel):
+    experiment: str = Field(description="The running experiment the user is in")
+    variant: str = Field(
+        description="The user's variant, or `interleaved` in an interleaving experiment"
+    )
+    version: str = Field(description="The published version that served the feed")
 
 
 class FeedResponse(BaseModel):
@@ -52,6 +65,11 @@ class FeedResponse(BaseModel):
         False,
         description="True when the online store was unavailable and the feed is the "
         "in-process fallback (the version's popular items)",
+    )
+    experiments: list[Exposure] | None = Field(
+        None,
+        description="The experiments this feed was served under (absent outside every "
+        "experiment); the feed log records the same",
     )
 
 

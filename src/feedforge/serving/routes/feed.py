@@ -50,7 +50,8 @@ def feed_body(feed: Feed, request_id: str) -> dict[str, Any]:
     n = len(feed.item_ids)
     propensities = feed.propensities or [1.0] * n
     explanations = feed.explanations or [Explanation("")] * n
-    return {
+    teams: list[str | None] = list(feed.teams) if feed.teams else [None] * n
+    body: dict[str, Any] = {
         "request_id": request_id,
         "user_id": feed.user_id,
         "version": feed.version,
@@ -63,12 +64,16 @@ def feed_body(feed: Feed, request_id: str) -> dict[str, Any]:
                 "propensity": float(p),
                 "explanation": e.text,
                 "because_item_id": e.because_item_id,
+                **({"team": team} if team is not None else {}),
             }
-            for i, s, p, e in zip(
-                feed.item_ids, feed.scores, propensities, explanations, strict=True
+            for i, s, p, e, team in zip(
+                feed.item_ids, feed.scores, propensities, explanations, teams, strict=True
             )
         ],
     }
+    if feed.experiments:
+        body["experiments"] = feed.experiments
+    return body
 
 
 @router.get(
@@ -115,8 +120,7 @@ def _serve(
     service: FeedService, user_id: str, k: int, device: str | None, request_id: str
 ) -> dict[str, Any]:
     # Off the event loop (see the module docs).
-    feed = service.recommend(user_id, k, device)
-    service.log_feed(feed, request_id, device)
+    feed = service.serve(user_id, k, device, request_id)
     # Serialised here, not validated again by FastAPI against the response model (the
     # fields are built from typed values; the schema above documents them).
     return feed_body(feed, request_id)

@@ -4,13 +4,18 @@ service without failing a request."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 
+from feedforge.cli import app
 from feedforge.config import Settings
 from feedforge.datasets.load import load_dataset
 from feedforge.experiments.assignment import Assigner
@@ -179,3 +184,87 @@ def test_a_broken_definition_never_fails_a_request(
             answers = feeds(client, people)
     # The last good definitions keep serving.
     assert all(body["experiments"][0]["experiment"] == "no-ranker" for body in answers.values())
+
+
+def test_analyze_joins_the_feed_log_to_events_and_reports_every_method(
+    fresh_workdir: Workdir, small_settings: Settings, small_config: Path
+) -> None:
+    people = users(fresh_workdir, 120)
+    with open_store(small_settings.store, fresh_workdir.store_path) as store:
+        registry = ExperimentRegistry(store)
+        registry.create({**AB, "primary_metric": "clicks"})
+        registry.start("no-ranker")
+    with TestClient(create_app(small_settings, fresh_workdir)) as client:
+        answers = feeds(client, people)
+        now = datetime.now(UTC)  # events follow their feeds (earlier ones are not attributed)
+        events = []
+        for n, (user, body) in enumerate(answers.items()):
+            for slot, item in enumerate(body["items"][:3]):
+                context = {"request_id": body["request_id"], "position": slot}
+                events.append(
+                    {
+                        "event_id": f"imp-{n}-{slot}",
+                        "user_id": user,
+                        "item_id": item["item_id"],
+                        "event_type": "impression",
+                        "timestamp": now.isoformat(),
+                        "context": context,
+                    }
+                )
+            if n % 3 == 0:
+                events.append(
+                    {
+                        "event_id": f"clk-{n}",
+                        "user_id": user,
+                        "item_id": body["items"][0]["item_id"],
+                        "event_type": "click",
+                        "timestamp": now.isoformat(),
+                        "context": {"request_id": body["request_id"], "position": 0},
+                    }
+                )
+        events.append(  # no request id: counted, never attributed
+            {
+                "event_id": "orphan",
+                "user_id": people[0],
+                "item_id": answers[people[0]]["items"][0]["item_id"],
+                "event_type": "click",
+                "timestamp": now.isoformat(),
+            }
+        )
+        response = client.post("/events", json=events)
+        assert response.status_code == 200, response.text
+    out = fresh_workdir.root / "analysis.json"
+    result = CliRunner().invoke(
+        app,
+        [
+            "experiment",
+            "analyze",
+            "no-ranker",
+            "--workdir",
+            str(fresh_workdir.root),
+            "--config",
+            str(small_config),
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    analysis = json.loads(out.read_text())
+    assert sum(analysis["units"].values()) == len(people)
+    assert analysis["srm"]["mismatch"] is False
+    assert analysis["data_quality"]["events_without_request_id"] >= 1
+    by_metric = {row["metric"]: row for row in analysis["metrics"]}
+    assert by_metric["impressions"]["control_mean"] == 3.0
+    assert by_metric["impressions"]["treatment_mean"] == 3.0
+    clicks = sum(1 for n in range(len(people)) if n % 3 == 0)
+    control_n, treat_n = analysis["units"]["control"], analysis["units"]["retrieval-order"]
+    total_clicks = (
+        by_metric["clicks"]["control_mean"] * control_n
+        + by_metric["clicks"]["treatment_mean"] * treat_n
+    )
+    assert round(total_clicks) == clicks
+    assert by_metric["ctr"]["method"] == "delta"
+    assert "cuped" in by_metric["clicks"] and "p_value_holm" in by_metric["clicks"]
+    assert set(analysis["guardrails"]) == {"control", "retrieval-order"}
+    assert analysis["decision"]["winner"] is None
+    assert "decision" in result.output

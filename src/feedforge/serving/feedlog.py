@@ -40,9 +40,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-import polars as pl
+from feedforge.experiments.online import read_feed_log
 
-from feedforge.errors import DataError
+__all__ = ["FeedLog", "read_feed_log"]
 
 if TYPE_CHECKING:
     from feedforge.config import ServingConfig
@@ -213,29 +213,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # someone else's process
         return True
     return True
-
-
-def read_feed_log(directory: Path) -> pl.DataFrame:
-    """Every logged feed of ``directory`` (all days, processes and rotated files), oldest
-    first (lines of one time keep the order they were written in).
-
-    Raises:
-        DataError: the directory holds no feed log, or a line is not valid JSON (the message
-            names the file and line).
-    """
-    files = sorted(Path(directory).glob("feeds-*.jsonl"))
-    if not files:
-        raise DataError(f"no feed log in {directory}")
-    rows: list[dict[str, Any]] = []
-    for path in files:
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}:{number}: not a JSON feed record ({exc})") from exc
-    frame = pl.DataFrame(rows, infer_schema_length=None)
-    frame = frame.with_columns(pl.col("ts").str.to_datetime(time_zone="UTC"))
-    return frame.sort("ts", maintain_order=True)

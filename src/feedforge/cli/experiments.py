@@ -1,0 +1,244 @@
+"""``feedforge experiment create|start|stop|list|show|analyze``: online experiments as data in
+the online store (:mod:`feedforge.experiments`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from feedforge.cli.common import (
+    DEFAULT_WORKDIR,
+    ConfigOpt,
+    WorkdirOpt,
+    app,
+    clean_errors,
+    console,
+    settings_from,
+)
+from feedforge.workdir import Workdir
+
+experiment_app = typer.Typer(
+    help="Online experiments: A/B tests and interleaving, defined in the online store.",
+    no_args_is_help=True,
+)
+app.add_typer(experiment_app, name="experiment")
+
+IdArg = Annotated[str, typer.Argument(help="The experiment's id")]
+
+
+def _print(experiment: Any) -> None:
+    console.print_json(json.dumps(experiment.model_dump(mode="json")))
+
+
+@experiment_app.command("create")
+@clean_errors
+def create_cmd(
+    definition: Annotated[
+        Path, typer.Argument(help="A YAML or JSON file with the experiment's definition")
+    ],
+    workdir: WorkdirOpt = DEFAULT_WORKDIR,
+    config: ConfigOpt = None,
+) -> None:
+    """Add a draft experiment (validated; named versions must be published)."""
+    import yaml
+
+    from feedforge.errors import ValidationError
+    from feedforge.experiments.registry import ExperimentRegistry
+    from feedforge.store.factory import open_store
+
+    settings = settings_from(config)
+    try:
+        data = yaml.safe_load(definition.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValidationError(f"{definition}: cannot read the definition ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ValidationError(f"{definition}: the definition must be a mapping")
+    wd = Workdir.at(workdir)
+    with open_store(settings.store, wd.store_path) as store:
+        experiment = ExperimentRegistry(store).create(data)
+    console.print(
+        f"created experiment {experiment.id} (draft); start it with "
+        f"`feedforge experiment start {experiment.id}`"
+    )
+
+
+@experiment_app.command("start")
+@clean_errors
+def start_cmd(
+    experiment_id: IdArg, workdir: WorkdirOpt = DEFAULT_WORKDIR, config: ConfigOpt = None
+) -> None:
+    """Start a draft experiment; every worker follows within serving.experiments_refresh_s."""
+    from feedforge.experiments.registry import ExperimentRegistry
+    from feedforge.store.factory import open_store
+
+    settings = settings_from(config)
+    with open_store(settings.store, Workdir.at(workdir).store_path) as store:
+        experiment = ExperimentRegistry(store).start(experiment_id)
+    versions = {v.name: v.version or "current" for v in experiment.variants}
+    console.print(f"started experiment {experiment.id}: versions {versions}")
+
+
+@experiment_app.command("stop")
+@clean_errors
+def stop_cmd(
+    experiment_id: IdArg, workdir: WorkdirOpt = DEFAULT_WORKDIR, config: ConfigOpt = None
+) -> None:
+    """Stop a running experiment (its units get the default feed again)."""
+    from feedforge.experiments.registry import ExperimentRegistry
+    from feedforge.store.factory import open_store
+
+    settings = settings_from(config)
+    with open_store(settings.store, Workdir.at(workdir).store_path) as store:
+        experiment = ExperimentRegistry(store).stop(experiment_id)
+    console.print(f"stopped experiment {experiment.id} at {experiment.stopped_at}")
+
+
+@experiment_app.command("list")
+@clean_errors
+def list_cmd(workdir: WorkdirOpt = DEFAULT_WORKDIR, config: ConfigOpt = None) -> None:
+    """Every experiment with its status, layer and variants."""
+    from feedforge.experiments.registry import ExperimentRegistry
+    from feedforge.store.factory import open_store
+
+    settings = settings_from(config)
+    with open_store(settings.store, Workdir.at(workdir).store_path) as store:
+        experiments = ExperimentRegistry(store).experiments()
+    table = Table("id", "status", "mode", "layer", "buckets", "variants", "primary metric")
+    for e in experiments:
+        variants = ", ".join(f"{v.name} {v.weight:g}" for v in e.variants)
+        table.add_row(
+            e.id,
+            e.status,
+            e.mode,
+            e.layer,
+            f"[{e.buckets[0]}, {e.buckets[1]})",
+            variants,
+            e.primary_metric,
+        )
+    console.print(table)
+
+
+@experiment_app.command("show")
+@clean_errors
+def show_cmd(
+    experiment_id: IdArg, workdir: WorkdirOpt = DEFAULT_WORKDIR, config: ConfigOpt = None
+) -> None:
+    """One experiment's definition and lifecycle, as JSON."""
+    from feedforge.experiments.registry import ExperimentRegistry
+    from feedforge.store.factory import open_store
+
+    settings = settings_from(config)
+    with open_store(settings.store, Workdir.at(workdir).store_path) as store:
+        _print(ExperimentRegistry(store).get(experiment_id))
+
+
+@experiment_app.command("analyze")
+@clean_errors
+def analyze_cmd(
+    experiment_id: IdArg,
+    workdir: WorkdirOpt = DEFAULT_WORKDIR,
+    config: ConfigOpt = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="JSON output (default: WORKDIR/experiments/<id>/analysis.json)"),
+    ] = None,
+    alpha: Annotated[float, typer.Option(min=1e-6, max=0.5)] = 0.05,
+    mixture_sd: Annotated[
+        float,
+        typer.Option(min=1e-6, help="The sequential test's mixing sd, in the metric's sds"),
+    ] = 0.1,
+) -> None:
+    """Per metric and variant: means, lifts with intervals (Welch; delta method for CTR),
+    CUPED, the sample-ratio check, always-valid p-values, Holm; guardrails; interleaving
+    preference. Prints a table and writes JSON."""
+    from feedforge.events.log import EventLog
+    from feedforge.experiments.analysis import analyze
+    from feedforge.experiments.online import online_metrics, read_feed_log
+    from feedforge.experiments.registry import ExperimentRegistry
+    from feedforge.features.objectives import settings_value
+    from feedforge.store.factory import open_store
+
+    settings = settings_from(config)
+    wd = Workdir.at(workdir)
+    with open_store(settings.store, wd.store_path) as store:
+        experiment = ExperimentRegistry(store).get(experiment_id)
+    log = EventLog(wd.events_dir)
+    with log.reading():
+        metrics = online_metrics(
+            experiment, read_feed_log(wd.feedlog_dir), log.scan(), settings_value(settings)
+        )
+    result = analyze(experiment, metrics, alpha=alpha, mixture_sd=mixture_sd)
+    path = out or wd.root / "experiments" / experiment_id / "analysis.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
+    _print_analysis(result)
+    console.print(f"wrote {path}")
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _print_analysis(result: dict[str, Any]) -> None:
+    console.print(
+        f"experiment {result['experiment']} ({result['mode']}, {result['status']}): "
+        f"units {result['units']}"
+    )
+    if "srm" in result:
+        srm = result["srm"]
+        flag = "MISMATCH: untrustworthy" if srm["mismatch"] else "ok"
+        console.print(f"sample ratio: chi2 {srm['chi2']:.3g}, p {srm['p_value']:.3g} ({flag})")
+        table = Table(
+            "metric",
+            "variant",
+            "control",
+            "treatment",
+            "lift",
+            "95% CI",
+            "rel. lift",
+            "p (Holm)",
+            "always-valid p",
+            "CUPED lift",
+            "CUPED var. red.",
+        )
+        for row in result["metrics"]:
+            if "skipped" in row:
+                table.add_row(row["metric"], row["variant"], row["skipped"])
+                continue
+            cuped = row.get("cuped") or {}
+            table.add_row(
+                row["metric"] + (" *" if row["primary"] else ""),
+                row["variant"],
+                _fmt(row["control_mean"]),
+                _fmt(row["treatment_mean"]),
+                _fmt(row["absolute_lift"]),
+                _fmt(row["absolute_ci"]),
+                _fmt(row["relative_lift"]),
+                _fmt(row.get("p_value_holm")),
+                _fmt(row["sequential"]["p_value"]),
+                _fmt(cuped.get("absolute_lift")),
+                _fmt(cuped.get("variance_reduction")),
+            )
+        console.print(table)
+    if "interleaving" in result:
+        console.print(f"interleaving: {result['interleaving']}")
+    guard = Table("variant", "feeds", "latency p99 ms", "error rate", "degraded rate")
+    for variant, values in result["guardrails"].items():
+        guard.add_row(
+            variant,
+            _fmt(values["feeds"]),
+            _fmt(values["latency_p99_ms"]),
+            _fmt(values["error_rate"]),
+            _fmt(values["degraded_rate"]),
+        )
+    console.print(guard)
+    console.print(f"data quality: {result['data_quality']}")
+    console.print(f"decision: {result['decision']}")

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from feedforge.cli.common import (
     DEFAULT_WORKDIR,
@@ -107,7 +107,15 @@ def list_cmd(workdir: WorkdirOpt = DEFAULT_WORKDIR, config: ConfigOpt = None) ->
     settings = settings_from(config)
     with open_store(settings.store, Workdir.at(workdir).store_path) as store:
         experiments = ExperimentRegistry(store).experiments()
-    table = Table("id", "status", "mode", "layer", "buckets", "variants", "primary metric")
+    table = Table(
+        Column("id", no_wrap=True),
+        "status",
+        "mode",
+        "layer",
+        "buckets",
+        "variants",
+        "primary metric",
+    )
     for e in experiments:
         variants = ", ".join(f"{v.name} {v.weight:g}" for v in e.variants)
         table.add_row(

@@ -452,7 +452,12 @@ class ExplorationConfig(_Section):
     type: Literal["none", "epsilon_greedy", "softmax"] = "none"
     epsilon: float = Field(0.1, ge=0, le=1)
     temperature: float = Field(0.1, gt=0)
-    seed: int | None = Field(None, description="Fixed seed (tests); None draws fresh entropy")
+    seed: int | None = Field(
+        None,
+        description="Mixed with each request's id into that request's randomness, so a feed "
+        "is reproducible from the feed log (None counts as 0); a call without a request id "
+        "draws from this seed alone (None: fresh entropy)",
+    )
 
 
 class ReRankConfig(_Section):

@@ -19,9 +19,14 @@ from feedforge.workdir import Workdir
 pytestmark = pytest.mark.integration
 
 
-def feed(settings: Settings, workdir: Workdir, user: str, k: int = 10) -> list[dict[str, Any]]:
+def feed(
+    settings: Settings, workdir: Workdir, user: str, k: int = 10, request_id: str | None = None
+) -> list[dict[str, Any]]:
+    params: dict[str, Any] = {"user_id": user, "k": k}
+    if request_id is not None:
+        params["request_id"] = request_id
     with TestClient(create_app(settings, workdir)) as client:
-        response = client.get("/recommend", params={"user_id": user, "k": k})
+        response = client.get("/recommend", params=params)
     assert response.status_code == 200, response.text
     assert response.json()["strategy"] == "personalized"
     items: list[dict[str, Any]] = response.json()["items"]
@@ -62,14 +67,22 @@ def test_rules_caps_and_exploration_shape_the_served_feed(
         counts[category[item["item_id"]]] = counts.get(category[item["item_id"]], 0) + 1
     assert max(counts.values()) <= 2 and len(capped) == 10
 
-    # Softmax exploration: propensities below 1, reproducible with a fixed seed.
+    # Softmax exploration: propensities below 1; a request's draw comes from its id (and the
+    # seed), so a replay of the request id gives the same feed and other ids other feeds.
     explore = with_reranking(
         small_settings, exploration={"type": "softmax", "temperature": 0.05, "seed": 1}
     )
-    first = feed(explore, published_workdir, known_user)
+    first = feed(explore, published_workdir, known_user, request_id="replay-1")
     assert [i["item_id"] for i in first] == [
-        i["item_id"] for i in feed(explore, published_workdir, known_user)
+        i["item_id"] for i in feed(explore, published_workdir, known_user, request_id="replay-1")
     ]
+    others = {
+        tuple(
+            i["item_id"] for i in feed(explore, published_workdir, known_user, request_id=f"r{n}")
+        )
+        for n in range(4)
+    }
+    assert len(others | {tuple(i["item_id"] for i in first)}) > 1
     assert all(0 < item["propensity"] <= 1 for item in first)
     assert any(item["propensity"] < 1 for item in first)
 

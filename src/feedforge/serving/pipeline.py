@@ -66,6 +66,7 @@ from feedforge.serving.rerank import (
     Candidates,
     Reranked,
     pinned_item_ids,
+    request_rng,
     rerank,
 )
 from feedforge.serving.version import LoadedVersion
@@ -139,9 +140,10 @@ class FeedService:
         try:
             interleaving = assigned.interleaving()
             if interleaving is not None:
-                feed = self._interleaved(user_id, k, device, assigned)
+                feed = self._interleaved(user_id, k, device, assigned, request_id)
             else:
-                feed = self.recommend(user_id, k, device, self.experiments.plan(assigned))
+                plan = self.experiments.plan(assigned)
+                feed = self.recommend(user_id, k, device, plan, request_id)
         except Exception as exc:
             self._log_failure(user_id, request_id, device, assigned, exc, started)
             raise
@@ -162,15 +164,23 @@ class FeedService:
         self.log_feed(feed, request_id, device, (time.perf_counter() - started) * 1000)
         return feed
 
-    def _interleaved(self, user_id: str, k: int, device: str | None, assigned: Assigned) -> Feed:
-        """Both variants' feeds of the interleaving experiment, merged by team draft."""
+    def _interleaved(
+        self, user_id: str, k: int, device: str | None, assigned: Assigned, request_id: str
+    ) -> Feed:
+        """Both variants' feeds of the interleaving experiment, merged by team draft (the
+        coin flips, like exploration, are drawn from the request id: a replay of the request
+        gives the same feed)."""
         interleaving = assigned.interleaving()
         assert interleaving is not None
         variants = interleaving.experiment.variants
         feeds = [
-            self.recommend(user_id, k, device, self.experiments.plan(assigned, v)) for v in variants
+            self.recommend(
+                user_id, k, device, self.experiments.plan(assigned, v), f"{request_id}:{v.name}"
+            )
+            for v in variants
         ]
-        merged = team_draft(feeds[0].item_ids, feeds[1].item_ids, k, np.random.default_rng())
+        rng = request_rng(f"interleave:{request_id}", None)
+        merged = team_draft(feeds[0].item_ids, feeds[1].item_ids, k, rng)
         picked = [(feeds[t], r) for t, r in zip(merged.teams, merged.source_ranks, strict=True)]
 
         return Feed(
@@ -189,12 +199,19 @@ class FeedService:
         )
 
     def recommend(
-        self, user_id: str, k: int, device: str | None = None, plan: Plan | None = None
+        self,
+        user_id: str,
+        k: int,
+        device: str | None = None,
+        plan: Plan | None = None,
+        request_id: str | None = None,
     ) -> Feed:
         """The top-``k`` feed of a user (see the module docs for the pipeline).
 
         ``device`` is the request's device (a ranking feature); None uses the user's last.
-        ``plan`` is an experiment variant's (default: the service's settings).
+        ``plan`` is an experiment variant's (default: the service's settings). Exploration
+        draws from ``request_id`` (with ``exploration.seed``), so a request's feed is
+        reproducible from the feed log; None draws from ``exploration.seed`` alone.
         While the store is unavailable the answer is the in-process fallback, marked
         ``degraded`` (:mod:`feedforge.serving.fallback`). The store read is bounded by
         ``store.read_timeout_ms``; the service's routes call this off the event loop.
@@ -212,7 +229,9 @@ class FeedService:
                     self._read_user(user_id)
                 # Never waits: an ingest thread flushing a backlog holds the lock.
                 self.pending.flush(self.store, self.settings.serving.history_length, wait=False)
-                feed = self._personalized(user_id, k, device, plan or self._default_plan)
+                feed = self._personalized(
+                    user_id, k, device, plan or self._default_plan, request_id
+                )
             except StoreUnavailableError as exc:
                 self.guard.failed(exc)
             else:
@@ -337,7 +356,9 @@ class FeedService:
             degraded=True,
         )
 
-    def _personalized(self, user_id: str, k: int, device: str | None, plan: Plan) -> Feed:
+    def _personalized(
+        self, user_id: str, k: int, device: str | None, plan: Plan, request_id: str | None
+    ) -> Feed:
         """The pipeline itself; store failures propagate."""
         metrics = self.metrics
         with metrics.stage("read"):
@@ -351,7 +372,15 @@ class FeedService:
 
             if user.extra is not None:
                 precomputed = self._precomputed(
-                    state, user_id, k, seen, user.extra, record, history, plan.reranking
+                    state,
+                    user_id,
+                    k,
+                    seen,
+                    user.extra,
+                    record,
+                    history,
+                    plan.reranking,
+                    request_id,
                 )
                 if precomputed is not None:
                     return precomputed
@@ -396,7 +425,7 @@ class FeedService:
             ranker = state.ranker if plan.use_ranker else None
             scores = retrieval_scores if ranker is None or X is None else ranker.score(X)
         with metrics.stage("rerank"):
-            shown = self._rerank(state, cand_idx, cand_ids, scores, k, plan.reranking)
+            shown = self._rerank(state, cand_idx, cand_ids, scores, k, plan.reranking, request_id)
         metrics.feeds.labels(strategy="personalized").inc()
         explanations = self._explain(state, shown.item_ids, record, history)
         return Feed(
@@ -459,6 +488,7 @@ class FeedService:
         record: dict[str, Any],
         history: list[str],
         reranking: ReRankConfig,
+        request_id: str | None,
     ) -> Feed | None:
         """The user's fresh precomputed feed (``stored``) minus consumed items, if it still
         has ``k``."""
@@ -483,7 +513,8 @@ class FeedService:
                 kept.append((j, item_id, floor))
         idx = np.asarray([j for j, _, _ in kept], dtype=np.int64)
         ids, scores = [i for _, i, _ in kept], [s for _, _, s in kept]
-        shown = self._rerank(state, idx, ids, np.asarray(scores, dtype=np.float64), k, reranking)
+        scored = np.asarray(scores, dtype=np.float64)
+        shown = self._rerank(state, idx, ids, scored, k, reranking, request_id)
         self.metrics.feeds.labels(strategy="precomputed").inc()
         return Feed(
             user_id=user_id,
@@ -503,9 +534,10 @@ class FeedService:
         scores: np.ndarray,
         k: int,
         reranking: ReRankConfig,
+        request_id: str | None = None,
     ) -> Reranked:
         """Re-rank scored candidates (item indices ``idx``, ids ``item_ids``); categories and
-        ages come from the version's item snapshot."""
+        ages come from the version's item snapshot; exploration draws from ``request_id``."""
         table = state.item_table
         return rerank(
             Candidates(
@@ -517,6 +549,7 @@ class FeedService:
             ),
             k,
             reranking,
+            request_rng(request_id, reranking.exploration.seed) if request_id else None,
         )
 
     def _explain(

@@ -26,6 +26,7 @@ at retrieval), configured by :class:`~feedforge.config.ReRankConfig`:
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -160,6 +161,14 @@ def _pins(
                 pins[rule.position] = j
                 break
     return pins
+
+
+def request_rng(key: str, seed: int | None) -> np.random.Generator:
+    """The randomness of one request (exploration, interleaving coin flips), drawn from its
+    key (the request id) and ``exploration.seed``: reproducible from the feed log, different
+    for every request. ``seed`` None counts as 0."""
+    digest = hashlib.blake2b(f"{seed or 0}:{key}".encode(), digest_size=16).digest()
+    return np.random.default_rng(int.from_bytes(digest, "big"))
 
 
 def rerank(

@@ -250,3 +250,124 @@ def _print_analysis(result: dict[str, Any]) -> None:
     console.print(guard)
     console.print(f"data quality: {result['data_quality']}")
     console.print(f"decision: {result['decision']}")
+
+
+@app.command("simulate-online")
+@clean_errors
+def simulate_online_cmd(
+    workdir: WorkdirOpt = DEFAULT_WORKDIR,
+    config: ConfigOpt = None,
+    days: Annotated[int, typer.Option(min=1, help="Simulated days")] = 1,
+    users: Annotated[int, typer.Option(min=1, help="Simulated users taking part")] = 200,
+    experiment: Annotated[
+        str | None, typer.Option(help="Report this running experiment's variants")
+    ] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(help="A running `feedforge serve` (default: the service in process)"),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Users, sessions, responses, request ids")] = 0,
+    k: Annotated[int, typer.Option(min=1, max=500, help="Feed length")] = 10,
+    sessions_per_user_day: Annotated[float, typer.Option(min=0.01)] = 1.0,
+) -> None:
+    """Simulated users of the world request feeds, respond with events drawn from the
+    ground-truth response model (posted back with the request ids) and return over simulated
+    days. In process (default) the true value of every variant's feed is recorded too."""
+    import polars as pl
+
+    from feedforge.errors import ArtifactError, ValidationError
+    from feedforge.events.world import WORLD_FILE, World
+    from feedforge.serving.pipeline import FeedService
+    from feedforge.simulation.closed_loop import (
+        FeedClient,
+        HttpClient,
+        InProcessClient,
+        LoopResult,
+        run_closed_loop,
+    )
+    from feedforge.store.factory import open_store
+
+    settings = settings_from(config)
+    wd = Workdir.at(workdir)
+    world_path = wd.catalog_dir / WORLD_FILE
+    if not world_path.is_file():
+        raise ArtifactError(
+            world_path, "simulate-online needs the simulator's world", wd.command("simulate")
+        )
+    world = World.load(world_path)
+
+    def loop(client: FeedClient, counterfactual: bool) -> LoopResult:
+        return run_closed_loop(
+            world,
+            client,
+            users=users,
+            days=days,
+            seed=seed,
+            k=k,
+            sessions_per_user_day=sessions_per_user_day,
+            counterfactual=counterfactual,
+        )
+
+    if url is not None:
+        serving = settings.serving
+        key = serving.api_key.get_secret_value() if serving.api_key else None
+        read = serving.read_api_key.get_secret_value() if serving.read_api_key else None
+        http = HttpClient(url, api_key=key, read_api_key=read)
+        try:
+            result = loop(http, counterfactual=False)
+        finally:
+            http.close()
+    else:
+        with open_store(settings.store, wd.store_path) as store:
+            service = FeedService(settings, wd, store)
+            try:
+                service.versions.preload()
+                service.experiments.refresh()
+                result = loop(InProcessClient(service), counterfactual=True)
+            finally:
+                service.close()
+    sessions = result.sessions
+    if experiment is not None:
+        sessions = sessions.filter(pl.col("experiment") == experiment)
+        if not sessions.height:
+            raise ValidationError(
+                f"experiment {experiment!r}: no simulated session was served under it (is it "
+                "running?)"
+            )
+    out_dir = wd.root / "simulation"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result.sessions.write_parquet(out_dir / "sessions.parquet")
+    if result.counterfactual is not None:
+        result.counterfactual.write_parquet(out_dir / "counterfactual.parquet")
+    table = Table(
+        "experiment",
+        "variant",
+        "sessions",
+        "users",
+        "clicks / session",
+        "watch min / session",
+        "true watch min / session",
+    )
+    summary = (
+        sessions.group_by("experiment", "variant")
+        .agg(
+            pl.len().alias("sessions"),
+            pl.col("user_id").n_unique().alias("users"),
+            pl.col("clicks").mean(),
+            (pl.col("watch_seconds") / 60).mean().alias("watch_min"),
+            (pl.col("true_watch_seconds") / 60).mean().alias("true_watch_min"),
+        )
+        .sort("experiment", "variant", nulls_last=True)
+    )
+    for row in summary.iter_rows(named=True):
+        table.add_row(
+            str(row["experiment"] or "-"),
+            str(row["variant"] or "-"),
+            str(row["sessions"]),
+            str(row["users"]),
+            _fmt(row["clicks"]),
+            _fmt(row["watch_min"]),
+            _fmt(row["true_watch_min"]),
+        )
+    console.print(table)
+    console.print(f"wrote {out_dir / 'sessions.parquet'}")

@@ -213,13 +213,21 @@ class ExperimentFollower:
         ready = [a for a in assigner.assign(user_id) if _ready(a, pinned)]
         return Assigned(ready, pinned)
 
-    def plan(self, assigned: Assigned, variant: Variant | None = None) -> Plan:
-        """The plan of a feed under ``assigned`` (``variant`` replaces the interleaving
-        experiment's own variant: each team's feed is planned with its variant)."""
+    def plan(
+        self, assigned: Assigned, variant: Variant | None = None, experiment: str | None = None
+    ) -> Plan:
+        """The plan of a feed under ``assigned``. ``variant`` replaces the variant of
+        ``experiment`` (default: the interleaving experiment; each team's feed is planned
+        with its variant), e.g. for the counterfactual feeds of a simulation."""
         fields: dict[str, object] = {}
         for assignment in assigned.assignments:
             chosen = assignment.variant
-            if variant is not None and assignment.experiment.mode == "interleave":
+            target = (
+                assignment.experiment.id == experiment
+                if experiment is not None
+                else assignment.experiment.mode == "interleave"
+            )
+            if variant is not None and target:
                 chosen = variant
             over = chosen.overrides
             if chosen.version is not None:

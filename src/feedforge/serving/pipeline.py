@@ -360,6 +360,48 @@ class FeedService:
         self, user_id: str, k: int, device: str | None, plan: Plan, request_id: str | None
     ) -> Feed:
         """The pipeline itself; store failures propagate."""
+        scored = self._score(user_id, k, device, plan, request_id)
+        if isinstance(scored, Feed):
+            return scored
+        state, cand_idx, cand_ids, scores, record, history, method = scored
+        with self.metrics.stage("rerank"):
+            shown = self._rerank(state, cand_idx, cand_ids, scores, k, plan.reranking, request_id)
+        self.metrics.feeds.labels(strategy="personalized").inc()
+        explanations = self._explain(state, shown.item_ids, record, history)
+        return Feed(
+            user_id=user_id,
+            version=state.version,
+            strategy="personalized",
+            item_ids=shown.item_ids,
+            scores=shown.scores,
+            retrieval=method,
+            propensities=shown.propensities,
+            explanations=explanations,
+        )
+
+    def scored_candidates(
+        self, user_id: str, k: int, plan: Plan | None = None, device: str | None = None
+    ) -> Candidates | None:
+        """The scored candidates re-ranking would see for this user now (under ``plan``),
+        e.g. to compute a target policy's propensities of a logged feed
+        (:func:`~feedforge.serving.rerank.slate_propensities`); None when the user gets a
+        popularity or precomputed feed instead."""
+        plan = plan or self._default_plan
+        scored = self._score(user_id, k, device, plan, None)
+        if isinstance(scored, Feed):
+            return None
+        state, cand_idx, cand_ids, scores, *_ = scored
+        return self._candidates(state, cand_idx, cand_ids, scores, plan.reranking)
+
+    def _score(
+        self, user_id: str, k: int, device: str | None, plan: Plan, request_id: str | None
+    ) -> (
+        tuple[LoadedVersion, np.ndarray, list[str], np.ndarray, dict[str, Any], list[str], Any]
+        | Feed
+    ):
+        """Read, retrieve and score: the candidates re-ranking takes (with the user's record
+        and history, and the search that found them), or the feed of a user the pipeline
+        does not score (popular, precomputed)."""
         metrics = self.metrics
         with metrics.stage("read"):
             state, user = self._read_user(user_id, plan.version)
@@ -424,20 +466,7 @@ class FeedService:
             # The ranker's one batched call; without a ranker, the retrieval order.
             ranker = state.ranker if plan.use_ranker else None
             scores = retrieval_scores if ranker is None or X is None else ranker.score(X)
-        with metrics.stage("rerank"):
-            shown = self._rerank(state, cand_idx, cand_ids, scores, k, plan.reranking, request_id)
-        metrics.feeds.labels(strategy="personalized").inc()
-        explanations = self._explain(state, shown.item_ids, record, history)
-        return Feed(
-            user_id=user_id,
-            version=state.version,
-            strategy="personalized",
-            item_ids=shown.item_ids,
-            scores=shown.scores,
-            retrieval=found_cand.method,
-            propensities=shown.propensities,
-            explanations=explanations,
-        )
+        return state, cand_idx, cand_ids, scores, record, history, found_cand.method
 
     def _read_user(
         self, user_id: str, pinned: LoadedVersion | None = None
@@ -538,18 +567,28 @@ class FeedService:
     ) -> Reranked:
         """Re-rank scored candidates (item indices ``idx``, ids ``item_ids``); categories and
         ages come from the version's item snapshot; exploration draws from ``request_id``."""
-        table = state.item_table
         return rerank(
-            Candidates(
-                item_ids=item_ids,
-                scores=scores,
-                categories=table.categories(idx),
-                age_days=table.age_days(idx, state.now()),
-                vectors=state.item_matrix[idx] if reranking.mmr_lambda is not None else None,
-            ),
+            self._candidates(state, idx, item_ids, scores, reranking),
             k,
             reranking,
             request_rng(request_id, reranking.exploration.seed) if request_id else None,
+        )
+
+    def _candidates(
+        self,
+        state: LoadedVersion,
+        idx: np.ndarray,
+        item_ids: list[str],
+        scores: np.ndarray,
+        reranking: ReRankConfig,
+    ) -> Candidates:
+        table = state.item_table
+        return Candidates(
+            item_ids=item_ids,
+            scores=scores,
+            categories=table.categories(idx),
+            age_days=table.age_days(idx, state.now()),
+            vectors=state.item_matrix[idx] if reranking.mmr_lambda is not None else None,
         )
 
     def _explain(

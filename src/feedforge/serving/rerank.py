@@ -190,9 +190,42 @@ def rerank(
     """
     if k < 1:
         raise ValidationError(f"rerank: k must be >= 1, got {k}")
+    return _fill(candidates, k, config, rng, None)
+
+
+def slate_propensities(
+    candidates: Candidates, slate: list[str], config: ReRankConfig
+) -> list[float]:
+    """The probability with which re-ranking under ``config`` would pick each item of
+    ``slate`` for its slot, given the slate's items above it (the Plackett-Luce factors that
+    :func:`rerank` logs for the slates it draws). A target policy's propensities of a logged
+    feed, for off-policy estimates. After the first item ``config`` could not have placed
+    there the rest are 0.
+    """
+    if not slate:
+        return []
+    return _fill(candidates, len(slate), config, None, slate).propensities
+
+
+def _fill(
+    candidates: Candidates,
+    k: int,
+    config: ReRankConfig,
+    rng: np.random.Generator | None,
+    given: list[str] | None,
+) -> Reranked:
+    """The slot loop of :func:`rerank`; with ``given``, each slot takes ``given``'s item and
+    records the probability the loop had of picking it."""
     scores, blocked, buried = adjusted_scores(candidates, config)
+    index = {} if given is None else {item: j for j, item in enumerate(candidates.item_ids)}
     if is_plain(config):  # the request hot path by default: one sort, no slot loop
         top = np.argsort(-scores, kind="stable")[:k]
+        if given is not None:
+            same = np.cumprod(
+                [a == candidates.item_ids[j] for a, j in zip(given, top, strict=False)]
+            )
+            probs = [float(x) for x in same] + [0.0] * (len(given) - len(same))
+            return Reranked(list(given), [0.0] * len(given), probs)
         return Reranked(
             [candidates.item_ids[j] for j in top], [float(scores[j]) for j in top], [1.0] * len(top)
         )
@@ -222,7 +255,18 @@ def rerank(
         if vectors is not None:
             np.maximum(max_sim, vectors @ vectors[j], out=max_sim)
 
+    if given is not None:
+        n_slots = len(given)
     for slot in range(n_slots):
+        if given is not None and (
+            slot >= len(given)
+            or index.get(given[slot]) is None
+            or (slot in pins and pins[slot] != index[given[slot]])
+        ):
+            # An item re-ranking could not place here: this and the later slots have 0.
+            propensity += [0.0] * (len(given) - len(propensity))
+            chosen += [index.get(g, 0) for g in given[len(chosen) :]]
+            break
         if slot in pins:
             place(pins[slot], 1.0)
             continue
@@ -241,15 +285,42 @@ def rerank(
             lam = float(config.mmr_lambda)  # type: ignore[arg-type]
             utility = lam * utility - (1.0 - lam) * max_sim[eligible]
         utility = utility - _BURIED * buried[eligible]
-        pick, p = _explore(utility, explore.type, explore.epsilon, explore.temperature, rng)
+        if given is not None:
+            where = np.flatnonzero(eligible == index[given[slot]])
+            if not len(where):
+                propensity += [0.0] * (len(given) - len(propensity))
+                chosen += [index.get(g, 0) for g in given[len(chosen) :]]
+                break
+            pick = int(where[0])
+            p = _probability(utility, pick, explore.type, explore.epsilon, explore.temperature)
+        else:
+            pick, p = _explore(utility, explore.type, explore.epsilon, explore.temperature, rng)
         j = int(eligible[pick])
         place(j, p)
         pool = pool[pool != j]
+    if given is not None:
+        return Reranked(list(given), [float(scores[j]) for j in chosen], propensity)
     return Reranked(
         item_ids=[candidates.item_ids[j] for j in chosen],
         scores=[float(scores[j]) for j in chosen],
         propensities=propensity,
     )
+
+
+def _probability(
+    utility: np.ndarray, pick: int, kind: str, epsilon: float, temperature: float
+) -> float:
+    """The probability :func:`_explore` had of picking position ``pick``."""
+    best = int(np.argmax(utility))
+    n = len(utility)
+    if kind == "none" or n == 1:
+        return 1.0 if pick == best else 0.0
+    if kind == "epsilon_greedy":
+        return min(1.0, (1.0 - epsilon) * (pick == best) + epsilon / n)
+    logits = (utility - utility.max()) / temperature
+    probs = np.exp(logits)
+    probs /= probs.sum()
+    return min(1.0, float(probs[pick]))
 
 
 def _explore(

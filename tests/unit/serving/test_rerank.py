@@ -7,7 +7,7 @@ import pytest
 
 from feedforge.config import BusinessRule, ExplorationConfig, ReRankConfig
 from feedforge.errors import ValidationError
-from feedforge.serving.rerank import Candidates, pinned_item_ids, rerank
+from feedforge.serving.rerank import Candidates, pinned_item_ids, rerank, slate_propensities
 
 
 def candidates(
@@ -129,3 +129,42 @@ def test_plain_config_keeps_raw_scores_and_matches_the_slot_loop() -> None:
     assert plain.scores == sorted(scores, reverse=True)[:12]  # no transform without a boost
     looped = rerank(c, 12, ReRankConfig(category_cap=50))  # a cap that never binds
     assert looped.item_ids == plain.item_ids
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        ReRankConfig(exploration=ExplorationConfig(type="epsilon_greedy", epsilon=0.4)),
+        ReRankConfig(exploration=ExplorationConfig(type="softmax", temperature=0.2)),
+        ReRankConfig(
+            category_cap=1,
+            mmr_lambda=0.6,
+            rules=[BusinessRule(action="pin", item_ids=["i8"], position=1)],
+            exploration=ExplorationConfig(type="softmax", temperature=0.3),
+        ),
+    ],
+    ids=["epsilon", "softmax", "cap-mmr-pin"],
+)
+def test_slate_propensities_are_what_rerank_logged_for_its_own_slates(
+    config: ReRankConfig,
+) -> None:
+    rng = np.random.default_rng(1)
+    scores = rng.normal(size=9).tolist()
+    cands = candidates(scores, categories=list("aabbccdde"), vectors=rng.normal(size=(9, 4)))
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        shown = rerank(cands, 4, config, rng)
+        assert slate_propensities(cands, shown.item_ids, config) == pytest.approx(
+            shown.propensities, rel=1e-12
+        )
+
+
+def test_slate_propensities_of_slates_a_policy_cannot_show() -> None:
+    cands = candidates([0.9, 0.5, 0.7, 0.1, 0.3])
+    plain = ReRankConfig()
+    top = rerank(cands, 3, plain).item_ids
+    assert slate_propensities(cands, top, plain) == [1.0, 1.0, 1.0]
+    assert slate_propensities(cands, [top[0], top[2], top[1]], plain) == [1.0, 0.0, 0.0]
+    greedy = ReRankConfig(exploration=ExplorationConfig(type="epsilon_greedy", epsilon=0.2))
+    # an unknown item: 0 from there on
+    assert slate_propensities(cands, [top[0], "nope", top[1]], greedy)[1:] == [0.0, 0.0]

@@ -173,3 +173,40 @@ def bench_soak_cmd(
     for target in report["targets"]:
         console.print(f"{target['target']}: {target['measured']} (met: {target['met']})")
     console.print(f"written to {out}")
+
+
+@bench_app.command("experiments")
+@clean_errors
+def bench_experiments_cmd(
+    config: ConfigOpt = None,
+    users_per_run: Annotated[
+        int, typer.Option(min=20, help="Users of one A/A or A/B test")
+    ] = 2_000,
+    days: Annotated[int, typer.Option(min=1, help="Days of one simulated experiment")] = 7,
+    aa_runs: Annotated[int, typer.Option(min=10)] = 2_000,
+    ab_runs: Annotated[int, typer.Option(min=10)] = 1_000,
+    srm_runs: Annotated[int, typer.Option(min=10, help="Skewed runs (as many x2 unskewed)")] = 500,
+    power_runs: Annotated[int, typer.Option(min=10, help="Runs per power-curve point")] = 300,
+    ope_runs: Annotated[int, typer.Option(min=2)] = 200,
+    seed: Annotated[int, typer.Option()] = 0,
+    out: Annotated[Path, typer.Option(help="Where the tables go")] = Path("docs/benchmarks"),
+) -> None:
+    """A/A, A/B, SRM, interleaving and off-policy estimates over thousands of simulated
+    experiments, against the simulator's ground truth."""
+    from feedforge.bench.experiments import BenchSpec, run_experiments_bench
+
+    spec = BenchSpec(
+        users_per_run=users_per_run,
+        days=days,
+        aa_runs=aa_runs,
+        ab_runs=ab_runs,
+        srm_runs=srm_runs,
+        srm_clean_runs=2 * srm_runs,
+        power_runs=power_runs,
+        ope_runs=ope_runs,
+        seed=seed,
+    )
+    with progress("bench experiments") as say:
+        report = run_experiments_bench(settings_from(config), out, spec, say)
+    console.print((out / "experiments.md").read_text(encoding="utf-8"))
+    console.print(f"written to {out} in {report['total_seconds']:.0f} s")

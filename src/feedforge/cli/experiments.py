@@ -277,14 +277,14 @@ def simulate_online_cmd(
 
     from feedforge.errors import ArtifactError, ValidationError
     from feedforge.events.world import WORLD_FILE, World
-    from feedforge.serving.pipeline import FeedService
-    from feedforge.simulation.closed_loop import (
+    from feedforge.loop.simulate import (
         FeedClient,
         HttpClient,
         InProcessClient,
         LoopResult,
         run_closed_loop,
     )
+    from feedforge.serving.pipeline import FeedService
     from feedforge.store.factory import open_store
 
     settings = settings_from(config)
@@ -371,3 +371,89 @@ def simulate_online_cmd(
         )
     console.print(table)
     console.print(f"wrote {out_dir / 'sessions.parquet'}")
+
+
+@app.command("ope")
+@clean_errors
+def ope_cmd(
+    target: Annotated[
+        str,
+        typer.Option(
+            help="A published version id, or a YAML/JSON file of a variant: version and/or "
+            "overrides (candidates, history_weight, ranker, reranking)"
+        ),
+    ],
+    workdir: WorkdirOpt = DEFAULT_WORKDIR,
+    config: ConfigOpt = None,
+    since: Annotated[
+        str | None, typer.Option(help="Only feeds logged from this ISO time on")
+    ] = None,
+    clip: Annotated[float | None, typer.Option(min=1.0, help="Largest importance weight")] = None,
+    window_s: Annotated[
+        float, typer.Option(min=1.0, help="Attribution window of a feed's events")
+    ] = 86_400.0,
+    out: Annotated[Path | None, typer.Option(help="JSON output (default WORKDIR/ope/)")] = None,
+) -> None:
+    """Off-policy estimates (IPS, SNIPS, DR, cascade IPS) of a target policy's value per feed
+    from the feed log, with effective sample size and bootstrap intervals. Refuses a log whose
+    logging policy never explored."""
+    from datetime import datetime
+
+    import yaml
+
+    from feedforge.errors import ValidationError
+    from feedforge.events.log import EventLog
+    from feedforge.experiments.definition import Variant
+    from feedforge.experiments.online import read_feed_log
+    from feedforge.features.objectives import settings_value
+    from feedforge.loop.ope import logged_slates, replay
+    from feedforge.serving.pipeline import FeedService
+    from feedforge.store.factory import open_store
+
+    settings = settings_from(config)
+    wd = Workdir.at(workdir)
+    path = Path(target)
+    try:
+        if path.is_file():
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            variant = Variant.model_validate({"name": "target", "weight": 1.0, **data})
+        else:
+            variant = Variant(name="target", weight=1.0, version=target)
+    except (OSError, yaml.YAMLError, ValueError) as exc:
+        raise ValidationError(
+            f"--target {target}: not a version id nor a variant file ({exc})"
+        ) from exc
+    try:
+        start = datetime.fromisoformat(since) if since else None
+    except ValueError as exc:
+        raise ValidationError(f"--since: {exc} (expected an ISO time)") from exc
+    if start is not None and start.tzinfo is None:
+        raise ValidationError("--since: give a time zone, e.g. 2026-12-01T00:00:00Z")
+    log = EventLog(wd.events_dir)
+    with log.reading():
+        events = log.scan().collect()
+    logged = logged_slates(
+        read_feed_log(wd.feedlog_dir), events, settings_value(settings), window_s, start
+    )
+    with open_store(settings.store, wd.store_path) as store:
+        service = FeedService(settings, wd, store)
+        try:
+            service.versions.preload()
+            result = replay(service, logged, variant, clip=clip)
+        finally:
+            service.close()
+    name = path.stem if path.is_file() else target
+    dest = out or wd.root / "ope" / f"{name}.json"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    table = Table("estimator", "value per feed", "95% CI")
+    for est, values in result["estimates"].items():
+        table.add_row(est, _fmt(values["value"]), _fmt(values["ci"]))
+    console.print(table)
+    console.print(
+        f"{result['n']:,} logged feeds (value as logged {result['logged_value']:.4g}); ESS "
+        f"{result['ess']:.0f} (cascade {result['ess_cascade']:.0f}); support "
+        f"{result['support']:.1%}; clipped {result['clipped']}; not replayed "
+        f"{result['not_replayed']}"
+    )
+    console.print(f"wrote {dest}")

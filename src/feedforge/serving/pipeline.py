@@ -380,21 +380,33 @@ class FeedService:
         )
 
     def scored_candidates(
-        self, user_id: str, k: int, plan: Plan | None = None, device: str | None = None
+        self,
+        user_id: str,
+        k: int,
+        plan: Plan | None = None,
+        device: str | None = None,
+        keep: frozenset[str] = frozenset(),
     ) -> Candidates | None:
         """The scored candidates re-ranking would see for this user now (under ``plan``),
         e.g. to compute a target policy's propensities of a logged feed
         (:func:`~feedforge.serving.rerank.slate_propensities`); None when the user gets a
-        popularity or precomputed feed instead."""
+        popularity or precomputed feed instead. Items in ``keep`` stay candidates even when
+        the user has consumed them since (the items of the logged feed being replayed)."""
         plan = plan or self._default_plan
-        scored = self._score(user_id, k, device, plan, None)
+        scored = self._score(user_id, k, device, plan, None, keep)
         if isinstance(scored, Feed):
             return None
         state, cand_idx, cand_ids, scores, *_ = scored
         return self._candidates(state, cand_idx, cand_ids, scores, plan.reranking)
 
     def _score(
-        self, user_id: str, k: int, device: str | None, plan: Plan, request_id: str | None
+        self,
+        user_id: str,
+        k: int,
+        device: str | None,
+        plan: Plan,
+        request_id: str | None,
+        keep: frozenset[str] = frozenset(),
     ) -> (
         tuple[LoadedVersion, np.ndarray, list[str], np.ndarray, dict[str, Any], list[str], Any]
         | Feed
@@ -409,7 +421,7 @@ class FeedService:
             user_record = user.record
             record = user_record or {}
             history = user.history
-            seen = set(record.get("seen", ())) | set(history)
+            seen = (set(record.get("seen", ())) | set(history)) - keep
             hist_idx = [i for i in (state.items.get(h) for h in history) if i is not None]
 
             if user.extra is not None:

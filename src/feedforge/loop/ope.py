@@ -1,0 +1,195 @@
+"""``feedforge ope``: what a target policy that was never deployed would have earned, from the
+feed log, by replaying the target through the service's own pipeline.
+
+The logged data (:func:`logged_slates`): every personalized feed of the feed log (since a
+time, not interleaved, not failed), its items and the logging policy's propensities, and each
+slot's reward: the configured objective's value of the events that carry the feed's request
+id and item, within the attribution window (clicks, watch seconds or revenue, or the mix).
+
+The target is a variant: a published version and/or serving overrides
+(:class:`~feedforge.experiments.definition.Variant`). For each logged feed the service
+computes the target's scored candidates for that user
+(:meth:`~feedforge.serving.pipeline.FeedService.scored_candidates`) and the probability the
+target's re-ranking had of showing the logged feed, slot by slot
+(:func:`~feedforge.serving.rerank.slate_propensities`). The direct model of ``dr`` is each
+policy's own ranker score calibrated per slot to the logged rewards (``q_j = c_j * score``,
+``c_j`` by least squares on the logged slots); the target slate's direct value is the mean
+over :data:`DM_DRAWS` slates drawn from the target (one for a deterministic target).
+
+**An approximation to know.** The replay scores candidates with the user's state *now* (live
+history, the version's snapshot), not as it was when the feed was logged. The logged feed's
+own items stay candidates (the user consumed some of them because of that feed), but other
+items consumed since are excluded and the query vector includes the newer history, so the
+target's propensities of old feeds drift. Run it soon after logging (the benchmark's
+targets are replayed at logging time and are exact).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from feedforge.errors import DataError, ValidationError
+from feedforge.experiments.definition import Variant
+from feedforge.experiments.ope import Slates, check_exploration, estimate
+from feedforge.serving.experiments import Plan, default_plan
+from feedforge.serving.pipeline import FeedService
+from feedforge.serving.rerank import rerank, slate_propensities
+from feedforge.serving.version import load_version
+
+DM_DRAWS = 20
+
+
+def logged_slates(
+    feed_log: pl.DataFrame,
+    events: pl.DataFrame,
+    objective: dict[str, float],
+    window_s: float,
+    since: datetime | None = None,
+) -> pl.DataFrame:
+    """One row per logged personalized feed: ``request_id``, ``user_id``, ``items``,
+    ``propensities``, ``scores`` and ``rewards`` (per slot).
+
+    Raises:
+        DataError: no feed to estimate from.
+    """
+    frame = feed_log
+    if "error" in frame.columns:
+        frame = frame.filter(pl.col("error").is_null())
+    if "teams" in frame.columns:
+        frame = frame.filter(pl.col("teams").is_null())
+    frame = frame.filter(pl.col("strategy") == "personalized")
+    if since is not None:
+        frame = frame.filter(pl.col("ts") >= since)
+    if not frame.height:
+        raise DataError("ope: no personalized feed in the feed log (since the given time)")
+    frame = frame.unique(subset="request_id", keep="first", maintain_order=True)
+    kind = pl.col("event_type")
+    value = (
+        objective.get("clicked", 0.0) * (kind == "click").cast(pl.Float64)
+        + objective.get("watch_seconds", 0.0)
+        * pl.when(kind == "watch").then(pl.col("watch_seconds").fill_null(0.0)).otherwise(0.0)
+        + objective.get("revenue", 0.0)
+        * pl.when(kind == "purchase").then(pl.col("price").fill_null(0.0)).otherwise(0.0)
+    )
+    slots = frame.select(
+        "request_id",
+        "ts",
+        pl.col("items").alias("item_id"),
+        pl.int_ranges(0, pl.col("items").list.len()).alias("slot"),
+    ).explode(["item_id", "slot"], empty_as_null=False, keep_nulls=False)
+    window = timedelta(seconds=window_s)
+    rewards = (
+        events.filter(pl.col("request_id").is_not_null())
+        .join(slots, on=["request_id", "item_id"], how="inner")
+        .filter(
+            (pl.col("timestamp") >= pl.col("ts")) & (pl.col("timestamp") <= pl.col("ts") + window)
+        )
+        .group_by("request_id", "slot")
+        .agg(value.sum().alias("reward"))
+    )
+    per_slot = (
+        slots.join(rewards, on=["request_id", "slot"], how="left")
+        .with_columns(pl.col("reward").fill_null(0.0))
+        .sort("request_id", "slot")
+        .group_by("request_id", maintain_order=True)
+        .agg(pl.col("reward").alias("rewards"))
+    )
+    return frame.select("request_id", "user_id", "items", "propensities", "scores").join(
+        per_slot, on="request_id", how="left"
+    )
+
+
+def target_plan(service: FeedService, target: Variant) -> Plan:
+    """The serving plan of a target variant (its version loaded beside the current one)."""
+    plan = default_plan(service.settings)
+    over = target.overrides
+    fields: dict[str, Any] = {}
+    if target.version is not None:
+        meta = service.store.get_meta(target.version)
+        if meta is None:
+            raise ValidationError(f"ope: target version {target.version!r} is not published")
+        fields["version"] = load_version(
+            service.store,
+            target.version,
+            meta,
+            service.settings.serving,
+            service.workdir.bundles_dir,
+        )
+    for name, key in (
+        ("candidates", "candidates"),
+        ("history_weight", "history_weight"),
+        ("ranker", "use_ranker"),
+        ("reranking", "reranking"),
+    ):
+        if getattr(over, name) is not None:
+            fields[key] = getattr(over, name)
+    return replace(plan, **fields)
+
+
+def replay(
+    service: FeedService,
+    logged: pl.DataFrame,
+    target: Variant,
+    *,
+    clip: float | None = None,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The estimates of ``target``'s value per feed from ``logged`` (see the module docs).
+
+    Raises:
+        ValidationError: the logging policy never explored.
+    """
+    k = max(len(items) for items in logged.get_column("items").to_list())
+    n = logged.height
+    mu, mask = np.ones((n, k)), np.zeros((n, k), dtype=bool)
+    for i, props in enumerate(logged.get_column("propensities").to_list()):
+        mu[i, : len(props)] = props
+        mask[i, : len(props)] = True
+    check_exploration(mu, mask)
+    plan = target_plan(service, target)
+    rng = np.random.default_rng(seed)
+    pi, rewards = np.zeros((n, k)), np.zeros((n, k))
+    logged_scores, target_scores = np.zeros((n, k)), np.zeros((n, k))
+    replayed = 0
+    for i, row in enumerate(logged.iter_rows(named=True)):
+        items = list(row["items"])
+        rewards[i, : len(items)] = row["rewards"] or [0.0] * len(items)
+        logged_scores[i, : len(items)] = row["scores"]
+        cands = service.scored_candidates(row["user_id"], len(items), plan, keep=frozenset(items))
+        if cands is None:
+            continue
+        replayed += 1
+        pi[i, : len(items)] = slate_propensities(cands, items, plan.reranking)
+        draws = 1 if plan.reranking.exploration.type == "none" else DM_DRAWS
+        score_of = dict(
+            zip(cands.item_ids, np.asarray(cands.scores, dtype=np.float64), strict=True)
+        )
+        drawn = [rerank(cands, len(items), plan.reranking, rng).item_ids for _ in range(draws)]
+        for slate in drawn:
+            target_scores[i, : len(slate)] += [score_of[x] / draws for x in slate]
+    calibration = (logged_scores * rewards * mask).sum(axis=0) / np.maximum(
+        (logged_scores**2 * mask).sum(axis=0), 1e-12
+    )
+    slates = Slates(
+        mu=mu,
+        pi=pi,
+        rewards=rewards,
+        mask=mask,
+        q_logged=logged_scores * calibration,
+        q_target=(target_scores * calibration).sum(axis=1),
+    )
+    result = estimate(slates, clip=clip, n_bootstrap=n_bootstrap, seed=seed)
+    logged_value = float((rewards * mask).sum(axis=1).mean())
+    return {
+        **result,
+        "target": target.model_dump(mode="json"),
+        "logged_value": logged_value,
+        "replayed_feeds": replayed,
+        "not_replayed": n - replayed,
+    }

@@ -1,1 +1,0 @@
-"""The closed loop: simulated users against the service (over HTTP or in process)."""

@@ -210,3 +210,24 @@ def bench_experiments_cmd(
         report = run_experiments_bench(settings_from(config), out, spec, say)
     console.print((out / "experiments.md").read_text(encoding="utf-8"))
     console.print(f"written to {out} in {report['total_seconds']:.0f} s")
+
+
+@bench_app.command("version-memory")
+@clean_errors
+def bench_version_memory_cmd(
+    config: ConfigOpt = None,
+    items: Annotated[int, typer.Option(min=100, help="Catalog size")] = 1_000_000,
+    users: Annotated[int, typer.Option(min=100, help="Simulated users")] = 20_000,
+    days: Annotated[int, typer.Option(min=4, help="Simulated days")] = 7,
+    redis_url: Annotated[str, typer.Option(help="The Redis to publish to")] = (
+        "redis://127.0.0.1:6379/0"
+    ),
+    out: Annotated[Path, typer.Option(help="Where the tables go")] = Path("docs/benchmarks"),
+) -> None:
+    """What one more loaded version (an experiment's pinned one) costs a worker's memory."""
+    from feedforge.bench.version_memory import run_version_memory
+
+    with progress("bench version-memory") as say:
+        report = run_version_memory(settings_from(config), out, items, users, days, redis_url, say)
+    console.print((out / "version_memory.md").read_text(encoding="utf-8"))
+    console.print(f"written to {out} in {report['total_seconds']:.0f} s")

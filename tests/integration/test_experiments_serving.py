@@ -268,3 +268,18 @@ def test_analyze_joins_the_feed_log_to_events_and_reports_every_method(
     assert set(analysis["guardrails"]) == {"control", "retrieval-order"}
     assert analysis["decision"]["winner"] is None
     assert "decision" in result.output
+
+
+def test_the_cli_names_the_experiment_and_field_of_a_bad_definition(
+    fresh_workdir: Workdir, small_config: Path, tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "id: wrong-weights\nvariants:\n  - {name: a, weight: 0.5}\n  - {name: b, weight: 0.4}\n"
+    )
+    common = ["--workdir", str(fresh_workdir.root), "--config", str(small_config)]
+    result = CliRunner().invoke(app, ["experiment", "create", str(bad), *common])
+    assert result.exit_code != 0
+    assert "experiment 'wrong-weights': variants: weights sum to 0.9, not 1" in result.output
+    result = CliRunner().invoke(app, ["experiment", "start", "nope", *common])
+    assert result.exit_code != 0 and "experiment 'nope': not found" in result.output

@@ -4,8 +4,10 @@ the online store (:mod:`feedforge.experiments`)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Column, Table
@@ -21,6 +23,9 @@ from feedforge.cli.common import (
 )
 from feedforge.workdir import Workdir
 
+if TYPE_CHECKING:
+    from feedforge.experiments.registry import ExperimentRegistry
+
 experiment_app = typer.Typer(
     help="Online experiments: A/B tests and interleaving, defined in the online store.",
     no_args_is_help=True,
@@ -28,6 +33,17 @@ experiment_app = typer.Typer(
 app.add_typer(experiment_app, name="experiment")
 
 IdArg = Annotated[str, typer.Argument(help="The experiment's id")]
+
+
+@contextmanager
+def _registry(config: Path | None, workdir: Path) -> Iterator[ExperimentRegistry]:
+    """The experiment registry of the configured store (closed on exit)."""
+    from feedforge.experiments.registry import ExperimentRegistry
+    from feedforge.store.factory import open_store
+
+    settings = settings_from(config)
+    with open_store(settings.store, Workdir.at(workdir).store_path) as store:
+        yield ExperimentRegistry(store)
 
 
 def _print(experiment: Any) -> None:
@@ -47,19 +63,15 @@ def create_cmd(
     import yaml
 
     from feedforge.errors import ValidationError
-    from feedforge.experiments.registry import ExperimentRegistry
-    from feedforge.store.factory import open_store
 
-    settings = settings_from(config)
     try:
         data = yaml.safe_load(definition.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         raise ValidationError(f"{definition}: cannot read the definition ({exc})") from exc
     if not isinstance(data, dict):
         raise ValidationError(f"{definition}: the definition must be a mapping")
-    wd = Workdir.at(workdir)
-    with open_store(settings.store, wd.store_path) as store:
-        experiment = ExperimentRegistry(store).create(data)
+    with _registry(config, workdir) as registry:
+        experiment = registry.create(data)
     console.print(
         f"created experiment {experiment.id} (draft); start it with "
         f"`feedforge experiment start {experiment.id}`"
@@ -72,12 +84,8 @@ def start_cmd(
     experiment_id: IdArg, workdir: WorkdirOpt = DEFAULT_WORKDIR, config: ConfigOpt = None
 ) -> None:
     """Start a draft experiment; every worker follows within serving.experiments_refresh_s."""
-    from feedforge.experiments.registry import ExperimentRegistry
-    from feedforge.store.factory import open_store
-
-    settings = settings_from(config)
-    with open_store(settings.store, Workdir.at(workdir).store_path) as store:
-        experiment = ExperimentRegistry(store).start(experiment_id)
+    with _registry(config, workdir) as registry:
+        experiment = registry.start(experiment_id)
     versions = {v.name: v.version or "current" for v in experiment.variants}
     console.print(f"started experiment {experiment.id}: versions {versions}")
 
@@ -88,12 +96,8 @@ def stop_cmd(
     experiment_id: IdArg, workdir: WorkdirOpt = DEFAULT_WORKDIR, config: ConfigOpt = None
 ) -> None:
     """Stop a running experiment (its units get the default feed again)."""
-    from feedforge.experiments.registry import ExperimentRegistry
-    from feedforge.store.factory import open_store
-
-    settings = settings_from(config)
-    with open_store(settings.store, Workdir.at(workdir).store_path) as store:
-        experiment = ExperimentRegistry(store).stop(experiment_id)
+    with _registry(config, workdir) as registry:
+        experiment = registry.stop(experiment_id)
     console.print(f"stopped experiment {experiment.id} at {experiment.stopped_at}")
 
 
@@ -101,12 +105,8 @@ def stop_cmd(
 @clean_errors
 def list_cmd(workdir: WorkdirOpt = DEFAULT_WORKDIR, config: ConfigOpt = None) -> None:
     """Every experiment with its status, layer and variants."""
-    from feedforge.experiments.registry import ExperimentRegistry
-    from feedforge.store.factory import open_store
-
-    settings = settings_from(config)
-    with open_store(settings.store, Workdir.at(workdir).store_path) as store:
-        experiments = ExperimentRegistry(store).experiments()
+    with _registry(config, workdir) as registry:
+        experiments = registry.experiments()
     table = Table(
         Column("id", no_wrap=True),
         "status",
@@ -136,12 +136,8 @@ def show_cmd(
     experiment_id: IdArg, workdir: WorkdirOpt = DEFAULT_WORKDIR, config: ConfigOpt = None
 ) -> None:
     """One experiment's definition and lifecycle, as JSON."""
-    from feedforge.experiments.registry import ExperimentRegistry
-    from feedforge.store.factory import open_store
-
-    settings = settings_from(config)
-    with open_store(settings.store, Workdir.at(workdir).store_path) as store:
-        _print(ExperimentRegistry(store).get(experiment_id))
+    with _registry(config, workdir) as registry:
+        _print(registry.get(experiment_id))
 
 
 @experiment_app.command("analyze")

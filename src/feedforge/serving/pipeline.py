@@ -42,7 +42,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -51,14 +50,14 @@ from feedforge.config import ReRankConfig, Settings
 from feedforge.errors import StoreUnavailableError
 from feedforge.events.log import AppendResult, EventLog
 from feedforge.events.schema import CONSUMED_EVENTS, Event, EventType
-from feedforge.experiments.interleaving import team_draft
 from feedforge.features.definitions import derive_features
 from feedforge.features.item_table import raw_from_table
-from feedforge.index.ann import RetrievalMethod
 from feedforge.monitoring.metrics import ServiceMetrics
-from feedforge.serving.experiments import Assigned, ExperimentFollower, Plan, default_plan
+from feedforge.serving.experiments import ExperimentFollower, Plan, default_plan
 from feedforge.serving.explain import DEGRADED, POPULAR, Explanation, explain_by_history
+from feedforge.serving.exposure import serve_request
 from feedforge.serving.fallback import DiskFallback, StoreGuard
+from feedforge.serving.feed import Feed
 from feedforge.serving.feedlog import FeedLog
 from feedforge.serving.following import VersionFollower
 from feedforge.serving.held import SCAN_INTERVAL_S, PendingHistories
@@ -80,21 +79,6 @@ _MAX_READS = 3  # user reads per request while versions keep changing under it
 
 HISTORY_EVENTS = frozenset(EventType(name) for name in CONSUMED_EVENTS)
 """Event types that enter a user's live history (impressions and skips do not)."""
-
-
-@dataclass(frozen=True)
-class Feed:
-    user_id: str
-    version: str
-    strategy: str
-    item_ids: list[str]
-    scores: list[float]
-    retrieval: RetrievalMethod | None = None  # the search that found the candidates
-    propensities: list[float] | None = None  # per item; None means all 1 (deterministic)
-    explanations: list[Explanation] | None = None  # per item
-    degraded: bool = False  # answered from the in-process fallback (store unavailable)
-    experiments: list[dict[str, Any]] | None = None  # exposures: experiment, variant, version
-    teams: list[str] | None = None  # interleaved feeds: the variant that placed each slot
 
 
 class FeedService:
@@ -130,73 +114,9 @@ class FeedService:
 
     # -- feeds ------------------------------------------------------------------------------
     def serve(self, user_id: str, k: int, device: str | None, request_id: str) -> Feed:
-        """Answer one feed request: assign the user to the running experiments, serve the
-        feed of its variants (a team-draft interleaving of both variants' feeds in an
-        interleaving experiment), and log it with its exposures and latency. A request that
-        fails is logged too (``error``), with its exposures, then the error propagates.
-        """
-        started = time.perf_counter()
-        assigned = self.experiments.assign(user_id)
-        try:
-            interleaving = assigned.interleaving()
-            if interleaving is not None:
-                feed = self._interleaved(user_id, k, device, assigned, request_id)
-            else:
-                plan = self.experiments.plan(assigned)
-                feed = self.recommend(user_id, k, device, plan, request_id)
-        except Exception as exc:
-            self._log_failure(user_id, request_id, device, assigned, exc, started)
-            raise
-        if assigned.assignments:
-            exposures = [a.exposure(feed.version) for a in assigned.assignments]
-            if interleaving is not None:
-                for exposure in exposures:
-                    if exposure["experiment"] == interleaving.experiment.id:
-                        exposure["variant"] = "interleaved"
-            for assignment in assigned.assignments:
-                self.metrics.experiment_feeds.labels(
-                    experiment=assignment.experiment.id,
-                    variant="interleaved"
-                    if assignment is interleaving
-                    else assignment.variant.name,
-                ).inc()
-            feed = replace(feed, experiments=exposures)
-        self.log_feed(feed, request_id, device, (time.perf_counter() - started) * 1000)
-        return feed
-
-    def _interleaved(
-        self, user_id: str, k: int, device: str | None, assigned: Assigned, request_id: str
-    ) -> Feed:
-        """Both variants' feeds of the interleaving experiment, merged by team draft (the
-        coin flips, like exploration, are drawn from the request id: a replay of the request
-        gives the same feed)."""
-        interleaving = assigned.interleaving()
-        assert interleaving is not None
-        variants = interleaving.experiment.variants
-        feeds = [
-            self.recommend(
-                user_id, k, device, self.experiments.plan(assigned, v), f"{request_id}:{v.name}"
-            )
-            for v in variants
-        ]
-        rng = request_rng(f"interleave:{request_id}", None)
-        merged = team_draft(feeds[0].item_ids, feeds[1].item_ids, k, rng)
-        picked = [(feeds[t], r) for t, r in zip(merged.teams, merged.source_ranks, strict=True)]
-
-        return Feed(
-            user_id=user_id,
-            version=feeds[0].version,
-            strategy=feeds[0].strategy,
-            item_ids=merged.item_ids,
-            scores=[f.scores[r] for f, r in picked],
-            retrieval=feeds[0].retrieval,
-            propensities=[(f.propensities or [1.0] * len(f.item_ids))[r] for f, r in picked],
-            explanations=[
-                (f.explanations or [Explanation("")] * len(f.item_ids))[r] for f, r in picked
-            ],
-            degraded=feeds[0].degraded or feeds[1].degraded,
-            teams=[variants[t].name for t in merged.teams],
-        )
+        """Answer one feed request under the running experiments and log it
+        (:func:`feedforge.serving.exposure.serve_request`)."""
+        return serve_request(self, user_id, k, device, request_id)
 
     def recommend(
         self,
@@ -238,67 +158,6 @@ class FeedService:
                 self.guard.succeeded()
                 return feed
         return self._degraded(user_id, k)
-
-    def log_feed(
-        self, feed: Feed, request_id: str, device: str | None, latency_ms: float | None = None
-    ) -> None:
-        """Append a served feed to the feed log; a failing disk is logged and counted, never
-        turned into a failed request."""
-        if self.feed_log is None:
-            return
-        record: dict[str, Any] = {
-            "request_id": request_id,
-            "user_id": feed.user_id,
-            "version": feed.version,
-            "strategy": feed.strategy,
-            "degraded": feed.degraded,
-            "device": device,
-            "items": feed.item_ids,
-            "scores": [float(s) for s in feed.scores],
-            "propensities": feed.propensities or [1.0] * len(feed.item_ids),
-        }
-        if latency_ms is not None:
-            record["latency_ms"] = round(latency_ms, 3)
-        if feed.experiments:
-            record["experiments"] = feed.experiments
-        if feed.teams is not None:
-            record["teams"] = feed.teams
-        self._write_log(record)
-
-    def _log_failure(
-        self,
-        user_id: str,
-        request_id: str,
-        device: str | None,
-        assigned: Assigned,
-        exc: Exception,
-        started: float,
-    ) -> None:
-        """Log a failed request (the error rate of each variant comes from these lines)."""
-        if self.feed_log is None:
-            return
-        record: dict[str, Any] = {
-            "request_id": request_id,
-            "user_id": user_id,
-            "device": device,
-            "error": type(exc).__name__,
-            "items": [],
-            "latency_ms": round((time.perf_counter() - started) * 1000, 3),
-        }
-        if assigned.assignments:
-            record["experiments"] = [
-                {"experiment": a.experiment.id, "variant": a.variant.name, "version": None}
-                for a in assigned.assignments
-            ]
-        self._write_log(record)
-
-    def _write_log(self, record: dict[str, Any]) -> None:
-        assert self.feed_log is not None
-        try:
-            self.feed_log.write(record)
-        except OSError as exc:
-            self.metrics.feed_log_errors.inc()
-            logger.error("could not write the feed log: %s", exc)
 
     def replay_held_histories(self) -> None:
         """Adopt the held history updates of workers that are gone (a crash, or a stop while

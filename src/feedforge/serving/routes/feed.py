@@ -25,7 +25,8 @@ from feedforge.events.schema import (
 )
 from feedforge.serving.deps import ReadAccess, Service
 from feedforge.serving.explain import Explanation
-from feedforge.serving.pipeline import Feed, FeedService
+from feedforge.serving.feed import Feed
+from feedforge.serving.pipeline import FeedService
 from feedforge.serving.schemas import ErrorResponse, FeedResponse
 
 router = APIRouter(tags=["feed"])

@@ -283,3 +283,19 @@ def test_the_cli_names_the_experiment_and_field_of_a_bad_definition(
     assert "experiment 'wrong-weights': variants: weights sum to 0.9, not 1" in result.output
     result = CliRunner().invoke(app, ["experiment", "start", "nope", *common])
     assert result.exit_code != 0 and "experiment 'nope': not found" in result.output
+
+
+def test_publishing_prunes_nothing_while_the_experiments_do_not_read(
+    workdir_copy: Callable[..., Workdir],
+    small_settings: Settings,
+    publish_into: Callable[[Workdir, Settings], str],
+) -> None:
+    workdir = workdir_copy()
+    with open_store(small_settings.store, workdir.store_path) as store:
+        old = store.current_version()
+        new = publish_into(workdir, small_settings)
+        store.put_document(DOCUMENT, {"experiments": [{"id": "broken"}]}, 0)
+        assert prune_versions(workdir, store, keep=1, grace_s=0) == []
+        assert store.versions() == [old, new]
+        store.put_document(DOCUMENT, {"experiments": []}, 1)
+        assert prune_versions(workdir, store, keep=1, grace_s=0) == [old]

@@ -14,14 +14,17 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from datetime import UTC, datetime
 
-from feedforge.errors import ArtifactError, NotPublishedError, StoreError
+from feedforge.errors import ArtifactError, NotPublishedError, StoreError, ValidationError
 from feedforge.experiments.registry import ExperimentRegistry
 from feedforge.store.base import OnlineStore
 from feedforge.store.last_current import remember_current
 from feedforge.workdir import Workdir
+
+logger = logging.getLogger("feedforge.publish")
 
 
 def retire(store: OnlineStore, version: str, now: datetime | None = None) -> None:
@@ -56,7 +59,12 @@ def prune_versions(
     now = now or datetime.now(UTC)
     current = store.current_version()
     versions = store.versions()
-    pinned = ExperimentRegistry(store).pinned_versions()
+    try:
+        pinned = ExperimentRegistry(store).pinned_versions()
+    except ValidationError as exc:
+        # Which versions the experiments need is unknown: delete none of them this time.
+        logger.warning("not pruning versions: the experiment definitions do not read (%s)", exc)
+        return []
     doomed = [
         v
         for v in versions[: max(len(versions) - keep, 0)]

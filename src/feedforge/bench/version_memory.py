@@ -6,7 +6,9 @@ measures the cost: a simulated catalog (1M items by default, as ``feedforge benc
 is published to Redis; then a fresh interpreter imports the service, loads the version
 (:func:`~feedforge.serving.version.load_version`: item matrix, feature snapshot, ANN index,
 ranker) and loads it again as a second, independent object, as a pinned version is, reading
-its resident set size (``VmRSS``) after each step. The namespace is dropped at the end.
+its resident set size (``VmRSS``) after each step. Like a service worker, it fixes glibc's
+mmap threshold first (:mod:`feedforge.serving.allocator`), so freed load-time buffers are
+returned to the system rather than counted. The namespace is dropped at the end.
 """
 
 from __future__ import annotations
@@ -32,11 +34,13 @@ def rss():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
 from feedforge.config import load_settings
+from feedforge.serving.allocator import fix_mmap_threshold
 from feedforge.serving.version import load_version
 from feedforge.store.factory import open_store
 from feedforge.workdir import Workdir
 settings = load_settings(sys.argv[1])
 workdir = Workdir.at(sys.argv[2])
+fix_mmap_threshold(settings.serving.malloc_mmap_threshold_bytes)  # as each service worker does
 out = {"imports_mib": rss()}
 with open_store(settings.store, workdir.store_path) as store:
     version = store.current_version()

@@ -109,9 +109,11 @@ def test_ab_and_interleaving_through_two_workers_and_redis(
             body = bodies[0]
             for slot, item in enumerate(body["items"]):
                 events.append(_event(user, item["item_id"], "impression", now, body, slot))
-            # Half the users click their first slot, the rest their second.
+            # Half the users click (and watch) their first slot, the rest their second.
             slot = n % 2
-            events.append(_event(user, body["items"][slot]["item_id"], "click", now, body, slot))
+            item = body["items"][slot]["item_id"]
+            events.append(_event(user, item, "click", now, body, slot))
+            events.append(_event(user, item, "watch", now, body, slot, watch_seconds=300.0))
         for start in range(0, len(events), 500):
             posted = httpx.post(f"{server.base}/events", json=events[start : start + 500])
             assert posted.status_code == 200, posted.text
@@ -170,9 +172,10 @@ def test_ab_and_interleaving_through_two_workers_and_redis(
 
 
 def _event(
-    user: str, item: str, kind: str, now: str, body: dict[str, Any], slot: int
+    user: str, item: str, kind: str, now: str, body: dict[str, Any], slot: int, **extra: Any
 ) -> dict[str, Any]:
     return {
+        **extra,
         "event_id": f"x-{uuid.uuid4().hex}",
         "user_id": user,
         "item_id": item,

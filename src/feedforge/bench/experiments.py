@@ -357,7 +357,9 @@ def run_srm(spec: BenchSpec, progress: Progress) -> dict[str, Any]:
 def _interleaving_run(
     arms: Arms, world: World, rows: np.ndarray, days: int, now_s: float, rng: np.random.Generator
 ) -> tuple[int, int]:
-    """Units preferring control and treatment in one interleaving experiment."""
+    """Units preferring control and treatment in one interleaving experiment: a unit's credit
+    for a team is the watch seconds on the slots that team placed (the objective's value, as
+    ``feedforge experiment analyze`` credits it)."""
     counts = _sessions(arms, rows, days, rng).sum(axis=1)
     session_rows = np.repeat(np.arange(len(rows)), counts)
     k = arms.feeds["control"].shape[1]
@@ -377,9 +379,12 @@ def _interleaving_run(
     click = (
         (rng.random(valid.shape) < r.p_examine) & (rng.random(valid.shape) < r.p_attract) & valid
     )
+    m = np.clip(r.completion_mean, 1e-6, 1 - 1e-6)
+    completion = rng.beta(BETA_CONCENTRATION * m, BETA_CONCENTRATION * (1 - m))
+    seconds = click * world.item_duration[np.where(valid, merged, 0)] * completion
     credit = np.zeros((len(rows), 2))
     for team in (0, 1):
-        np.add.at(credit[:, team], session_rows, (click & (teams == team)).sum(axis=1))
+        np.add.at(credit[:, team], session_rows, (seconds * (teams == team)).sum(axis=1))
     return int((credit[:, 0] > credit[:, 1]).sum()), int((credit[:, 1] > credit[:, 0]).sum())
 
 

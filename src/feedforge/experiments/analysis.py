@@ -200,9 +200,9 @@ def _decide(
 
 
 def interleaving_preference(experiment: Experiment, metrics: OnlineMetrics) -> dict[str, Any]:
-    """Per-unit preference of an interleaving experiment: a unit prefers the team with more
-    credit over its feeds; the two-sided sign test (``scipy.stats.binomtest``) of the units
-    with a preference against 1/2.
+    """Per-unit preference of an interleaving experiment: a unit prefers the team whose slots
+    earned more of the objective's value over its feeds; the two-sided sign test
+    (``scipy.stats.binomtest``) of the units with a preference against 1/2.
 
     Raises:
         ValidationError: no unit engaged with either team.

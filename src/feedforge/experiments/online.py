@@ -75,8 +75,8 @@ class OnlineMetrics:
         guardrails: variant -> ``{"feeds", "latency_p99_ms", "error_rate",
             "degraded_rate"}``.
         interleaving: For an interleaving experiment, one row per unit: ``user_id`` and
-            each team's credit (``credit_<variant>``: clicks plus watched slots on its
-            slots); else None.
+            each team's credit (``credit_<variant>``: the objective's value of the events on
+            its slots); else None.
         counts: Data-quality counts (events without request id, events of unknown
             requests, units in several variants, feeds, failed requests).
         start: The first exposure; ``end``: the last.
@@ -196,7 +196,7 @@ def online_metrics(
 
     interleaving = None
     if experiment.mode == "interleave":
-        interleaving = _team_credit(experiment, served, attributed, per_unit)
+        interleaving = _team_credit(experiment, served, attributed, per_unit, objective)
     return OnlineMetrics(units, guardrails, interleaving, counts, start, end)
 
 
@@ -204,30 +204,42 @@ def _mean(flags: pl.Series) -> float:
     return float(flags.cast(pl.Float64).mean() or 0.0) if len(flags) else 0.0  # type: ignore[arg-type]
 
 
+_KIND = pl.col("event_type")
+_CLICKS = (_KIND == "click").cast(pl.Float64)
+_WATCH = pl.when(_KIND == "watch").then(pl.col("watch_seconds").fill_null(0.0)).otherwise(0.0)
+_REVENUE = pl.when(_KIND == "purchase").then(pl.col("price").fill_null(0.0)).otherwise(0.0)
+
+
+def objective_expr(objective: Mapping[str, float]) -> pl.Expr:
+    """An event's value under the objective ``{outcome: value}``
+    (:func:`~feedforge.features.objectives.objective_value`): a click's, the watch seconds',
+    a purchase's price, weighted."""
+    return (
+        objective.get("clicked", 0.0) * _CLICKS
+        + objective.get("watch_seconds", 0.0) * _WATCH
+        + objective.get("revenue", 0.0) * _REVENUE
+    )
+
+
 def _sums(frame: pl.DataFrame, objective: Mapping[str, float]) -> pl.DataFrame:
-    kind = pl.col("event_type")
-    watch = pl.when(kind == "watch").then(pl.col("watch_seconds").fill_null(0.0)).otherwise(0.0)
-    revenue = pl.when(kind == "purchase").then(pl.col("price").fill_null(0.0)).otherwise(0.0)
-    clicks = (kind == "click").cast(pl.Float64)
-    value = (
-        objective.get("clicked", 0.0) * clicks
-        + objective.get("watch_seconds", 0.0) * watch
-        + objective.get("revenue", 0.0) * revenue
+    return frame.group_by("user_id").agg(
+        (_KIND == "impression").cast(pl.Float64).sum().alias("impressions"),
+        _CLICKS.sum().alias("clicks"),
+        (_WATCH.sum() / 60.0).alias("watch_minutes"),
+        _REVENUE.sum().alias("revenue"),
+        objective_expr(objective).sum().alias("objective"),
     )
-    out = frame.group_by("user_id").agg(
-        (kind == "impression").cast(pl.Float64).sum().alias("impressions"),
-        clicks.sum().alias("clicks"),
-        (watch.sum() / 60.0).alias("watch_minutes"),
-        revenue.sum().alias("revenue"),
-        value.sum().alias("objective"),
-    )
-    return out
 
 
 def _team_credit(
-    experiment: Experiment, served: pl.DataFrame, attributed: pl.DataFrame, units: pl.DataFrame
+    experiment: Experiment,
+    served: pl.DataFrame,
+    attributed: pl.DataFrame,
+    units: pl.DataFrame,
+    objective: Mapping[str, float],
 ) -> pl.DataFrame:
-    """Per unit, each team's credit: clicks and watches on the slots its team placed."""
+    """Per unit, each team's credit: the objective's value of the events on the slots its
+    team placed (clicks, watch seconds or revenue, as the feed is ranked for)."""
     names = [v.name for v in experiment.variants]
     columns = [f"credit_{name}" for name in names]
     if "teams" not in served.columns or not served.height:
@@ -238,11 +250,11 @@ def _team_credit(
         .explode(["item_id", "team"], empty_as_null=False, keep_nulls=False)
         .unique(subset=["request_id", "item_id"], keep="first")
     )
-    engaged = attributed.filter(pl.col("event_type").is_in(["click", "watch"])).join(
-        slots, on=["request_id", "item_id"], how="inner"
+    engaged = attributed.join(slots, on=["request_id", "item_id"], how="inner").with_columns(
+        objective_expr(objective).alias("_value")
     )
     credit = engaged.group_by("user_id").agg(
-        (pl.col("team") == name).sum().cast(pl.Float64).alias(column)
+        pl.col("_value").filter(pl.col("team") == name).sum().cast(pl.Float64).alias(column)
         for name, column in zip(names, columns, strict=True)
     )
     return (

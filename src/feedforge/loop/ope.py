@@ -35,6 +35,7 @@ import polars as pl
 
 from feedforge.errors import DataError, ValidationError
 from feedforge.experiments.definition import Variant
+from feedforge.experiments.online import objective_expr
 from feedforge.experiments.ope import Slates, check_exploration, estimate
 from feedforge.serving.experiments import Plan, default_plan
 from feedforge.serving.pipeline import FeedService
@@ -68,14 +69,7 @@ def logged_slates(
     if not frame.height:
         raise DataError("ope: no personalized feed in the feed log (since the given time)")
     frame = frame.unique(subset="request_id", keep="first", maintain_order=True)
-    kind = pl.col("event_type")
-    value = (
-        objective.get("clicked", 0.0) * (kind == "click").cast(pl.Float64)
-        + objective.get("watch_seconds", 0.0)
-        * pl.when(kind == "watch").then(pl.col("watch_seconds").fill_null(0.0)).otherwise(0.0)
-        + objective.get("revenue", 0.0)
-        * pl.when(kind == "purchase").then(pl.col("price").fill_null(0.0)).otherwise(0.0)
-    )
+    value = objective_expr(objective)
     slots = frame.select(
         "request_id",
         "ts",

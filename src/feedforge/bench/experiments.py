@@ -88,7 +88,7 @@ class BenchSpec:
     srm_clean_runs: int = 1_000
     power_runs: int = 300
     ab_grid: tuple[int, ...] = (500, 1_000, 2_000, 4_000, 8_000, 16_000)
-    interleaving_grid: tuple[int, ...] = (25, 50, 100, 200, 400, 800)
+    interleaving_grid: tuple[int, ...] = (100, 200, 400, 800, 1_600, 3_200)
     ope_runs: int = 200
     ope_users: int = 2_000
     ope_bank: int = 50
@@ -356,9 +356,9 @@ def run_srm(spec: BenchSpec, progress: Progress) -> dict[str, Any]:
 
 def _interleaving_run(
     arms: Arms, world: World, rows: np.ndarray, days: int, now_s: float, rng: np.random.Generator
-) -> tuple[int, int]:
-    """Units preferring control and treatment in one interleaving experiment: a unit's credit
-    for a team is the watch seconds on the slots that team placed (the objective's value, as
+) -> np.ndarray:
+    """Per unit of one interleaving experiment: control's credit minus treatment's, a team's
+    credit being the watch seconds on the slots it placed (the objective's value, as
     ``feedforge experiment analyze`` credits it)."""
     counts = _sessions(arms, rows, days, rng).sum(axis=1)
     session_rows = np.repeat(np.arange(len(rows)), counts)
@@ -385,7 +385,7 @@ def _interleaving_run(
     credit = np.zeros((len(rows), 2))
     for team in (0, 1):
         np.add.at(credit[:, team], session_rows, (seconds * (teams == team)).sum(axis=1))
-    return int((credit[:, 0] > credit[:, 1]).sum()), int((credit[:, 1] > credit[:, 0]).sum())
+    return credit[:, 0] - credit[:, 1]
 
 
 def _n_for_power(grid: tuple[int, ...], power: list[float], target: float = 0.8) -> float | None:
@@ -422,23 +422,29 @@ def run_interleaving(
             lift = stats.welch(y[treated], y[~treated])
             hits += lift.p_value < 0.05 and (lift.absolute > 0) == (winner == "treatment")
         ab_power.append(hits / spec.power_runs)
-    il_power, agreement = [], []
+    il_power, agreement, vote_power, vote_agreement = [], [], [], []
     for n in spec.interleaving_grid:
         progress(f"interleaving power at {n:,} users")
-        hits = agree = 0
+        hits = agree = vote_hits = vote_agree = 0
         for _ in range(spec.power_runs):
-            rows = rng.choice(len(arms.users), n, replace=False)
-            prefer_control, prefer_treatment = _interleaving_run(
-                arms, world, rows, spec.days, now_s, rng
-            )
-            decided = prefer_control + prefer_treatment
-            preferred = "treatment" if prefer_treatment > prefer_control else "control"
-            if decided:
-                p = sps.binomtest(prefer_treatment, decided, 0.5).pvalue
-                hits += p < 0.05 and preferred == winner
-            agree += prefer_treatment != prefer_control and preferred == winner
+            rows = rng.choice(len(arms.users), n, replace=n > len(arms.users))
+            diff = _interleaving_run(arms, world, rows, spec.days, now_s, rng)
+            # The decision of `experiment analyze`: the mean credit difference's t-test.
+            preferred = "control" if diff.mean() > 0 else "treatment"
+            if diff.std() > 0:
+                hits += sps.ttest_1samp(diff, 0.0).pvalue < 0.05 and preferred == winner
+            agree += diff.mean() != 0 and preferred == winner
+            # The classic per-user vote (sign test), for comparison.
+            wins_c, wins_t = int((diff > 0).sum()), int((diff < 0).sum())
+            voted = "control" if wins_c > wins_t else "treatment"
+            if wins_c + wins_t:
+                p = sps.binomtest(wins_c, wins_c + wins_t, 0.5).pvalue
+                vote_hits += p < 0.05 and voted == winner
+            vote_agree += wins_c != wins_t and voted == winner
         il_power.append(hits / spec.power_runs)
         agreement.append(agree / spec.power_runs)
+        vote_power.append(vote_hits / spec.power_runs)
+        vote_agreement.append(vote_agree / spec.power_runs)
     n_ab = _n_for_power(spec.ab_grid, ab_power)
     n_il = _n_for_power(spec.interleaving_grid, il_power)
     at = next((i for i, p in enumerate(il_power) if p >= 0.8), len(il_power) - 1)
@@ -451,13 +457,18 @@ def run_interleaving(
         "ab_power": ab_power,
         "interleaving_grid": list(spec.interleaving_grid),
         "interleaving_power": il_power,
+        "interleaving_test": "one-sample t-test of the per-user credit difference",
+        "vote_power": vote_power,
+        "vote_agreement_with_ab": vote_agreement,
         "users_for_80pct_power": n_il,
         "ab_users_for_80pct_power": n_ab,
         "ratio": n_ab / n_il if n_ab and n_il else None,
         "agreement_with_ab": agreement[at],
+        "agreement": agreement,
         "agreement_at_users": spec.interleaving_grid[at],
         "credit": (
-            "clicks on each team's slots (a click starts the watch); preference per user, sign test"
+            "watch seconds on each team's slots (the objective's value); preference per user, "
+            "sign test"
         ),
     }
 
@@ -571,7 +582,18 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         "| interleaving users | " + " | ".join(f"{n:,}" for n in il["interleaving_grid"]) + " |",
         "|---" * (len(il["interleaving_grid"]) + 1) + "|",
-        "| power | " + " | ".join(_pct(p) for p in il["interleaving_power"]) + " |",
+        "| power (credit t-test, the decision) | "
+        + " | ".join(_pct(p) for p in il["interleaving_power"])
+        + " |",
+        "| agreement with the A/B winner (sign of the mean credit) | "
+        + " | ".join(_pct(p) for p in il["agreement"])
+        + " |",
+        "| power of the per-user vote (sign test) | "
+        + " | ".join(_pct(p) for p in il["vote_power"])
+        + " |",
+        "| agreement of the vote with the A/B winner | "
+        + " | ".join(_pct(p) for p in il["vote_agreement_with_ab"])
+        + " |",
         "",
         "OPE (one logged data set of the first run shown; coverage over all runs):",
         "",

@@ -200,12 +200,22 @@ def _decide(
 
 
 def interleaving_preference(experiment: Experiment, metrics: OnlineMetrics) -> dict[str, Any]:
-    """Per-unit preference of an interleaving experiment: a unit prefers the team whose slots
-    earned more of the objective's value over its feeds; the two-sided sign test
-    (``scipy.stats.binomtest``) of the units with a preference against 1/2.
+    """The units' preferences in an interleaving experiment.
+
+    Per unit, ``d`` = the first variant's credit minus the second's (the objective's value
+    earned on each team's slots over the unit's feeds). Two tests are reported:
+
+    * **credit** (the decision): Welch's one-sample t-test of ``mean(d) = 0`` with its
+      interval: the mean per-unit credit difference estimates the same kind of quantity as
+      an A/B test's mean lift (what each list earns per user), so its direction agrees with
+      the A/B winner's in expectation;
+    * **preference**: the sign test (``scipy.stats.binomtest``) of the units with ``d != 0``
+      against 1/2, the classic per-user vote. It weighs every unit alike, so a variant that
+      wins small with many users and loses big with few wins the vote and loses the mean.
 
     Raises:
-        ValidationError: no unit engaged with either team.
+        ValidationError: no unit earned credit for either team, or fewer than
+            :data:`~feedforge.experiments.stats.MIN_UNITS` units.
     """
     frame = metrics.interleaving
     a, b = (v.name for v in experiment.variants)
@@ -215,19 +225,32 @@ def interleaving_preference(experiment: Experiment, metrics: OnlineMetrics) -> d
     wins_a, wins_b = int((diff > 0).sum()), int((diff < 0).sum())
     if wins_a + wins_b == 0:
         raise ValidationError(
-            f"experiment {experiment.id!r}: no unit clicked or watched an interleaved slot yet; "
-            "the preference test needs at least one"
+            f"experiment {experiment.id!r}: no unit earned credit on an interleaved slot yet; "
+            "the tests need at least one"
         )
-    test = sps.binomtest(wins_a, wins_a + wins_b, 0.5)
-    ci = test.proportion_ci(0.95)
-    delta = (wins_a - wins_b) / (wins_a + wins_b)
-    significant = test.pvalue < 0.05
+    if len(diff) < stats.MIN_UNITS:
+        raise ValidationError(
+            f"experiment {experiment.id!r}: {len(diff)} interleaved units; the credit test "
+            f"needs at least {stats.MIN_UNITS}"
+        )
+    sign = sps.binomtest(wins_a, wins_a + wins_b, 0.5)
+    share_ci = sign.proportion_ci(0.95)
+    credit = sps.ttest_1samp(diff, 0.0)
+    mean = float(diff.mean())
+    half = float(sps.t.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / np.sqrt(len(diff)))
+    significant = bool(credit.pvalue < 0.05)
     return {
         "units": int(frame.height),
+        "credit": {
+            "mean_difference": mean,
+            "ci": [mean - half, mean + half],
+            "p_value": float(credit.pvalue),
+            "first": a,
+        },
         "prefer": {a: wins_a, b: wins_b, "tie": int(frame.height - wins_a - wins_b)},
-        "delta": delta,
+        "delta": (wins_a - wins_b) / (wins_a + wins_b),
         "share_preferring_first": wins_a / (wins_a + wins_b),
-        "share_ci": [float(ci.low), float(ci.high)],
-        "p_value": float(test.pvalue),
-        "winner": (a if delta > 0 else b) if significant else None,
+        "share_ci": [float(share_ci.low), float(share_ci.high)],
+        "p_value": float(sign.pvalue),
+        "winner": (a if mean > 0 else b) if significant else None,
     }

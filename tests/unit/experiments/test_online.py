@@ -15,7 +15,7 @@ from feedforge.events.schema import EVENT_SCHEMA
 from feedforge.experiments.analysis import analyze, interleaving_preference
 from feedforge.experiments.definition import parse_experiment
 from feedforge.experiments.interleaving import team_draft
-from feedforge.experiments.online import online_metrics, read_feed_log
+from feedforge.experiments.online import OnlineMetrics, online_metrics, read_feed_log
 from feedforge.serving.feedlog import FeedLog
 
 T0 = datetime(2026, 12, 1, 12, tzinfo=UTC)
@@ -216,3 +216,22 @@ def test_team_draft_alternates_and_never_repeats_an_item() -> None:
             assert (a, b)[team][rank] == item
     # one ranking runs out: the other fills the feed
     assert team_draft(["1"], ["2", "3", "4"], 4, rng).item_ids[-2:] == ["3", "4"]
+
+
+def test_the_credit_test_decides_where_the_vote_and_the_mean_disagree() -> None:
+    # 20 units earn b a little more, 6 earn a a lot more: b wins the vote, a the mean.
+    credit_a = [0.0] * 20 + [100.0] * 6
+    credit_b = [1.0] * 20 + [0.0] * 6
+    frame = pl.DataFrame(
+        {"user_id": [f"u{n}" for n in range(26)], "credit_a": credit_a, "credit_b": credit_b}
+    )
+    metrics = OnlineMetrics(units=pl.DataFrame(), guardrails={}, interleaving=frame)
+    result = interleaving_preference(experiment("interleave"), metrics)
+    assert result["prefer"] == {"a": 6, "b": 20, "tie": 0}
+    assert result["delta"] < 0  # the vote goes to b
+    diff = np.array(credit_a) - np.array(credit_b)
+    assert result["credit"]["mean_difference"] == pytest.approx(diff.mean())
+    from scipy import stats as sps
+
+    assert result["credit"]["p_value"] == pytest.approx(sps.ttest_1samp(diff, 0).pvalue)
+    assert result["winner"] == "a"

@@ -14,7 +14,8 @@ an experiment change never fails a request.
 worker keeps it in memory (:class:`~feedforge.serving.version.LoadedVersion`) beside the
 current one, loaded on the refresh thread when an experiment starts, dropped when no running
 experiment needs it. Each such version costs a worker about what the current version costs
-(item matrix, feature snapshot, ANN index, ranker): see ``docs/benchmarks/README.md``. Until
+(item matrix, feature snapshot, ANN index, ranker): 922 MiB at 1M items
+(``feedforge bench version-memory``, ``docs/benchmarks/version_memory.md``). Until
 a pinned version has loaded, the experiment's units get the default feed and no exposure is
 logged for them (so analysis never counts a unit under a variant it did not see).
 """

@@ -550,13 +550,15 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"| {_check(srm['no_flag_rate_unskewed'] >= 0.99)} |",
     ]
     ratio = il["ratio"]
+
+    def users(n: float | None) -> str:
+        return "not reached on the grid" if n is None else f"{n:,.0f}"
+
     lines += [
-        f"| Users for 80% power: interleaving / A/B | {il['users_for_80pct_power'] or '-'} / "
-        f"{il['ab_users_for_80pct_power'] or '-'} (ratio {ratio:.1f}x) | ratio >= 10x | "
-        f"{_check(ratio is not None and ratio >= 10)} |"
-        if ratio
-        else f"| Users for 80% power: interleaving / A/B | {il['users_for_80pct_power']} / "
-        f"{il['ab_users_for_80pct_power']} | ratio >= 10x | **missed** (not reached on the grid) |",
+        f"| Users for 80% power: interleaving / A/B | {users(il['users_for_80pct_power'])} / "
+        f"{users(il['ab_users_for_80pct_power'])}"
+        + (f" (ratio {ratio:.1f}x)" if ratio else "")
+        + f" | ratio >= 10x | {_check(ratio is not None and ratio >= 10)} |",
         f"| Interleaving agrees with the A/B winner (at {il['agreement_at_users']} users) | "
         f"{_pct(il['agreement_with_ab'])} | >= 95% | {_check(il['agreement_with_ab'] >= 0.95)} |",
     ]

@@ -33,9 +33,11 @@ Sections (targets from issue 15):
   CUPED's variance reduction (and its intervals' coverage).
 * **srm**: 100,000 units assigned with the real hash; a 1 percentage-point skew injected
   (treatment's share of the buckets 51% instead of 50%); detection and false-alarm rates.
-* **interleaving**: team-draft interleaving of the two arms' feeds against the A/B test of
-  the same pair; power curves over user counts, users for 80% power, agreement of the
-  preferred arm with the A/B winner.
+* **interleaving**: team-draft interleaving of two arms' feeds against the A/B test of the
+  same pair; power curves over user counts, users for 80% power, agreement of the
+  preferred arm with the A/B winner. Two pairs: control vs treatment (a small loss, which
+  items the feed holds) and control vs ``retrieval-order`` (the same candidates in
+  retrieval order: a large loss, mostly which items come first).
 * **ope**: see :mod:`feedforge.bench.experiments_ope`.
 """
 
@@ -69,6 +71,11 @@ from feedforge.store.factory import open_store
 from feedforge.workdir import Workdir
 
 Progress = Callable[[str], None]
+ORDER_ARM = "retrieval-order"
+"""The second interleaving pair's treatment: the control's candidates in retrieval order
+(``ranker: false``), a large loss."""
+ORDER_AB_GRID = (25, 50, 100, 200, 400, 800)
+ORDER_INTERLEAVING_GRID = (5, 10, 20, 40, 80, 160)
 TREATMENT: dict[str, Any] = {"candidates": 20}
 """The treatment arm: the ranker picks from 20 retrieval candidates instead of
 ``serving.candidates`` (the variant override ``candidates: 20``): a small loss, where an
@@ -141,6 +148,7 @@ def compute_arms(
     plans = {
         "control": default_plan(settings),
         "treatment": replace(default_plan(settings), **(treatment or TREATMENT)),
+        ORDER_ARM: replace(default_plan(settings), use_ranker=False),
     }
     user_ids = world.user_ids().to_list()
     item_index = {item: j for j, item in enumerate(world.item_ids().to_list())}
@@ -355,19 +363,25 @@ def run_srm(spec: BenchSpec, progress: Progress) -> dict[str, Any]:
 
 
 def _interleaving_run(
-    arms: Arms, world: World, rows: np.ndarray, days: int, now_s: float, rng: np.random.Generator
+    arms: Arms,
+    world: World,
+    rows: np.ndarray,
+    days: int,
+    now_s: float,
+    rng: np.random.Generator,
+    pair: tuple[str, str] = ("control", "treatment"),
 ) -> np.ndarray:
     """Per unit of one interleaving experiment: control's credit minus treatment's, a team's
     credit being the watch seconds on the slots it placed (the objective's value, as
     ``feedforge experiment analyze`` credits it)."""
     counts = _sessions(arms, rows, days, rng).sum(axis=1)
     session_rows = np.repeat(np.arange(len(rows)), counts)
-    k = arms.feeds["control"].shape[1]
+    k = arms.feeds[pair[0]].shape[1]
     merged = np.full((len(session_rows), k), -1, dtype=np.int64)
     teams = np.zeros((len(session_rows), k), dtype=np.int8)
     for s, r in enumerate(session_rows):
-        a = [int(i) for i in arms.feeds["control"][rows[r]] if i >= 0]
-        b = [int(i) for i in arms.feeds["treatment"][rows[r]] if i >= 0]
+        a = [int(i) for i in arms.feeds[pair[0]][rows[r]] if i >= 0]
+        b = [int(i) for i in arms.feeds[pair[1]][rows[r]] if i >= 0]
         got = team_draft([str(i) for i in a], [str(i) for i in b], k, rng)
         merged[s, : len(got.item_ids)] = [int(i) for i in got.item_ids]
         teams[s, : len(got.teams)] = got.teams
@@ -407,28 +421,34 @@ def run_interleaving(
     now_s: float,
     rng: np.random.Generator,
     progress: Progress,
+    pair: tuple[str, str] = ("control", "treatment"),
+    ab_grid: tuple[int, ...] | None = None,
+    interleaving_grid: tuple[int, ...] | None = None,
 ) -> dict[str, Any]:
-    truth = true_lift(arms, spec.days)
+    """Power curves of the A/B test and of interleaving on one pair of arms."""
+    ab_grid = ab_grid or spec.ab_grid
+    interleaving_grid = interleaving_grid or spec.interleaving_grid
+    truth = true_lift(arms, spec.days, *pair)
     winner = "treatment" if truth > 0 else "control"
     ab_power = []
-    for n in spec.ab_grid:
-        progress(f"A/B power at {n:,} users")
+    for n in ab_grid:
+        progress(f"A/B power at {n:,} users ({pair[1]})")
         hits = 0
         for run in range(spec.power_runs):
             rows = rng.choice(len(arms.users), n, replace=n > len(arms.users))
             treated = assign(n, f"abp-{spec.seed}-{n}-{run}")
-            daily, _ = simulate_ab(arms, rows, treated, ("control", "treatment"), spec.days, rng)
+            daily, _ = simulate_ab(arms, rows, treated, pair, spec.days, rng)
             y = daily.sum(axis=1)
             lift = stats.welch(y[treated], y[~treated])
             hits += lift.p_value < 0.05 and (lift.absolute > 0) == (winner == "treatment")
         ab_power.append(hits / spec.power_runs)
     il_power, agreement, vote_power, vote_agreement = [], [], [], []
-    for n in spec.interleaving_grid:
-        progress(f"interleaving power at {n:,} users")
+    for n in interleaving_grid:
+        progress(f"interleaving power at {n:,} users ({pair[1]})")
         hits = agree = vote_hits = vote_agree = 0
         for _ in range(spec.power_runs):
             rows = rng.choice(len(arms.users), n, replace=n > len(arms.users))
-            diff = _interleaving_run(arms, world, rows, spec.days, now_s, rng)
+            diff = _interleaving_run(arms, world, rows, spec.days, now_s, rng, pair)
             # The decision of `experiment analyze`: the mean credit difference's t-test.
             preferred = "control" if diff.mean() > 0 else "treatment"
             if diff.std() > 0:
@@ -445,17 +465,18 @@ def run_interleaving(
         agreement.append(agree / spec.power_runs)
         vote_power.append(vote_hits / spec.power_runs)
         vote_agreement.append(vote_agree / spec.power_runs)
-    n_ab = _n_for_power(spec.ab_grid, ab_power)
-    n_il = _n_for_power(spec.interleaving_grid, il_power)
+    n_ab = _n_for_power(ab_grid, ab_power)
+    n_il = _n_for_power(interleaving_grid, il_power)
     at = next((i for i, p in enumerate(il_power) if p >= 0.8), len(il_power) - 1)
     return {
-        "pair": f"control vs variant overrides {TREATMENT}",
-        "ab_winner": winner,
+        "pair": list(pair),
+        "true_lift": truth,
+        "ab_winner": pair[1] if winner == "treatment" else pair[0],
         "runs_per_size": spec.power_runs,
         "days": spec.days,
-        "ab_grid": list(spec.ab_grid),
+        "ab_grid": list(ab_grid),
         "ab_power": ab_power,
-        "interleaving_grid": list(spec.interleaving_grid),
+        "interleaving_grid": list(interleaving_grid),
         "interleaving_power": il_power,
         "interleaving_test": "one-sample t-test of the per-user credit difference",
         "vote_power": vote_power,
@@ -465,7 +486,7 @@ def run_interleaving(
         "ratio": n_ab / n_il if n_ab and n_il else None,
         "agreement_with_ab": agreement[at],
         "agreement": agreement,
-        "agreement_at_users": spec.interleaving_grid[at],
+        "agreement_at_users": interleaving_grid[at],
         "credit": (
             "watch seconds on each team's slots (the objective's value); preference per user, "
             "sign test"
@@ -498,6 +519,17 @@ def run_experiments_bench(
     report["ab"] = run_ab(arms, spec, rng, progress)
     report["srm"] = run_srm(spec, progress)
     report["interleaving"] = run_interleaving(arms, world, spec, extra["now_s"], rng, progress)
+    report["interleaving_retrieval_order"] = run_interleaving(
+        arms,
+        world,
+        spec,
+        extra["now_s"],
+        rng,
+        progress,
+        pair=("control", ORDER_ARM),
+        ab_grid=ORDER_AB_GRID,
+        interleaving_grid=ORDER_INTERLEAVING_GRID,
+    )
     report["ope"] = run_ope(world, extra, spec, rng, progress)
     report.update(run_info(started))
     write_report(out_dir, "experiments", report, render_markdown(report))
@@ -510,6 +542,46 @@ def _pct(x: float | None) -> str:
 
 def _check(ok: bool) -> str:
     return "met" if ok else "**missed**"
+
+
+def _users(n: float | None) -> str:
+    return "not reached on the grid" if n is None else f"{n:,.0f}"
+
+
+def _interleaving_rows(il: dict[str, Any]) -> list[str]:
+    ratio = il["ratio"]
+    name = " vs ".join(str(p) for p in il["pair"]) if isinstance(il["pair"], list) else il["pair"]
+    return [
+        f"| {name}: users for 80% power, interleaving / A/B | "
+        f"{_users(il['users_for_80pct_power'])} / {_users(il['ab_users_for_80pct_power'])}"
+        + (f" (ratio {ratio:.1f}x)" if ratio else "")
+        + f" | ratio >= 10x | {_check(ratio is not None and ratio >= 10)} |",
+        f"| {name}: interleaving agrees with the A/B winner (at "
+        f"{il['agreement_at_users']:,} users) | {_pct(il['agreement_with_ab'])} | >= 95% | "
+        f"{_check(il['agreement_with_ab'] >= 0.95)} |",
+    ]
+
+
+def _curves(il: dict[str, Any]) -> list[str]:
+    def row(label: str, values: list[float]) -> str:
+        return f"| {label} | " + " | ".join(_pct(v) for v in values) + " |"
+
+    name = " vs ".join(str(p) for p in il["pair"]) if isinstance(il["pair"], list) else il["pair"]
+    return [
+        f"{name}:",
+        "",
+        "| A/B users | " + " | ".join(f"{n:,}" for n in il["ab_grid"]) + " |",
+        "|---" * (len(il["ab_grid"]) + 1) + "|",
+        row("power", il["ab_power"]),
+        "",
+        "| interleaving users | " + " | ".join(f"{n:,}" for n in il["interleaving_grid"]) + " |",
+        "|---" * (len(il["interleaving_grid"]) + 1) + "|",
+        row("power (credit t-test, the decision)", il["interleaving_power"]),
+        row("agreement with the A/B winner (sign of the mean credit)", il["agreement"]),
+        row("power of the per-user vote (sign test)", il["vote_power"]),
+        row("agreement of the vote with the A/B winner", il["vote_agreement_with_ab"]),
+        "",
+    ]
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -525,7 +597,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"World: {report['world']['users']:,} users, {report['world']['items']:,} items, "
         f"ranker {report['world']['ranker']}; feeds of {report['world']['feed_size']} items "
-        "computed once per user and arm by the in-process service; users, sessions, "
+        "computed once per user and arm by the in-process service (arms: control, the "
+        f"published pipeline; treatment, the override {TREATMENT}; {ORDER_ARM}, the "
+        "override {'ranker': False}); users, sessions, "
         "assignment (the service's hash, a fresh salt per run) and responses drawn per run.",
         "",
         "| section | measured | target | |",
@@ -549,19 +623,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{_pct(srm['no_flag_rate_unskewed'])} | >= 99% "
         f"| {_check(srm['no_flag_rate_unskewed'] >= 0.99)} |",
     ]
-    ratio = il["ratio"]
-
-    def users(n: float | None) -> str:
-        return "not reached on the grid" if n is None else f"{n:,.0f}"
-
-    lines += [
-        f"| Users for 80% power: interleaving / A/B | {users(il['users_for_80pct_power'])} / "
-        f"{users(il['ab_users_for_80pct_power'])}"
-        + (f" (ratio {ratio:.1f}x)" if ratio else "")
-        + f" | ratio >= 10x | {_check(ratio is not None and ratio >= 10)} |",
-        f"| Interleaving agrees with the A/B winner (at {il['agreement_at_users']} users) | "
-        f"{_pct(il['agreement_with_ab'])} | >= 95% | {_check(il['agreement_with_ab'] >= 0.95)} |",
-    ]
+    pairs = [il] + (
+        [report["interleaving_retrieval_order"]] if "interleaving_retrieval_order" in report else []
+    )
+    for pair in pairs:
+        lines += _interleaving_rows(pair)
     for policy in ope["policies"]:
         for name in ("snips", "dr"):
             est = policy["estimates"][name]
@@ -578,25 +644,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         "Power curves (share of runs significant at 0.05 in the true direction):",
         "",
-        "| A/B users | " + " | ".join(f"{n:,}" for n in il["ab_grid"]) + " |",
-        "|---" * (len(il["ab_grid"]) + 1) + "|",
-        "| power | " + " | ".join(_pct(p) for p in il["ab_power"]) + " |",
-        "",
-        "| interleaving users | " + " | ".join(f"{n:,}" for n in il["interleaving_grid"]) + " |",
-        "|---" * (len(il["interleaving_grid"]) + 1) + "|",
-        "| power (credit t-test, the decision) | "
-        + " | ".join(_pct(p) for p in il["interleaving_power"])
-        + " |",
-        "| agreement with the A/B winner (sign of the mean credit) | "
-        + " | ".join(_pct(p) for p in il["agreement"])
-        + " |",
-        "| power of the per-user vote (sign test) | "
-        + " | ".join(_pct(p) for p in il["vote_power"])
-        + " |",
-        "| agreement of the vote with the A/B winner | "
-        + " | ".join(_pct(p) for p in il["vote_agreement_with_ab"])
-        + " |",
-        "",
+        *(line for pair in pairs for line in _curves(pair)),
         "OPE (one logged data set of the first run shown; coverage over all runs):",
         "",
         "| policy | true value | " + " | ".join(ope["estimators"]) + " | ESS | support |",

@@ -7,8 +7,8 @@ Every worker reads the store's ``experiments`` document
 worker on every host within that time, without a restart. Nothing on the request path reads
 the store for it: a request assigns its user from the definitions in memory
 (:class:`~feedforge.experiments.assignment.Assigner`). A document that cannot be read (the
-store is down) or does not validate keeps the last good one, logged once per revision, so
-an experiment change never fails a request.
+store is down; logged once per outage) or does not validate (logged once per revision) keeps
+the last good one, so an experiment change never fails a request.
 
 **Versions.** A variant that names a published version is served from that version: the
 worker keeps it in memory (:class:`~feedforge.serving.version.LoadedVersion`) beside the
@@ -110,6 +110,7 @@ class ExperimentFollower:
         self._assigner = Assigner([])
         self._revision = -1
         self._bad_revision = -1
+        self._unreadable = False
         # Replaced, never mutated: a request keeps the mapping it was assigned with.
         self._pinned: Mapping[str, LoadedVersion] = {}
         # version -> (failed loads, monotonic time of the next try)
@@ -146,8 +147,13 @@ class ExperimentFollower:
         try:
             revision, body = self.store.get_document(DOCUMENT)
         except FeedforgeError as exc:
-            logger.warning("could not read the experiments (%s); keeping the last ones", exc)
+            if not self._unreadable:  # once per outage, not every refresh
+                logger.warning("could not read the experiments (%s); keeping the last ones", exc)
+            self._unreadable = True
             return
+        if self._unreadable:
+            logger.info("the experiments are readable again")
+            self._unreadable = False
         if revision == self._revision or revision == self._bad_revision:
             self._load_pinned()  # retries versions that failed to load
             return

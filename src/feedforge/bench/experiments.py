@@ -55,16 +55,14 @@ import numpy as np
 from scipy import stats as sps
 
 from feedforge.bench.report import run_info, write_report
+from feedforge.bench.service import set_up_world
 from feedforge.config import Settings
-from feedforge.datasets.build import build_dataset
 from feedforge.events.response import BETA_CONCENTRATION, response_probabilities
-from feedforge.events.simulator import WORLD_FILE, simulate
+from feedforge.events.simulator import WORLD_FILE
 from feedforge.events.world import World
 from feedforge.experiments import stats
 from feedforge.experiments.assignment import VARIANT_BUCKETS, bucket
 from feedforge.experiments.interleaving import team_draft
-from feedforge.models.train import train_models
-from feedforge.publish.publisher import publish
 from feedforge.serving.experiments import default_plan
 from feedforge.serving.pipeline import FeedService
 from feedforge.store.factory import open_store
@@ -119,17 +117,10 @@ class Arms:
 
 
 def build_world(settings: Settings, root: Path, progress: Progress) -> tuple[Workdir, World]:
-    """Simulate, build, train and publish into ``root`` (embedded store)."""
+    """Simulate, build, train and publish into ``root`` (the settings' store), as
+    ``feedforge bench serve`` sets up its world."""
     workdir = Workdir.at(root)
-    progress("simulating the world")
-    simulate(settings.simulator, workdir)
-    progress("building the dataset")
-    build_dataset(workdir, settings)
-    progress("training")
-    train_models(workdir, settings)
-    progress("publishing")
-    with open_store(settings.store, workdir.store_path) as store:
-        publish(workdir, settings, store)
+    set_up_world(workdir, settings, progress)
     return workdir, World.load(workdir.catalog_dir / WORLD_FILE)
 
 

@@ -37,7 +37,7 @@ from feedforge.errors import DataError, ValidationError
 from feedforge.experiments.definition import Variant
 from feedforge.experiments.online import objective_expr
 from feedforge.experiments.ope import Slates, check_exploration, estimate
-from feedforge.serving.experiments import Plan, default_plan
+from feedforge.serving.experiments import Plan, variant_fields
 from feedforge.serving.pipeline import FeedService
 from feedforge.serving.rerank import rerank, slate_propensities
 from feedforge.serving.version import load_version
@@ -100,29 +100,16 @@ def logged_slates(
 
 def target_plan(service: FeedService, target: Variant) -> Plan:
     """The serving plan of a target variant (its version loaded beside the current one)."""
-    plan = default_plan(service.settings)
-    over = target.overrides
-    fields: dict[str, Any] = {}
+    version = None
     if target.version is not None:
         meta = service.store.get_meta(target.version)
         if meta is None:
             raise ValidationError(f"ope: target version {target.version!r} is not published")
-        fields["version"] = load_version(
-            service.store,
-            target.version,
-            meta,
-            service.settings.serving,
+        version = load_version(
+            service.store, target.version, meta, service.settings.serving,
             service.workdir.bundles_dir,
-        )
-    for name, key in (
-        ("candidates", "candidates"),
-        ("history_weight", "history_weight"),
-        ("ranker", "use_ranker"),
-        ("reranking", "reranking"),
-    ):
-        if getattr(over, name) is not None:
-            fields[key] = getattr(over, name)
-    return replace(plan, **fields)
+        )  # fmt: skip
+    return replace(service.experiments.default, **variant_fields(target, version))  # type: ignore[arg-type]
 
 
 def replay(

@@ -236,20 +236,31 @@ class ExperimentFollower:
             )
             if variant is not None and target:
                 chosen = variant
-            over = chosen.overrides
-            if chosen.version is not None:
-                fields["version"] = assigned.pinned[chosen.version]
-            if over.candidates is not None:
-                fields["candidates"] = over.candidates
-            if over.history_weight is not None:
-                fields["history_weight"] = over.history_weight
-            if over.ranker is not None:
-                fields["use_ranker"] = over.ranker
-            if over.reranking is not None:
-                fields["reranking"] = over.reranking
+            pinned = assigned.pinned[chosen.version] if chosen.version is not None else None
+            fields.update(variant_fields(chosen, pinned))
         if not fields:
             return self._default
         return replace(self._default, **fields)  # type: ignore[arg-type]
+
+    @property
+    def default(self) -> Plan:
+        """The plan of a user outside every experiment."""
+        return self._default
+
+
+def variant_fields(variant: Variant, version: LoadedVersion | None) -> dict[str, object]:
+    """The :class:`Plan` fields a variant changes (``version``: its pinned version, loaded)."""
+    over = variant.overrides
+    fields: dict[str, object] = {} if version is None else {"version": version}
+    for name, key in (
+        ("candidates", "candidates"),
+        ("history_weight", "history_weight"),
+        ("ranker", "use_ranker"),
+        ("reranking", "reranking"),
+    ):
+        if getattr(over, name) is not None:
+            fields[key] = getattr(over, name)
+    return fields
 
 
 def _ready(assignment: Assignment, pinned: Mapping[str, LoadedVersion]) -> bool:

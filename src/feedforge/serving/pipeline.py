@@ -53,7 +53,7 @@ from feedforge.events.schema import CONSUMED_EVENTS, Event, EventType
 from feedforge.features.definitions import derive_features
 from feedforge.features.item_table import raw_from_table
 from feedforge.monitoring.metrics import ServiceMetrics
-from feedforge.serving.experiments import ExperimentFollower, Plan, default_plan
+from feedforge.serving.experiments import ExperimentFollower, Plan
 from feedforge.serving.explain import DEGRADED, POPULAR, Explanation, explain_by_history
 from feedforge.serving.exposure import serve_request
 from feedforge.serving.fallback import DiskFallback, StoreGuard
@@ -108,7 +108,6 @@ class FeedService:
         )
         """The running experiments (:mod:`feedforge.serving.experiments`); started by the
         app, so a service used without it serves every user the default plan."""
-        self._default_plan = default_plan(settings)
         self._stopping = threading.Event()  # ends the held-history replay thread
         self._replayer: threading.Thread | None = None
 
@@ -150,7 +149,7 @@ class FeedService:
                 # Never waits: an ingest thread flushing a backlog holds the lock.
                 self.pending.flush(self.store, self.settings.serving.history_length, wait=False)
                 feed = self._personalized(
-                    user_id, k, device, plan or self._default_plan, request_id
+                    user_id, k, device, plan or self.experiments.default, request_id
                 )
             except StoreUnavailableError as exc:
                 self.guard.failed(exc)
@@ -251,7 +250,7 @@ class FeedService:
         (:func:`~feedforge.serving.rerank.slate_propensities`); None when the user gets a
         popularity or precomputed feed instead. Items in ``keep`` stay candidates even when
         the user has consumed them since (the items of the logged feed being replayed)."""
-        plan = plan or self._default_plan
+        plan = plan or self.experiments.default
         scored = self._score(user_id, k, device, plan, None, keep)
         if isinstance(scored, Feed):
             return None

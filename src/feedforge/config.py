@@ -440,6 +440,116 @@ class BusinessRule(_Section):
     position: int = Field(0, ge=0, description="pin: 0-based slot")
 
 
+class MonitoringConfig(_Section):
+    """Step 7, monitor (:mod:`feedforge.monitoring`): the serving profile, drift, skew
+    sampling, online KPIs, freshness, and the thresholds alert rules compare against (the
+    service exports them as ``feedforge_threshold{name}``)."""
+
+    profile: bool = Field(
+        True,
+        description="Keep a serving profile (binned feature and score distributions per "
+        "version and experiment variant) in the online store, for drift",
+    )
+    profile_sample: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Share of scored requests whose candidates enter the serving profile",
+    )
+    profile_flush_s: float = Field(
+        5.0, gt=0, description="A worker adds its profile counts to the store this often"
+    )
+    reference_rows: int = Field(
+        200_000,
+        ge=100,
+        description="At most this many training rows (sampled) make a version's reference profile",
+    )
+    bins: int = Field(
+        20, ge=2, le=200, description="Quantile bins of a numeric feature's reference profile"
+    )
+    window_s: int = Field(
+        3_600,
+        ge=60,
+        description="The serving profile is kept per window of this many seconds, so drift "
+        "is measured on recent traffic",
+    )
+    drift_baseline: Literal["serving", "training"] = Field(
+        "serving",
+        description="What recent served rows are compared with: the version's own first "
+        "served rows (baseline_rows of them), or the reference profile of its ranker's "
+        "training rows written at publish (which differ from any served feed by the logging "
+        "policy's selection: `feedforge monitor drift` reports both)",
+    )
+    baseline_rows: int = Field(
+        10_000,
+        ge=1,
+        description="drift_baseline serving: the version's first served windows holding this "
+        "many rows are its baseline",
+    )
+    drift_min_rows: int = Field(
+        2_000,
+        ge=1,
+        description="Drift is measured on the newest windows holding this many served rows, "
+        "and flagged only once they do",
+    )
+    drift_ignore: list[str] = Field(
+        default_factory=lambda: ["hour_sin", "hour_cos"],
+        description="Columns profiled but never flagged: the hour of day cycles daily by design",
+    )
+    psi_threshold: float = Field(0.2, gt=0, description="PSI above this is drift")
+    ks_threshold: float = Field(
+        0.15, gt=0, le=1, description="Kolmogorov-Smirnov statistic above this is drift"
+    )
+    js_threshold: float = Field(
+        0.1, gt=0, le=1, description="Jensen-Shannon divergence (base 2) above this is drift"
+    )
+    drift_refresh_s: float = Field(
+        30.0, gt=0, description="The service recomputes its drift gauges this often"
+    )
+    skew_sample: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="Share of scored requests whose exact feature vectors are logged to "
+        "WORKDIR/featurelog for `feedforge monitor skew` (0: none)",
+    )
+    skew_log_max_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1024,
+        description="The feature log keeps at most this much (oldest files deleted first)",
+    )
+    kpi_refresh_s: float = Field(
+        60.0, gt=0, description="The service recomputes its online KPI gauges this often"
+    )
+    kpi_window_s: float = Field(
+        86_400.0, gt=0, description="Online KPI gauges cover the feeds of this trailing window"
+    )
+    kpi_attribution_window_s: float = Field(
+        86_400.0, gt=0, description="Events this long after a feed count towards its KPIs"
+    )
+    latency_slo: float = Field(
+        0.99,
+        gt=0,
+        lt=1,
+        description="Share of feed requests that must answer within serving.latency_budget_ms",
+    )
+    max_error_ratio: float = Field(0.01, gt=0, le=1, description="5xx share that alerts")
+    max_degraded_ratio: float = Field(
+        0.05, gt=0, le=1, description="Share of feeds answered degraded that alerts"
+    )
+    max_version_age_s: float = Field(
+        2 * 86_400.0, gt=0, description="A served version older than this is stale"
+    )
+    max_event_age_s: float = Field(
+        3_600.0, gt=0, description="The newest ingested event older than this alerts"
+    )
+    max_ingestion_lag_s: float = Field(
+        300.0,
+        gt=0,
+        description="Events reaching the service later than this after their timestamp alert",
+    )
+
+
 class ExplorationConfig(_Section):
     """Exploration of the re-ranking stage; every shown item's propensity is recorded.
 
@@ -513,6 +623,7 @@ class Settings(BaseSettings):
     store: StoreConfig = StoreConfig()
     serving: ServingConfig = ServingConfig()
     reranking: ReRankConfig = ReRankConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
 
     @model_validator(mode="after")
     def _read_deadline_within_budget(self) -> Settings:

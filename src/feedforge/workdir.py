@@ -68,6 +68,12 @@ class Workdir:
         return self.root / "feedlog"
 
     @property
+    def featurelog_dir(self) -> Path:
+        """Where the service logs the exact feature vectors of a sample of requests, for
+        training-serving skew checks (:mod:`feedforge.serving.monitor`)."""
+        return self.root / "featurelog"
+
+    @property
     def bundles_dir(self) -> Path:
         return self.root / "bundles"
 

@@ -263,3 +263,77 @@ def _team_credit(
         .fill_null(0.0)
         .sort("user_id")
     )
+
+
+KPIS = ("feeds", "ctr", "watch_minutes_per_feed", "revenue_per_feed")
+"""The online KPIs :func:`feed_kpis` computes per version and variant."""
+
+
+def variant_label(experiments: list[dict[str, Any]] | None) -> str:
+    """A feed line's variant key: its exposures' ``experiment.variant`` joined by ``+``
+    (``default`` outside every experiment), as the service's monitoring labels it."""
+    if not experiments:
+        return "default"
+    return "+".join(f"{e['experiment']}.{e['variant']}" for e in experiments)
+
+
+def feed_kpis(
+    feed_log: pl.DataFrame,
+    events: pl.LazyFrame,
+    since: datetime,
+    attribution_window_s: float,
+) -> pl.DataFrame:
+    """Online KPIs per version and variant of the feeds served since ``since``: ``feeds``
+    (answered, failed requests left out), ``ctr`` (attributed clicks / impressions),
+    ``watch_minutes_per_feed`` and ``revenue_per_feed``, with events attributed to feeds by
+    request id within ``attribution_window_s`` (the same join as :func:`online_metrics`).
+
+    Returns:
+        One row per (``version``, ``variant``) with ``feeds``, ``impressions``, ``clicks``,
+        ``watch_minutes``, ``revenue`` and the KPIs of :data:`KPIS`.
+    """
+    schema = {"version": pl.String, "variant": pl.String, **{k: pl.Float64 for k in KPIS}}
+    if not feed_log.height:
+        return pl.DataFrame(schema=schema)
+    served = feed_log.filter(pl.col("ts") >= since)
+    if "error" in served.columns:
+        served = served.filter(pl.col("error").is_null())
+    if not served.height:
+        return pl.DataFrame(schema=schema)
+    labels = (
+        [variant_label(e) for e in served.get_column("experiments").to_list()]
+        if "experiments" in served.columns
+        else ["default"] * served.height
+    )
+    requests = served.select(
+        "request_id", "user_id", "version", pl.col("ts").alias("feed_ts")
+    ).with_columns(pl.Series("variant", labels, dtype=pl.String))
+    requests = requests.unique(subset="request_id", keep="first")
+    window = timedelta(seconds=attribution_window_s)
+    attributed = (
+        events.filter(pl.col("timestamp") >= since)
+        .filter(pl.col("request_id").fill_null("") != "")
+        .select("timestamp", "user_id", "event_type", "watch_seconds", "price", "request_id")
+        .collect()
+        .join(requests, on=["request_id", "user_id"], how="inner")
+        .filter(
+            (pl.col("timestamp") >= pl.col("feed_ts"))
+            & (pl.col("timestamp") <= pl.col("feed_ts") + window)
+        )
+    )
+    sums = attributed.group_by("version", "variant").agg(
+        (_KIND == "impression").cast(pl.Float64).sum().alias("impressions"),
+        _CLICKS.sum().alias("clicks"),
+        (_WATCH.sum() / 60.0).alias("watch_minutes"),
+        _REVENUE.sum().alias("revenue"),
+    )
+    feeds = requests.group_by("version", "variant").agg(pl.len().cast(pl.Float64).alias("feeds"))
+    out = feeds.join(sums, on=["version", "variant"], how="left").fill_null(0.0)
+    return out.with_columns(
+        pl.when(pl.col("impressions") > 0)
+        .then(pl.col("clicks") / pl.col("impressions"))
+        .otherwise(0.0)
+        .alias("ctr"),
+        (pl.col("watch_minutes") / pl.col("feeds")).alias("watch_minutes_per_feed"),
+        (pl.col("revenue") / pl.col("feeds")).alias("revenue_per_feed"),
+    ).sort("version", "variant")

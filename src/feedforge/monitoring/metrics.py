@@ -18,7 +18,20 @@ process, as in the tests, never share counters). Exported:
   had no record for them (:func:`~feedforge.features.item_table.raw_from_table`);
 * ``feedforge_experiment_feeds_total{experiment, variant}``: feeds served under a running
   experiment (``variant="interleaved"`` in an interleaving one);
-* ``feedforge_serving_version_info{version}``: 1 for the version being served.
+* ``feedforge_serving_version_info{version}``: 1 for the version being served;
+* ``feedforge_requests_over_budget_total{endpoint}``: requests answered slower than
+  ``serving.latency_budget_ms`` (the latency SLO's bad events);
+* ``feedforge_ingestion_lag_seconds``: per ingested event, its arrival time minus its
+  timestamp;
+* ``feedforge_profiled_rows_total{version, variant}``: served rows entered in the serving
+  profile (:mod:`feedforge.monitoring.recorder`);
+* ``feedforge_worker_cpu_seconds``, ``feedforge_worker_resident_memory_bytes``,
+  ``feedforge_worker_open_fds``: each worker process's own (with ``pid`` in multiprocess
+  mode), refreshed by the worker's monitor thread.
+
+Values the answering worker computes when scraped (drift, freshness, KPIs, the configured
+thresholds) come from collectors the service attaches (:meth:`ServiceMetrics.attach`; their
+names are in :data:`COMPUTED_FAMILIES`).
 
 With several worker processes (``feedforge serve --workers N``) the metrics use
 prometheus-client's multiprocess mode, so every worker answers a scrape with the counts of the
@@ -49,15 +62,35 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
     multiprocess,
 )
+from prometheus_client.registry import Collector
 
 # Milliseconds matter: a feed has a 50 ms budget, its stages a few ms each.
 _LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 )  # fmt: skip
+# Event ingestion lag: from a fraction of a second (live clients) to days (a backfill).
+_LAG_BUCKETS = (0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0)
 STAGES = ("read", "retrieve", "features", "score", "rerank")
+COMPUTED_FAMILIES = (
+    "feedforge_threshold",
+    "feedforge_version_published_timestamp_seconds",
+    "feedforge_version_age_seconds",
+    "feedforge_feature_snapshot_timestamp_seconds",
+    "feedforge_feature_snapshot_age_seconds",
+    "feedforge_newest_event_timestamp_seconds",
+    "feedforge_newest_event_age_seconds",
+    "feedforge_precomputed_feeds_timestamp_seconds",
+    "feedforge_precomputed_feeds_age_seconds",
+    "feedforge_feature_drift",
+    "feedforge_feature_drifted",
+    "feedforge_kpi",
+)
+"""Gauges computed when scraped by the collectors the service attaches (see the module
+docs), listed so dashboards and alert rules can be checked against them."""
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 """The variable that turns on prometheus-client's multiprocess mode; it must be set before
 ``prometheus_client`` is first imported in a worker."""
@@ -167,6 +200,44 @@ class ServiceMetrics:
             registry=self.registry,
             multiprocess_mode="livemax",
         )
+        self.over_budget = Counter(
+            "feedforge_requests_over_budget",
+            "Requests answered slower than serving.latency_budget_ms",
+            ["endpoint"],
+            registry=self.registry,
+        )
+        self.ingestion_lag = Histogram(
+            "feedforge_ingestion_lag_seconds",
+            "Per ingested event: its arrival at the service minus its timestamp",
+            buckets=_LAG_BUCKETS,
+            registry=self.registry,
+        )
+        self.profiled_rows = Counter(
+            "feedforge_profiled_rows",
+            "Served rows entered in the serving profile, by version and experiment variant",
+            ["version", "variant"],
+            registry=self.registry,
+        )
+        self.worker_cpu = Gauge(
+            "feedforge_worker_cpu_seconds",
+            "CPU time (user + system) of the worker process",
+            registry=self.registry,
+            multiprocess_mode="liveall",
+        )
+        self.worker_rss = Gauge(
+            "feedforge_worker_resident_memory_bytes",
+            "Resident memory of the worker process",
+            registry=self.registry,
+            multiprocess_mode="liveall",
+        )
+        self.worker_fds = Gauge(
+            "feedforge_worker_open_fds",
+            "Open file descriptors of the worker process",
+            registry=self.registry,
+            multiprocess_mode="liveall",
+        )
+        self._process = ProcessCollector(registry=None)
+        self._attached: list[Collector] = []
         for stage in STAGES:  # exported from the start, before the first feed
             self.stage_seconds.labels(stage=stage)
         for kind in ("user", "item"):
@@ -191,6 +262,28 @@ class ServiceMetrics:
             self._versions.add(version)
         self.version.labels(version=version).set(1)
 
+    def attach(self, collector: Collector) -> None:
+        """Add a collector whose values the answering worker computes when scraped (e.g.
+        drift and freshness)."""
+        self._attached.append(collector)
+        if self._multiprocess_dir is None:
+            self.registry.register(collector)
+
+    def sample_process(self) -> None:
+        """Refresh this worker's process gauges (CPU, resident memory, open files) from
+        prometheus-client's own reading of ``/proc``."""
+        values = {
+            family.name: family.samples[0].value
+            for family in self._process.collect()
+            if family.samples
+        }
+        if "process_cpu_seconds" in values:
+            self.worker_cpu.set(values["process_cpu_seconds"])
+        if "process_resident_memory_bytes" in values:
+            self.worker_rss.set(values["process_resident_memory_bytes"])
+        if "process_open_fds" in values:
+            self.worker_fds.set(values["process_open_fds"])
+
     def missing(self, kind: str) -> float:
         """The count of ``feedforge_missing_features_total{kind}`` so far."""
         value = self.registry.get_sample_value("feedforge_missing_features_total", {"kind": kind})
@@ -203,4 +296,6 @@ class ServiceMetrics:
             return generate_latest(self.registry), CONTENT_TYPE_LATEST
         merged = CollectorRegistry()
         multiprocess.MultiProcessCollector(merged, path=str(self._multiprocess_dir))
+        for collector in self._attached:
+            merged.register(collector)
         return generate_latest(merged), CONTENT_TYPE_LATEST

@@ -4,7 +4,8 @@ A publish
 
 1. writes a *serving bundle* ``WORKDIR/bundles/<version>/`` (item id order, the ranker, the
    ANN index over the served item embeddings in ``ann/``, of the kind ``serving.ann`` names;
-   see :mod:`feedforge.index.ann`). The served items are the retrieval model's, completed
+   see :mod:`feedforge.index.ann`; the ranker's reference profile, the baseline of drift,
+   :mod:`feedforge.publish.reference`). The served items are the retrieval model's, completed
    with content-mapped vectors for catalog items it has none for (``serving.cold_items``,
    :mod:`feedforge.publish.coldstart`), so the whole catalog can be retrieved,
 2. writes every key of the version into the online store (user and item embeddings as float32
@@ -45,6 +46,7 @@ from feedforge.index.ann import AnnIndex, AnnKind
 from feedforge.models.base import EmbeddingRecommender
 from feedforge.models.registry import RANKERS, load_ranker, load_recommender
 from feedforge.publish.coldstart import cold_item_embeddings
+from feedforge.publish.reference import training_reference
 from feedforge.publish.versions import prune_versions, retire
 from feedforge.store.base import OnlineStore
 from feedforge.store.bundle import (
@@ -53,6 +55,7 @@ from feedforge.store.bundle import (
     BUNDLE_SCHEMA_VERSION,
     ITEM_IDS_FILE,
     RANKER_DIR,
+    REFERENCE_PROFILE_FILE,
 )
 from feedforge.store.keys import ITEM_EMB, ITEM_FEAT, USER_EMB, USER_FEAT
 from feedforge.store.last_current import remember_current
@@ -157,6 +160,10 @@ def publish(
     if ranker is not None:
         # The bundle's copy of the ranker was built from the trained one.
         ranker.save(bundle / RANKER_DIR, inputs={ranker.artifact(): inputs[ranker.artifact()]})
+        say("profiling the ranker's training rows (the drift reference)")
+        reference = training_reference(dataset, retrieval, ranker, settings, version)
+        if reference is not None:
+            reference.save(bundle / REFERENCE_PROFILE_FILE)
     u_emb, i_emb = retrieval.user_embeddings(), retrieval.item_embeddings()
     serving = settings.serving
     i_ids = dataset.items.ids.to_list()

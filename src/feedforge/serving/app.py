@@ -64,6 +64,7 @@ def create_app(settings: Settings, workdir: Workdir) -> FastAPI:
         service.versions.preload()
         service.replay_held_histories()  # updates a stopped or killed worker still held
         service.experiments.start()  # the running experiments, then every refresh period
+        service.monitor.start()  # profile flushes, drift, KPIs, process gauges
         try:
             yield
         finally:

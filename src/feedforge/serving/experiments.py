@@ -50,6 +50,8 @@ class Plan:
         history_weight: The live history's weight in the query vector.
         use_ranker: False: candidates keep their retrieval order.
         reranking: The re-ranking settings.
+        variant: The experiment variants it serves, ``experiment.variant`` joined by ``+``
+            (``default`` outside every experiment): the monitoring profiles' key.
     """
 
     version: LoadedVersion | None
@@ -57,6 +59,7 @@ class Plan:
     history_weight: float
     use_ranker: bool
     reranking: ReRankConfig
+    variant: str = "default"
 
 
 @dataclass(frozen=True)
@@ -227,6 +230,7 @@ class ExperimentFollower:
         ``experiment`` (default: the interleaving experiment; each team's feed is planned
         with its variant), e.g. for the counterfactual feeds of a simulation."""
         fields: dict[str, object] = {}
+        labels: list[str] = []
         for assignment in assigned.assignments:
             chosen = assignment.variant
             target = (
@@ -238,8 +242,10 @@ class ExperimentFollower:
                 chosen = variant
             pinned = assigned.pinned[chosen.version] if chosen.version is not None else None
             fields.update(variant_fields(chosen, pinned))
-        if not fields:
+            labels.append(f"{assignment.experiment.id}.{chosen.name}")
+        if not labels:
             return self._default
+        fields["variant"] = "+".join(labels)
         return replace(self._default, **fields)  # type: ignore[arg-type]
 
     @property

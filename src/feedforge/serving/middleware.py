@@ -11,7 +11,8 @@ logger = logging.getLogger("feedforge.serving")
 
 
 class RequestTiming:
-    """Pure ASGI middleware: per-route request counts and latency (``/metrics``), a
+    """Pure ASGI middleware: per-route request counts and latency (``/metrics``), requests
+    over the latency budget (``feedforge_requests_over_budget_total``, the latency SLO), a
     ``Server-Timing`` header on every answer, and a warning for feeds over the latency
     budget (``serving.latency_budget_ms``, step 1 "clarify": the budget is config).
 
@@ -50,6 +51,8 @@ class RequestTiming:
             metrics = service.metrics
             metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
             metrics.request_seconds.labels(endpoint=endpoint).observe(elapsed)
+            if elapsed * 1e3 > self.budget_ms:
+                metrics.over_budget.labels(endpoint=endpoint).inc()
         elapsed_ms = elapsed * 1e3
         if elapsed_ms > self.budget_ms and scope.get("path") == "/recommend":
             logger.warning(

@@ -61,6 +61,7 @@ from feedforge.serving.feed import Feed
 from feedforge.serving.feedlog import FeedLog
 from feedforge.serving.following import VersionFollower
 from feedforge.serving.held import SCAN_INTERVAL_S, PendingHistories
+from feedforge.serving.monitor import ServiceMonitor
 from feedforge.serving.rerank import (
     Candidates,
     Reranked,
@@ -79,6 +80,22 @@ _MAX_READS = 3  # user reads per request while versions keep changing under it
 
 HISTORY_EVENTS = frozenset(EventType(name) for name in CONSUMED_EVENTS)
 """Event types that enter a user's live history (impressions and skips do not)."""
+
+
+_Scored = tuple[
+    LoadedVersion,
+    np.ndarray,
+    list[str],
+    np.ndarray,
+    dict[str, Any],
+    list[str],
+    Any,
+    np.ndarray | None,
+    float,
+]
+"""What :meth:`FeedService._score` gives re-ranking: the version, candidate indices, ids and
+scores, the user's record and history, the search method, the feature matrix (None without a
+ranker) and the scoring clock."""
 
 
 class FeedService:
@@ -108,6 +125,11 @@ class FeedService:
         )
         """The running experiments (:mod:`feedforge.serving.experiments`); started by the
         app, so a service used without it serves every user the default plan."""
+        self.monitor = ServiceMonitor(
+            settings, workdir, store, self.metrics, lambda: self.versions.loaded, self.log
+        )
+        """Serving profile, drift, skew sample, freshness and KPIs
+        (:mod:`feedforge.serving.monitor`); its thread is started by the app."""
         self._stopping = threading.Event()  # ends the held-history replay thread
         self._replayer: threading.Thread | None = None
 
@@ -191,6 +213,7 @@ class FeedService:
         if self._replayer is not None:
             self._replayer.join()
         self.experiments.close()
+        self.monitor.close()
         self.pending.close(self.store, self.settings.serving.history_length)
         if self.feed_log is not None:
             self.feed_log.close()
@@ -221,9 +244,14 @@ class FeedService:
         scored = self._score(user_id, k, device, plan, request_id)
         if isinstance(scored, Feed):
             return scored
-        state, cand_idx, cand_ids, scores, record, history, method = scored
+        state, cand_idx, cand_ids, scores, record, history, method, X, scored_at = scored
         with self.metrics.stage("rerank"):
             shown = self._rerank(state, cand_idx, cand_ids, scores, k, plan.reranking, request_id)
+        if X is not None:
+            self.monitor.served(
+                state, plan.variant, request_id, user_id, device, cand_ids, X, scores,
+                shown.item_ids, scored_at,
+            )  # fmt: skip
         self.metrics.feeds.labels(strategy="personalized").inc()
         explanations = self._explain(state, shown.item_ids, record, history)
         return Feed(
@@ -265,13 +293,11 @@ class FeedService:
         plan: Plan,
         request_id: str | None,
         keep: frozenset[str] = frozenset(),
-    ) -> (
-        tuple[LoadedVersion, np.ndarray, list[str], np.ndarray, dict[str, Any], list[str], Any]
-        | Feed
-    ):
+    ) -> _Scored | Feed:
         """Read, retrieve and score: the candidates re-ranking takes (with the user's record
-        and history, and the search that found them), or the feed of a user the pipeline
-        does not score (popular, precomputed)."""
+        and history, the search that found them, the feature matrix the ranker scored and
+        the scoring clock), or the feed of a user the pipeline does not score (popular,
+        precomputed)."""
         metrics = self.metrics
         with metrics.stage("read"):
             state, user = self._read_user(user_id, plan.version)
@@ -327,16 +353,21 @@ class FeedService:
         cand_ids = state.items.id_of(cand_idx)
         retrieval_scores = cand_scores.astype(np.float64)
         X = None
+        scored_at = state.now()
         with metrics.stage("features"):
             # The candidates' item features come from the version's in-memory snapshot
             # (read from the store once, at load); the user's from this request's read.
             if state.ranker is not None and plan.use_ranker:
-                X = self._features(state, user_record, cand_idx, retrieval_scores, device)
+                X = self._features(
+                    state, user_record, cand_idx, retrieval_scores, device, scored_at
+                )
         with metrics.stage("score"):
             # The ranker's one batched call; without a ranker, the retrieval order.
             ranker = state.ranker if plan.use_ranker else None
             scores = retrieval_scores if ranker is None or X is None else ranker.score(X)
-        return state, cand_idx, cand_ids, scores, record, history, found_cand.method
+        return (
+            state, cand_idx, cand_ids, scores, record, history, found_cand.method, X, scored_at
+        )  # fmt: skip
 
     def _read_user(
         self, user_id: str, pinned: LoadedVersion | None = None
@@ -391,7 +422,9 @@ class FeedService:
     ) -> Feed | None:
         """The user's fresh precomputed feed (``stored``) minus consumed items, if it still
         has ``k``."""
-        age_s = time.time() - float(stored.get("computed_at_s", 0.0))
+        computed_at = float(stored.get("computed_at_s", 0.0))
+        self.monitor.precomputed(computed_at)
+        age_s = time.time() - computed_at
         if age_s > self.settings.serving.precomputed_max_age_s:
             return None
         # Stored items the user has not consumed and this version still serves.
@@ -486,6 +519,7 @@ class FeedService:
         idx: np.ndarray,
         retrieval: np.ndarray,
         device: str | None,
+        now_s: float,
     ) -> np.ndarray:
         """The ranker's ``(N, F)`` features of candidates ``idx``: the user's record (read
         this request) and the items' rows of the version's snapshot.
@@ -494,7 +528,7 @@ class FeedService:
         (:func:`~feedforge.features.item_table.raw_from_table`) and is counted in
         ``feedforge_missing_features_total{kind="user"|"item"}``.
         """
-        raw, missing = raw_from_table(user, state.item_table, idx, state.now(), device)
+        raw, missing = raw_from_table(user, state.item_table, idx, now_s, device)
         if user is None:
             self.metrics.missing_features.labels(kind="user").inc()
         if missing:
@@ -535,6 +569,7 @@ class FeedService:
             if event.event_id in stored:
                 stored.discard(event.event_id)
                 new.append(event)
+        self.monitor.ingested(new)
         per_user: dict[str, list[str]] = {}
         for event in sorted(new, key=lambda e: e.timestamp):
             if event.event_type in HISTORY_EVENTS:

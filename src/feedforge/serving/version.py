@@ -21,8 +21,9 @@ from feedforge.index.ann import AnnIndex, load_or_exact
 from feedforge.models.base import Ranker
 from feedforge.models.ranker_utils import feature_difference
 from feedforge.models.registry import load_ranker
+from feedforge.monitoring.profile import Profile
 from feedforge.store.base import OnlineStore
-from feedforge.store.bundle import ANN_DIR, ITEM_IDS_FILE, RANKER_DIR
+from feedforge.store.bundle import ANN_DIR, ITEM_IDS_FILE, RANKER_DIR, REFERENCE_PROFILE_FILE
 from feedforge.store.keys import ITEM_EMB, ITEM_FEAT
 
 _LOAD_CHUNK = 10_000
@@ -42,6 +43,7 @@ class LoadedVersion:
     popular: list[str]
     snapshot_time: float  # epoch seconds
     published_at: float  # epoch seconds
+    reference: Profile | None = None  # the drift baseline (None: published without one)
 
     def now(self) -> float:
         """The scoring clock: the snapshot time advanced by the wall time since publishing."""
@@ -109,6 +111,8 @@ def load_version(
             ranker.use_device(cfg.ranker_device)
         except ValidationError as exc:
             raise ConfigError(f"serving.ranker_device: {exc}") from exc
+    reference_path = bundle / REFERENCE_PROFILE_FILE
+    reference = Profile.load(reference_path, command) if reference_path.is_file() else None
     return LoadedVersion(
         version=version,
         meta=meta,
@@ -120,4 +124,5 @@ def load_version(
         popular=list(meta["popular"]),
         snapshot_time=datetime.fromisoformat(meta["snapshot_time"]).timestamp(),
         published_at=datetime.fromisoformat(meta["published_at"]).timestamp(),
+        reference=reference,
     )

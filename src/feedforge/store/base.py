@@ -211,6 +211,17 @@ class OnlineStore(ABC):
                 again and redo the change).
         """
 
+    # -- counters ---------------------------------------------------------------------------
+    @abstractmethod
+    def add_counts(self, version: str, name: str, counts: Mapping[str, int]) -> None:
+        """Add ``counts`` to a version's named counters, all or none, atomically: writers on
+        any number of processes and hosts add up exactly (no last writer wins). A field not
+        there yet starts at 0. The counters are deleted with the version."""
+
+    @abstractmethod
+    def get_counts(self, version: str, name: str) -> dict[str, int]:
+        """A version's named counters (``{}`` when none were added)."""
+
     # -- lifecycle --------------------------------------------------------------------------
     def identity(self) -> str:
         """What tells this store apart from another one sharing the work directory and its

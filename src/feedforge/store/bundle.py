@@ -16,3 +16,6 @@ RANKER_DIR = "ranker"
 """The ranker, saved by its model class."""
 ITEM_IDS_FILE = "item_ids.parquet"
 """The served item ids, in the order of the index's rows."""
+REFERENCE_PROFILE_FILE = "reference_profile.json"
+"""The version's reference profile: its ranker's training rows, binned
+(:mod:`feedforge.monitoring.profile`), the baseline of drift."""

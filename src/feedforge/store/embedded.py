@@ -386,6 +386,27 @@ class EmbeddedStore(OnlineStore):
                 "DELETE FROM history WHERE key >= ? AND key < ?", (prefix, _upper_bound(prefix))
             )
 
+    # -- counters -----------------------------------------------------------------------------
+    def add_counts(self, version: str, name: str, counts: Mapping[str, int]) -> None:
+        key = self.keys.counts(version, name)
+        nonzero = {field: int(n) for field, n in counts.items() if n}
+        if not nonzero:
+            return
+        # One write transaction (SQLite serialises writers): read, add, write back.
+        with self._transaction("add_counts", write=True) as conn:
+            blob = self._get(conn, key)
+            total: dict[str, int] = {} if blob is None else decode_record(blob)
+            for field, n in nonzero.items():
+                total[field] = total.get(field, 0) + n
+            conn.execute(
+                "INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (key, encode_record(total))
+            )
+
+    def get_counts(self, version: str, name: str) -> dict[str, int]:
+        with self._errors("get_counts"):
+            blob = self._get(self._conn(), self.keys.counts(version, name))
+        return {} if blob is None else {k: int(v) for k, v in decode_record(blob).items()}
+
     # -- documents ----------------------------------------------------------------------------
     def get_document(self, name: str) -> tuple[int, dict[str, Any] | None]:
         key = self.keys.document(name)

@@ -9,6 +9,9 @@ whatever the backend::
     ff:{ns}:versions:{version}            -> embedded: one row per member of that set
     ff:{ns}:v:{version}:meta              -> the version's metadata (JSON)
     ff:{ns}:v:{version}:{kind}:{id}       -> one vector (float32 bytes) or record (JSON)
+    ff:{ns}:v:{version}:counts:{name}     -> exact counters of the version (e.g. its serving
+                                             profile): Redis: a hash of integers;
+                                             embedded: a JSON object of integers
     ff:{ns}:hist:{user_id}                -> Redis: the user's recent history (a list)
                                              embedded: the ``key`` column of the history table
     ff:{ns}:applied:{token}               -> a history write done at most once (expires)
@@ -106,6 +109,10 @@ class Keys:
         """:meth:`item` for many ids (validates ``version`` and ``kind`` once)."""
         prefix = self.item_prefix(version, kind)
         return [f"{prefix}{id}" for id in ids]
+
+    def counts(self, version: str, name: str) -> str:
+        """A version's named set of counters (deleted with the version)."""
+        return f"{self.version_prefix(version)}counts:{_check_name('counts', name)}"
 
     def item_prefix(self, version: str, kind: str) -> str:
         """The prefix of every key of ``kind`` in ``version``."""

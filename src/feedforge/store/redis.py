@@ -423,6 +423,23 @@ class RedisStore(OnlineStore):
         with self._errors("clear_histories"):
             self._unlink_matching(self.keys.history_prefix())
 
+    # -- counters -----------------------------------------------------------------------------
+    def add_counts(self, version: str, name: str, counts: Mapping[str, int]) -> None:
+        key = self.keys.counts(version, name)
+        nonzero = {field: int(n) for field, n in counts.items() if n}
+        if not nonzero:
+            return
+        with self._errors("add_counts"):
+            pipe = self._client.pipeline(transaction=True)  # MULTI/EXEC: all or none
+            for field, n in nonzero.items():
+                pipe.hincrby(key, field, n)
+            pipe.execute()
+
+    def get_counts(self, version: str, name: str) -> dict[str, int]:
+        with self._errors("get_counts"):
+            stored = self._client.hgetall(self.keys.counts(version, name))
+        return {_bytes(field).decode("utf-8"): int(n) for field, n in stored.items()}
+
     # -- documents ----------------------------------------------------------------------------
     def get_document(self, name: str) -> tuple[int, dict[str, Any] | None]:
         with self._errors("get_document"):

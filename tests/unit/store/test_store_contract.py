@@ -625,3 +625,33 @@ def test_concurrent_document_updates_are_each_applied_once(backend: Backend) -> 
     for thread in threads:
         thread.join()
     assert backend.open().get_document("counter") == (40, {"n": 40})
+
+
+# -- counters ---------------------------------------------------------------------------------
+def test_counts_add_up_exactly_across_concurrent_writers(backend: Backend) -> None:
+    # 4 clients x 50 adds of {a: 1, b: 2} (and one field only some write): no add is lost.
+    def add(worker: int) -> None:
+        store = backend.open()
+        for _ in range(50):
+            store.add_counts("v1", "profile.control", {"a": 1, "b": 2, f"w{worker % 2}": 1})
+
+    threads = [threading.Thread(target=add, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    counts = backend.open().get_counts("v1", "profile.control")
+    assert counts == {"a": 200, "b": 400, "w0": 100, "w1": 100}
+    assert backend.open().get_counts("v1", "other") == {}
+    assert backend.open().get_counts("v2", "profile.control") == {}
+
+
+def test_counts_are_deleted_with_their_version(backend: Backend) -> None:
+    store = backend.open()
+    for version in ("v1", "v2"):
+        store.put_meta(version, {"version": version})
+        store.add_counts(version, "profile", {"x": 3})
+    store.set_current("v2")
+    store.delete_version("v1")
+    assert store.get_counts("v1", "profile") == {}
+    assert store.get_counts("v2", "profile") == {"x": 3}

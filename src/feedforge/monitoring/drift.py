@@ -1,0 +1,207 @@
+"""Drift: how far what the service serves has moved from a baseline, per feature and score.
+
+Computed from profiles (:mod:`feedforge.monitoring.profile`), never raw rows, so it is cheap
+enough to run continuously. Per column, over the baseline's bins (a null count is one more
+bin):
+
+* **PSI**, the population stability index ``sum_i (q_i - p_i) ln(q_i / p_i)`` of the
+  baseline's shares ``p`` and the served shares ``q``, each share floored at
+  :data:`PSI_FLOOR` (an empty bin would make it infinite), i.e. the symmetric
+  Kullback-Leibler divergence. Rule of thumb: < 0.1 stable, 0.1-0.2 moderate, > 0.2 shift.
+* a second statistic by type: for a **numeric** column the two-sample
+  **Kolmogorov-Smirnov** statistic ``max_b |P(x < e_b) - Q(x < e_b)|`` at the bin edges
+  (exactly scipy's ``ks_2samp`` statistic of the rows' bin indices; a lower bound of the raw
+  rows' statistic that the quantile bins keep within about one bin's share of it); for a
+  **categorical** column the **Jensen-Shannon divergence** in bits (0 identical, 1
+  disjoint), scipy's ``jensenshannon(p, q, base=2) ** 2``.
+
+A column *drifts* when the served profile holds at least ``drift_min_rows`` rows and its PSI
+or its second statistic is over the configured threshold (``monitoring.psi_threshold``,
+``ks_threshold``, ``js_threshold``; columns in ``drift_ignore`` are reported, never
+flagged). The baseline (``monitoring.drift_baseline``) is the version's own first served
+windows holding ``baseline_rows`` rows (default), or its reference profile: the ranker's
+training rows, written at publish. The second differs from any served feed by the logging
+policy's selection (the served rows are the ranker's top picks, the training rows what an
+older policy showed), so it measures the training-serving gap rather than change over time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from feedforge.config import MonitoringConfig
+from feedforge.monitoring.profile import ColumnCounts, ColumnSpec, Profile
+
+PSI_FLOOR = 1e-4
+"""Shares below this count as this much in PSI (so an empty bin costs a bounded amount)."""
+
+
+def _shares(counts: ColumnCounts) -> np.ndarray:
+    full = np.append(counts.bins, counts.nulls).astype(np.float64)
+    total = full.sum()
+    return full / total if total else full
+
+
+def psi(baseline: ColumnCounts, served: ColumnCounts) -> float:
+    """The population stability index of two columns' counts over the same bins (see the
+    module docs)."""
+    p = np.maximum(_shares(baseline), PSI_FLOOR)
+    q = np.maximum(_shares(served), PSI_FLOOR)
+    return float(np.sum((q - p) * np.log(q / p)))
+
+
+def ks_statistic(baseline: ColumnCounts, served: ColumnCounts) -> float:
+    """The two-sample Kolmogorov-Smirnov statistic over the bins (nulls left out)."""
+    p, q = baseline.bins.astype(np.float64), served.bins.astype(np.float64)
+    if not p.sum() or not q.sum():
+        return 0.0
+    return float(np.max(np.abs(np.cumsum(p) / p.sum() - np.cumsum(q) / q.sum())))
+
+
+def js_divergence(baseline: ColumnCounts, served: ColumnCounts) -> float:
+    """The Jensen-Shannon divergence (base 2) of two columns' shares (nulls a category)."""
+    p, q = _shares(baseline), _shares(served)
+    m = (p + q) / 2
+
+    def kl(a: np.ndarray) -> float:
+        mask = a > 0
+        return float(np.sum(a[mask] * np.log2(a[mask] / m[mask])))
+
+    return max(0.0, (kl(p) + kl(q)) / 2)
+
+
+@dataclass(frozen=True)
+class ColumnDrift:
+    """One column's drift.
+
+    Attributes:
+        feature: The column (a feature, ``score`` or ``score_<head>``).
+        kind: ``numeric`` or ``categorical``.
+        psi: Population stability index.
+        statistic: The second statistic's name, ``ks`` (numeric) or ``js`` (categorical).
+        value: The second statistic's value.
+        baseline_rows: Rows of the baseline.
+        served_rows: Rows served.
+        null_rate: Served share of nulls (baseline's in ``baseline_null_rate``).
+        default_rate: Served share of rows at the missing-record default (baseline's in
+            ``baseline_default_rate``).
+        drifted: Over a threshold, with at least ``drift_min_rows`` rows served.
+        reason: Which threshold it crossed (``""`` when none or too few rows).
+    """
+
+    feature: str
+    kind: str
+    psi: float
+    statistic: str
+    value: float
+    baseline_rows: int
+    served_rows: int
+    null_rate: float
+    baseline_null_rate: float
+    default_rate: float
+    baseline_default_rate: float
+    drifted: bool
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The drift as a JSON object."""
+        return asdict(self)
+
+
+def _rate(n: int, total: int) -> float:
+    return n / total if total else 0.0
+
+
+def column_drift(
+    spec: ColumnSpec, baseline: ColumnCounts, served: ColumnCounts, config: MonitoringConfig
+) -> ColumnDrift:
+    """One column's drift against the thresholds of ``config``."""
+    value_psi = psi(baseline, served)
+    if spec.kind == "numeric":
+        statistic, value, limit = "ks", ks_statistic(baseline, served), config.ks_threshold
+    else:
+        statistic, value, limit = "js", js_divergence(baseline, served), config.js_threshold
+    enough = (
+        served.rows >= config.drift_min_rows
+        and baseline.rows > 0
+        and spec.name not in config.drift_ignore
+    )
+    reasons = []
+    if enough and value_psi > config.psi_threshold:
+        reasons.append(f"psi {value_psi:.3f} > {config.psi_threshold:g}")
+    if enough and value > limit:
+        reasons.append(f"{statistic} {value:.3f} > {limit:g}")
+    return ColumnDrift(
+        feature=spec.name,
+        kind=spec.kind,
+        psi=value_psi,
+        statistic=statistic,
+        value=value,
+        baseline_rows=baseline.rows,
+        served_rows=served.rows,
+        null_rate=_rate(served.nulls, served.rows),
+        baseline_null_rate=_rate(baseline.nulls, baseline.rows),
+        default_rate=_rate(served.defaults, served.rows),
+        baseline_default_rate=_rate(baseline.defaults, baseline.rows),
+        drifted=bool(reasons),
+        reason="; ".join(reasons),
+    )
+
+
+def compare(baseline: Profile, served: Profile, config: MonitoringConfig) -> list[ColumnDrift]:
+    """Every column's drift from ``baseline`` to ``served`` (profiles over the same bins)."""
+    return [
+        column_drift(spec, baseline.counts[spec.name], served.counts[spec.name], config)
+        for spec in baseline.spec.columns
+        if spec.name in served.counts
+    ]
+
+
+def total(profiles: Iterable[Profile], start: Profile) -> Profile:
+    """``start`` merged with every profile of ``profiles``."""
+    out = start
+    for profile in profiles:
+        out = out.merge(profile)
+    return out
+
+
+def recent(windows: dict[int, Profile], min_rows: int, empty: Profile) -> Profile:
+    """The newest windows merged, going back until they hold ``min_rows`` rows (all of them
+    when they never do): the served profile drift is measured on."""
+    out = empty
+    for start in sorted(windows, reverse=True):
+        out = out.merge(windows[start])
+        if out.rows >= min_rows:
+            break
+    return out
+
+
+def earliest(windows: dict[int, Profile], min_rows: int, empty: Profile) -> tuple[Profile, int]:
+    """The oldest windows merged until they hold ``min_rows`` rows, and the start of the
+    last one taken: a version's own serving baseline (``monitoring.drift_baseline:
+    serving``)."""
+    out, last = empty, -1
+    for start in sorted(windows):
+        out, last = out.merge(windows[start]), start
+        if out.rows >= min_rows:
+            break
+    return out, last
+
+
+def measured(
+    windows: dict[int, Profile], reference: Profile, config: MonitoringConfig
+) -> tuple[Profile, Profile] | None:
+    """The baseline and the served profile drift compares (see the module docs), or None
+    while the serving baseline is still filling (no window after it yet)."""
+    empty = reference.spec.empty()
+    if config.drift_baseline == "training":
+        return reference, recent(windows, config.drift_min_rows, empty)
+    baseline, last = earliest(windows, config.baseline_rows, empty)
+    later = {start: p for start, p in windows.items() if start > last}
+    if not later:
+        return None
+    return baseline, recent(later, config.drift_min_rows, empty)

@@ -492,6 +492,14 @@ class MonitoringConfig(_Section):
         description="Drift is measured on the newest windows holding this many served rows, "
         "and flagged only once they do",
     )
+    drift_alpha: float = Field(
+        0.001,
+        gt=0,
+        lt=1,
+        description="A column is flagged only when its shift is also significant at this level "
+        "for the rows compared (a chi-square test on PSI's bins, the KS test's critical value), "
+        "so a small sample's noise never crosses an effect-size threshold",
+    )
     drift_ignore: list[str] = Field(
         default_factory=lambda: ["hour_sin", "hour_cos"],
         description="Columns profiled but never flagged: the hour of day cycles daily by design",

@@ -7,6 +7,7 @@ Every command takes ``--workdir`` (where artifacts live) and ``--config`` (a YAM
   batch-score, demo;
 * :mod:`feedforge.cli.ops`: serve, compact, rollback;
 * :mod:`feedforge.cli.experiments`: ``feedforge experiment create|start|stop|list|show|analyze``;
+* :mod:`feedforge.cli.monitor`: ``feedforge monitor skew``;
 * :mod:`feedforge.cli.bench`: ``feedforge bench quality|ranking|serve``.
 
 Each command imports its stage when it runs, so ``feedforge --help`` loads no model library.
@@ -21,11 +22,12 @@ from feedforge.cli.common import app
 from feedforge.cli import stages
 from feedforge.cli import ops
 from feedforge.cli import experiments
+from feedforge.cli import monitor
 from feedforge.cli import bench
 
 # isort: on
 
-__all__ = ["app", "bench", "experiments", "main", "ops", "stages"]
+__all__ = ["app", "bench", "experiments", "main", "monitor", "ops", "stages"]
 
 
 def main() -> None:

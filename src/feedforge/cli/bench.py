@@ -212,6 +212,38 @@ def bench_experiments_cmd(
     console.print(f"written to {out} in {report['total_seconds']:.0f} s")
 
 
+@bench_app.command("monitoring")
+@clean_errors
+def bench_monitoring_cmd(
+    config: ConfigOpt = None,
+    speed_rows: Annotated[int, typer.Option(min=1_000, help="Rows of the drift timing")] = (
+        1_000_000
+    ),
+    feeds_per_hour: Annotated[int, typer.Option(min=1, help="Simulated requests per hour")] = 100,
+    fault_hours: Annotated[int, typer.Option(min=1, help="Hours a fault may take")] = 12,
+    week_hours: Annotated[int, typer.Option(min=1, help="Hours of the unshifted run")] = 168,
+    cost_requests: Annotated[int, typer.Option(min=10, help="Requests per cost arm")] = 3_000,
+    seed: Annotated[int, typer.Option()] = 0,
+    out: Annotated[Path, typer.Option(help="Where the tables go")] = Path("docs/benchmarks"),
+) -> None:
+    """Drift speed, injected faults detected, false alarms over an unshifted week and the
+    serving profile's cost on the request path."""
+    from feedforge.bench.monitoring import BenchSpec, run_monitoring_bench
+
+    spec = BenchSpec(
+        speed_rows=speed_rows,
+        feeds_per_hour=feeds_per_hour,
+        fault_hours=fault_hours,
+        week_hours=week_hours,
+        cost_requests=cost_requests,
+        seed=seed,
+    )
+    with progress("bench monitoring") as say:
+        report = run_monitoring_bench(settings_from(config), out, spec, say)
+    console.print((out / "monitoring.md").read_text(encoding="utf-8"))
+    console.print(f"written to {out} in {report['total_seconds']:.0f} s")
+
+
 @bench_app.command("version-memory")
 @clean_errors
 def bench_version_memory_cmd(

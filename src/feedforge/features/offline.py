@@ -235,16 +235,19 @@ def snapshot_counters(
 def snapshot_candidate_counters(
     candidates: pl.DataFrame,
     snapshot: tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame],
-    now: datetime,
-    device: str | None = None,
+    now: datetime | pl.Expr,
+    device: str | pl.Expr | None = None,
 ) -> pl.DataFrame:
     """Raw counters of (user, candidate item) pairs from a :func:`snapshot_counters` snapshot.
 
     Args:
         candidates: Rows with ``user_id`` and ``item_id`` (any other columns are kept).
         snapshot: ``(users, items, user_categories)`` from :func:`snapshot_counters`.
-        now: The scoring time (item age, hour). ``position`` is :data:`SERVING_POSITION`.
-        device: The request's device; ``None``: each user's last impression device.
+        now: The scoring time (item age, hour): one time for every row, or an expression of
+            ``candidates`` giving each row's own (a UTC ``Datetime`` column, e.g. the logged
+            requests a skew check recomputes). ``position`` is :data:`SERVING_POSITION`.
+        device: The request's device; ``None``: each user's last impression device. An
+            expression of ``candidates`` gives each row's own (null: the user's last).
     """
     users, items, user_categories = snapshot
     out = (
@@ -259,14 +262,20 @@ def snapshot_candidate_counters(
     counts = [
         c for c in RAW_COUNTERS if c not in ("position", "item_age_seconds", "hour", "device_code")
     ]
-    requested = device_code(pl.lit(device, dtype=pl.String))
+    if isinstance(now, datetime):
+        at, hour = pl.lit(now), pl.lit(now.astimezone(UTC).hour, dtype=pl.Int64)
+    else:
+        at, hour = now, now.dt.convert_time_zone("UTC").dt.hour().cast(pl.Int64)
+    requested = device_code(
+        device if isinstance(device, pl.Expr) else pl.lit(device, dtype=pl.String)
+    )
     return out.with_columns(
         pl.lit(SERVING_POSITION).alias("position"),
         *(pl.col(c).fill_null(0) for c in counts),
-        ((pl.lit(now) - pl.col("created_at")).dt.total_microseconds() / 1e6)
+        ((at - pl.col("created_at")).dt.total_microseconds() / 1e6)
         .fill_null(0.0)
         .alias("item_age_seconds"),
-        pl.lit(now.astimezone(UTC).hour, dtype=pl.Int64).alias("hour"),
+        hour.alias("hour"),
         pl.when(requested > 0)
         .then(requested)
         .otherwise(pl.col("user_last_device").fill_null(0))

@@ -17,8 +17,18 @@ bin):
 
 A column *drifts* when the served profile holds at least ``drift_min_rows`` rows and its PSI
 or its second statistic is over the configured threshold (``monitoring.psi_threshold``,
-``ks_threshold``, ``js_threshold``; columns in ``drift_ignore`` are reported, never
-flagged). The baseline (``monitoring.drift_baseline``) is the version's own first served
+``ks_threshold``, ``js_threshold``; columns in ``drift_ignore`` are reported, never flagged)
+**and** the shift is significant at ``monitoring.drift_alpha`` for the rows compared, so that
+a small sample's noise cannot cross an effect-size threshold:
+
+* PSI: with ``n`` baseline and ``m`` served rows over ``B`` non-empty bins, ``PSI * n m /
+  (n + m)`` is asymptotically chi-square with ``B - 1`` degrees of freedom when nothing moved
+  (PSI is a symmetric KL divergence: Yurdakul, *Statistical properties of the population
+  stability index*, 2018), so the gate is ``PSI > chi2.ppf(1 - alpha, B - 1) (1/n + 1/m)``;
+  the Jensen-Shannon divergence (over the same bins) uses the same gate;
+* KS: the two-sample critical value ``sqrt(-ln(alpha / 2) / 2) sqrt(1/n + 1/m)``.
+
+The baseline (``monitoring.drift_baseline``) is the version's own first served
 windows holding ``baseline_rows`` rows (default), or its reference profile: the ranker's
 training rows, written at publish. The second differs from any served feed by the logging
 policy's selection (the served rows are the ranker's top picks, the training rows what an
@@ -27,11 +37,13 @@ older policy showed), so it measures the training-serving gap rather than change
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+from scipy.stats import chi2
 
 from feedforge.config import MonitoringConfig
 from feedforge.monitoring.profile import ColumnCounts, ColumnSpec, Profile
@@ -116,24 +128,51 @@ def _rate(n: int, total: int) -> float:
     return n / total if total else 0.0
 
 
+def psi_critical(baseline: ColumnCounts, served: ColumnCounts, alpha: float) -> float:
+    """The PSI a column must pass to be significant at ``alpha`` (see the module docs)."""
+    n, m = baseline.rows, served.rows
+    if not n or not m:
+        return math.inf
+    full = np.append(baseline.bins + served.bins, baseline.nulls + served.nulls)
+    dof = max(int(np.count_nonzero(full)) - 1, 1)
+    return float(chi2.ppf(1.0 - alpha, dof)) * (1.0 / n + 1.0 / m)
+
+
+def ks_critical(baseline: ColumnCounts, served: ColumnCounts, alpha: float) -> float:
+    """The KS statistic a column must pass to be significant at ``alpha``."""
+    n, m = int(baseline.bins.sum()), int(served.bins.sum())
+    if not n or not m:
+        return math.inf
+    return math.sqrt(-math.log(alpha / 2.0) / 2.0) * math.sqrt(1.0 / n + 1.0 / m)
+
+
 def column_drift(
-    spec: ColumnSpec, baseline: ColumnCounts, served: ColumnCounts, config: MonitoringConfig
+    spec: ColumnSpec,
+    baseline: ColumnCounts,
+    served: ColumnCounts,
+    config: MonitoringConfig,
+    served_rows: int | None = None,
 ) -> ColumnDrift:
-    """One column's drift against the thresholds of ``config``."""
+    """One column's drift against the thresholds of ``config``; ``served_rows`` is the
+    served profile's row count (default: the column's own), which ``drift_min_rows``
+    applies to."""
     value_psi = psi(baseline, served)
+    psi_gate = psi_critical(baseline, served, config.drift_alpha)
     if spec.kind == "numeric":
         statistic, value, limit = "ks", ks_statistic(baseline, served), config.ks_threshold
+        gate = ks_critical(baseline, served, config.drift_alpha)
     else:
         statistic, value, limit = "js", js_divergence(baseline, served), config.js_threshold
+        gate = psi_gate if value_psi > psi_gate else math.inf
     enough = (
-        served.rows >= config.drift_min_rows
+        (served.rows if served_rows is None else served_rows) >= config.drift_min_rows
         and baseline.rows > 0
         and spec.name not in config.drift_ignore
     )
     reasons = []
-    if enough and value_psi > config.psi_threshold:
+    if enough and value_psi > config.psi_threshold and value_psi > psi_gate:
         reasons.append(f"psi {value_psi:.3f} > {config.psi_threshold:g}")
-    if enough and value > limit:
+    if enough and value > limit and value > gate:
         reasons.append(f"{statistic} {value:.3f} > {limit:g}")
     return ColumnDrift(
         feature=spec.name,
@@ -154,8 +193,9 @@ def column_drift(
 
 def compare(baseline: Profile, served: Profile, config: MonitoringConfig) -> list[ColumnDrift]:
     """Every column's drift from ``baseline`` to ``served`` (profiles over the same bins)."""
+    rows = served.rows
     return [
-        column_drift(spec, baseline.counts[spec.name], served.counts[spec.name], config)
+        column_drift(spec, baseline.counts[spec.name], served.counts[spec.name], config, rows)
         for spec in baseline.spec.columns
         if spec.name in served.counts
     ]

@@ -140,8 +140,9 @@ class Profile:
 
     @property
     def rows(self) -> int:
-        """Rows profiled (those of the first column; every column counts each row once)."""
-        return next(iter(self.counts.values())).rows if self.counts else 0
+        """Rows profiled: the most any column counted (columns of a request, such as the
+        user's features, count once per feed; columns of an item once per shown item)."""
+        return max((c.rows for c in self.counts.values()), default=0)
 
     def merge(self, other: Profile) -> Profile:
         """The profile of both profiles' rows (same spec required): exact."""
@@ -315,31 +316,50 @@ def reference_profile(
 
 
 class ProfileAccumulator:
-    """Counts rows into a spec's bins, fast enough for the request path (one
-    ``searchsorted`` per numeric column).
+    """Counts rows into a spec's bins, fast enough for the request path.
 
-    Not thread-safe on its own: the service guards it with a lock.
+    Numeric counts live in one flat array (each column's bins, then its null and default
+    slots); a small batch (a feed's rows) is binned for every column at once by comparing
+    with a padded matrix of cut points, a large one (a reference) column by column with
+    ``searchsorted``. Not thread-safe on its own: the service guards it with a lock.
     """
+
+    _BROADCAST_ROWS = 256
 
     def __init__(self, spec: ProfileSpec) -> None:
         self.spec = spec
-        self._profile = spec.empty()
         self._numeric = [c for c in spec.columns if c.kind == "numeric"]
-        self._edges = {c.name: np.asarray(c.edges, dtype=np.float64) for c in self._numeric}
-        self._defaults = {c.name: c.default for c in self._numeric}
-        self._index = {
-            c.name: {cat: j for j, cat in enumerate(c.categories)}
+        self.numeric_names = tuple(c.name for c in self._numeric)
+        self._position = {name: j for j, name in enumerate(self.numeric_names)}
+        widest = max((len(c.edges) for c in self._numeric), default=0)
+        self._edges = np.full((len(self._numeric), widest), np.inf)
+        for j, column in enumerate(self._numeric):
+            self._edges[j, : len(column.edges)] = column.edges
+        self._column_edges = [np.asarray(c.edges, dtype=np.float64) for c in self._numeric]
+        self._defaults = np.asarray(
+            [np.nan if c.default is None else c.default for c in self._numeric]
+        )
+        sizes = np.asarray([c.n_bins for c in self._numeric], dtype=np.int64)
+        self._offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        n_bins = int(sizes.sum())
+        self._null_slot = n_bins + np.arange(len(self._numeric))
+        self._skip_slot = n_bins + len(self._numeric)
+        self._flat = np.zeros(self._skip_slot + 1, dtype=np.int64)
+        self._default_counts = np.zeros(len(self._numeric), dtype=np.int64)
+        self._categorical = {
+            c.name: (c, {cat: j for j, cat in enumerate(c.categories)})
             for c in spec.columns
             if c.kind == "categorical"
         }
+        self._category_counts = {
+            name: np.zeros(c.n_bins, dtype=np.int64) for name, (c, _) in self._categorical.items()
+        }
+        self._category_nulls = dict.fromkeys(self._categorical, 0)
 
     def add_matrix(self, X: np.ndarray, names: Sequence[str]) -> None:
         """Count the rows of ``X`` (columns named ``names``; columns the spec lacks are
-        skipped)."""
-        position = {name: j for j, name in enumerate(names)}
-        self.add_columns(
-            {c.name: X[:, position[c.name]] for c in self._numeric if c.name in position}
-        )
+        skipped, spec columns ``names`` lacks are not counted)."""
+        self.add_columns({name: X[:, j] for j, name in enumerate(names)})
 
     def add_columns(
         self,
@@ -347,38 +367,77 @@ class ProfileAccumulator:
         categorical: Mapping[str, Sequence[str] | np.ndarray] | None = None,
     ) -> None:
         """Count the rows of named numeric and categorical columns."""
-        for name, values in numeric.items():
-            column = self._profile.counts.get(name)
-            if column is None:
-                continue
-            x = np.asarray(values, dtype=np.float64)
-            null = np.isnan(x)
-            n_null = int(null.sum())
-            if n_null:
-                column.nulls += n_null
-                x = x[~null]
-            b = np.searchsorted(self._edges[name], x, side="right")
-            column.bins += np.bincount(b, minlength=len(column.bins))
-            default = self._defaults[name]
-            if default is not None:
-                column.defaults += int(np.count_nonzero(x == default))
-        for name, cats in (categorical or {}).items():
-            column = self._profile.counts.get(name)
-            if column is None:
-                continue
-            index = self._index[name]
-            other = index[OTHER]
-            for value in cats:
-                if value is None:
-                    column.nulls += 1
-                else:
-                    column.bins[index.get(str(value), other)] += 1
+        present = [name for name in self.numeric_names if name in numeric]
+        if present:
+            n = len(numeric[present[0]])
+            rows = np.full((n, len(self.numeric_names)), np.nan)
+            counted = np.zeros((n, len(self.numeric_names)), dtype=bool)
+            for name in present:
+                j = self._position[name]
+                rows[:, j] = numeric[name]
+                counted[:, j] = True
+            self.add_rows(rows, counted)
+        for name, values in (categorical or {}).items():
+            self.add_categories(name, values)
+
+    def add_rows(self, rows: np.ndarray, counted: np.ndarray | None = None) -> None:
+        """Count a ``(n, C)`` matrix whose columns are :attr:`numeric_names` in order;
+        ``counted`` (same shape, bool) leaves out the cells that are False (e.g. a request's
+        user features counted once per feed, not once per shown item)."""
+        n = len(rows)
+        if not n or not len(self.numeric_names):
+            return
+        null = np.isnan(rows)
+        if n <= self._BROADCAST_ROWS:
+            bins = (rows[:, :, None] >= self._edges[None, :, :]).sum(axis=2)
+        else:
+            bins = np.empty(rows.shape, dtype=np.int64)
+            for j, edges in enumerate(self._column_edges):
+                bins[:, j] = np.searchsorted(edges, rows[:, j], side="right")
+        flat = self._offsets[None, :] + bins
+        flat = np.where(null, self._null_slot[None, :], flat)
+        defaults = rows == self._defaults[None, :]
+        if counted is not None:
+            flat = np.where(counted, flat, self._skip_slot)
+            defaults &= counted
+        self._flat += np.bincount(flat.ravel(), minlength=len(self._flat))
+        self._default_counts += defaults.sum(axis=0)
+
+    def add_categories(self, name: str, values: Sequence[str | None] | np.ndarray) -> None:
+        """Count the values of a categorical column (unknown ones as :data:`OTHER`)."""
+        entry = self._categorical.get(name)
+        if entry is None:
+            return
+        _, index = entry
+        other = index[OTHER]
+        counts = self._category_counts[name]
+        for value in values:
+            if value is None:
+                self._category_nulls[name] += 1
+            else:
+                counts[index.get(str(value), other)] += 1
 
     def take(self) -> Profile:
         """The profile counted so far; the accumulator starts again from zero."""
-        taken, self._profile = self._profile, self.spec.empty()
-        return taken
+        profile = self.spec.empty()
+        for j, column in enumerate(self._numeric):
+            start = int(self._offsets[j])
+            counts = profile.counts[column.name]
+            counts.bins[:] = self._flat[start : start + column.n_bins]
+            counts.nulls = int(self._flat[self._null_slot[j]])
+            counts.defaults = int(self._default_counts[j])
+        for name in self._categorical:
+            profile.counts[name].bins[:] = self._category_counts[name]
+            profile.counts[name].nulls = self._category_nulls[name]
+        self._flat[:] = 0
+        self._default_counts[:] = 0
+        for name in self._categorical:
+            self._category_counts[name][:] = 0
+            self._category_nulls[name] = 0
+        return profile
 
     def pending(self) -> bool:
         """Whether rows were counted since the last :meth:`take`."""
-        return any(c.rows for c in self._profile.counts.values())
+        return bool(self._flat[: self._skip_slot].any()) or any(
+            c.any() for c in self._category_counts.values()
+        )

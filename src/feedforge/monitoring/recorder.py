@@ -13,7 +13,11 @@ variant is read back with :func:`served_windows`.
 Profiled columns (:func:`profiled_columns`): every ranking feature but ``position``, which
 serving pins to :data:`~feedforge.features.definitions.SERVING_POSITION` by design (its
 training distribution is the logged slots'), then ``score`` (and ``score_<head>`` for a
-multi-task ranker's heads), then the categorical ``device`` of the request.
+multi-task ranker's heads), then the categorical ``device`` of the request. Columns of the
+item (its counters, age, duration, price, the user x item affinity, the retrieval score and
+the ranker's score) are counted once per shown item; columns of the request
+(:func:`request_level`: the user's counters, the hour, the device) once per feed, so their
+counts are requests and drift's significance tests see independent draws.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -55,9 +59,14 @@ def devices_of(X: np.ndarray, names: Sequence[str]) -> list[str]:
     return [DEVICES[j] if onehot[r, j] > 0 else UNKNOWN_DEVICE for r, j in enumerate(hot)]
 
 
+PROFILE_PREFIX = "profile."
+"""The store's counters of a serving profile are named this, then the variant."""
+
+
 def counts_name(variant: str) -> str:
-    """The store's name of a variant's serving profile counts."""
-    return "profile." + _UNSAFE.sub("_", variant)
+    """The store's name of a variant's serving profile counts (characters a store name may
+    not hold become ``_``: ``a.x+b.y`` is stored as ``profile.a.x_b.y``)."""
+    return PROFILE_PREFIX + _UNSAFE.sub("_", variant)
 
 
 def served_windows(
@@ -78,6 +87,38 @@ class _Pending:
     rows: int = 0
 
 
+@dataclass
+class _Layout:
+    """Where a feature matrix's columns go in an accumulator's rows, which of them are
+    counted once per feed, and where the device one-hot is."""
+
+    targets: np.ndarray
+    sources: np.ndarray
+    scores: list[tuple[int, str]]
+    request: np.ndarray
+    devices: np.ndarray
+    width: int
+    _masks: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def counted(self, n: int) -> np.ndarray:
+        """The cells of ``n`` rows to count (the request's columns in the first row only)."""
+        mask = self._masks.get(n)
+        if mask is None:
+            mask = np.ones((n, self.width), dtype=bool)
+            mask[1:, self.request] = False
+            self._masks[n] = mask
+        return mask
+
+
+def request_level(column: str) -> bool:
+    """Whether a column describes the request rather than the shown item: the user's
+    counters and CTRs, the hour and the device (every shown item of a feed shares them, so
+    they are counted once per feed, as their training rows are correlated the same way)."""
+    return (column.startswith("user_") and column != "user_category_affinity") or column.startswith(
+        ("hour_", "device")
+    )
+
+
 class ProfileRecorder:
     """One worker's serving-profile counts, added to the store on :meth:`flush` (see the
     module docs). Thread-safe."""
@@ -89,6 +130,7 @@ class ProfileRecorder:
         self._lock = threading.Lock()
         self._flushing = threading.Lock()
         self._pending: dict[tuple[str, str, int], _Pending] = {}
+        self._layouts: dict[tuple[tuple[str, ...], tuple[str, ...]], _Layout] = {}
         self._unflushed: dict[tuple[str, str], dict[str, int]] = {}
 
     def record(
@@ -101,25 +143,48 @@ class ProfileRecorder:
         scores: Mapping[str, np.ndarray],
         now_s: float,
     ) -> None:
-        """Count served rows: ``X`` (their features, columns ``names``), their ``scores``
-        (``{"score": ..., "score_<head>": ...}``), at wall time ``now_s``."""
-        if not len(X):
+        """Count one feed's served rows: ``X`` (their features, columns ``names``), their
+        ``scores`` (``{"score": ..., "score_<head>": ...}``), at wall time ``now_s``. The
+        request's columns (:func:`request_level`) are counted once, from the first row."""
+        n = len(X)
+        if not n:
             return
         key = (version, variant, window_of(now_s, self.window_s))
-        position = {name: j for j, name in enumerate(names)}
-        numeric = {
-            column.name: X[:, position[column.name]]
-            for column in spec.columns
-            if column.kind == "numeric" and column.name in position
-        }
-        numeric.update(scores)
-        devices = devices_of(X, names)
         with self._lock:
             pending = self._pending.get(key)
             if pending is None:
                 pending = self._pending[key] = _Pending(ProfileAccumulator(spec))
-            pending.accumulator.add_columns(numeric, {DEVICE_COLUMN: devices})
-            pending.rows += len(X)
+            accumulator = pending.accumulator
+            layout = self._layout(accumulator, names)
+            rows = np.empty((n, len(accumulator.numeric_names)))
+            rows[:, layout.targets] = X[:, layout.sources]
+            for j, name in layout.scores:
+                rows[:, j] = scores.get(name, np.nan)
+            accumulator.add_rows(rows, layout.counted(n))
+            onehot = X[0, layout.devices]
+            hot = int(onehot.argmax())
+            device = DEVICES[hot] if onehot[hot] > 0 else UNKNOWN_DEVICE
+            accumulator.add_categories(DEVICE_COLUMN, (device,))
+            pending.rows += n
+
+    def _layout(self, accumulator: ProfileAccumulator, names: Sequence[str]) -> _Layout:
+        key = (accumulator.numeric_names, names if isinstance(names, tuple) else tuple(names))
+        layout = self._layouts.get(key)
+        if layout is None:
+            position = {name: j for j, name in enumerate(names)}
+            columns = accumulator.numeric_names
+            pairs = [(j, position[name]) for j, name in enumerate(columns) if name in position]
+            layout = self._layouts[key] = _Layout(
+                targets=np.asarray([t for t, _ in pairs], dtype=np.int64),
+                sources=np.asarray([s for _, s in pairs], dtype=np.int64),
+                scores=[(j, name) for j, name in enumerate(columns) if name not in position],
+                request=np.asarray(
+                    [j for j, name in enumerate(columns) if request_level(name)], dtype=np.int64
+                ),
+                devices=np.asarray([position[f"device_{d}"] for d in DEVICES], dtype=np.int64),
+                width=len(columns),
+            )
+        return layout
 
     def flush(self) -> bool:
         """Add the counts so far to the store; False when some could not be (they are kept
@@ -133,8 +198,8 @@ class ProfileRecorder:
             pending, self._pending = self._pending, {}
         for (version, variant, window), entry in pending.items():
             fields = self._unflushed.setdefault((version, variant), {})
-            for field, n in entry.accumulator.take().to_fields(window).items():
-                fields[field] = fields.get(field, 0) + n
+            for slot, n in entry.accumulator.take().to_fields(window).items():
+                fields[slot] = fields.get(slot, 0) + n
             self.metrics.profiled_rows.labels(version=version, variant=variant).inc(entry.rows)
         done = True
         for key in list(self._unflushed):

@@ -159,6 +159,10 @@ def batch_score(
     finally:
         if writer is not None:
             writer.close()
+    if store is not None and version is not None:
+        # The run's time, for the freshness of precomputed feeds (feedforge monitor freshness).
+        meta = store.get_meta(version) or {}
+        store.put_meta(version, {**meta, "precomputed_at": computed_at.isoformat()})
     return BatchResult(users=n_users, rows=rows, path=out, version=version)
 
 

@@ -10,7 +10,8 @@ On the request path (:meth:`ServiceMonitor.served`, a few tens of microseconds):
 * a sample of requests (``monitoring.skew_sample``) has every scored candidate's exact
   feature vector written to ``WORKDIR/featurelog`` (one JSON line per request: ``ts``,
   ``request_id``, ``user_id``, ``device``, ``version``, ``variant``, ``scored_at_s`` (the
-  scoring clock), ``names``, ``item_ids``, ``features``), which ``feedforge monitor skew``
+  scoring clock), ``live_history`` (items of the user's live history in the query vector),
+  ``names``, ``item_ids``, ``features``), which ``feedforge monitor skew``
   recomputes offline (:mod:`feedforge.monitoring.skew`);
 * ingested events feed ``feedforge_ingestion_lag_seconds`` (up to
   :data:`LAG_SAMPLE` events of a batch, sampled uniformly) and the newest event's time.
@@ -27,6 +28,7 @@ snapshot, the newest ingested event and the precomputed feeds), drift and KPIs.
 from __future__ import annotations
 
 import logging
+import queue
 import random
 import threading
 import time
@@ -57,6 +59,9 @@ logger = logging.getLogger("feedforge.serving")
 LAG_SAMPLE = 256
 """Events of one ingested batch observed in the ingestion-lag histogram, at most."""
 PROCESS_SAMPLE_S = 5.0
+SKEW_QUEUE = 1_000
+"""Sampled requests waiting for the monitor thread to log them, at most (more are dropped
+and counted)."""
 _TICK_S = 0.5
 _TRACKED_S = 3_600.0  # a (version, variant) no request served for this long leaves the gauges
 
@@ -98,8 +103,14 @@ class ServiceMonitor:
         self._kpis: pl.DataFrame | None = None
         self._newest_event: float | None = None
         self._precomputed_at: float | None = None
+        self._skew_queue: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.skew_dropped = 0
+        """Sampled requests not logged because the queue was full (the disk too slow)."""
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self.clock: Callable[[], float] = time.time
+        """Wall time in epoch seconds: the serving profile's windows and the freshness ages
+        (a simulation replaces it with its own clock)."""
         metrics.attach(self)
 
     # -- the request path -------------------------------------------------------------------
@@ -115,6 +126,7 @@ class ServiceMonitor:
         scores: np.ndarray,
         shown: Sequence[str],
         scored_at_s: float,
+        live_history: int = 0,
     ) -> None:
         """Count a scored feed's shown rows into the serving profile and log a sample of
         requests' feature vectors (see the module docs). Never raises: monitoring must not
@@ -122,7 +134,7 @@ class ServiceMonitor:
         try:
             self._served(
                 state, variant, request_id, user_id, device, cand_ids, X, scores, shown,
-                scored_at_s,
+                scored_at_s, live_history,
             )  # fmt: skip
         except Exception:
             logger.exception("monitoring a served feed failed")
@@ -139,6 +151,7 @@ class ServiceMonitor:
         scores: np.ndarray,
         shown: Sequence[str],
         scored_at_s: float,
+        live_history: int,
     ) -> None:
         cfg = self.config
         if (
@@ -162,24 +175,42 @@ class ServiceMonitor:
                     served_X,
                     FEATURES,
                     columns,
-                    time.time(),
+                    self.clock(),
                 )
                 with self._lock:
                     self._seen[(state.version, variant)] = (state, time.monotonic())
         if self.feature_log is not None and random.random() < cfg.skew_sample:
-            self.feature_log.write(
-                {
-                    "request_id": request_id,
-                    "user_id": user_id,
-                    "device": device,
-                    "version": state.version,
-                    "variant": variant,
-                    "scored_at_s": scored_at_s,
-                    "names": list(FEATURES),
-                    "item_ids": list(cand_ids),
-                    "features": X.tolist(),
-                }
-            )
+            # Written by the monitor thread: serialising a few hundred vectors costs
+            # milliseconds, which the request does not wait for.
+            if self._skew_queue.qsize() < SKEW_QUEUE:
+                self._skew_queue.put(
+                    {
+                        "request_id": request_id,
+                        "user_id": user_id,
+                        "device": device,
+                        "version": state.version,
+                        "variant": variant,
+                        "scored_at_s": scored_at_s,
+                        "live_history": live_history,
+                        "names": list(FEATURES),
+                        "item_ids": list(cand_ids),
+                        "features": X,
+                    }
+                )
+            else:
+                self.skew_dropped += 1
+
+    def write_skew_sample(self) -> None:
+        """Write the queued feature vectors to the feature log."""
+        if self.feature_log is None:
+            return
+        while True:
+            try:
+                record = self._skew_queue.get_nowait()
+            except queue.Empty:
+                return
+            record["features"] = record["features"].tolist()
+            self.feature_log.write(record)
 
     def precomputed(self, computed_at_s: float) -> None:
         """Note the batch time of a precomputed feed the service read."""
@@ -217,18 +248,21 @@ class ServiceMonitor:
             except Exception:
                 logger.exception("flushing the serving profile at shutdown failed")
         if self.feature_log is not None:
+            self.write_skew_sample()
             self.feature_log.close()
 
     def _run(self) -> None:
         cfg = self.config
-        due = {"flush": 0.0, "drift": 0.0, "kpi": 0.0, "process": 0.0}
+        due = {"skew": 0.0, "flush": 0.0, "drift": 0.0, "kpi": 0.0, "process": 0.0}
         periods = {
+            "skew": _TICK_S,
             "flush": cfg.profile_flush_s,
             "drift": cfg.drift_refresh_s,
             "kpi": cfg.kpi_refresh_s,
             "process": PROCESS_SAMPLE_S,
         }
         tasks: dict[str, Callable[[], None]] = {
+            "skew": self.write_skew_sample,
             "flush": self.flush,
             "drift": self.refresh_drift,
             "kpi": self.refresh_kpis,
@@ -318,7 +352,7 @@ class ServiceMonitor:
         yield from self._kpi_families()
 
     def _freshness(self) -> Iterator[Metric]:
-        now = time.time()
+        now = self.clock()
         state = self._loaded()
         stamps: list[tuple[str, str, float | None]] = [
             (

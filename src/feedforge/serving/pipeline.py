@@ -250,7 +250,7 @@ class FeedService:
         if X is not None:
             self.monitor.served(
                 state, plan.variant, request_id, user_id, device, cand_ids, X, scores,
-                shown.item_ids, scored_at,
+                shown.item_ids, scored_at, len(history),
             )  # fmt: skip
         self.metrics.feeds.labels(strategy="personalized").inc()
         explanations = self._explain(state, shown.item_ids, record, history)

@@ -222,6 +222,10 @@ class OnlineStore(ABC):
     def get_counts(self, version: str, name: str) -> dict[str, int]:
         """A version's named counters (``{}`` when none were added)."""
 
+    @abstractmethod
+    def counts_names(self, version: str) -> list[str]:
+        """The names of a version's counters, sorted."""
+
     # -- lifecycle --------------------------------------------------------------------------
     def identity(self) -> str:
         """What tells this store apart from another one sharing the work directory and its

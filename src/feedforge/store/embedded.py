@@ -407,6 +407,15 @@ class EmbeddedStore(OnlineStore):
             blob = self._get(self._conn(), self.keys.counts(version, name))
         return {} if blob is None else {k: int(v) for k, v in decode_record(blob).items()}
 
+    def counts_names(self, version: str) -> list[str]:
+        prefix = self.keys.counts_prefix(version)
+        with self._errors("counts_names"):
+            rows = self._conn().execute(
+                "SELECT key FROM kv WHERE key >= ? AND key < ? ORDER BY key",
+                (prefix, _upper_bound(prefix)),
+            )
+            return [key[len(prefix) :] for (key,) in rows]
+
     # -- documents ----------------------------------------------------------------------------
     def get_document(self, name: str) -> tuple[int, dict[str, Any] | None]:
         key = self.keys.document(name)

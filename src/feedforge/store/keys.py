@@ -110,9 +110,13 @@ class Keys:
         prefix = self.item_prefix(version, kind)
         return [f"{prefix}{id}" for id in ids]
 
+    def counts_prefix(self, version: str) -> str:
+        """The prefix of every :meth:`counts` key of a version."""
+        return f"{self.version_prefix(version)}counts:"
+
     def counts(self, version: str, name: str) -> str:
         """A version's named set of counters (deleted with the version)."""
-        return f"{self.version_prefix(version)}counts:{_check_name('counts', name)}"
+        return f"{self.counts_prefix(version)}{_check_name('counts', name)}"
 
     def item_prefix(self, version: str, kind: str) -> str:
         """The prefix of every key of ``kind`` in ``version``."""

@@ -440,6 +440,12 @@ class RedisStore(OnlineStore):
             stored = self._client.hgetall(self.keys.counts(version, name))
         return {_bytes(field).decode("utf-8"): int(n) for field, n in stored.items()}
 
+    def counts_names(self, version: str) -> list[str]:
+        prefix = self.keys.counts_prefix(version)
+        with self._errors("counts_names"):
+            keys = list(self._client.scan_iter(match=glob_pattern(prefix), count=CHUNK))
+        return sorted(_bytes(key).decode("utf-8")[len(prefix) :] for key in keys)
+
     # -- documents ----------------------------------------------------------------------------
     def get_document(self, name: str) -> tuple[int, dict[str, Any] | None]:
         with self._errors("get_document"):

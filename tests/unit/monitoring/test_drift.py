@@ -164,6 +164,8 @@ def test_defaults_and_nulls_are_counted() -> None:
     assert drift.null_rate == pytest.approx(0.25)
 
 
+# Evidently's import warns about its own dependencies (numpy.core, litestar).
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_psi_and_js_agree_with_evidently_on_the_same_bins() -> None:
     import pandas as pd
     from evidently.legacy.calculations.stattests import (
@@ -185,3 +187,38 @@ def test_psi_and_js_agree_with_evidently_on_the_same_bins() -> None:
     assert psi(ref.counts["x"], now.counts["x"]) == pytest.approx(theirs_psi, rel=1e-9)
     theirs_js = jensenshannon_stat_test.func(ref_idx, cur_idx, ColumnType.Numerical, 0.1, base=2)[0]
     assert js_divergence(ref.counts["x"], now.counts["x"]) == pytest.approx(theirs_js**2, rel=1e-9)
+
+
+def test_the_significance_gates_hold_their_false_positive_rate_when_nothing_moved() -> None:
+    # 2,000 pairs of samples of one distribution: each gate should pass ~alpha of them.
+    from feedforge.monitoring.drift import ks_critical, psi_critical
+
+    alpha, runs = 0.05, 2_000
+    ref = reference_profile({"x": RNG.normal(size=50_000)}, bins=20)
+    passed = {"psi": 0, "ks": 0}
+    for _ in range(runs):
+        base, served = ProfileAccumulator(ref.spec), ProfileAccumulator(ref.spec)
+        base.add_columns({"x": RNG.normal(size=2_000)})
+        served.add_columns({"x": RNG.normal(size=500)})
+        b, s = base.take().counts["x"], served.take().counts["x"]
+        passed["psi"] += psi(b, s) > psi_critical(b, s, alpha)
+        passed["ks"] += ks_statistic(b, s) > ks_critical(b, s, alpha)
+    # Binomial(2000, 0.05): sd 0.5 pp; the KS critical value is conservative on bins.
+    assert 0.03 < passed["psi"] / runs < 0.075, passed
+    assert passed["ks"] / runs < 0.075, passed
+
+
+def test_small_and_large_batches_bin_alike() -> None:
+    values = np.concatenate([RNG.normal(size=997), [np.nan, 0.0, 0.0]])
+    ref = reference_profile({"x": RNG.normal(size=5_000), "y": RNG.normal(size=5_000)})
+    edge = ref.spec.columns[0].edges[3]
+    values[:5] = edge  # ties at a cut point go to the bin above it on both paths
+    large, small = ProfileAccumulator(ref.spec), ProfileAccumulator(ref.spec)
+    large.add_columns({"x": values, "y": -values})  # searchsorted, column by column
+    for start in range(0, len(values), 100):  # the request path's broadcast comparison
+        chunk = values[start : start + 100]
+        small.add_columns({"x": chunk, "y": -chunk})
+    a, b = large.take(), small.take()
+    for name in ("x", "y"):
+        assert np.array_equal(a.counts[name].bins, b.counts[name].bins)
+        assert a.counts[name].nulls == b.counts[name].nulls == 1

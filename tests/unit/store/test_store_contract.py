@@ -644,6 +644,8 @@ def test_counts_add_up_exactly_across_concurrent_writers(backend: Backend) -> No
     assert counts == {"a": 200, "b": 400, "w0": 100, "w1": 100}
     assert backend.open().get_counts("v1", "other") == {}
     assert backend.open().get_counts("v2", "profile.control") == {}
+    assert backend.open().counts_names("v1") == ["profile.control"]
+    assert backend.open().counts_names("v2") == []
 
 
 def test_counts_are_deleted_with_their_version(backend: Backend) -> None:

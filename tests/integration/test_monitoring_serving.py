@@ -76,6 +76,16 @@ def test_served_rows_are_profiled_against_the_published_reference(
             assert response.status_code == 200, response.text
             personalized += response.json()["strategy"] == "personalized"
         assert personalized >= 20
+        # One feed's impression and click, sent back with its request id (the KPIs' join).
+        feed = response.json()
+        context = {"request_id": feed["request_id"]}
+        shown = feed["items"][0]["item_id"]
+        engaged = [
+            make_event(user_id=users[-1], item_id=shown, event_type=kind, context=context,
+                       watch_seconds=None)
+            for kind in ("impression", "click")
+        ]  # fmt: skip
+        assert client.post("/events", json=engaged).status_code in (200, 201, 202)
         old = (datetime.now(UTC) - timedelta(minutes=10)).isoformat()
         event = make_event(user_id="monitor-user", timestamp=old)
         response = client.post("/events", json=[event])
@@ -83,6 +93,7 @@ def test_served_rows_are_profiled_against_the_published_reference(
 
         service.monitor.flush()
         service.monitor.refresh_drift()
+        service.monitor.refresh_kpis()
         with open_store(settings.store, workdir.store_path) as other:
             windows = served_windows(other, version, "default", reference.spec)
         served = next(iter(windows.values()))
@@ -98,9 +109,13 @@ def test_served_rows_are_profiled_against_the_published_reference(
     # Freshness: the version and its snapshot; the newest event, ingested ~10 minutes late.
     assert 0 <= _sample(text, "feedforge_version_age_seconds")[0] < 3600
     assert _sample(text, "feedforge_feature_snapshot_timestamp_seconds")
-    age = _sample(text, "feedforge_newest_event_age_seconds")[0]
-    assert 590 < age < 700, age
-    assert _sample(text, "feedforge_ingestion_lag_seconds_count") == [1.0]
+    assert _sample(text, "feedforge_newest_event_age_seconds")[0] < 60
+    lag = _sample(text, "feedforge_ingestion_lag_seconds_sum")[0]
+    assert 590 < lag < 700, lag  # the event sent 10 minutes late
+    assert _sample(text, "feedforge_ingestion_lag_seconds_count") == [3.0]
+    # Online KPIs of the served version: every feed, and the one engaged feed's click.
+    assert _sample(text, "feedforge_kpi", kpi="feeds", version=version) == [len(users)]
+    assert _sample(text, "feedforge_kpi", kpi="ctr", version=version) == [1.0]
     assert _sample(text, "feedforge_worker_resident_memory_bytes")[0] > 10e6
 
     # The skew sample (skew_sample: 1.0): one line per scored request with every candidate.

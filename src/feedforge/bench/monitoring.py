@@ -49,12 +49,14 @@ import numpy as np
 from feedforge.bench.report import run_info, write_report
 from feedforge.bench.service import set_up_world
 from feedforge.config import MonitoringConfig, Settings
+from feedforge.errors import DataError
 from feedforge.events.schema import Event, EventType
 from feedforge.events.simulator import WORLD_FILE
 from feedforge.events.world import World
 from feedforge.monitoring.drift import ColumnDrift, compare, measured
 from feedforge.monitoring.profile import Profile, ProfileAccumulator, reference_profile
 from feedforge.monitoring.recorder import served_windows
+from feedforge.monitoring.skew import skew_report
 from feedforge.serving.experiments import default_plan
 from feedforge.serving.pipeline import FeedService
 from feedforge.serving.version import LoadedVersion
@@ -310,8 +312,43 @@ def run_faults(traffic: Traffic, config: MonitoringConfig, progress: Progress) -
     )
     progress("fault: unit skew (drift)")
     out["unit_skew"] = {"drift": run_fault(traffic, "unit-skew", config, _ages_in_minutes)}
+    progress("fault: unit skew (monitor skew)")
+    out["unit_skew"]["skew_report"] = skew_detection(traffic, config)
     out["stale_version"] = stale_version(traffic, config)
     return out
+
+
+def skew_detection(traffic: Traffic, config: MonitoringConfig, every: int = 25) -> dict[str, Any]:
+    """Serve with item ages in minutes until ``feedforge monitor skew`` over the requests
+    logged since the injection names ``item_age_days_log`` first (checked every ``every``
+    requests; a ``monitoring.skew_sample`` share of requests is logged)."""
+    traffic.service.monitor.write_skew_sample()  # what earlier scenarios sampled
+    since = datetime.now(UTC)
+    started = traffic.requests
+    limit = int(traffic.spec.fault_hours * traffic.spec.feeds_per_hour)
+    with _ages_in_minutes():
+        while traffic.requests - started < limit:
+            traffic.serve("bench-skew", every * 3600.0 / traffic.spec.feeds_per_hour)
+            traffic.service.monitor.write_skew_sample()
+            try:
+                report = skew_report(traffic.workdir, traffic.store, since)
+            except DataError:
+                continue  # nothing logged yet
+            worst = report.worst(1)
+            if report.requests and worst and worst[0].mismatch_rate > 0.5:
+                return {
+                    "detected": True,
+                    "requests_after_injection": traffic.requests - started,
+                    "logged_requests": report.requests,
+                    "named": worst[0].feature,
+                    "mismatch_rate": round(worst[0].mismatch_rate, 4),
+                    "skew_sample": config.skew_sample,
+                }
+    return {
+        "detected": False,
+        "requests_after_injection": traffic.requests - started,
+        "skew_sample": config.skew_sample,
+    }
 
 
 def stale_version(traffic: Traffic, config: MonitoringConfig) -> dict[str, Any]:

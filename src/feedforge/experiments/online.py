@@ -38,10 +38,12 @@ UNIT_METRICS = ("feeds", "impressions", "clicks", "watch_minutes", "revenue", "o
 """Per-unit sums (``ctr`` is their ratio clicks / impressions)."""
 
 
-def read_feed_log(directory: Path) -> pl.DataFrame:
+def read_feed_log(directory: Path, since: datetime | None = None) -> pl.DataFrame:
     """Every logged feed of ``directory`` (all days, processes and rotated files), oldest
     first (lines of one time keep the order they were written in). The format is
-    :mod:`feedforge.serving.feedlog`'s.
+    :mod:`feedforge.serving.feedlog`'s. With ``since``, files of UTC days before its day are
+    not read (a file holds one day's lines: its name starts with that day); lines before it
+    in the files read are kept, for the caller to filter.
 
     Raises:
         DataError: the directory holds no feed log, or a line is not valid JSON (the message
@@ -50,6 +52,11 @@ def read_feed_log(directory: Path) -> pl.DataFrame:
     files = sorted(Path(directory).glob("feeds-*.jsonl"))
     if not files:
         raise DataError(f"no feed log in {directory}")
+    if since is not None:
+        first_day = since.astimezone(UTC).strftime("%Y%m%d")
+        files = [f for f in files if f.name[len("feeds-") : len("feeds-") + 8] >= first_day]
+        if not files:
+            return pl.DataFrame()
     rows: list[dict[str, Any]] = []
     for path in files:
         with path.open(encoding="utf-8") as handle:

@@ -188,8 +188,9 @@ class ProfileRecorder:
 
     def flush(self) -> bool:
         """Add the counts so far to the store; False when some could not be (they are kept
-        for the next flush: none is lost, none added twice, as a batch is applied all or
-        none)."""
+        for the next flush, so none is lost; a batch is applied all or none, so a refused one
+        is never half added; only a reply lost after the store applied it would be added
+        again, once, by the next flush)."""
         with self._flushing:
             return self._flush()
 

@@ -48,6 +48,7 @@ from feedforge.experiments.online import KPIS, feed_kpis, read_feed_log
 from feedforge.features.definitions import FEATURES
 from feedforge.monitoring.drift import ColumnDrift, compare, measured
 from feedforge.monitoring.metrics import ServiceMetrics
+from feedforge.monitoring.profile import Profile
 from feedforge.monitoring.recorder import ProfileRecorder, served_windows
 from feedforge.serving.feedlog import FeedLog
 from feedforge.serving.version import LoadedVersion
@@ -98,7 +99,7 @@ class ServiceMonitor:
             else None
         )
         self._lock = threading.Lock()
-        self._seen: dict[tuple[str, str], tuple[LoadedVersion, float]] = {}
+        self._seen: dict[tuple[str, str], tuple[Profile, float]] = {}
         self._drift: dict[tuple[str, str], list[ColumnDrift]] = {}
         self._kpis: pl.DataFrame | None = None
         self._newest_event: float | None = None
@@ -131,59 +132,16 @@ class ServiceMonitor:
         """Count a scored feed's shown rows into the serving profile and log a sample of
         requests' feature vectors (see the module docs). Never raises: monitoring must not
         fail a feed."""
-        try:
-            self._served(
-                state, variant, request_id, user_id, device, cand_ids, X, scores, shown,
-                scored_at_s, live_history,
-            )  # fmt: skip
-        except Exception:
-            logger.exception("monitoring a served feed failed")
-
-    def _served(
-        self,
-        state: LoadedVersion,
-        variant: str,
-        request_id: str | None,
-        user_id: str,
-        device: str | None,
-        cand_ids: Sequence[str],
-        X: np.ndarray,
-        scores: np.ndarray,
-        shown: Sequence[str],
-        scored_at_s: float,
-        live_history: int,
-    ) -> None:
         cfg = self.config
-        if (
-            self.recorder is not None
-            and state.reference is not None
-            and state.ranker is not None
-            and random.random() < cfg.profile_sample
-        ):
-            position = {item: j for j, item in enumerate(cand_ids)}
-            rows = np.asarray([position[i] for i in shown if i in position], dtype=np.int64)
-            if len(rows):
-                served_X = X[rows]
-                columns = {"score": np.asarray(scores, dtype=np.float64)[rows]}
-                if state.ranker.multi_task:
-                    for head, values in state.ranker.predict_heads(served_X).items():
-                        columns[f"score_{head}"] = np.asarray(values, dtype=np.float64)
-                self.recorder.record(
-                    state.version,
-                    state.reference.spec,
-                    variant,
-                    served_X,
-                    FEATURES,
-                    columns,
-                    self.clock(),
-                )
-                with self._lock:
-                    self._seen[(state.version, variant)] = (state, time.monotonic())
-        if self.feature_log is not None and random.random() < cfg.skew_sample:
-            # Written by the monitor thread: serialising a few hundred vectors costs
-            # milliseconds, which the request does not wait for.
-            if self._skew_queue.qsize() < SKEW_QUEUE:
-                self._skew_queue.put(
+        try:
+            if (
+                self.recorder is not None
+                and state.reference is not None
+                and random.random() < cfg.profile_sample
+            ):
+                self._profile(state, state.reference, variant, cand_ids, X, scores, shown)
+            if self.feature_log is not None and random.random() < cfg.skew_sample:
+                self._sample(
                     {
                         "request_id": request_id,
                         "user_id": user_id,
@@ -197,8 +155,42 @@ class ServiceMonitor:
                         "features": X,
                     }
                 )
-            else:
-                self.skew_dropped += 1
+        except Exception:
+            logger.exception("monitoring a served feed failed")
+
+    def _profile(
+        self,
+        state: LoadedVersion,
+        reference: Profile,
+        variant: str,
+        cand_ids: Sequence[str],
+        X: np.ndarray,
+        scores: np.ndarray,
+        shown: Sequence[str],
+    ) -> None:
+        assert self.recorder is not None
+        position = {item: j for j, item in enumerate(cand_ids)}
+        rows = np.asarray([position[i] for i in shown if i in position], dtype=np.int64)
+        if not len(rows):
+            return
+        served_X = X[rows]
+        columns = {"score": np.asarray(scores, dtype=np.float64)[rows]}
+        if state.ranker is not None and state.ranker.multi_task:
+            for head, values in state.ranker.predict_heads(served_X).items():
+                columns[f"score_{head}"] = np.asarray(values, dtype=np.float64)
+        self.recorder.record(
+            state.version, reference.spec, variant, served_X, FEATURES, columns, self.clock()
+        )
+        with self._lock:  # the reference only: never keep a replaced version alive
+            self._seen[(state.version, variant)] = (reference, time.monotonic())
+
+    def _sample(self, record: dict[str, Any]) -> None:
+        # Written by the monitor thread: serialising a few hundred vectors costs
+        # milliseconds, which the request does not wait for.
+        if self._skew_queue.qsize() < SKEW_QUEUE:
+            self._skew_queue.put(record)
+        else:
+            self.skew_dropped += 1
 
     def write_skew_sample(self) -> None:
         """Write the queued feature vectors to the feature log."""
@@ -214,8 +206,9 @@ class ServiceMonitor:
 
     def precomputed(self, computed_at_s: float) -> None:
         """Note the batch time of a precomputed feed the service read."""
-        if self._precomputed_at is None or computed_at_s > self._precomputed_at:
-            self._precomputed_at = computed_at_s
+        with self._lock:
+            if self._precomputed_at is None or computed_at_s > self._precomputed_at:
+                self._precomputed_at = computed_at_s
 
     def ingested(self, events: Sequence[Event]) -> None:
         """Observe newly stored events: the ingestion lag of a sample, the newest time."""
@@ -223,9 +216,7 @@ class ServiceMonitor:
             return
         now = time.time()
         stamps = [e.timestamp.timestamp() for e in events]
-        newest = max(stamps)
-        if self._newest_event is None or newest > self._newest_event:
-            self._newest_event = newest
+        self._note_newest(max(stamps))
         sample = stamps if len(stamps) <= LAG_SAMPLE else random.sample(stamps, LAG_SAMPLE)
         for stamp in sample:
             self.metrics.ingestion_lag.observe(max(0.0, now - stamp))
@@ -287,11 +278,15 @@ class ServiceMonitor:
 
     def _newest_from_log(self) -> None:
         try:
-            newest = self._log.scan().select(pl.col("timestamp").max()).collect().item()
+            with self._log.reading():  # no compaction removes a file while it is read
+                newest = self._log.scan().select(pl.col("timestamp").max()).collect().item()
         except Exception:  # an empty or unreadable log: no value until an event arrives
             return
         if newest is not None:
-            stamp = newest.timestamp()
+            self._note_newest(newest.timestamp())
+
+    def _note_newest(self, stamp: float) -> None:
+        with self._lock:
             if self._newest_event is None or stamp > self._newest_event:
                 self._newest_event = stamp
 
@@ -303,10 +298,7 @@ class ServiceMonitor:
             tracked = {k: v for k, v in self._seen.items() if v[1] >= cutoff}
             self._seen = dict(tracked)
         results: dict[tuple[str, str], list[ColumnDrift]] = {}
-        for (version, variant), (state, _) in tracked.items():
-            reference = state.reference
-            if reference is None:
-                continue
+        for (version, variant), (reference, _) in tracked.items():
             windows = served_windows(self.store, version, variant, reference.spec)
             if not windows:
                 continue
@@ -319,7 +311,7 @@ class ServiceMonitor:
         """Recompute the online KPIs of the trailing window from the feed and event logs."""
         since = datetime.now(UTC) - timedelta(seconds=self.config.kpi_window_s)
         try:
-            feeds = read_feed_log(self.workdir.feedlog_dir)
+            feeds = read_feed_log(self.workdir.feedlog_dir, since)
         except FeedforgeError:
             return  # no feed logged yet
         self._kpis = feed_kpis(feeds, self._log.scan(), since, self.config.kpi_attribution_window_s)

@@ -235,3 +235,46 @@ def test_the_credit_test_decides_where_the_vote_and_the_mean_disagree() -> None:
 
     assert result["credit"]["p_value"] == pytest.approx(sps.ttest_1samp(diff, 0).pvalue)
     assert result["winner"] == "a"
+
+
+def test_feed_kpis_per_version_and_variant(tmp_path: Path) -> None:
+    from feedforge.experiments.online import feed_kpis
+
+    log = feed_log(
+        tmp_path,
+        [
+            line("r1", "u1", "a", ["i1", "i2"]),
+            line("r2", "u2", "b", ["i1"]),
+            line("r3", "u2", "b", [], error="StoreError"),  # failed: not a served feed
+            {"request_id": "r4", "user_id": "u3", "items": ["i9"], "version": "v2"},
+        ],
+    )
+    at = T0 + timedelta(minutes=5)
+
+    def ev(kind: str, request: str, user: str, **extra: object) -> dict:
+        return {"timestamp": at, "user_id": user, "item_id": "i1", "event_type": kind,
+                "request_id": request, **extra}  # fmt: skip
+
+    evs = events(
+        [
+            ev("impression", "r1", "u1"),
+            ev("impression", "r1", "u1"),
+            ev("click", "r1", "u1"),
+            ev("watch", "r1", "u1", watch_seconds=600.0),
+            ev("impression", "r2", "u2"),
+            ev("purchase", "r2", "u2", price=9.5),
+            ev("click", "r4", "u3"),
+            {**ev("click", "r1", "u1"), "timestamp": at + timedelta(hours=2)},  # too late
+            {**ev("click", "r2", "u1")},  # another user's request: not attributed
+        ]
+    )
+    kpis = feed_kpis(log, evs, T0 - timedelta(hours=1), attribution_window_s=3600)
+    rows = {(r["version"], r["variant"]): r for r in kpis.iter_rows(named=True)}
+    assert set(rows) == {("v1", "e.a"), ("v1", "e.b"), ("v2", "default")}
+    a, b, default = rows[("v1", "e.a")], rows[("v1", "e.b")], rows[("v2", "default")]
+    assert a["feeds"] == 1 and a["ctr"] == pytest.approx(0.5)
+    assert a["watch_minutes_per_feed"] == pytest.approx(10.0)
+    assert b["feeds"] == 1 and b["ctr"] == 0.0 and b["revenue_per_feed"] == pytest.approx(9.5)
+    assert default["feeds"] == 1 and default["ctr"] == 0.0  # a click without impressions
+    # Feeds before the window are left out.
+    assert feed_kpis(log, evs, T0 + timedelta(seconds=1), 3600).height == 0

@@ -1,10 +1,11 @@
 """The serving profile: what a service actually served, counted per version, experiment
 variant and time window, added up exactly across every worker and host in the online store.
 
-Each worker counts the served rows of its requests in memory (:meth:`ProfileRecorder.record`:
-the feature rows of the items a feed shows, their ranker scores and the request's device,
-binned on the version's reference profile), and every ``monitoring.profile_flush_s`` adds the
-counts to the store (:meth:`ProfileRecorder.flush`,
+Each worker counts the served rows of its requests in memory (:meth:`ProfileRecorder.record`
+queues the feature rows of the items a feed shows, their ranker scores and the request's
+device; :meth:`ProfileRecorder.accumulate` bins them on the version's reference profile in one
+pass, off the request path), and every ``monitoring.profile_flush_s`` adds the counts to the
+store (:meth:`ProfileRecorder.flush`,
 :meth:`~feedforge.store.base.OnlineStore.add_counts`: Redis ``HINCRBY`` in one
 ``MULTI``/``EXEC``). Counts the store did not take stay in memory and go with the next flush,
 so a store outage loses none; a worker that stops flushes first. The profile of a version and
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -35,6 +37,9 @@ from feedforge.monitoring.metrics import ServiceMetrics
 from feedforge.monitoring.profile import Profile, ProfileAccumulator, ProfileSpec
 from feedforge.store.base import OnlineStore
 
+QUEUED_FEEDS = 10_000
+"""Feeds queued before the request path bins them itself (the monitor thread normally does,
+every ``monitoring.profile_flush_s``)."""
 UNPROFILED = frozenset({"position"})
 """Features left out of the profiles (see the module docs)."""
 DEVICE_COLUMN = "device"
@@ -79,6 +84,17 @@ def served_windows(
 def window_of(now_s: float, window_s: int) -> int:
     """The start of the window ``now_s`` falls in."""
     return int(now_s // window_s) * window_s
+
+
+@dataclass(frozen=True)
+class _Feed:
+    """One feed's served rows, queued by the request path."""
+
+    key: tuple[str, str, int]
+    spec: ProfileSpec
+    X: np.ndarray
+    names: tuple[str, ...]
+    scores: dict[str, np.ndarray]
 
 
 @dataclass
@@ -129,6 +145,7 @@ class ProfileRecorder:
         self.metrics = metrics
         self._lock = threading.Lock()
         self._flushing = threading.Lock()
+        self._queue: deque[_Feed] = deque()
         self._pending: dict[tuple[str, str, int], _Pending] = {}
         self._layouts: dict[tuple[tuple[str, ...], tuple[str, ...]], _Layout] = {}
         self._unflushed: dict[tuple[str, str], dict[str, int]] = {}
@@ -145,27 +162,50 @@ class ProfileRecorder:
     ) -> None:
         """Count one feed's served rows: ``X`` (their features, columns ``names``), their
         ``scores`` (``{"score": ..., "score_<head>": ...}``), at wall time ``now_s``. The
-        request's columns (:func:`request_level`) are counted once, from the first row."""
-        n = len(X)
-        if not n:
+        request's columns (:func:`request_level`) are counted once, from the first row.
+
+        The request only queues the rows (a deque append); :meth:`accumulate` bins every
+        queued feed in one pass (the monitor thread, before each flush), or the request
+        itself once :data:`QUEUED_FEEDS` are waiting."""
+        if not len(X):
             return
         key = (version, variant, window_of(now_s, self.window_s))
+        self._queue.append(_Feed(key, spec, X, tuple(names), dict(scores)))
+        if len(self._queue) >= QUEUED_FEEDS:
+            self.accumulate()
+
+    def accumulate(self) -> None:
+        """Bin the queued feeds into the pending counts, one batch per version, variant and
+        window."""
         with self._lock:
-            pending = self._pending.get(key)
-            if pending is None:
-                pending = self._pending[key] = _Pending(ProfileAccumulator(spec))
-            accumulator = pending.accumulator
-            layout = self._layout(accumulator, names)
+            batches: dict[tuple[str, str, int], list[_Feed]] = {}
+            while self._queue:
+                feed = self._queue.popleft()
+                batches.setdefault(feed.key, []).append(feed)
+            for key, feeds in batches.items():
+                pending = self._pending.get(key)
+                if pending is None:
+                    pending = self._pending[key] = _Pending(ProfileAccumulator(feeds[0].spec))
+                self._add(pending, feeds)
+
+    def _add(self, pending: _Pending, feeds: list[_Feed]) -> None:
+        accumulator = pending.accumulator
+        parts, masks, devices = [], [], []
+        for feed in feeds:
+            layout = self._layout(accumulator, feed.names)
+            n = len(feed.X)
             rows = np.empty((n, len(accumulator.numeric_names)))
-            rows[:, layout.targets] = X[:, layout.sources]
+            rows[:, layout.targets] = feed.X[:, layout.sources]
             for j, name in layout.scores:
-                rows[:, j] = scores.get(name, np.nan)
-            accumulator.add_rows(rows, layout.counted(n))
-            onehot = X[0, layout.devices]
+                rows[:, j] = feed.scores.get(name, np.nan)
+            parts.append(rows)
+            masks.append(layout.counted(n))
+            onehot = feed.X[0, layout.devices]
             hot = int(onehot.argmax())
-            device = DEVICES[hot] if onehot[hot] > 0 else UNKNOWN_DEVICE
-            accumulator.add_categories(DEVICE_COLUMN, (device,))
+            devices.append(DEVICES[hot] if onehot[hot] > 0 else UNKNOWN_DEVICE)
             pending.rows += n
+        accumulator.add_rows(np.vstack(parts), np.vstack(masks))
+        accumulator.add_categories(DEVICE_COLUMN, devices)
 
     def _layout(self, accumulator: ProfileAccumulator, names: Sequence[str]) -> _Layout:
         key = (accumulator.numeric_names, names if isinstance(names, tuple) else tuple(names))
@@ -195,6 +235,7 @@ class ProfileRecorder:
             return self._flush()
 
     def _flush(self) -> bool:
+        self.accumulate()
         with self._lock:
             pending, self._pending = self._pending, {}
         for (version, variant, window), entry in pending.items():
@@ -212,6 +253,10 @@ class ProfileRecorder:
                 continue
             del self._unflushed[key]
         return done
+
+    def queued(self) -> int:
+        """Feeds queued by requests and not binned yet."""
+        return len(self._queue)
 
     def backlog(self) -> int:
         """Field sets not yet in the store (after a failed flush)."""

@@ -247,6 +247,7 @@ class ProfileRecorder:
         for key in list(self._unflushed):
             version, variant = key
             try:
+                # False: the version was deleted meanwhile; its counts go with it.
                 self.store.add_counts(version, counts_name(variant), self._unflushed[key])
             except StoreError:
                 done = False  # kept; the next flush tries again

@@ -213,10 +213,15 @@ class OnlineStore(ABC):
 
     # -- counters ---------------------------------------------------------------------------
     @abstractmethod
-    def add_counts(self, version: str, name: str, counts: Mapping[str, int]) -> None:
+    def add_counts(self, version: str, name: str, counts: Mapping[str, int]) -> bool:
         """Add ``counts`` to a version's named counters, all or none, atomically: writers on
         any number of processes and hosts add up exactly (no last writer wins). A field not
-        there yet starts at 0. The counters are deleted with the version."""
+        there yet starts at 0. The counters are deleted with the version.
+
+        Returns:
+            False when the version has no metadata (never published, or deleted): nothing
+            is added, so a late writer never leaves keys of a deleted version behind.
+        """
 
     @abstractmethod
     def get_counts(self, version: str, name: str) -> dict[str, int]:

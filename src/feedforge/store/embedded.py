@@ -387,13 +387,15 @@ class EmbeddedStore(OnlineStore):
             )
 
     # -- counters -----------------------------------------------------------------------------
-    def add_counts(self, version: str, name: str, counts: Mapping[str, int]) -> None:
+    def add_counts(self, version: str, name: str, counts: Mapping[str, int]) -> bool:
         key = self.keys.counts(version, name)
         nonzero = {field: int(n) for field, n in counts.items() if n}
-        if not nonzero:
-            return
-        # One write transaction (SQLite serialises writers): read, add, write back.
+        # One write transaction (SQLite serialises writers): check, read, add, write back.
         with self._transaction("add_counts", write=True) as conn:
+            if self._get(conn, self.keys.meta(version)) is None:
+                return False  # a deleted version's counters are never created again
+            if not nonzero:
+                return True
             blob = self._get(conn, key)
             total: dict[str, int] = {} if blob is None else decode_record(blob)
             for field, n in nonzero.items():
@@ -401,6 +403,7 @@ class EmbeddedStore(OnlineStore):
             conn.execute(
                 "INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (key, encode_record(total))
             )
+        return True
 
     def get_counts(self, version: str, name: str) -> dict[str, int]:
         with self._errors("get_counts"):

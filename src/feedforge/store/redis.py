@@ -76,6 +76,16 @@ redis.call('HSET', KEYS[1], 'rev', rev + 1, 'body', ARGV[2])
 return rev + 1
 """
 
+# KEYS: meta, counts. ARGV: field, n, field, n, ... Adds to a version's counters only while
+# its metadata exists (a deleted version's counters are never created again); 1 if added.
+_ADD_COUNTS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+for i = 1, #ARGV, 2 do
+    redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1])
+end
+return 1
+"""
+
 # KEYS: current, versions, meta. ARGV: version. Unpublishes a version unless it is current;
 # afterwards set_current refuses it, so the bulk delete that follows cannot race a flip.
 _UNPUBLISH = """
@@ -183,6 +193,7 @@ class RedisStore(OnlineStore):
         self._unpublish = client.register_script(_UNPUBLISH)
         self._append_histories = client.register_script(_APPEND_HISTORIES)
         self._put_document = client.register_script(_PUT_DOCUMENT)
+        self._add_counts = client.register_script(_ADD_COUNTS)
 
     @classmethod
     def from_url(
@@ -424,16 +435,14 @@ class RedisStore(OnlineStore):
             self._unlink_matching(self.keys.history_prefix())
 
     # -- counters -----------------------------------------------------------------------------
-    def add_counts(self, version: str, name: str, counts: Mapping[str, int]) -> None:
+    def add_counts(self, version: str, name: str, counts: Mapping[str, int]) -> bool:
         key = self.keys.counts(version, name)
-        nonzero = {field: int(n) for field, n in counts.items() if n}
-        if not nonzero:
-            return
-        with self._errors("add_counts"):
-            pipe = self._client.pipeline(transaction=True)  # MULTI/EXEC: all or none
-            for field, n in nonzero.items():
-                pipe.hincrby(key, field, n)
-            pipe.execute()
+        args: list[str | int] = []
+        for field, n in counts.items():
+            if n:
+                args += [field, int(n)]
+        with self._errors("add_counts"):  # one script: all or none
+            return bool(self._add_counts(keys=[self.keys.meta(version), key], args=args))
 
     def get_counts(self, version: str, name: str) -> dict[str, int]:
         with self._errors("get_counts"):

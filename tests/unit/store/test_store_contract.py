@@ -630,6 +630,8 @@ def test_concurrent_document_updates_are_each_applied_once(backend: Backend) -> 
 # -- counters ---------------------------------------------------------------------------------
 def test_counts_add_up_exactly_across_concurrent_writers(backend: Backend) -> None:
     # 4 clients x 50 adds of {a: 1, b: 2} (and one field only some write): no add is lost.
+    backend.open().put_meta("v1", {"version": "v1"})
+
     def add(worker: int) -> None:
         store = backend.open()
         for _ in range(50):
@@ -657,3 +659,8 @@ def test_counts_are_deleted_with_their_version(backend: Backend) -> None:
     store.delete_version("v1")
     assert store.get_counts("v1", "profile") == {}
     assert store.get_counts("v2", "profile") == {"x": 3}
+    # A late writer (a worker flushing after the delete) leaves nothing behind.
+    assert store.add_counts("v1", "profile", {"x": 1}) is False
+    assert backend.raw_keys(store.keys.version_prefix("v1")) == []
+    assert store.add_counts("never-published", "profile", {"x": 1}) is False
+    assert store.add_counts("v2", "profile", {}) is True

@@ -496,9 +496,10 @@ class MonitoringConfig(_Section):
         0.001,
         gt=0,
         lt=1,
-        description="A column is flagged only when its shift is also significant at this level "
-        "for the rows compared (a chi-square test on PSI's bins, the KS test's critical value), "
-        "so a small sample's noise never crosses an effect-size threshold",
+        description="A column is flagged only when its shift is also significant for the rows "
+        "compared (a chi-square test on PSI's bins, the KS test's critical value), each column "
+        "at this level divided by the columns tested: the chance that a check flags any "
+        "column when nothing moved",
     )
     drift_ignore: list[str] = Field(
         default_factory=lambda: ["hour_sin", "hour_cos"],

@@ -18,8 +18,10 @@ bin):
 A column *drifts* when the served profile holds at least ``drift_min_rows`` rows and its PSI
 or its second statistic is over the configured threshold (``monitoring.psi_threshold``,
 ``ks_threshold``, ``js_threshold``; columns in ``drift_ignore`` are reported, never flagged)
-**and** the shift is significant at ``monitoring.drift_alpha`` for the rows compared, so that
-a small sample's noise cannot cross an effect-size threshold:
+**and** the shift is significant for the rows compared, so that a small sample's noise cannot
+cross an effect-size threshold. Each column is tested at ``monitoring.drift_alpha`` divided by
+the number of columns tested (Bonferroni), so ``drift_alpha`` bounds the chance that a check
+flags any column when nothing moved:
 
 * PSI: with ``n`` baseline and ``m`` served rows over ``B`` non-empty bins, ``PSI * n m /
   (n + m)`` is asymptotically chi-square with ``B - 1`` degrees of freedom when nothing moved
@@ -152,15 +154,17 @@ def column_drift(
     served: ColumnCounts,
     config: MonitoringConfig,
     served_rows: int | None = None,
+    alpha: float | None = None,
 ) -> ColumnDrift:
     """One column's drift against the thresholds of ``config``; ``served_rows`` is the
     served profile's row count (default: the column's own), which ``drift_min_rows``
-    applies to."""
+    applies to; ``alpha`` the column's significance level (default ``drift_alpha``)."""
+    alpha = config.drift_alpha if alpha is None else alpha
     value_psi = psi(baseline, served)
-    psi_gate = psi_critical(baseline, served, config.drift_alpha)
+    psi_gate = psi_critical(baseline, served, alpha)
     if spec.kind == "numeric":
         statistic, value, limit = "ks", ks_statistic(baseline, served), config.ks_threshold
-        gate = ks_critical(baseline, served, config.drift_alpha)
+        gate = ks_critical(baseline, served, alpha)
     else:
         statistic, value, limit = "js", js_divergence(baseline, served), config.js_threshold
         gate = psi_gate if value_psi > psi_gate else math.inf
@@ -192,12 +196,18 @@ def column_drift(
 
 
 def compare(baseline: Profile, served: Profile, config: MonitoringConfig) -> list[ColumnDrift]:
-    """Every column's drift from ``baseline`` to ``served`` (profiles over the same bins)."""
+    """Every column's drift from ``baseline`` to ``served`` (profiles over the same bins),
+    each column tested at ``drift_alpha`` divided by the columns tested (Bonferroni), so
+    ``drift_alpha`` bounds the chance that a check flags any column when nothing moved."""
     rows = served.rows
+    columns = [spec for spec in baseline.spec.columns if spec.name in served.counts]
+    tested = sum(spec.name not in config.drift_ignore for spec in columns)
+    alpha = config.drift_alpha / max(tested, 1)
     return [
-        column_drift(spec, baseline.counts[spec.name], served.counts[spec.name], config, rows)
-        for spec in baseline.spec.columns
-        if spec.name in served.counts
+        column_drift(
+            spec, baseline.counts[spec.name], served.counts[spec.name], config, rows, alpha
+        )
+        for spec in columns
     ]
 
 

@@ -222,3 +222,20 @@ def test_small_and_large_batches_bin_alike() -> None:
     for name in ("x", "y"):
         assert np.array_equal(a.counts[name].bins, b.counts[name].bins)
         assert a.counts[name].nulls == b.counts[name].nulls == 1
+
+
+def test_drift_alpha_bounds_the_chance_a_check_flags_any_column_when_nothing_moved() -> None:
+    # 10 unshifted columns, effect thresholds out of the way: only significance decides.
+    names = [f"c{j}" for j in range(10)]
+    ref = reference_profile({n: RNG.normal(size=20_000) for n in names}, bins=10)
+    config = MonitoringConfig(
+        drift_alpha=0.1, psi_threshold=1e-9, ks_threshold=1e-9, drift_min_rows=1, drift_ignore=[]
+    )
+    runs, any_flagged = 400, 0
+    for _ in range(runs):
+        base, served = ProfileAccumulator(ref.spec), ProfileAccumulator(ref.spec)
+        base.add_columns({n: RNG.normal(size=1_000) for n in names})
+        served.add_columns({n: RNG.normal(size=500) for n in names})
+        any_flagged += any(d.drifted for d in compare(base.take(), served.take(), config))
+    # Without the division by 10 columns this would be about 1 - 0.9**10 (65%) or more.
+    assert any_flagged / runs < 0.15, any_flagged

@@ -167,6 +167,14 @@ class PendingHistories:
     def __len__(self) -> int:
         return self._count
 
+    def held_items(self, user_id: str) -> list[str]:
+        """The items held for ``user_id`` (oldest first), without waiting for a flush in
+        progress: a feed request excludes them even when another thread is writing them."""
+        if not self._count:
+            return []
+        batches = list(self._batches)  # one C-level copy under the GIL: no lock needed
+        return [item for batch in batches for item in batch.items.get(user_id, ())]
+
     def add(self, per_user: dict[str, list[str]]) -> None:
         """Hold ``user -> items (oldest first)`` in memory for a later :meth:`flush`; call
         :meth:`persist` before acknowledging them if the flush did not take them."""

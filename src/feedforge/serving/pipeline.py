@@ -305,6 +305,9 @@ class FeedService:
             user_record = user.record
             record = user_record or {}
             history = user.history
+            held = self.pending.held_items(user_id)
+            if held:  # acknowledged, not yet in the store (a flush may be in progress)
+                history = list(dict.fromkeys([*reversed(held), *history]))
             seen = (set(record.get("seen", ())) | set(history)) - keep
             hist_idx = [i for i in (state.items.get(h) for h in history) if i is not None]
 

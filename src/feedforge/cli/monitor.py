@@ -4,9 +4,10 @@ own records (:mod:`feedforge.monitoring`). Each command is a function registered
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.table import Column, Table
@@ -24,7 +25,11 @@ from feedforge.cli.common import (
 from feedforge.workdir import Workdir
 
 if TYPE_CHECKING:
+    from feedforge.config import Settings
     from feedforge.monitoring.skew import SkewReport
+    from feedforge.store.base import OnlineStore
+
+T = TypeVar("T")
 
 monitor_app = typer.Typer(
     help="Monitoring reports: training-serving skew, drift, freshness.",
@@ -56,6 +61,29 @@ def _time(value: str | None, option: str) -> datetime | None:
     except ValueError as exc:
         raise ValidationError(f"{option}: {exc} (expected an ISO-8601 time)") from exc
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _report(
+    workdir: Path,
+    config: Path | None,
+    name: str,
+    json_out: Path | None,
+    compute: Callable[[Workdir, OnlineStore, Settings], T],
+    to_json: Callable[[T], dict[str, Any]],
+) -> T:
+    """Compute a report from the work directory and its online store, and write its JSON
+    (``json_out``, default ``WORKDIR/reports/<name>.json``)."""
+    from feedforge.artifacts import write_json_atomic
+    from feedforge.store.factory import open_store
+
+    settings = settings_from(config)
+    wd = _workdir(workdir)
+    with open_store(settings.store, wd.store_path) as store:
+        report = compute(wd, store, settings)
+    path = json_out or wd.reports_dir / f"{name}.json"
+    write_json_atomic(path, to_json(report))
+    console.print(f"wrote {path}", markup=False)
+    return report
 
 
 def _num(value: float | None) -> str:
@@ -93,19 +121,18 @@ def skew_cmd(
     (WORKDIR/featurelog, sampled by monitoring.skew_sample) and reports per feature how often
     and how far they differ. A report: exits 0 unless --fail-over is given and passed.
     """
-    from feedforge.artifacts import write_json_atomic
     from feedforge.monitoring.skew import skew_report
-    from feedforge.store.factory import open_store
 
-    settings = settings_from(config)
-    wd = _workdir(workdir)
     start = _time(since, "--since")
-    with open_store(settings.store, wd.store_path) as store:
-        report = skew_report(wd, store, start, atol=atol, rtol=rtol)
-    path = json_out or wd.reports_dir / "skew.json"
-    write_json_atomic(path, report.to_json())
+    report = _report(
+        workdir,
+        config,
+        "skew",
+        json_out,
+        lambda wd, store, _: skew_report(wd, store, start, atol=atol, rtol=rtol),
+        lambda r: r.to_json(),
+    )
     _print_skew(report)
-    console.print(f"wrote {path}")
     over = report.over(fail_over) if fail_over is not None else []
     if over:
         names = ", ".join(f"{f.feature} ({f.unexpected_mismatch_rate:.2%})" for f in over)
@@ -177,18 +204,17 @@ def drift_cmd(
     baseline (monitoring.drift_baseline: the version's first served rows, or its training
     rows) and, for reference, the other one. A report: exits 0 unless --fail-on-drift.
     """
-    from feedforge.artifacts import write_json_atomic
     from feedforge.monitoring.status import drift_report
-    from feedforge.store.factory import open_store
 
-    settings = settings_from(config)
-    wd = _workdir(workdir)
-    with open_store(settings.store, wd.store_path) as store:
-        report = drift_report(wd, store, settings, version)
-    path = json_out or wd.reports_dir / "drift.json"
-    write_json_atomic(path, report)
+    report = _report(
+        workdir,
+        config,
+        "drift",
+        json_out,
+        lambda wd, store, settings: drift_report(wd, store, settings, version),
+        dict,
+    )
     drifted = _print_drift(report)
-    console.print(f"wrote {path}")
     if fail_on_drift and drifted:
         err_console.print(f"drift: {', '.join(drifted)}", style="bold red", markup=False)
         raise typer.Exit(code=1)
@@ -257,16 +283,9 @@ def freshness_cmd(
 ) -> None:
     """Ages of the served version, its feature snapshot, the newest event and the
     precomputed feeds, against their thresholds (monitoring.max_*_age_s)."""
-    from feedforge.artifacts import write_json_atomic
     from feedforge.monitoring.status import freshness_report
-    from feedforge.store.factory import open_store
 
-    settings = settings_from(config)
-    wd = _workdir(workdir)
-    with open_store(settings.store, wd.store_path) as store:
-        report = freshness_report(wd, store, settings)
-    path = json_out or wd.reports_dir / "freshness.json"
-    write_json_atomic(path, report)
+    report = _report(workdir, config, "freshness", json_out, freshness_report, dict)
     table = Table(
         Column("what", no_wrap=True),
         Column("at"),
@@ -287,7 +306,6 @@ def freshness_cmd(
             style="red" if entry["stale"] else None,
         )
     console.print(table)
-    console.print(f"wrote {path}")
 
 
 def _duration(seconds: float) -> str:

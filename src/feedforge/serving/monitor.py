@@ -244,7 +244,16 @@ class ServiceMonitor:
 
     def _run(self) -> None:
         cfg = self.config
-        due = {"skew": 0.0, "flush": 0.0, "drift": 0.0, "kpi": 0.0, "process": 0.0}
+        # Drift and KPIs read the store and the logs: first after one period, so a worker
+        # that just started (and loaded its version) does not do it at once.
+        start = time.monotonic()
+        due = {
+            "skew": 0.0,
+            "flush": 0.0,
+            "drift": start + cfg.drift_refresh_s,
+            "kpi": start + cfg.kpi_refresh_s,
+            "process": 0.0,
+        }
         periods = {
             "skew": _TICK_S,
             "flush": cfg.profile_flush_s,

@@ -20,7 +20,6 @@ bundle) fixes the bins; a *serving profile* counts what the service scored in th
 
 from __future__ import annotations
 
-import itertools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -62,13 +61,6 @@ class ColumnSpec:
     def n_bins(self) -> int:
         """The number of bins (categories, :data:`OTHER` included)."""
         return len(self.edges) + 1 if self.kind == "numeric" else len(self.categories)
-
-    def labels(self) -> list[str]:
-        """A readable label per bin (``[a, b)`` intervals or the category)."""
-        if self.kind == "categorical":
-            return list(self.categories)
-        bounds = ["-inf", *(f"{e:.6g}" for e in self.edges), "inf"]
-        return [f"[{lo}, {hi})" for lo, hi in itertools.pairwise(bounds)]
 
     def to_json(self) -> dict[str, Any]:
         """The spec as JSON."""
@@ -435,9 +427,3 @@ class ProfileAccumulator:
             self._category_counts[name][:] = 0
             self._category_nulls[name] = 0
         return profile
-
-    def pending(self) -> bool:
-        """Whether rows were counted since the last :meth:`take`."""
-        return bool(self._flat[: self._skip_slot].any()) or any(
-            c.any() for c in self._category_counts.values()
-        )

@@ -258,7 +258,3 @@ class ProfileRecorder:
     def queued(self) -> int:
         """Feeds queued by requests and not binned yet."""
         return len(self._queue)
-
-    def backlog(self) -> int:
-        """Field sets not yet in the store (after a failed flush)."""
-        return len(self._unflushed)

@@ -21,7 +21,7 @@ import polars as pl
 from feedforge.config import Settings
 from feedforge.errors import NotPublishedError
 from feedforge.events.log import EventLog
-from feedforge.monitoring.drift import ColumnDrift, compare, measured, recent
+from feedforge.monitoring.drift import ColumnDrift, compare, measured, total
 from feedforge.monitoring.profile import Profile
 from feedforge.monitoring.recorder import PROFILE_PREFIX, served_windows
 from feedforge.store.base import OnlineStore
@@ -77,7 +77,7 @@ def drift_report(
         if not windows:
             continue
         entry: dict[str, Any] = {
-            "served_rows": recent(windows, 10**18, reference.spec.empty()).rows,
+            "served_rows": total(windows.values(), reference.spec.empty()).rows,
             "windows": len(windows),
             "first_window": datetime.fromtimestamp(min(windows), UTC).isoformat(),
             "last_window": datetime.fromtimestamp(max(windows), UTC).isoformat(),

@@ -325,10 +325,6 @@ class ServiceMonitor:
             return  # no feed logged yet
         self._kpis = feed_kpis(feeds, self._log.scan(), since, self.config.kpi_attribution_window_s)
 
-    def drift(self) -> dict[tuple[str, str], list[ColumnDrift]]:
-        """The latest drift per (version, variant)."""
-        return dict(self._drift)
-
     # -- a scrape ---------------------------------------------------------------------------
     def collect(self) -> Iterator[Metric]:
         """The gauges computed when scraped (prometheus-client's collector protocol)."""

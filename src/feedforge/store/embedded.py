@@ -186,9 +186,7 @@ class EmbeddedStore(OnlineStore):
 
     def _create_schema(self) -> None:
         with self._errors("open"):
-            conn = self._conn()
-            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-                conn.execute("PRAGMA journal_mode=WAL")  # persistent: set once per file
+            self._enable_wal(self._conn())
         with self._transaction("open", write=True) as conn:
             found = conn.execute("PRAGMA user_version").fetchone()[0]
             if found not in (0, SCHEMA_VERSION):
@@ -201,6 +199,22 @@ class EmbeddedStore(OnlineStore):
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _enable_wal(self, conn: sqlite3.Connection) -> None:
+        """Switch the file to WAL (persistent: once per file). Changing the journal mode
+        needs an exclusive lock and, unlike other statements, fails at once with "database
+        is locked" instead of waiting on the busy timeout, so a store opened while another
+        connection creates or writes the file retries for up to ``busy_timeout_s``."""
+        deadline = time.monotonic() + self._busy_timeout_s
+        while True:
+            try:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.01)
 
     def _variable_chunk(self, conn: sqlite3.Connection) -> int:
         return min(conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER), _MAX_IN_VARIABLES)

@@ -544,6 +544,27 @@ def test_embedded_store_refuses_an_unknown_schema_version(tmp_path: Path) -> Non
         EmbeddedStore(path)
 
 
+def test_embedded_store_opens_while_another_connection_write_locks_a_new_file(tmp_path: Path) -> None:
+    # Switching a file to WAL needs an exclusive lock and fails at once, without waiting on
+    # the busy timeout, while another connection holds a write lock on it in the rollback
+    # journal mode (a second worker creating the same file): the store must wait, not fail
+    # with "database is locked".
+    path = tmp_path / "store.sqlite3"
+    holder = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    holder.execute("CREATE TABLE other (a)")
+    holder.execute("BEGIN IMMEDIATE")
+    releaser = threading.Timer(0.5, lambda: holder.execute("COMMIT"))
+    releaser.start()
+    try:
+        store = EmbeddedStore(path, busy_timeout_s=10.0)
+        store.put_document("d", {"n": 1}, 0)
+        assert store.get_document("d") == (1, {"n": 1})
+        store.close()
+    finally:
+        releaser.join()
+        holder.close()
+
+
 def test_closed_embedded_store_raises_store_error(tmp_path: Path) -> None:
     store = EmbeddedStore(tmp_path / "store.sqlite3")
     store.close()

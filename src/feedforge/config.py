@@ -559,6 +559,93 @@ class MonitoringConfig(_Section):
     )
 
 
+class LoopConfig(_Section):
+    """The continuous-training loop (:mod:`feedforge.loop.cycle`): its gates, the canary and
+    the promotion rules. A lift is relative, ``(candidate - current) / |current|``; a
+    negative minimum lift is a tolerance for noise."""
+
+    min_train_rows: int = Field(
+        1_000, ge=0, description="Data gate: fewest training interactions a candidate needs"
+    )
+    min_ranking_rows: int = Field(
+        500, ge=0, description="Data gate: fewest labelled ranking examples (validation split)"
+    )
+    label_rate_range: tuple[float, float] = Field(
+        (0.001, 0.9),
+        description="Data gate: the ranking examples' positive rate must lie in [low, high]",
+    )
+    max_label_rate_change: float = Field(
+        0.5,
+        ge=0,
+        description="Data gate: largest relative change of the positive rate against the "
+        "current version's dataset",
+    )
+    offline_metric: Literal["value", "ndcg", "recall"] = Field(
+        "value",
+        description="Offline gate metric@k of the two-stage feed on the candidate's test "
+        "window: the objective's observed value (ndcg for clicks), ndcg or recall",
+    )
+    offline_min_lift: float = Field(
+        0.0, ge=-1, description="Offline gate: the candidate's least relative lift"
+    )
+    ope_min_lift: float = Field(
+        -0.05,
+        ge=-1,
+        description="Off-policy gate: least relative lift of the candidate's DR estimate "
+        "over the current version's, from the recent feed log",
+    )
+    ope_window_s: float = Field(
+        86_400.0, gt=0, description="Off-policy gate: feeds logged this recently"
+    )
+    ope_min_feeds: int = Field(
+        200,
+        ge=1,
+        description="Off-policy gate: fewer logged feeds than this (or a log that never "
+        "explored) and the gate is skipped, saying so",
+    )
+    canary_share: float = Field(
+        0.1, gt=0, lt=1, description="Share of traffic the candidate serves during its canary"
+    )
+    canary_window_s: float = Field(
+        3_600.0, gt=0, description="How long the canary runs before the decision"
+    )
+    canary_min_units: int = Field(
+        100, ge=2, description="Fewest users per arm a decision needs (else: rolled back)"
+    )
+    canary_max_wait_s: float = Field(
+        6 * 3_600.0,
+        gt=0,
+        description="Past this, a canary that still lacks canary_min_units is rolled back",
+    )
+    canary_max_drop: float = Field(
+        0.05,
+        ge=0,
+        description="Rolled back when the primary metric's relative lift is below "
+        "-canary_max_drop, or its 95% interval lies below 0",
+    )
+    canary_max_error_rate: float = Field(0.01, ge=0, le=1)
+    canary_max_degraded_rate: float = Field(0.05, ge=0, le=1)
+    canary_max_latency_p99_ms: float | None = Field(
+        None, gt=0, description="Default: serving.latency_budget_ms"
+    )
+    canary_drift: bool = Field(
+        True, description="Roll back when the canary's served features drift (monitoring)"
+    )
+    layer: str = Field(
+        "loop", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="The canary experiment's layer"
+    )
+    keep_runs: int = Field(
+        20, ge=2, description="Runs whose dataset and models are kept (older ones pruned)"
+    )
+
+    @model_validator(mode="after")
+    def _range(self) -> LoopConfig:
+        low, high = self.label_rate_range
+        if not 0 <= low < high <= 1:
+            raise ValueError(f"label_rate_range: [{low}, {high}] is not within [0, 1]")
+        return self
+
+
 class ExplorationConfig(_Section):
     """Exploration of the re-ranking stage; every shown item's propensity is recorded.
 
@@ -633,6 +720,7 @@ class Settings(BaseSettings):
     serving: ServingConfig = ServingConfig()
     reranking: ReRankConfig = ReRankConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    loop: LoopConfig = LoopConfig()
 
     @model_validator(mode="after")
     def _read_deadline_within_budget(self) -> Settings:

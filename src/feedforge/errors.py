@@ -115,3 +115,9 @@ class StoreConflictError(StoreError):
     """A compare-and-set write lost to a concurrent one (read again and retry)."""
 
     http_status = 409
+
+
+class LoopBusyError(FeedforgeError):
+    """Another process holds the continuous-training loop's lock: a cycle is running."""
+
+    http_status = 409

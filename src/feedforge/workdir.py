@@ -13,6 +13,12 @@
       store.sqlite3     the embedded online store                     (publish, serve)
       serving/          last current version per store, held history  (publish, serve)
                         updates
+      loop/             continuous-training runs, each with its own   (loop)
+                        dataset/, models/ and reports/
+
+A loop run works on a *staged* view (:meth:`Workdir.staged`): the shared raw data, bundles
+and store, with the build products (dataset, models, reports) in the run's own directory, so
+a run never overwrites the models the serving version was built from.
 """
 
 from __future__ import annotations
@@ -26,10 +32,25 @@ class Workdir:
     """Paths inside one work directory. Creating it touches nothing on disk."""
 
     root: Path
+    products: Path | None = None
+    """Where the dataset, models and reports live (default: ``root``)."""
 
     @classmethod
     def at(cls, root: Path | str) -> Workdir:
         return cls(Path(root).expanduser().resolve())
+
+    def staged(self, products: Path) -> Workdir:
+        """This work directory with its dataset, models and reports under ``products``."""
+        return Workdir(self.root, Path(products).expanduser().resolve())
+
+    @property
+    def _products(self) -> Path:
+        return self.products or self.root
+
+    @property
+    def loop_dir(self) -> Path:
+        """The continuous-training loop's runs and lock (:mod:`feedforge.loop.runs`)."""
+        return self.root / "loop"
 
     @property
     def catalog_dir(self) -> Path:
@@ -49,18 +70,18 @@ class Workdir:
 
     @property
     def dataset_dir(self) -> Path:
-        return self.root / "dataset"
+        return self._products / "dataset"
 
     @property
     def models_dir(self) -> Path:
-        return self.root / "models"
+        return self._products / "models"
 
     def model_dir(self, name: str) -> Path:
         return self.models_dir / name
 
     @property
     def reports_dir(self) -> Path:
-        return self.root / "reports"
+        return self._products / "reports"
 
     @property
     def feedlog_dir(self) -> Path:

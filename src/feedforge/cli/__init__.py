@@ -8,6 +8,7 @@ Every command takes ``--workdir`` (where artifacts live) and ``--config`` (a YAM
 * :mod:`feedforge.cli.ops`: serve, compact, rollback;
 * :mod:`feedforge.cli.experiments`: ``feedforge experiment create|start|stop|list|show|analyze``;
 * :mod:`feedforge.cli.monitor`: ``feedforge monitor skew``;
+* :mod:`feedforge.cli.loop`: ``feedforge loop run|serve|history``;
 * :mod:`feedforge.cli.bench`: ``feedforge bench quality|ranking|serve``.
 
 Each command imports its stage when it runs, so ``feedforge --help`` loads no model library.
@@ -23,11 +24,12 @@ from feedforge.cli import stages
 from feedforge.cli import ops
 from feedforge.cli import experiments
 from feedforge.cli import monitor
+from feedforge.cli import loop
 from feedforge.cli import bench
 
 # isort: on
 
-__all__ = ["app", "bench", "experiments", "main", "monitor", "ops", "stages"]
+__all__ = ["app", "bench", "experiments", "loop", "main", "monitor", "ops", "stages"]
 
 
 def main() -> None:

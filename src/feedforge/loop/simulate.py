@@ -28,7 +28,8 @@ deterministic event ids.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -37,12 +38,15 @@ import httpx
 import numpy as np
 import polars as pl
 
-from feedforge.errors import DataError, ValidationError
+from feedforge.config import Settings
+from feedforge.errors import ArtifactError, DataError, ValidationError
 from feedforge.events.response import BETA_CONCENTRATION, response_probabilities
 from feedforge.events.schema import validate_events
-from feedforge.events.world import DAY_S, World
+from feedforge.events.world import DAY_S, WORLD_FILE, World
 from feedforge.serving.pipeline import FeedService
 from feedforge.serving.routes.feed import feed_body
+from feedforge.store.factory import open_store
+from feedforge.workdir import Workdir
 
 
 class FeedClient(Protocol):
@@ -328,3 +332,43 @@ def _respond(
         **truth,
     }
     return outcome, events
+
+
+def world_traffic(
+    workdir: Workdir, settings: Settings, users: int, k: int = 10
+) -> Callable[[Any], None]:
+    """Simulated traffic for a waiting canary: each call runs one simulated day of ``users``
+    users of the simulator's world against the service in process (experiments refreshed
+    first, so the canary's share is served), posting their events to the event log.
+
+    Raises:
+        ArtifactError: the work directory has no simulator world.
+    """
+    path = workdir.catalog_dir / WORLD_FILE
+    if not path.is_file():
+        raise ArtifactError(
+            path, "simulated traffic needs the simulator's world", workdir.command("simulate")
+        )
+    world = World.load(path)
+    rounds = 0
+
+    def traffic(_run: Any) -> None:
+        nonlocal rounds
+        rounds += 1
+        with open_store(settings.store, workdir.store_path) as store:
+            service = FeedService(settings, workdir, store)
+            try:
+                service.versions.preload()
+                service.experiments.refresh()
+                run_closed_loop(
+                    world,
+                    InProcessClient(service),
+                    users=min(users, world.n_users),
+                    days=1,
+                    seed=int(time.time()) * 1000 + rounds,
+                    k=k,
+                )
+            finally:
+                service.close()
+
+    return traffic

@@ -35,7 +35,7 @@ from feedforge.artifacts import Manifest, new_version, write_manifest
 from feedforge.config import ServingConfig, Settings
 from feedforge.datasets.idmap import IdMap
 from feedforge.datasets.load import load_dataset
-from feedforge.errors import ArtifactError, DataError
+from feedforge.errors import ArtifactError, DataError, StoreError
 from feedforge.events.catalog import read_catalog
 from feedforge.events.log import EventLog
 from feedforge.events.schema import CONSUMED_EVENTS
@@ -96,9 +96,19 @@ def build_serving_index(
 
 
 def publish(
-    workdir: Workdir, settings: Settings, store: OnlineStore, progress: Progress | None = None
+    workdir: Workdir,
+    settings: Settings,
+    store: OnlineStore,
+    progress: Progress | None = None,
+    *,
+    make_current: bool = True,
+    version: str | None = None,
 ) -> str:
     """Publish the trained models of ``workdir`` as a new version and make it current.
+
+    With ``make_current=False`` the version is *staged*: written to the store and the
+    bundles, but the ``current`` pointer is left alone (a canary serves it through an
+    experiment; :func:`promote` makes it current later). Nothing is retired or pruned then.
 
     Returns:
         The new version id.
@@ -149,7 +159,7 @@ def publish(
             .collect()
         )
 
-    version = new_version()
+    version = version or new_version()
     say(f"writing serving bundle {version}")
     bundle = workdir.bundles_dir / version
     bundle.mkdir(parents=True)
@@ -227,11 +237,27 @@ def publish(
         ),
     )
     store.put_meta(version, meta)
+    if not make_current:
+        say(f"version {version} is staged (not current)")
+        return version
+    promote(workdir, settings, store, version)
+    say(f"version {version} is live")
+    return version
+
+
+def promote(workdir: Workdir, settings: Settings, store: OnlineStore, version: str) -> None:
+    """Make a published (or staged) version current: flip the pointer, remember it for a
+    service starting with the store down, retire the replaced version and prune old ones.
+
+    Raises:
+        feedforge.errors.StoreError: ``version`` is not in the store.
+    """
+    meta = store.get_meta(version)
+    if meta is None:
+        raise StoreError(f"version {version!r} is not in the store (kept: {store.versions()})")
     previous = store.current_version()
     store.set_current(version)
-    remember_current(workdir.current_dir, store, version, popular)
-    say(f"version {version} is live")
+    remember_current(workdir.current_dir, store, version, list(meta.get("popular") or []))
     if previous is not None and previous != version:
         retire(store, previous)
     prune_versions(workdir, store, settings.store.keep_versions, settings.store.retire_grace_s)
-    return version

@@ -544,7 +544,9 @@ def test_embedded_store_refuses_an_unknown_schema_version(tmp_path: Path) -> Non
         EmbeddedStore(path)
 
 
-def test_embedded_store_opens_while_another_connection_write_locks_a_new_file(tmp_path: Path) -> None:
+def test_embedded_store_opens_while_another_connection_write_locks_a_new_file(
+    tmp_path: Path,
+) -> None:
     # Switching a file to WAL needs an exclusive lock and fails at once, without waiting on
     # the busy timeout, while another connection holds a write lock on it in the rollback
     # journal mode (a second worker creating the same file): the store must wait, not fail

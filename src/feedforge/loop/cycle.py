@@ -1,0 +1,303 @@
+"""One continuous-training cycle: build -> data gate -> train -> offline gate -> stage ->
+off-policy gate -> canary -> promote or roll back.
+
+:func:`run_cycle` holds the loop's lock (:func:`~feedforge.loop.runs.loop_lock`: two cycles
+never run at once), then advances the newest unfinished run, or starts a new one. Each step
+is recorded in the run's record before it starts and after it ends
+(:class:`~feedforge.loop.runs.Run`), so a cycle killed at any step is resumed by the next
+``loop run``: finished steps are skipped, the interrupted one is redone from a clean state
+(its products deleted first; a half-written staged version is deleted from the store and the
+bundles before a new one is written).
+
+* **build** the dataset from the event log up to now, into the run's own directory;
+* **data gate** (:func:`~feedforge.loop.gates.data_gate`);
+* **train** every configured model into the run's directory;
+* **offline gate**: the candidate against the current version on the same test window;
+* **stage**: publish the candidate to the store without making it current;
+* **off-policy gate** on the recent feed log (the staged candidate is deleted if it fails:
+  it never served a request);
+* **canary**: an experiment serving it to ``loop.canary_share`` of the users
+  (:mod:`feedforge.loop.canary`);
+* **decide** after ``loop.canary_window_s``: promote or roll back.
+
+A candidate that fails a gate ends the run as ``rejected`` with the gate's name and reason;
+nothing was published. A step that raises ends it as ``failed`` with the error (the next
+cycle starts afresh). With ``wait=False`` the cycle returns while its canary runs (status
+``canary``), for cron: the next call decides once the window has passed.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from feedforge.artifacts import new_version
+from feedforge.config import Settings
+from feedforge.datasets.build import build_dataset
+from feedforge.datasets.load import Dataset, load_dataset
+from feedforge.errors import ArtifactError, FeedforgeError
+from feedforge.loop.canary import canary_verdict, finish, start_canary
+from feedforge.loop.gates import Gate, data_gate, offline_gate, ope_gate, published_pipeline
+from feedforge.loop.runs import Run, loop_lock, new_run, prune_runs, unfinished
+from feedforge.models.base import EmbeddingRecommender
+from feedforge.models.registry import load_ranker, load_recommender
+from feedforge.models.train import train_models
+from feedforge.publish.publisher import publish
+from feedforge.serving.pipeline import FeedService
+from feedforge.store.base import OnlineStore
+from feedforge.store.factory import open_store
+from feedforge.workdir import Workdir
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+Traffic = Callable[[Run], None]
+"""Called while a canary waits for its window (e.g. simulated users in a benchmark)."""
+
+
+def run_cycle(
+    workdir: Workdir,
+    settings: Settings,
+    *,
+    wait: bool = True,
+    poll_s: float = 30.0,
+    traffic: Traffic | None = None,
+    trigger: str = "manual",
+    progress: Progress | None = None,
+) -> Run:
+    """Advance the unfinished run, or start and advance a new one (see the module docs).
+
+    Returns:
+        The run, finished or (with ``wait=False``) with its canary running.
+
+    Raises:
+        feedforge.errors.LoopBusyError: another cycle holds the lock.
+        feedforge.errors.FeedforgeError: a step failed (the run is recorded as failed).
+    """
+    say = progress or (lambda _msg: None)
+    with loop_lock(workdir), open_store(settings.store, workdir.store_path) as store:
+        run = unfinished(workdir)
+        if run is None:
+            run = new_run(workdir, store.current_version(), trigger)
+            say(f"run {run.run_id}: incumbent {run.data['incumbent']}")
+        else:
+            run.update(resumed=int(run.data.get("resumed", 0)) + 1)
+            say(f"run {run.run_id}: resumed at status {run.status}")
+        try:
+            _advance(run, workdir, settings, store, wait, poll_s, traffic, say)
+        except BaseException as exc:
+            if isinstance(exc, FeedforgeError | ValueError | OSError):
+                run.update(
+                    status="failed",
+                    error=f"{type(exc).__name__}: {exc}",
+                    finished_at=datetime.now(UTC).isoformat(),
+                )
+            raise
+        if run.finished:
+            prune_runs(workdir, settings.loop.keep_runs, protect=set(store.versions()))
+        return run
+
+
+def _reject(run: Run, gate: Gate) -> None:
+    run.update(
+        status="rejected",
+        decision={"action": "reject", "gate": gate.name, "reasons": [gate.reason]},
+        finished_at=datetime.now(UTC).isoformat(),
+    )
+
+
+def _passes(run: Run, step: str, compute: Callable[[], Gate], say: Progress) -> bool:
+    """Run (or, on resume, read back) a gate step; a failed gate rejects the run."""
+    if run.done(step):
+        result = run.step(step).get("result") or {}
+        gate = Gate(
+            str(result.get("name", step)),
+            bool(result.get("passed")),
+            str(result.get("reason", "")),
+            dict(result.get("numbers", {})),
+            bool(result.get("skipped", False)),
+        )
+    else:
+        with run.timed(step) as result:
+            gate = compute()
+            result.update(gate.to_json())
+        run.data["gates"] = [g for g in run.data["gates"] if g["name"] != gate.name]
+        run.data["gates"].append(gate.to_json())
+        run.save()
+    say(f"{gate.name} gate: {'passed' if gate.passed else 'FAILED'}: {gate.reason}")
+    if not gate.passed:
+        _reject(run, gate)
+    return gate.passed
+
+
+def _discard(workdir: Workdir, store: OnlineStore, version: str) -> None:
+    """Delete a staged version that never served (store keys and bundle)."""
+    if store.current_version() != version:
+        store.delete_version(version)
+    shutil.rmtree(workdir.bundles_dir / version, ignore_errors=True)
+
+
+def _advance(
+    run: Run,
+    workdir: Workdir,
+    settings: Settings,
+    store: OnlineStore,
+    wait: bool,
+    poll_s: float,
+    traffic: Traffic | None,
+    say: Progress,
+) -> None:
+    staged = run.products(workdir)
+    incumbent = run.data.get("incumbent")
+    if not run.done("build"):
+        with run.timed("build") as result:
+            shutil.rmtree(staged.dataset_dir, ignore_errors=True)
+            say("building the dataset from the event log")
+            manifest = build_dataset(staged, settings, say)
+            result.update(dataset_version=manifest.version, counts=manifest.counts)
+        run.update(dataset_version=manifest.version)
+    dataset = load_dataset(staged)
+
+    previous = _incumbent_dataset(workdir, store, incumbent)
+    if not _passes(run, "data_gate", lambda: data_gate(dataset, settings, previous), say):
+        return
+
+    if not run.done("train"):
+        with run.timed("train") as result:
+            shutil.rmtree(staged.models_dir, ignore_errors=True)
+            saved = train_models(staged, settings, say)
+            result["models"] = {name: m.version for name, m in saved.items()}
+        run.update(model_versions=run.step("train")["result"]["models"])
+
+    offline = lambda: _offline(staged, workdir, settings, store, dataset, incumbent)  # noqa: E731
+    if not _passes(run, "offline_gate", offline, say):
+        return
+
+    if not run.done("stage"):
+        interrupted = run.data.get("candidate")
+        if interrupted:
+            _discard(workdir, store, str(interrupted))
+        version = new_version()
+        run.update(candidate=version)
+        with run.timed("stage") as result:
+            publish(staged, settings, store, say, make_current=False, version=version)
+            result["version"] = version
+    candidate = str(run.data["candidate"])
+
+    ope = lambda: _ope(workdir, settings, store, candidate, incumbent)  # noqa: E731
+    if not _passes(run, "ope_gate", ope, say):
+        _discard(workdir, store, candidate)
+        return
+
+    if incumbent is None or store.current_version() is None:
+        # Nothing serves yet: there is no one to canary against.
+        with run.timed("decide") as result:
+            finish(workdir, settings, store, run.run_id, candidate, "promote")
+            result["action"] = "promote"
+        _decided(run, {"action": "promote", "reasons": ["nothing was serving"], "checks": {}})
+        return
+
+    if not run.done("canary"):
+        with run.timed("canary") as result:
+            experiment = start_canary(store, settings, run.run_id, candidate)
+            result.update(experiment=experiment.id, started_at=str(experiment.started_at))
+        run.update(status="canary", experiment=run.step("canary")["result"]["experiment"])
+        say(f"canary {run.data['experiment']}: {settings.loop.canary_share:.0%} of users")
+
+    while True:
+        verdict = canary_verdict(workdir, settings, store, run.run_id, candidate)
+        if verdict is not None:
+            break
+        if traffic is not None:
+            traffic(run)
+            continue
+        if not wait:
+            say("canary running: decision after its window")
+            return
+        time.sleep(poll_s)
+    with run.timed("decide") as result:
+        result.update(verdict)
+        finish(workdir, settings, store, run.run_id, candidate, verdict["action"])
+    _decided(run, verdict)
+    say(f"decision: {verdict['action']}: {'; '.join(verdict['reasons'])}")
+
+
+def _decided(run: Run, verdict: dict[str, object]) -> None:
+    run.update(
+        status="promoted" if verdict["action"] == "promote" else "rolled_back",
+        decision=verdict,
+        finished_at=datetime.now(UTC).isoformat(),
+    )
+
+
+def _offline(
+    staged: Workdir,
+    workdir: Workdir,
+    settings: Settings,
+    store: OnlineStore,
+    dataset: Dataset,
+    incumbent: str | None,
+) -> Gate:
+    command = staged.command("train")
+    retrieval = load_recommender(
+        settings.models.retrieval, staged.model_dir(settings.models.retrieval), command
+    )
+    if not isinstance(retrieval, EmbeddingRecommender):
+        raise ArtifactError(
+            staged.model_dir(settings.models.retrieval),
+            f"retrieval model {settings.models.retrieval!r} has no embeddings to serve",
+            command,
+        )
+    ranker_dir = staged.model_dir(settings.models.ranker.type)
+    ranker = (
+        load_ranker(settings.models.ranker.type, ranker_dir, command)
+        if ranker_dir.is_dir()
+        else None
+    )
+    current = (
+        published_pipeline(workdir, store, incumbent, dataset)
+        if incumbent is not None and store.get_meta(incumbent) is not None
+        else None
+    )
+    return offline_gate(dataset, settings, (retrieval, ranker), current)
+
+
+def _ope(
+    workdir: Workdir, settings: Settings, store: OnlineStore, candidate: str, incumbent: str | None
+) -> Gate:
+    service = FeedService(settings, workdir, store)
+    try:
+        service.versions.preload()
+        return ope_gate(workdir, settings, service, candidate, incumbent)
+    finally:
+        service.close()
+
+
+def _incumbent_dataset(
+    workdir: Workdir, store: OnlineStore, incumbent: str | None
+) -> Dataset | None:
+    """The dataset the serving version was built from, when it is still on disk (the work
+    directory's own, or an earlier run's)."""
+    if incumbent is None:
+        return None
+    meta = store.get_meta(incumbent) or {}
+    wanted = meta.get("dataset_version")
+    candidates = [workdir] + [
+        workdir.staged(path)
+        for path in sorted((workdir.loop_dir / "runs").glob("*"))
+        if path.is_dir()
+    ]
+    for place in candidates:
+        manifest = place.dataset_dir / "manifest.json"
+        if not manifest.is_file():
+            continue
+        try:
+            dataset = load_dataset(place)
+        except ArtifactError:
+            continue
+        if dataset.version == wanted:
+            return dataset
+    return None

@@ -377,6 +377,13 @@ class ServingConfig(_Section):
     history_weight: float = Field(
         1.0, ge=0, description="Weight of live history in the user vector (see serving docs)"
     )
+    live_items_refresh_s: float = Field(
+        1.0,
+        gt=0,
+        le=3600,
+        description="How often each worker reads the items posted or withdrawn since the "
+        "last publish (POST /items) from the store",
+    )
     experiments_refresh_s: float = Field(
         5.0,
         gt=0,
@@ -580,13 +587,22 @@ class LoopConfig(_Section):
         description="Data gate: largest relative change of the positive rate against the "
         "current version's dataset",
     )
-    offline_metric: Literal["value", "ndcg", "recall"] = Field(
-        "value",
-        description="Offline gate metric@k of the two-stage feed on the candidate's test "
-        "window: the objective's observed value (ndcg for clicks), ndcg or recall",
+    offline_metric: Literal["auc", "request_ndcg", "value", "ndcg", "recall"] = Field(
+        "auc",
+        description="Offline gate metric on the candidate's test window: the ranker's AUC "
+        "(or per-request NDCG@k) of the logged impressions, or the two-stage feed's "
+        "observed value, ndcg or recall @k (these credit the serving version for its own "
+        "exposures: see feedforge.evaluation.compare)",
     )
     offline_min_lift: float = Field(
-        0.0, ge=-1, description="Offline gate: the candidate's least relative lift"
+        -0.01, ge=-1, description="Offline gate: the candidate's least relative lift"
+    )
+    offline_max_feed_drop: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Offline gate: the two-stage feed's observed value (ndcg for clicks) may "
+        "not fall by more than this share (catches a broken retrieval model)",
     )
     ope_min_lift: float = Field(
         -0.05,
@@ -618,10 +634,10 @@ class LoopConfig(_Section):
         description="Past this, a canary that still lacks canary_min_units is rolled back",
     )
     canary_max_drop: float = Field(
-        0.05,
+        0.25,
         ge=0,
         description="Rolled back when the primary metric's relative lift is below "
-        "-canary_max_drop, or its 95% interval lies below 0",
+        "-canary_max_drop, or its 95% interval lies below 0 (significantly worse)",
     )
     canary_max_error_rate: float = Field(0.01, ge=0, le=1)
     canary_max_degraded_rate: float = Field(0.05, ge=0, le=1)
@@ -636,6 +652,14 @@ class LoopConfig(_Section):
     )
     keep_runs: int = Field(
         20, ge=2, description="Runs whose dataset and models are kept (older ones pruned)"
+    )
+    warm_start: bool = Field(
+        True,
+        description="Start the retrieval model from the serving version's (ALS: its factors "
+        "moved to the new id maps) when its run's models are on disk",
+    )
+    warm_iterations: int | None = Field(
+        5, ge=1, description="Sweeps of a warm-started retrieval model (None: as configured)"
     )
 
     @model_validator(mode="after")

@@ -121,3 +121,9 @@ class LoopBusyError(FeedforgeError):
     """Another process holds the continuous-training loop's lock: a cycle is running."""
 
     http_status = 409
+
+
+class NotFoundError(FeedforgeError):
+    """The resource a request names does not exist (e.g. an unknown item)."""
+
+    http_status = 404

@@ -104,6 +104,9 @@ def test_one_cycle_end_to_end_embedded(
     run_dir = fresh_workdir.loop_dir / "runs" / record["run_id"]
     assert (run_dir / "dataset" / "manifest.json").is_file()
     assert (run_dir / "models" / "als" / "manifest.json").is_file()
+    # The retrieval model started from the serving version's (its products are on disk).
+    warm = record["steps"]["train"]["result"]["warm_start"]["als"]
+    assert warm["users_kept"] > 0 and warm["items_kept"] > 0 and warm["iterations"] == 5
 
 
 @pytest.mark.redis
@@ -126,28 +129,27 @@ def test_one_cycle_end_to_end_redis(
 
 
 def test_a_broken_candidate_is_stopped_by_the_offline_gate(
-    fresh_workdir: Workdir, loop_config: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+    fresh_workdir: Workdir, loop_config: Callable[..., Path]
 ) -> None:
-    settings = load_settings(loop_config(offline_min_lift=0.0))
-    real_train = cycle.train_models
+    # On this 300-item catalog the ranker re-scores 200 retrieved items, two thirds of the
+    # catalog, so broken retrieval costs the feed about a quarter of its value here (73 % on
+    # the loop benchmark's): a stricter feed-drop bound than the default catches it.
+    settings = load_settings(loop_config(offline_max_feed_drop=0.15))
 
-    def broken_train(workdir: Workdir, settings: Settings, say: Any = None) -> Any:
-        saved = real_train(workdir, settings, say)
-        # Shuffle the retrieval model's item embeddings: a deliberately broken candidate.
-        path = workdir.model_dir("als")
+    def shuffle_item_embeddings(staged: Workdir) -> None:
+        # A deliberately broken candidate: its retrieval item vectors permuted after training.
+        path = staged.model_dir("als")
         model = ALSRecommender.load(path)
-        assert model.item_factors_ is not None
+        assert model.item_factors_ is not None and model.manifest_ is not None
         model.item_factors_ = np.random.default_rng(0).permutation(model.item_factors_)
-        model.save(path, inputs={"dataset": model.manifest_.inputs["dataset"]})  # type: ignore[union-attr]
-        return saved
+        model.save(path, inputs=dict(model.manifest_.inputs))
 
-    monkeypatch.setattr(cycle, "train_models", broken_train)
     with open_store(settings.store, fresh_workdir.store_path) as store:
         before = store.versions()
-    run = cycle.run_cycle(fresh_workdir, settings, wait=False)
+    run = cycle.run_cycle(fresh_workdir, settings, wait=False, after_train=shuffle_item_embeddings)
     assert run.status == "rejected"
     assert run.data["decision"]["gate"] == "offline"
-    assert "lift" in run.data["decision"]["reasons"][0]
+    assert "fell" in run.data["decision"]["reasons"][0]
     assert "stage" not in run.data["steps"] and run.data["candidate"] is None
     with open_store(settings.store, fresh_workdir.store_path) as store:
         assert store.versions() == before  # nothing was published
@@ -270,3 +272,45 @@ def test_a_cycle_killed_mid_step_resumes_cleanly(
         with open_store(settings.store, fresh_workdir.store_path) as store:
             assert half_published not in store.versions()
         assert not (fresh_workdir.bundles_dir / half_published).exists()
+
+
+def test_a_cycle_whose_canary_cannot_start_fails_and_retires_its_candidate(
+    fresh_workdir: Workdir, loop_config: Callable[..., Path]
+) -> None:
+    settings = load_settings(loop_config())
+    with open_store(settings.store, fresh_workdir.store_path) as store:
+        registry = ExperimentRegistry(store)
+        registry.create(
+            {
+                "id": "pinned-elsewhere",
+                "layer": "other",
+                "variants": [
+                    {"name": "a", "weight": 0.5, "version": "current"},
+                    {"name": "b", "weight": 0.5, "version": "current"},
+                ],
+            }
+        )
+        registry.start("pinned-elsewhere")
+    with pytest.raises(Exception, match="version"):
+        cycle.run_cycle(fresh_workdir, settings, wait=False)
+    record = _run_record(fresh_workdir)
+    assert record["status"] == "failed" and "version" in record["error"]
+    with open_store(settings.store, fresh_workdir.store_path) as store:
+        meta = store.get_meta(record["candidate"])
+        assert meta is not None and "retired_at" in meta
+        assert store.current_version() == record["incumbent"]
+    # A failed run is finished: the next cycle starts afresh.
+    assert list_runs(fresh_workdir)[0].finished
+
+
+def test_loop_serve_runs_cycles_on_a_schedule(
+    fresh_workdir: Workdir, loop_config: Callable[..., Path]
+) -> None:
+    config = loop_config()
+    code, output = cli(
+        "loop", "serve", "--workdir", str(fresh_workdir.root), "--config", str(config),
+        "--every", "1h", "--cycles", "1", "--poll-s", "0.1", "--simulate-users", "300",
+    )  # fmt: skip
+    assert code == 0, output
+    record = _run_record(fresh_workdir)
+    assert record["trigger"] == "schedule" and record["status"] in ("promoted", "rolled_back")

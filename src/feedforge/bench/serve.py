@@ -55,6 +55,7 @@ from feedforge.config import Settings
 from feedforge.datasets.load import load_dataset
 from feedforge.features.definitions import RAW_COUNTERS, derive_features
 from feedforge.index.ann import AnnIndex
+from feedforge.index.extended import ExtendedIndex
 from feedforge.serving.version import load_version
 from feedforge.store.factory import open_store
 from feedforge.store.keys import USER_EMB
@@ -108,7 +109,9 @@ def _compute_floor(settings: Settings, workdir: Workdir, spec: LoadSpec) -> dict
         timings["score"].append(t3 - t2)
     total = [sum(parts) for parts in zip(*timings.values(), strict=True)]
     return {
-        "beam": _beam_tradeoff(state.index, vectors, n),
+        "beam": _beam_tradeoff(
+            state.index.base if isinstance(state.index, ExtendedIndex) else state.index, vectors, n
+        ),
         "users": len(vectors),
         "candidates": n,
         "ranker": meta.get("ranker"),

@@ -244,6 +244,29 @@ def bench_monitoring_cmd(
     console.print(f"written to {out} in {report['total_seconds']:.0f} s")
 
 
+@bench_app.command("loop")
+@clean_errors
+def bench_loop_cmd(
+    config: ConfigOpt = None,
+    days: Annotated[int, typer.Option(min=2, help="Simulated days of the drifting world")] = 14,
+    users_per_day: Annotated[int, typer.Option(min=10, help="Users taking part each day")] = 1200,
+    latency_items: Annotated[int, typer.Option(min=1, help="Items posted one by one")] = 100,
+    seed: Annotated[int, typer.Option()] = 3,
+    out: Annotated[Path, typer.Option(help="Where the tables go")] = Path("docs/benchmarks"),
+) -> None:
+    """Continuous training against a frozen model and popularity in a drifting simulated world,
+    a broken candidate injected, and how fast a posted item reaches a feed."""
+    from feedforge.bench.loop import LoopBenchSpec, run_loop_bench
+
+    spec = LoopBenchSpec(
+        days=days, users_per_day=users_per_day, latency_items=latency_items, seed=seed
+    )
+    with progress("bench loop") as say:
+        report = run_loop_bench(settings_from(config), out, spec, say)
+    console.print((out / "loop.md").read_text(encoding="utf-8"))
+    console.print(f"written to {out} in {report['total_seconds']:.0f} s")
+
+
 @bench_app.command("version-memory")
 @clean_errors
 def bench_version_memory_cmd(

@@ -4,7 +4,13 @@
 the same dataset's test split, exactly as ``feedforge evaluate`` scores the two-stage feed:
 users with a test positive for the objective, train items excluded, the ranker fed the
 features snapshotted at the test window's start, NDCG / recall / MAP / hit rate / coverage @k
-and the objective's observed value @k.
+and the objective's observed value @k, and the ranker's AUC and per-request NDCG@k of the test
+window's logged impressions.
+
+The feed metrics are measured on outcomes logged under the serving version's own feeds, so
+they credit it for the items it chose to show (exposure bias): a candidate trained on newer
+data can score lower on them while serving better. The per-impression metrics judge both
+rankers on the same shown items, each with an outcome, and do not favour the logging policy.
 
 :class:`PublishedRetrieval` carries a published version's embeddings into another dataset's
 index space, so the version serving now can be measured on a newer test window than the one
@@ -24,10 +30,16 @@ from feedforge.config import Settings
 from feedforge.datasets.interactions import Interactions
 from feedforge.datasets.load import Dataset
 from feedforge.errors import DataError, ValidationError
-from feedforge.evaluation.evaluate import observed_value, value_at_k, value_metric_name
+from feedforge.evaluation.evaluate import (
+    observed_value,
+    ranker_metrics,
+    value_at_k,
+    value_metric_name,
+)
 from feedforge.evaluation.metrics import ranking_report
 from feedforge.features.objectives import positive_flags, settings_value
 from feedforge.models.base import EmbeddingRecommender, Ranker
+from feedforge.models.ranking_data import ranker_training_data
 from feedforge.models.two_stage import two_stage_recommend
 
 _UNKNOWN_ITEM_SCORE = -1e30
@@ -98,8 +110,13 @@ class PublishedRetrieval(EmbeddingRecommender):
 
 def gate_metric_name(settings: Settings, metric: str) -> str:
     """The report key of a gate metric (``value``: the objective's observed value @k, which
-    is ``ndcg@k`` for ``clicks``; ``ndcg``, ``recall``: those @k)."""
+    is ``ndcg@k`` for ``clicks``; ``ndcg``, ``recall``: those @k; ``auc``: the ranker's AUC
+    on the test impressions; ``request_ndcg``: its NDCG@k within each logged request)."""
     k = settings.evaluation.k
+    if metric == "auc":
+        return "auc"
+    if metric == "request_ndcg":
+        return f"request_ndcg@{k}"
     if metric == "value":
         observed = value_metric_name(settings_value(settings))
         return f"{observed}@{k}" if observed else f"ndcg@{k}"
@@ -153,5 +170,14 @@ def compare_pipelines(
         if observed is not None:
             metric, matrix = observed
             metrics[f"{metric}{k}"] = value_at_k(recs, matrix[users], k)
+        if ranker is not None:
+            # The ranker's order of the test window's logged impressions (its retrieval score
+            # feature from this pipeline's embeddings): every shown item has its outcome, so
+            # unlike the feed metrics above it does not credit the policy that logged them.
+            test = ranker_training_data(dataset, "test", retrieval, value)
+            if len(test.y):
+                ranked = ranker_metrics(ranker, test, k)
+                metrics["auc"] = ranked["auc"]
+                metrics[f"request_ndcg@{k}"] = ranked[f"ndcg@{k}"]
         out["models"][name] = metrics
     return out

@@ -1,19 +1,38 @@
-"""The item catalog and the user table: versioned Parquet files beside the event log."""
+"""The item catalog and the user table: versioned Parquet files beside the event log.
+
+Items added, changed or withdrawn after the catalog was written (``POST /items``,
+``DELETE /items/{id}``) are appended as **item updates**: one Parquet file per request under
+``raw/catalog/item-updates/``, written to a temporary file, fsynced and renamed into place
+(:func:`append_item_updates`). :func:`read_catalog` applies them: the newest update of an
+item (by ``updated_at``, then file order) replaces its catalog row, and an item whose newest
+update says ``available: false`` leaves the catalog (:func:`unavailable_items` names them, so
+a publish drops them from what it serves even when the retrieval model learned them).
+"""
 
 from __future__ import annotations
 
+import os
+import secrets
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from feedforge.artifacts import Manifest, read_manifest, require_file, write_manifest
+from feedforge.artifacts import Manifest, fsync, read_manifest, require_file, write_manifest
 from feedforge.errors import ArtifactError
-from feedforge.events.schema import ITEM_SCHEMA, USER_SCHEMA, conform
+from feedforge.events.schema import ITEM_SCHEMA, USER_SCHEMA, UTC_US, conform
 from feedforge.workdir import Workdir
 
 CATALOG_ARTIFACT = "catalog"
 CATALOG_SCHEMA_VERSION = 1
+ITEM_UPDATES_DIR = "item-updates"
+ITEM_UPDATE_SCHEMA: dict[str, pl.DataType] = {
+    **ITEM_SCHEMA,
+    "available": pl.Boolean(),
+    "updated_at": UTC_US,
+}
+"""An item update: the catalog row, whether the item may be served, and when it changed."""
 
 
 def write_catalog(
@@ -63,7 +82,66 @@ def read_catalog(workdir: Workdir) -> tuple[Manifest, pl.DataFrame, pl.DataFrame
     )
     items = _read_table(workdir.items_path, "item catalog", command)
     users = _read_table(workdir.users_path, "user table", command)
+    updates = read_item_updates(workdir)
+    if updates.height:
+        latest = updates.unique(subset="item_id", keep="last", maintain_order=True)
+        kept = latest.filter(pl.col("available")).select(items.columns)
+        items = pl.concat(
+            [items.filter(~pl.col("item_id").is_in(latest.get_column("item_id").implode())), kept],
+            how="vertical_relaxed",
+        )
     return manifest, items, users
+
+
+def updates_dir(workdir: Workdir) -> Path:
+    return workdir.catalog_dir / ITEM_UPDATES_DIR
+
+
+def append_item_updates(workdir: Workdir, updates: pl.DataFrame) -> Path:
+    """Append item updates durably (one new file; see the module docs).
+
+    Raises:
+        feedforge.errors.ValidationError: a column is missing or of the wrong type.
+        OSError: the file could not be written (nothing was appended).
+    """
+    frame = conform(updates, ITEM_UPDATE_SCHEMA, ("item_id", "available", "updated_at"), "items")
+    directory = updates_dir(workdir)
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    path = directory / f"part-{stamp}-{secrets.token_hex(4)}.parquet"
+    tmp = directory / f".{path.name}.tmp"
+    try:
+        frame.write_parquet(tmp, compression="zstd")
+        fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync(directory)
+    return path
+
+
+def read_item_updates(workdir: Workdir) -> pl.DataFrame:
+    """Every item update, oldest first (by ``updated_at``, then file order).
+
+    Raises:
+        feedforge.errors.ArtifactError: an update file is corrupt (the message names it).
+    """
+    directory = updates_dir(workdir)
+    files = sorted(directory.glob("part-*.parquet")) if directory.is_dir() else []
+    frames = [_read_table(path, "item update file", "POST /items") for path in files]
+    if not frames:
+        return pl.DataFrame(schema=ITEM_UPDATE_SCHEMA)
+    return pl.concat(frames, how="vertical_relaxed").sort("updated_at", maintain_order=True)
+
+
+def unavailable_items(workdir: Workdir) -> set[str]:
+    """Items whose newest update withdrew them from the catalog."""
+    updates = read_item_updates(workdir)
+    if not updates.height:
+        return set()
+    latest = updates.unique(subset="item_id", keep="last", maintain_order=True)
+    return set(latest.filter(~pl.col("available")).get_column("item_id").to_list())
 
 
 def _read_table(path: Path, what: str, command: str) -> pl.DataFrame:

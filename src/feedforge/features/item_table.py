@@ -69,6 +69,23 @@ class ItemTable:
         codes = np.fromiter((position[c] for c in category), dtype=np.int32, count=n)
         return cls(values, created, present, codes, vocabulary)
 
+    def extended(self, records: Sequence[dict[str, Any] | None]) -> ItemTable:
+        """This table with one row per record appended (rows ``n, n + 1, ...``)."""
+        more = ItemTable.from_records(records)
+        vocabulary = sorted(set(self.vocabulary) | set(more.vocabulary))
+        position = {name: code for code, name in enumerate(vocabulary)}
+        remap_self = np.array([position[c] for c in self.vocabulary] or [0], dtype=np.int32)
+        remap_more = np.array([position[c] for c in more.vocabulary] or [0], dtype=np.int32)
+        return ItemTable(
+            values={k: np.concatenate([v, more.values[k]]) for k, v in self.values.items()},
+            created_at_s=np.concatenate([self.created_at_s, more.created_at_s]),
+            present=np.concatenate([self.present, more.present]),
+            category_code=np.concatenate(
+                [remap_self[self.category_code], remap_more[more.category_code]]
+            ).astype(np.int32),
+            vocabulary=vocabulary,
+        )
+
     def categories(self, idx: np.ndarray) -> list[str]:
         """The primary categories of items ``idx`` (``""`` where unknown)."""
         return [self.vocabulary[code] for code in self.category_code[idx].tolist()]

@@ -12,8 +12,10 @@ in ``feedforge experiment list`` and can analyse it like any other.
 ``loop.canary_min_units`` users per arm:
 
 * the allocation is sound (no sample-ratio mismatch),
-* the primary metric is not worse: its relative lift is at least ``-loop.canary_max_drop``
-  and its 95% interval does not lie wholly below 0,
+* the primary metric is not worse: its 95% interval does not lie wholly below 0 (not
+  significantly worse) and its relative lift is at least ``-loop.canary_max_drop`` (no large
+  drop, significant or not; the default 25 % is wide because a canary of a few hundred users
+  measures a per-user mean with a standard error of about 10 %),
 * every guardrail of the canary arm holds: error rate, degraded rate and p99 latency within
   ``loop.canary_max_*`` (latency default: ``serving.latency_budget_ms``), and no served
   feature of the candidate drifted (the monitoring's drift check of its canary variant,
@@ -31,6 +33,7 @@ are idempotent, so a cycle killed half-way finishes them on resume.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -57,14 +60,27 @@ _PRIMARY = {
 }
 
 
+Clock = Callable[[], datetime]
+
+
+def _wall_clock() -> datetime:
+    return datetime.now(UTC)
+
+
 def experiment_id(run_id: str) -> str:
     return f"canary-{run_id}"
 
 
-def start_canary(store: OnlineStore, settings: Settings, run_id: str, candidate: str) -> Experiment:
+def start_canary(
+    store: OnlineStore,
+    settings: Settings,
+    run_id: str,
+    candidate: str,
+    clock: Clock = _wall_clock,
+) -> Experiment:
     """Create and start the canary experiment of ``candidate`` (idempotent: an existing one
     is started if still a draft, and returned as it is otherwise)."""
-    registry = ExperimentRegistry(store)
+    registry = ExperimentRegistry(store, clock)
     exp_id = experiment_id(run_id)
     share = settings.loop.canary_share
     try:
@@ -93,20 +109,21 @@ def canary_verdict(
     store: OnlineStore,
     run_id: str,
     candidate: str,
-    now: datetime | None = None,
-) -> dict[str, Any] | None:
-    """The decision on a running canary, or None while it must go on (see the module docs).
+    clock: Clock = _wall_clock,
+) -> dict[str, Any]:
+    """The decision on a running canary (see the module docs).
 
     Returns:
-        ``{"action": "promote" | "rollback", "reasons": [...], "checks": {...}}``.
+        ``{"action": "promote" | "rollback" | "wait", "reasons": [...], "checks": {...}}``;
+        ``wait`` while the canary must go on (its reason says why).
     """
     cfg = settings.loop
-    now = now or datetime.now(UTC)
-    experiment = ExperimentRegistry(store).get(experiment_id(run_id))
+    now = clock()
+    experiment = ExperimentRegistry(store, clock).get(experiment_id(run_id))
     started = experiment.started_at or now
     elapsed = (now - started).total_seconds()
     if elapsed < cfg.canary_window_s:
-        return None
+        return _wait(f"{cfg.canary_window_s - elapsed:.0f} s of the canary window left", {})
     overdue = elapsed >= cfg.canary_max_wait_s
     log = EventLog(workdir.events_dir)
     try:
@@ -115,7 +132,7 @@ def canary_verdict(
             metrics = online_metrics(experiment, feeds, log.scan(), settings_value(settings), now)
     except DataError as exc:
         if not overdue:
-            return None
+            return _wait(f"no canary traffic yet ({exc})", {})
         return _rollback([f"no canary traffic after {elapsed:.0f} s ({exc})"], {})
     units = {
         name: int((metrics.units.get_column("variant") == name).sum()) for name in (CONTROL, CANARY)
@@ -123,7 +140,7 @@ def canary_verdict(
     checks: dict[str, Any] = {"units": units, "elapsed_s": round(elapsed, 1)}
     if min(units.values()) < cfg.canary_min_units:
         if not overdue:
-            return None
+            return _wait(f"{units} users per arm (< loop.canary_min_units)", checks)
         return _rollback(
             [f"{units} users per arm after {elapsed:.0f} s (< loop.canary_min_units)"], checks
         )
@@ -177,6 +194,10 @@ def canary_verdict(
     }
 
 
+def _wait(reason: str, checks: dict[str, Any]) -> dict[str, Any]:
+    return {"action": "wait", "reasons": [reason], "checks": checks}
+
+
 def _rollback(reasons: list[str], checks: dict[str, Any]) -> dict[str, Any]:
     return {"action": "rollback", "reasons": reasons, "checks": checks}
 
@@ -206,9 +227,10 @@ def finish(
     run_id: str,
     candidate: str,
     action: str,
+    clock: Clock = _wall_clock,
 ) -> None:
     """Promote or roll back (idempotent; see the module docs)."""
-    registry = ExperimentRegistry(store)
+    registry = ExperimentRegistry(store, clock)
     exp_id = experiment_id(run_id)
     if action == "promote" and store.current_version() != candidate:
         promote(workdir, settings, store, candidate)

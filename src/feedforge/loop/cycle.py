@@ -28,10 +28,12 @@ cycle starts afresh). With ``wait=False`` the cycle returns while its canary run
 
 from __future__ import annotations
 
-import logging
+import contextlib
+import json
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from feedforge.artifacts import new_version
@@ -44,16 +46,15 @@ from feedforge.loop.gates import Gate, data_gate, offline_gate, ope_gate, publis
 from feedforge.loop.runs import Run, loop_lock, new_run, prune_runs, unfinished
 from feedforge.models.base import EmbeddingRecommender
 from feedforge.models.registry import load_ranker, load_recommender
-from feedforge.models.train import train_models
+from feedforge.models.train import WarmStart, train_models
 from feedforge.publish.publisher import publish
 from feedforge.serving.pipeline import FeedService
 from feedforge.store.base import OnlineStore
 from feedforge.store.factory import open_store
 from feedforge.workdir import Workdir
 
-logger = logging.getLogger(__name__)
-
 Progress = Callable[[str], None]
+Clock = Callable[[], datetime]
 Traffic = Callable[[Run], None]
 """Called while a canary waits for its window (e.g. simulated users in a benchmark)."""
 
@@ -67,8 +68,23 @@ def run_cycle(
     traffic: Traffic | None = None,
     trigger: str = "manual",
     progress: Progress | None = None,
+    clock: Clock | None = None,
+    after_train: Callable[[Workdir], None] | None = None,
 ) -> Run:
     """Advance the unfinished run, or start and advance a new one (see the module docs).
+
+    Args:
+        workdir: The work directory (its event log, catalog, bundles and store).
+        settings: The settings (``loop`` the gates and canary).
+        wait: Wait through the canary window (else return while it runs).
+        poll_s: How often a waiting canary is checked.
+        traffic: Called instead of sleeping while a canary waits (simulated users).
+        trigger: Why the cycle started (recorded).
+        progress: Progress messages.
+        clock: The time the canary and the off-policy window are measured in (default: the
+            wall clock; a simulation passes its own).
+        after_train: Called with the run's staged work directory after training (a
+            benchmark injects a broken candidate with it).
 
     Returns:
         The run, finished or (with ``wait=False``) with its canary running.
@@ -87,7 +103,14 @@ def run_cycle(
             run.update(resumed=int(run.data.get("resumed", 0)) + 1)
             say(f"run {run.run_id}: resumed at status {run.status}")
         try:
-            _advance(run, workdir, settings, store, wait, poll_s, traffic, say)
+            _advance(
+                run,
+                _Context(workdir, settings, store, clock or _wall_clock, after_train),
+                wait,
+                poll_s,
+                traffic,
+                say,
+            )
         except BaseException as exc:
             if isinstance(exc, FeedforgeError | ValueError | OSError):
                 run.update(
@@ -95,6 +118,7 @@ def run_cycle(
                     error=f"{type(exc).__name__}: {exc}",
                     finished_at=datetime.now(UTC).isoformat(),
                 )
+                _abandon(workdir, settings, store, run, clock or _wall_clock)
             raise
         if run.finished:
             prune_runs(workdir, settings.loop.keep_runs, protect=set(store.versions()))
@@ -133,6 +157,19 @@ def _passes(run: Run, step: str, compute: Callable[[], Gate], say: Progress) -> 
     return gate.passed
 
 
+def _abandon(
+    workdir: Workdir, settings: Settings, store: OnlineStore, run: Run, clock: Clock
+) -> None:
+    """After a failed step: a staged candidate that is not current stops its canary (if it
+    started one) and is retired, so the versions' pruning removes it in time."""
+    candidate = run.data.get("candidate")
+    if not candidate:
+        return
+    with contextlib.suppress(FeedforgeError):  # best effort: the step's error is the news
+        if store.current_version() != candidate and store.get_meta(str(candidate)):
+            finish(workdir, settings, store, run.run_id, str(candidate), "rollback", clock)
+
+
 def _discard(workdir: Workdir, store: OnlineStore, version: str) -> None:
     """Delete a staged version that never served (store keys and bundle)."""
     if store.current_version() != version:
@@ -140,16 +177,23 @@ def _discard(workdir: Workdir, store: OnlineStore, version: str) -> None:
     shutil.rmtree(workdir.bundles_dir / version, ignore_errors=True)
 
 
+@dataclass(frozen=True)
+class _Context:
+    workdir: Workdir
+    settings: Settings
+    store: OnlineStore
+    clock: Clock
+    after_train: Callable[[Workdir], None] | None
+
+
+def _wall_clock() -> datetime:
+    return datetime.now(UTC)
+
+
 def _advance(
-    run: Run,
-    workdir: Workdir,
-    settings: Settings,
-    store: OnlineStore,
-    wait: bool,
-    poll_s: float,
-    traffic: Traffic | None,
-    say: Progress,
+    run: Run, ctx: _Context, wait: bool, poll_s: float, traffic: Traffic | None, say: Progress
 ) -> None:
+    workdir, settings, store = ctx.workdir, ctx.settings, ctx.store
     staged = run.products(workdir)
     incumbent = run.data.get("incumbent")
     if not run.done("build"):
@@ -161,15 +205,33 @@ def _advance(
         run.update(dataset_version=manifest.version)
     dataset = load_dataset(staged)
 
-    previous = _incumbent_dataset(workdir, store, incumbent)
-    if not _passes(run, "data_gate", lambda: data_gate(dataset, settings, previous), say):
+    earlier = _incumbent_products(workdir, store, incumbent)
+
+    def check_data() -> Gate:
+        previous = None
+        if earlier is not None:
+            with contextlib.suppress(ArtifactError):  # unreadable: no label-rate comparison
+                previous = load_dataset(earlier)
+        return data_gate(dataset, settings, previous)
+
+    if not _passes(run, "data_gate", check_data, say):
         return
 
     if not run.done("train"):
         with run.timed("train") as result:
             shutil.rmtree(staged.models_dir, ignore_errors=True)
-            saved = train_models(staged, settings, say)
+            warm = (
+                WarmStart(earlier, settings.loop.warm_iterations)
+                if settings.loop.warm_start and earlier is not None
+                else None
+            )
+            saved = train_models(staged, settings, say, warm)
             result["models"] = {name: m.version for name, m in saved.items()}
+            result["warm_start"] = {
+                name: m.extra["warm_start"] for name, m in saved.items() if "warm_start" in m.extra
+            }
+            if ctx.after_train is not None:
+                ctx.after_train(staged)
         run.update(model_versions=run.step("train")["result"]["models"])
 
     offline = lambda: _offline(staged, workdir, settings, store, dataset, incumbent)  # noqa: E731
@@ -187,7 +249,7 @@ def _advance(
             result["version"] = version
     candidate = str(run.data["candidate"])
 
-    ope = lambda: _ope(workdir, settings, store, candidate, incumbent)  # noqa: E731
+    ope = lambda: _ope(workdir, settings, store, candidate, incumbent, ctx.clock())  # noqa: E731
     if not _passes(run, "ope_gate", ope, say):
         _discard(workdir, store, candidate)
         return
@@ -195,32 +257,33 @@ def _advance(
     if incumbent is None or store.current_version() is None:
         # Nothing serves yet: there is no one to canary against.
         with run.timed("decide") as result:
-            finish(workdir, settings, store, run.run_id, candidate, "promote")
+            finish(workdir, settings, store, run.run_id, candidate, "promote", ctx.clock)
             result["action"] = "promote"
         _decided(run, {"action": "promote", "reasons": ["nothing was serving"], "checks": {}})
         return
 
     if not run.done("canary"):
         with run.timed("canary") as result:
-            experiment = start_canary(store, settings, run.run_id, candidate)
+            experiment = start_canary(store, settings, run.run_id, candidate, ctx.clock)
             result.update(experiment=experiment.id, started_at=str(experiment.started_at))
         run.update(status="canary", experiment=run.step("canary")["result"]["experiment"])
         say(f"canary {run.data['experiment']}: {settings.loop.canary_share:.0%} of users")
 
     while True:
-        verdict = canary_verdict(workdir, settings, store, run.run_id, candidate)
-        if verdict is not None:
+        verdict = canary_verdict(workdir, settings, store, run.run_id, candidate, ctx.clock)
+        if verdict["action"] != "wait":
             break
+        run.update(canary_status=verdict["reasons"][0])
         if traffic is not None:
             traffic(run)
             continue
         if not wait:
-            say("canary running: decision after its window")
+            say(f"canary running: {verdict['reasons'][0]}")
             return
         time.sleep(poll_s)
     with run.timed("decide") as result:
         result.update(verdict)
-        finish(workdir, settings, store, run.run_id, candidate, verdict["action"])
+        finish(workdir, settings, store, run.run_id, candidate, verdict["action"], ctx.clock)
     _decided(run, verdict)
     say(f"decision: {verdict['action']}: {'; '.join(verdict['reasons'])}")
 
@@ -266,38 +329,40 @@ def _offline(
 
 
 def _ope(
-    workdir: Workdir, settings: Settings, store: OnlineStore, candidate: str, incumbent: str | None
+    workdir: Workdir,
+    settings: Settings,
+    store: OnlineStore,
+    candidate: str,
+    incumbent: str | None,
+    now: datetime,
 ) -> Gate:
     service = FeedService(settings, workdir, store)
     try:
         service.versions.preload()
-        return ope_gate(workdir, settings, service, candidate, incumbent)
+        return ope_gate(workdir, settings, service, candidate, incumbent, now)
     finally:
         service.close()
 
 
-def _incumbent_dataset(
+def _incumbent_products(
     workdir: Workdir, store: OnlineStore, incumbent: str | None
-) -> Dataset | None:
-    """The dataset the serving version was built from, when it is still on disk (the work
-    directory's own, or an earlier run's)."""
+) -> Workdir | None:
+    """Where the dataset and models the serving version was built from are, when still on
+    disk (the work directory's own, or an earlier run's)."""
     if incumbent is None:
         return None
     meta = store.get_meta(incumbent) or {}
     wanted = meta.get("dataset_version")
-    candidates = [workdir] + [
+    places = [workdir] + [
         workdir.staged(path)
-        for path in sorted((workdir.loop_dir / "runs").glob("*"))
+        for path in sorted((workdir.loop_dir / "runs").glob("*"), reverse=True)
         if path.is_dir()
     ]
-    for place in candidates:
-        manifest = place.dataset_dir / "manifest.json"
-        if not manifest.is_file():
-            continue
+    for place in places:
         try:
-            dataset = load_dataset(place)
-        except ArtifactError:
+            manifest = json.loads((place.dataset_dir / "manifest.json").read_text("utf-8"))
+        except (OSError, ValueError):
             continue
-        if dataset.version == wanted:
-            return dataset
+        if isinstance(manifest, dict) and manifest.get("version") == wanted:
+            return place
     return None

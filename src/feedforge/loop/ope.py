@@ -11,10 +11,15 @@ The target is a variant: a published version and/or serving overrides
 computes the target's scored candidates for that user
 (:meth:`~feedforge.serving.pipeline.FeedService.scored_candidates`) and the probability the
 target's re-ranking had of showing the logged feed, slot by slot
-(:func:`~feedforge.serving.rerank.slate_propensities`). The direct model of ``dr`` is each
-policy's own ranker score calibrated per slot to the logged rewards (``q_j = c_j * score``,
-``c_j`` by least squares on the logged slots); the target slate's direct value is the mean
-over :data:`DM_DRAWS` slates drawn from the target (one for a deterministic target).
+(:func:`~feedforge.serving.rerank.slate_propensities`). The direct model of ``dr`` is the
+target's ranker score calibrated per slot to the logged rewards (``q_j = c_j * score``,
+``c_j`` by least squares of the logged slots' rewards on the target's scores of the logged
+items), used both for the logged items (the correction term) and for the target's slates,
+whose direct value is the mean over :data:`DM_DRAWS` slates drawn from the target (one for a
+deterministic target). One reward model for both terms keeps the estimate doubly robust, and
+fitting it on the target's own scores makes it independent of their scale: a target version
+whose ranker scores on another scale than the logging one is not under- or over-valued for
+it.
 
 **An approximation to know.** The replay scores candidates with the user's state *now* (live
 history, the version's snapshot), not as it was when the feed was logged. The logged feed's
@@ -136,12 +141,13 @@ def replay(
     plan = target_plan(service, target)
     rng = np.random.default_rng(seed)
     pi, rewards = np.zeros((n, k)), np.zeros((n, k))
+    # The direct model is the target's own scores: of the logged items (for the correction
+    # term) and of the target's slates, calibrated per slot on the logged rewards.
     logged_scores, target_scores = np.zeros((n, k)), np.zeros((n, k))
     replayed = 0
     for i, row in enumerate(logged.iter_rows(named=True)):
         items = list(row["items"])
         rewards[i, : len(items)] = row["rewards"] or [0.0] * len(items)
-        logged_scores[i, : len(items)] = row["scores"]
         cands = service.scored_candidates(row["user_id"], len(items), plan, keep=frozenset(items))
         if cands is None:
             continue
@@ -151,6 +157,7 @@ def replay(
         score_of = dict(
             zip(cands.item_ids, np.asarray(cands.scores, dtype=np.float64), strict=True)
         )
+        logged_scores[i, : len(items)] = [score_of.get(x, 0.0) for x in items]
         drawn = [rerank(cands, len(items), plan.reranking, rng).item_ids for _ in range(draws)]
         for slate in drawn:
             target_scores[i, : len(slate)] += [score_of[x] / draws for x in slate]

@@ -58,6 +58,7 @@ class ALSRecommender(FactorModel):
     """
 
     name: ClassVar[str] = "als"
+    WARM_START: ClassVar[bool] = True
     Params = ALSParams
     params: ALSParams
     ARRAYS = (

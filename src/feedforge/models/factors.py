@@ -9,7 +9,7 @@ says how to build its solver and the matrix it reads (:meth:`FactorModel._solver
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import scipy.sparse as sp
@@ -32,11 +32,29 @@ class FactorModel(ArrayModel, EmbeddingRecommender):
 
     DIVERGED_HINT = "check the hyper-parameters"
     """What to change when training diverges, quoted in the error."""
+    WARM_START: ClassVar[bool] = False
+    """Whether :meth:`warm_start` is supported (the solver starts from given factors)."""
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         self.user_factors_: np.ndarray | None = None
         self.item_factors_: np.ndarray | None = None
+        self._initial: tuple[np.ndarray, np.ndarray] | None = None
+
+    def warm_start(self, user_factors: np.ndarray, item_factors: np.ndarray) -> Self:
+        """Start the next :meth:`fit` from these factors instead of random ones (rows in the
+        id maps of the data it will learn from; see :func:`aligned_factors`).
+
+        Raises:
+            ValidationError: the model does not support it.
+        """
+        if not self.WARM_START:
+            raise ValidationError(f"{type(self).__name__} does not support a warm start")
+        self._initial = (
+            np.ascontiguousarray(user_factors, dtype=np.float32),
+            np.ascontiguousarray(item_factors, dtype=np.float32),
+        )
+        return self
 
     @abstractmethod
     def _solver(self, interactions: Interactions) -> tuple[RecommenderBase, sp.csr_matrix]:
@@ -62,6 +80,16 @@ class FactorModel(ArrayModel, EmbeddingRecommender):
         # warns), so limit BLAS to one while the solver is built and fitted.
         with threadpool_limits(1, "blas"):
             solver, matrix = self._solver(interactions)
+            if self._initial is not None:
+                users, items = self._initial
+                want = (matrix.shape[0], getattr(solver, "factors", users.shape[1]))
+                if users.shape != want or items.shape != (matrix.shape[1], want[1]):
+                    raise ValidationError(
+                        f"{owner}.fit: warm-start factors {users.shape} and {items.shape} do "
+                        f"not fit {matrix.shape} interactions with {want[1]} factors"
+                    )
+                # implicit starts from factors already set instead of drawing random ones.
+                solver.user_factors, solver.item_factors = users.copy(), items.copy()
             try:
                 solver.fit(matrix, show_progress=False)
             except ModelFitError as exc:
@@ -89,3 +117,22 @@ class FactorModel(ArrayModel, EmbeddingRecommender):
     def item_embeddings(self) -> np.ndarray:
         """``(n_items, D)`` float32 item vectors."""
         return self._fitted()[1]
+
+
+def aligned_factors(
+    old_ids: list[str], old: np.ndarray, new_ids: list[str], seed: int = 0
+) -> tuple[np.ndarray, int]:
+    """Factors of ``old_ids`` moved to the rows of ``new_ids``; ids without an old row get
+    small random ones (as implicit draws them: ``U[0, 0.01)``).
+
+    Returns:
+        The ``(len(new_ids), D)`` float32 factors and how many rows were copied.
+    """
+    row_of = {item: j for j, item in enumerate(old_ids)}
+    rng = np.random.default_rng(seed)
+    out = (rng.random((len(new_ids), old.shape[1])) * 0.01).astype(np.float32)
+    pairs = [(i, row_of[x]) for i, x in enumerate(new_ids) if x in row_of]
+    if pairs:
+        new_rows, old_rows = (np.array(p, dtype=np.int64) for p in zip(*pairs, strict=True))
+        out[new_rows] = old[old_rows]
+    return out, len(pairs)

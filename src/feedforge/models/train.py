@@ -12,23 +12,44 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
 
 from feedforge.artifacts import Manifest
 from feedforge.config import Settings
-from feedforge.datasets.load import load_dataset
+from feedforge.datasets.load import Dataset, load_dataset
+from feedforge.errors import FeedforgeError
 from feedforge.features.objectives import settings_value
-from feedforge.models.base import EmbeddingRecommender
+from feedforge.models.base import EmbeddingRecommender, Recommender
+from feedforge.models.factors import FactorModel, aligned_factors
 from feedforge.models.ranking_data import ranker_training_data
-from feedforge.models.registry import RANKERS, create_ranker, create_recommender
+from feedforge.models.registry import RANKERS, create_ranker, create_recommender, load_recommender
 from feedforge.workdir import Workdir
 
 Progress = Callable[[str], None]
 
 
+@dataclass(frozen=True)
+class WarmStart:
+    """Where a warm start comes from: the products (dataset and models) of an earlier
+    training (:meth:`~feedforge.workdir.Workdir.staged`), and the retrieval model's
+    iterations when warm-started (None: as configured)."""
+
+    products: Workdir
+    iterations: int | None = None
+
+
 def train_models(
-    workdir: Workdir, settings: Settings, progress: Progress | None = None
+    workdir: Workdir,
+    settings: Settings,
+    progress: Progress | None = None,
+    warm: WarmStart | None = None,
 ) -> dict[str, Manifest]:
     """Fit and save the popularity baseline, the retrieval model and the ranker.
+
+    With ``warm``, a retrieval model that supports it (ALS) starts from the earlier model's
+    factors, moved to this dataset's id maps (new users and items start random), for
+    ``warm.iterations`` sweeps; the returned manifest's ``extra`` says so (``warm_start``).
 
     The ranker needs labelled impressions in the validation split and an embedding retrieval
     model; without them (e.g. an imported rating dataset) it is skipped and serving orders
@@ -54,8 +75,12 @@ def train_models(
 
     name = cfg.retrieval
     say(f"fitting the retrieval model {name}")
-    retrieval = create_recommender(name, cfg).fit(train)
+    retrieval = create_recommender(name, cfg)
+    warmed = _warm_start(retrieval, name, dataset, warm, say)
+    retrieval.fit(train)
     saved[name] = retrieval.save(workdir.model_dir(name), inputs=inputs)
+    if warmed:
+        saved[name] = replace(saved[name], extra={**saved[name].extra, "warm_start": warmed})
     if not isinstance(retrieval, EmbeddingRecommender):
         say(f"{name} has no embeddings: no ranker (it ranks retrieval-score features)")
         return saved
@@ -74,3 +99,39 @@ def train_models(
     ranker = data.fit(create_ranker(ranker_name, cfg, value=value))
     saved[ranker_name] = ranker.save(workdir.model_dir(ranker_name), inputs=inputs)
     return saved
+
+
+def _warm_start(
+    model: Recommender, name: str, dataset: Dataset, warm: WarmStart | None, say: Progress
+) -> dict[str, Any] | None:
+    """Start ``model`` from the earlier model of ``warm`` when both allow it."""
+    if warm is None or not isinstance(model, FactorModel) or not model.WARM_START:
+        return None
+    directory = warm.products.model_dir(name)
+    try:
+        earlier = load_recommender(name, directory)
+        old = load_dataset(warm.products)
+    except FeedforgeError as exc:
+        say(f"no warm start ({exc})")
+        return None
+    if not isinstance(earlier, FactorModel) or earlier.user_factors_ is None:
+        return None
+    if earlier.item_factors_ is None or earlier.get_params() != model.get_params():
+        say("no warm start: the earlier model has other hyper-parameters")
+        return None
+    users, n_users = aligned_factors(
+        old.users.ids.to_list(), earlier.user_factors_, dataset.users.ids.to_list()
+    )
+    items, n_items = aligned_factors(
+        old.items.ids.to_list(), earlier.item_factors_, dataset.items.ids.to_list()
+    )
+    model.warm_start(users, items)
+    if warm.iterations is not None:
+        model.set_params(iterations=warm.iterations)
+    say(f"warm start from {earlier.artifact_version}: {n_users} users, {n_items} items kept")
+    return {
+        "from": earlier.artifact_version,
+        "users_kept": n_users,
+        "items_kept": n_items,
+        "iterations": model.get_params().get("iterations"),
+    }

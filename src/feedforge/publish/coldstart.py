@@ -35,6 +35,7 @@ import polars as pl
 from sklearn.linear_model import Ridge
 
 from feedforge.errors import ValidationError
+from feedforge.features.content import ContentMap, attribute_scaling, encode_attributes
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ class ColdItems:
         n_content: Items served with a content vector (zero vectors of the model replaced,
             plus catalog items outside its id map).
         r2: The mapping's R^2 on the learned items (None when no mapping was fitted).
+        mapping: The fitted map (None when none was fitted), saved in the version's bundle
+            so the service maps items posted later the same way.
     """
 
     ids: list[str]
@@ -62,44 +65,14 @@ class ColdItems:
     n_learned: int
     n_content: int
     r2: float | None
+    mapping: ContentMap | None = None
 
 
 def item_attributes(items: pl.DataFrame, snapshot_time: datetime) -> np.ndarray:
-    """``(n_items, n_categories + 3)`` float32 attributes of catalog rows, in their order
-    (see the module docs); an empty category vocabulary gives 3 columns."""
-    for name in ("item_id", "categories", "created_at", "duration_seconds", "price"):
-        if name not in items.columns:
-            raise ValidationError(f"item catalog: missing column {name!r}")
-    n = items.height
-    exploded = (
-        items.select(pl.int_range(pl.len()).alias("_row"), "categories")
-        .explode("categories", empty_as_null=False, keep_nulls=False)
-        .drop_nulls("categories")
-    )
-    vocabulary = sorted(set(exploded.get_column("categories").to_list()))
-    position = {category: j for j, category in enumerate(vocabulary)}
-    multi_hot = np.zeros((n, len(vocabulary)), dtype=np.float32)
-    if exploded.height:
-        rows = exploded.get_column("_row").to_numpy()
-        cols = np.array([position[c] for c in exploded.get_column("categories").to_list()])
-        multi_hot[rows, cols] = 1.0
-    age_days = ((pl.lit(snapshot_time) - pl.col("created_at")).dt.total_seconds() / 86_400.0).clip(
-        lower_bound=0.0
-    )
-    numeric = items.select(
-        pl.col("duration_seconds").cast(pl.Float64).clip(lower_bound=0.0).log1p(),
-        pl.col("price").cast(pl.Float64).clip(lower_bound=0.0).log1p(),
-        age_days.log1p().alias("age"),
-    ).to_numpy()
-    numeric = np.asarray(numeric, dtype=np.float64)
-    for j in range(numeric.shape[1]):
-        column = numeric[:, j]
-        known = np.isfinite(column)
-        if known.any():
-            mean, std = column[known].mean(), column[known].std()
-            column[known] = (column[known] - mean) / (std if std > 0 else 1.0)
-        column[~known] = 0.0
-    return np.hstack([multi_hot, numeric.astype(np.float32)])
+    """``(n_items, n_categories + 3)`` float32 attributes of catalog rows, in their order,
+    scaled over these rows (see :mod:`feedforge.features.content`)."""
+    vocabulary, mean, std = attribute_scaling(items, snapshot_time)
+    return encode_attributes(items, snapshot_time, vocabulary, mean, std)
 
 
 def cold_item_embeddings(
@@ -134,7 +107,8 @@ def cold_item_embeddings(
 
     row_of = {item_id: j for j, item_id in enumerate(ids)}
     catalog_rows = np.array([row_of[i] for i in catalog_ids], dtype=np.int64)
-    attributes = item_attributes(items, snapshot_time)
+    vocabulary, mean, std = attribute_scaling(items, snapshot_time)
+    attributes = encode_attributes(items, snapshot_time, vocabulary, mean, std)
     fit = learned[catalog_rows]
     targets = ~fit
     if fit.sum() < MIN_LEARNED_ITEMS or not targets.any():
@@ -151,4 +125,12 @@ def cold_item_embeddings(
     ridge.fit(attributes[fit], out[catalog_rows[fit]])
     r2 = float(ridge.score(attributes[fit], out[catalog_rows[fit]]))
     out[catalog_rows[targets]] = ridge.predict(attributes[targets]).astype(np.float32)
-    return ColdItems(ids, out, int(learned.sum()), int(targets.sum()), r2)
+    mapping = ContentMap(
+        vocabulary=vocabulary,
+        mean=mean,
+        std=std,
+        coef=np.asarray(ridge.coef_, dtype=np.float64).reshape(out.shape[1], -1),
+        intercept=np.asarray(ridge.intercept_, dtype=np.float64).reshape(out.shape[1]),
+        r2=r2,
+    )
+    return ColdItems(ids, out, int(learned.sum()), int(targets.sum()), r2, mapping)

@@ -36,9 +36,10 @@ from feedforge.config import ServingConfig, Settings
 from feedforge.datasets.idmap import IdMap
 from feedforge.datasets.load import load_dataset
 from feedforge.errors import ArtifactError, DataError, StoreError
-from feedforge.events.catalog import read_catalog
+from feedforge.events.catalog import read_catalog, unavailable_items
 from feedforge.events.log import EventLog
 from feedforge.events.schema import CONSUMED_EVENTS
+from feedforge.features.content import CONTENT_MAP_FILE
 from feedforge.features.definitions import FEATURES
 from feedforge.features.offline import snapshot_counters, snapshot_time_of
 from feedforge.features.online import item_records, user_records
@@ -59,6 +60,7 @@ from feedforge.store.bundle import (
 )
 from feedforge.store.keys import ITEM_EMB, ITEM_FEAT, USER_EMB, USER_FEAT
 from feedforge.store.last_current import remember_current
+from feedforge.store.live_items import prune_folded
 from feedforge.workdir import Workdir
 
 POPULAR_LIST_SIZE = 1_000
@@ -145,7 +147,11 @@ def publish(
         if ranker_dir.is_dir()
         else None
     )
+    # Item updates appended from now on are not in this version: they stay in the service's
+    # live items (store.live_items) after it becomes current.
+    catalog_read_at = datetime.now(UTC)
     _, items, _ = read_catalog(workdir)
+    withdrawn = unavailable_items(workdir)
     say("computing feature snapshot")
     log = EventLog(workdir.events_dir)
     with log.reading():  # no compaction removes a file of the log while it is read
@@ -183,6 +189,13 @@ def publish(
         cold = cold_item_embeddings(items, i_ids, i_emb, snapshot_time)
         i_ids, i_emb = cold.ids, cold.vectors
         cold_stats = {"method": "content", "content_items": cold.n_content, "r2": cold.r2}
+        if cold.mapping is not None:
+            # Items posted after this publish get their vectors from the same map.
+            cold.mapping.save(bundle / CONTENT_MAP_FILE)
+    if withdrawn:
+        # Withdrawn items leave the served items even when the retrieval model learned them.
+        keep = np.array([i not in withdrawn for i in i_ids], dtype=bool)
+        i_ids, i_emb = [i for i, k in zip(i_ids, keep, strict=True) if k], i_emb[keep]
     IdMap(i_ids).save(bundle / ITEM_IDS_FILE)
     say(f"building the {serving.ann} ANN index over {len(i_emb)} item embeddings")
     index = build_serving_index(i_emb, u_emb, serving)
@@ -223,6 +236,7 @@ def publish(
         "bundle": str(bundle),
         "ann": {"dir": ANN_DIR, **asdict(index.params)},
         "dataset_version": dataset.version,
+        "catalog_read_at": catalog_read_at.isoformat(),
     }
     write_manifest(
         bundle,
@@ -260,4 +274,6 @@ def promote(workdir: Workdir, settings: Settings, store: OnlineStore, version: s
     remember_current(workdir.current_dir, store, version, list(meta.get("popular") or []))
     if previous is not None and previous != version:
         retire(store, previous)
+    if meta.get("catalog_read_at"):
+        prune_folded(store, datetime.fromisoformat(str(meta["catalog_read_at"])).timestamp())
     prune_versions(workdir, store, settings.store.keep_versions, settings.store.retire_grace_s)

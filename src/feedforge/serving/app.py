@@ -33,7 +33,7 @@ from feedforge.serving.allocator import fix_mmap_threshold
 from feedforge.serving.docs import install_docs
 from feedforge.serving.middleware import RequestTiming
 from feedforge.serving.pipeline import FeedService
-from feedforge.serving.routes import events, feed, ops
+from feedforge.serving.routes import events, feed, items, ops
 from feedforge.serving.security import BodySizeLimit, check_security_config
 from feedforge.store.factory import open_store
 from feedforge.workdir import Workdir
@@ -64,6 +64,7 @@ def create_app(settings: Settings, workdir: Workdir) -> FastAPI:
         service.versions.preload()
         service.replay_held_histories()  # updates a stopped or killed worker still held
         service.experiments.start()  # the running experiments, then every refresh period
+        service.live.start(lambda: service.versions.loaded)  # items posted since the publish
         service.monitor.start()  # profile flushes, drift, KPIs, process gauges
         try:
             yield
@@ -87,7 +88,7 @@ def create_app(settings: Settings, workdir: Workdir) -> FastAPI:
 
     install_error_handlers(app)
 
-    for router in (feed.router, events.router, ops.router):
+    for router in (feed.router, events.router, items.router, ops.router):
         app.include_router(router)
     events.install_event_schema(app)
     install_docs(app)

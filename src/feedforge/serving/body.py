@@ -133,3 +133,13 @@ async def read_json(request: Request, max_items: int | None = None, what: str = 
         raise RequestValidationError([error]) from exc
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise HTTPException(status_code=400, detail="There was an error parsing the body") from exc
+
+
+def one_or_many_body(item_schema: dict[str, Any], max_items: int) -> dict[str, Any]:
+    """The OpenAPI request body of a route taking one object or a list of at most
+    ``max_items`` (FastAPI cannot say that from a signature, so it is written by hand)."""
+    many = {"type": "array", "items": item_schema, "maxItems": max_items}
+    return {
+        "required": True,
+        "content": {"application/json": {"schema": {"oneOf": [item_schema, many]}}},
+    }

@@ -36,6 +36,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -90,6 +91,8 @@ class FeedLog:
         self._opened = 0.0
         self._size = 0
         self._count = 0
+        self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+        """The feeds' ``ts`` (a simulation sets its own clock)."""
 
     @classmethod
     def from_settings(cls, directory: Path, serving: ServingConfig) -> FeedLog:
@@ -106,7 +109,7 @@ class FeedLog:
     def write(self, record: dict[str, Any]) -> None:
         """Append one feed (``ts``, ``items_total`` and ``truncated`` are added; the item
         lists are cut to ``max_items``); the line reaches the OS before this returns."""
-        now = datetime.now(UTC)
+        now = self.clock()
         line = json.dumps({"ts": now.isoformat(), **self._capped(record)}, separators=(",", ":"))
         data = line + "\n"
         size = len(data.encode("utf-8"))

@@ -61,6 +61,7 @@ from feedforge.serving.feed import Feed
 from feedforge.serving.feedlog import FeedLog
 from feedforge.serving.following import VersionFollower
 from feedforge.serving.held import SCAN_INTERVAL_S, PendingHistories
+from feedforge.serving.live import LiveItems
 from feedforge.serving.monitor import ServiceMonitor
 from feedforge.serving.rerank import (
     Candidates,
@@ -130,6 +131,9 @@ class FeedService:
         )
         """Serving profile, drift, skew sample, freshness and KPIs
         (:mod:`feedforge.serving.monitor`); its thread is started by the app."""
+        self.live = LiveItems(store, settings.serving.live_items_refresh_s)
+        """Items posted or withdrawn since the last publish (:mod:`feedforge.serving.live`);
+        its refresh thread is started by the app."""
         self._stopping = threading.Event()  # ends the held-history replay thread
         self._replayer: threading.Thread | None = None
 
@@ -213,6 +217,7 @@ class FeedService:
         if self._replayer is not None:
             self._replayer.join()
         self.experiments.close()
+        self.live.close()
         self.monitor.close()
         self.pending.close(self.store, self.settings.serving.history_length)
         if self.feed_log is not None:
@@ -226,7 +231,8 @@ class FeedService:
             version, popular = loaded.version, loaded.popular
         else:
             version, popular = self._disk_fallback.get(self.guard.last_error)
-        picked = popular[:k]
+        blocked = self.live.blocked()
+        picked = [item for item in popular if item not in blocked][:k]
         return Feed(
             user_id=user_id,
             version=version,
@@ -301,6 +307,7 @@ class FeedService:
         metrics = self.metrics
         with metrics.stage("read"):
             state, user = self._read_user(user_id, plan.version)
+            state = self.live.apply(state)  # items posted or withdrawn since the publish
         with metrics.stage("retrieve"):
             user_record = user.record
             record = user_record or {}
@@ -308,7 +315,7 @@ class FeedService:
             held = self.pending.held_items(user_id)
             if held:  # acknowledged, not yet in the store (a flush may be in progress)
                 history = list(dict.fromkeys([*reversed(held), *history]))
-            seen = (set(record.get("seen", ())) | set(history)) - keep
+            seen = ((set(record.get("seen", ())) | set(history)) - keep) | state.blocked
             hist_idx = [i for i in (state.items.get(h) for h in history) if i is not None]
 
             if user.extra is not None:

@@ -118,6 +118,27 @@ class EventsRejected(IngestResponse):
     message: str = Field(description="How many events were rejected")
 
 
+class ItemsResponse(BaseModel):
+    accepted: int = Field(description="Items stored (added, changed or withdrawn)")
+    rejected: int = 0
+    errors: list[EventIssue] = Field(
+        [], description="One entry per problem of a rejected item: its index, field, reason"
+    )
+    live_updated: bool = Field(
+        True,
+        description="False while the online store is unavailable: the items are durable in "
+        "the catalog and served from the next publish",
+    )
+
+
+class ItemsRejected(ItemsResponse):
+    """``POST /items``' 422: the error fields plus what happened to the batch (the valid
+    items were stored all the same)."""
+
+    error: Literal["ValidationError"] = "ValidationError"
+    message: str = Field(description="How many items were rejected")
+
+
 class HealthResponse(BaseModel):
     status: Literal["ok", "unavailable"]
     version: str | None = None

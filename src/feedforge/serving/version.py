@@ -15,9 +15,11 @@ import numpy as np
 from feedforge.config import ServingConfig
 from feedforge.datasets.idmap import IdMap
 from feedforge.errors import ArtifactError, ConfigError, ValidationError
+from feedforge.features.content import CONTENT_MAP_FILE, ContentMap
 from feedforge.features.definitions import FEATURES
 from feedforge.features.item_table import ItemTable
 from feedforge.index.ann import AnnIndex, load_or_exact
+from feedforge.index.extended import ExtendedIndex
 from feedforge.models.base import Ranker
 from feedforge.models.ranker_utils import feature_difference
 from feedforge.models.registry import load_ranker
@@ -38,12 +40,14 @@ class LoadedVersion:
     items: IdMap
     item_matrix: np.ndarray  # (n_items, D) float32
     item_table: ItemTable  # the item feature snapshot, rows aligned with item_matrix
-    index: AnnIndex  # candidate retrieval over item_matrix
+    index: AnnIndex | ExtendedIndex  # candidate retrieval over item_matrix
     ranker: Ranker | None  # None: candidates are ordered by their retrieval score
     popular: list[str]
     snapshot_time: float  # epoch seconds
     published_at: float  # epoch seconds
     reference: Profile | None = None  # the drift baseline (None: published without one)
+    content_map: ContentMap | None = None  # attributes -> vector of items posted later
+    blocked: frozenset[str] = frozenset()  # withdrawn items (serving.live), never served
 
     def now(self) -> float:
         """The scoring clock: the snapshot time advanced by the wall time since publishing."""
@@ -113,6 +117,8 @@ def load_version(
             raise ConfigError(f"serving.ranker_device: {exc}") from exc
     reference_path = bundle / REFERENCE_PROFILE_FILE
     reference = Profile.load(reference_path, command) if reference_path.is_file() else None
+    map_path = bundle / CONTENT_MAP_FILE
+    content_map = ContentMap.load(map_path, command) if map_path.is_file() else None
     return LoadedVersion(
         version=version,
         meta=meta,
@@ -125,4 +131,5 @@ def load_version(
         snapshot_time=datetime.fromisoformat(meta["snapshot_time"]).timestamp(),
         published_at=datetime.fromisoformat(meta["published_at"]).timestamp(),
         reference=reference,
+        content_map=content_map,
     )

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 
 from feedforge.errors import ValidationError
 from feedforge.events.schema import Event, validate_events
-from feedforge.serving.body import read_json
+from feedforge.serving.body import one_or_many_body, read_json
 from feedforge.serving.deps import Service, WriteAccess
 from feedforge.serving.schemas import ErrorResponse, EventsRejected, IngestResponse
 
@@ -25,18 +25,8 @@ MAX_EVENTS_PER_REQUEST = 10_000
 
 router = APIRouter(tags=["events"])
 
-# The body is one event or a list of them; FastAPI cannot say that from a signature, so the
-# schema is written by hand (and the Event schema added to the document, install_event_schema).
-_EVENT_BODY_SCHEMA = {
-    "oneOf": [
-        {"$ref": "#/components/schemas/Event"},
-        {
-            "type": "array",
-            "items": {"$ref": "#/components/schemas/Event"},
-            "maxItems": MAX_EVENTS_PER_REQUEST,
-        },
-    ]
-}
+# The Event schema is added to the document by install_event_schema.
+_EVENT_BODY = one_or_many_body({"$ref": "#/components/schemas/Event"}, MAX_EVENTS_PER_REQUEST)
 
 
 async def events_payload(request: Request) -> Any:
@@ -51,12 +41,7 @@ EventsPayload = Annotated[Any, Depends(events_payload)]
     "/events",
     response_model=IngestResponse,
     dependencies=[WriteAccess],
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": _EVENT_BODY_SCHEMA}},
-        }
-    },
+    openapi_extra={"requestBody": _EVENT_BODY},
     responses={
         400: {"model": ErrorResponse, "description": "A body that cannot be decoded (not UTF-8)"},
         401: {"model": ErrorResponse, "description": "Missing or wrong X-API-Key"},
@@ -104,7 +89,7 @@ def post_events(service: Service, payload: EventsPayload) -> Any:
 
 
 def install_event_schema(app: FastAPI) -> None:
-    """Add the Event schema to ``app``'s OpenAPI document, for :data:`_EVENT_BODY_SCHEMA`.
+    """Add the Event schema to ``app``'s OpenAPI document, for :data:`_EVENT_BODY`.
 
     Args:
         app: The app the events router is included in.

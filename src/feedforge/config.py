@@ -653,6 +653,10 @@ class LoopConfig(_Section):
     keep_runs: int = Field(
         20, ge=2, description="Runs whose dataset and models are kept (older ones pruned)"
     )
+    compact: bool = Field(
+        True,
+        description="Compact the event log's days before today (the cycle's clock) first",
+    )
     warm_start: bool = Field(
         True,
         description="Start the retrieval model from the serving version's (ALS: its factors "

@@ -9,6 +9,8 @@ is recorded in the run's record before it starts and after it ends
 (its products deleted first; a half-written staged version is deleted from the store and the
 bundles before a new one is written).
 
+* **compact** the event log's finished days (``loop.compact``; one file per day instead of
+  one per request, so the build's scan does not grow with the traffic);
 * **build** the dataset from the event log up to now, into the run's own directory;
 * **data gate** (:func:`~feedforge.loop.gates.data_gate`);
 * **train** every configured model into the run's directory;
@@ -33,14 +35,15 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
 from feedforge.artifacts import new_version
 from feedforge.config import Settings
 from feedforge.datasets.build import build_dataset
 from feedforge.datasets.load import Dataset, load_dataset
-from feedforge.errors import ArtifactError, FeedforgeError
+from feedforge.errors import ArtifactError, EventLogError, FeedforgeError
+from feedforge.events.log import EventLog
 from feedforge.loop.canary import canary_verdict, finish, start_canary
 from feedforge.loop.gates import Gate, data_gate, offline_gate, ope_gate, published_pipeline
 from feedforge.loop.runs import Run, loop_lock, new_run, prune_runs, unfinished
@@ -196,6 +199,15 @@ def _advance(
     workdir, settings, store = ctx.workdir, ctx.settings, ctx.store
     staged = run.products(workdir)
     incumbent = run.data.get("incumbent")
+    if settings.loop.compact and not run.done("compact"):
+        with run.timed("compact") as result:
+            # The service writes a file per POST /events; merging the finished days keeps
+            # the build's scan from growing with the number of requests.
+            try:
+                done = EventLog(workdir.events_dir).compact(before=ctx.clock().date())
+                result.update(asdict(done))
+            except EventLogError as exc:  # the build reads an uncompacted log as well
+                result["error"] = exc.message
     if not run.done("build"):
         with run.timed("build") as result:
             shutil.rmtree(staged.dataset_dir, ignore_errors=True)

@@ -18,8 +18,8 @@ numbers it decided on (all kept in the run's record).
   must be at least ``loop.offline_min_lift``, and the two-stage feed's observed value may not
   fall by more than ``loop.offline_max_feed_drop``. The feed metrics are not the default
   gate because the window's outcomes were logged under the current version's feeds, which
-  credits it for its own exposures: in the loop benchmark healthy candidates trained after an
-  abrupt shift scored 18-41 % below it on them (``docs/benchmarks/loop.md``).
+  credits it for its own exposures: in the loop benchmark candidates their canary then
+  promoted scored up to 36 % below it on them (``docs/benchmarks/loop.json``).
 * **off-policy** (:func:`ope_gate`), once the candidate is staged in the store: the doubly
   robust estimates of both versions' value per feed from the feed log of the last
   ``loop.ope_window_s`` (:func:`~feedforge.loop.ope.replay`); the relative lift must be at

@@ -112,6 +112,23 @@ def test_demo_prints_the_table_writes_the_report_and_publishes(
     assert (workdir / "bundles" / version / "manifest.json").is_file()
 
 
+def test_a_second_demo_forgets_items_posted_to_the_first_world(
+    tmp_path: Path, small_config: Path
+) -> None:
+    from feedforge.config import load_settings
+    from feedforge.store.factory import open_store
+    from feedforge.store.live_items import read_live_items, upsert_live_items
+
+    workdir = tmp_path / "demo"
+    assert invoke("demo", "--workdir", workdir, "--config", small_config).exit_code == 0
+    settings = load_settings(small_config)
+    with open_store(settings.store, workdir / "store.sqlite3") as store:
+        upsert_live_items(store, {"old-world-item": {"available": False, "updated_at_s": 1.0}})
+    assert invoke("demo", "--workdir", workdir, "--config", small_config).exit_code == 0
+    with open_store(settings.store, workdir / "store.sqlite3") as store:
+        assert read_live_items(store)[1] == {}
+
+
 def test_stage_commands_in_order(tmp_path: Path, small_config: Path) -> None:
     workdir = tmp_path / "stages"
     wd = Workdir.at(workdir)

@@ -84,12 +84,15 @@ def run_publish(workdir: Workdir, settings: Settings) -> str:
 
 
 def _reset_live_state(workdir: Workdir, settings: Settings) -> None:
-    """Forget live user histories left in the store by an earlier run (the demo rebuilds the
-    world from scratch, so histories of the old event log would be stale)."""
+    """Forget the live state left in the store by an earlier run: user histories and items
+    posted since its last publish (the demo rebuilds the world from scratch, so they belong
+    to the old event log and catalog)."""
     from feedforge.store.factory import open_store
+    from feedforge.store.live_items import update_live_items
 
     with open_store(settings.store, workdir.store_path) as store:
         store.clear_histories()
+        update_live_items(store, lambda _entries: {})
 
 
 def print_report(report: dict[str, Any]) -> None:

@@ -70,13 +70,18 @@ def encode_attributes(
     """``(n_items, len(vocabulary) + 3)`` float32 attributes of catalog rows, in their order
     (see the module docs); categories outside ``vocabulary`` are ignored."""
     n = items.height
-    position = {category: j for j, category in enumerate(vocabulary)}
     multi_hot = np.zeros((n, len(vocabulary)), dtype=np.float32)
-    for row, categories in enumerate(items.get_column("categories").to_list()):
-        for category in categories or ():
-            j = position.get(category)
-            if j is not None:
-                multi_hot[row, j] = 1.0
+    lookup = pl.DataFrame(
+        {"categories": list(vocabulary), "_col": np.arange(len(vocabulary), dtype=np.int64)},
+        schema={"categories": pl.String, "_col": pl.Int64},
+    )
+    pairs = (
+        items.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("_row"), "categories")
+        .explode("categories", empty_as_null=False, keep_nulls=False)
+        .join(lookup, on="categories", how="inner")
+    )
+    if pairs.height:
+        multi_hot[pairs.get_column("_row").to_numpy(), pairs.get_column("_col").to_numpy()] = 1.0
     numeric = _numeric(items, snapshot_time)
     known = np.isfinite(numeric)
     scaled = np.where(known, (numeric - mean) / std, 0.0)

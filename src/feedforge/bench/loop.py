@@ -90,7 +90,7 @@ class LoopBenchSpec:
     seed: int = 3
 
 
-def bench_settings(base: Settings, spec: LoopBenchSpec, start: datetime) -> Settings:
+def loop_bench_settings(base: Settings, spec: LoopBenchSpec, start: datetime) -> Settings:
     """``base`` with the benchmark's world, an exploring feed (for the off-policy gate), a
     canary of a fifth of the users decided after half a day, and events of the simulated past
     accepted."""
@@ -225,21 +225,21 @@ def _day_values(sessions: pl.DataFrame) -> dict[str, Any]:
         "value_per_feed": float(sessions.get_column("true_watch_seconds").to_numpy().mean()) / 60.0,
         "clicks_per_feed": float(sessions.get_column("true_clicks").to_numpy().mean()),
     }
-    if "variant" in sessions.columns:
-        by = sessions.group_by("version").agg(pl.len().alias("feeds"))
-        out["feeds_by_version"] = dict(by.iter_rows())
+    # Which versions served the day's feeds (a canary's share shows here).
+    by = sessions.group_by("version").agg(pl.len().alias("feeds"))
+    out["feeds_by_version"] = dict(by.iter_rows())
     return out
 
 
 def run_loop_bench(
-    base: Settings, out_dir: Path, spec: LoopBenchSpec, say: Progress, root: Path | None = None
+    base: Settings, out_dir: Path, spec: LoopBenchSpec, say: Progress
 ) -> dict[str, Any]:
     """Run the benchmark and write ``loop.json`` and ``loop.md`` into ``out_dir``."""
     started = time.perf_counter()
     today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     start = today - timedelta(days=spec.history_days + spec.days + 1)
-    settings = bench_settings(base, spec, start)
-    with tempfile.TemporaryDirectory(prefix="ff-bench-loop-", dir=root) as tmp:
+    settings = loop_bench_settings(base, spec, start)
+    with tempfile.TemporaryDirectory(prefix="ff-bench-loop-") as tmp:
         arms = {name: Workdir.at(Path(tmp) / name) for name in ARMS}
         setup = {}
         for name in ("continuous", "frozen"):

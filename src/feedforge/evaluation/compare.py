@@ -24,23 +24,15 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import numpy as np
-import scipy.sparse as sp
 
 from feedforge.config import Settings
 from feedforge.datasets.interactions import Interactions
 from feedforge.datasets.load import Dataset
-from feedforge.errors import DataError, ValidationError
-from feedforge.evaluation.evaluate import (
-    observed_value,
-    ranker_metrics,
-    value_at_k,
-    value_metric_name,
-)
-from feedforge.evaluation.metrics import ranking_report
-from feedforge.features.objectives import positive_flags, settings_value
+from feedforge.errors import ValidationError
+from feedforge.evaluation.evaluate import eval_window, ranker_metrics, value_metric_name
+from feedforge.features.objectives import settings_value
 from feedforge.models.base import EmbeddingRecommender, Ranker
 from feedforge.models.ranking_data import ranker_training_data
-from feedforge.models.two_stage import two_stage_recommend
 
 _UNKNOWN_ITEM_SCORE = -1e30
 
@@ -136,40 +128,21 @@ def compare_pipelines(
     Raises:
         DataError: no test user has a positive for the objective.
     """
-    k = settings.evaluation.k
+    window = eval_window(dataset, settings)
     value = settings_value(settings)
-    relevant = dataset.relevant("test", positive_flags(value))
-    users = np.flatnonzero(np.diff(relevant.indptr) > 0)
-    if len(users) == 0:
-        raise DataError(
-            f"no test user has a positive for objective {settings.objective!r}; "
-            "nothing to compare on"
-        )
-    train_csr: sp.csr_matrix = dataset.train_interactions().to_csr()
-    observed = observed_value(dataset, value)
     snapshot = dataset.feature_snapshot()
+    k = window.k
     out: dict[str, Any] = {
         "k": k,
-        "users_evaluated": len(users),
+        "users_evaluated": len(window.users),
         "dataset_version": dataset.version,
         "models": {},
     }
     for name, (retrieval, ranker) in pipelines.items():
-        recs, _ = two_stage_recommend(
-            retrieval,
-            ranker,
-            dataset,
-            snapshot,
-            dataset.test_start,
-            users,
-            k,
-            settings.evaluation.candidates,
-            train_csr,
+        recs = window.two_stage(
+            dataset, retrieval, ranker, settings.evaluation.candidates, snapshot
         )
-        metrics = ranking_report(recs, relevant[users], len(dataset.items), k)
-        if observed is not None:
-            metric, matrix = observed
-            metrics[f"{metric}{k}"] = value_at_k(recs, matrix[users], k)
+        metrics = window.metrics(recs)
         if ranker is not None:
             # The ranker's order of the test window's logged impressions (its retrieval score
             # feature from this pipeline's embeddings): every shown item has its outcome, so

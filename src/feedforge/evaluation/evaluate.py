@@ -24,6 +24,7 @@ every model it measured (``model_versions``, from each model's manifest).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -184,6 +185,75 @@ def value_at_k(recommended: np.ndarray, value: sp.csr_matrix, k: int) -> float:
     return float(totals.mean()) if len(recs) else 0.0
 
 
+@dataclass(frozen=True)
+class EvalWindow:
+    """What every top-K measure of a dataset's test split shares: the users with a test
+    positive for the objective, their relevant items, the train items to exclude and the
+    observed value of the window (see :func:`eval_window`)."""
+
+    k: int
+    users: np.ndarray
+    relevant: sp.csr_matrix  # (len(users), n_items)
+    train: sp.csr_matrix  # (n_users, n_items)
+    n_items: int
+    observed: tuple[str, sp.csr_matrix] | None
+
+    def two_stage(
+        self,
+        dataset: Dataset,
+        retrieval: EmbeddingRecommender,
+        ranker: Ranker | None,
+        n_candidates: int,
+        snapshot: tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame] | None = None,
+    ) -> np.ndarray:
+        """The two-stage feed of every user, with the features as the online store held
+        them at the test window's start."""
+        recs, _ = two_stage_recommend(
+            retrieval,
+            ranker,
+            dataset,
+            snapshot or dataset.feature_snapshot(),
+            dataset.test_start,
+            self.users,
+            self.k,
+            n_candidates,
+            self.train,
+        )
+        return recs
+
+    def metrics(self, recs: np.ndarray) -> dict[str, float]:
+        """NDCG / recall / MAP / hit rate / coverage @k of ``(len(users), k)`` item indices,
+        and the objective's observed value @k when it has one."""
+        out = ranking_report(recs, self.relevant, self.n_items, self.k)
+        if self.observed is not None:
+            metric, matrix = self.observed
+            out[f"{metric}{self.k}"] = value_at_k(recs, matrix[self.users], self.k)
+        return out
+
+
+def eval_window(dataset: Dataset, settings: Settings) -> EvalWindow:
+    """The :class:`EvalWindow` of ``dataset`` for the configured objective and k.
+
+    Raises:
+        DataError: no test user has a positive for the objective.
+    """
+    value = settings_value(settings)
+    relevant = dataset.relevant("test", positive_flags(value))
+    users = np.flatnonzero(np.diff(relevant.indptr) > 0)
+    if len(users) == 0:
+        raise DataError(
+            f"no test user has a positive for objective {settings.objective!r}; nothing to evaluate"
+        )
+    return EvalWindow(
+        k=settings.evaluation.k,
+        users=users,
+        relevant=relevant[users],
+        train=dataset.train_interactions().to_csr(),
+        n_items=len(dataset.items),
+        observed=observed_value(dataset, value),
+    )
+
+
 def evaluate(
     workdir: Workdir, settings: Settings, progress: Progress | None = None
 ) -> dict[str, Any]:
@@ -201,34 +271,19 @@ def evaluate(
     say = progress or (lambda _msg: None)
     k = settings.evaluation.k
     dataset = load_dataset(workdir)
-    train_csr = dataset.train_interactions().to_csr()
-    value = settings_value(settings)
-    relevant = dataset.relevant("test", positive_flags(value))
-    users = np.flatnonzero(np.diff(relevant.indptr) > 0)
-    if len(users) == 0:
-        raise DataError(
-            f"no test user has a positive for objective {settings.objective!r}; nothing to evaluate"
-        )
-    relevant_users = relevant[users]
-    n_items = len(dataset.items)
+    window = eval_window(dataset, settings)
     report: dict[str, Any] = {
         "objective": settings.objective,
         "protocol": "temporal",
         "k": k,
         "dataset_version": dataset.version,
-        "users_evaluated": len(users),
+        "users_evaluated": len(window.users),
         "models": {},
         "model_versions": {},
     }
     command = workdir.command("train")
     ranker_name = settings.models.ranker.type
     ranker_dir = workdir.model_dir(ranker_name)
-    observed = observed_value(dataset, value)
-
-    def add_value(name: str, recs: np.ndarray) -> None:
-        if observed is not None:
-            metric, matrix = observed
-            report["models"][name][f"{metric}{k}"] = value_at_k(recs, matrix[users], k)
 
     retrieval_name = settings.models.retrieval
     recommenders: dict[str, Recommender] = {}
@@ -237,9 +292,8 @@ def evaluate(
         model = load_recommender(name, workdir.model_dir(name), build_command=command)
         recommenders[name] = model
         report["model_versions"][name] = model.artifact_version
-        recs, _ = model.recommend(users, k, exclude=train_csr)
-        report["models"][name] = ranking_report(recs, relevant_users, n_items, k)
-        add_value(name, recs)
+        recs, _ = model.recommend(window.users, k, exclude=window.train)
+        report["models"][name] = window.metrics(recs)
 
     retrieval = recommenders[retrieval_name]
     if not isinstance(retrieval, EmbeddingRecommender) or not ranker_dir.is_dir():
@@ -248,22 +302,9 @@ def evaluate(
         say(f"evaluating the two-stage pipeline ({retrieval_name} -> {ranker_name})")
         ranker = load_ranker(ranker_name, ranker_dir, build_command=command)
         report["model_versions"][ranker_name] = ranker.artifact_version
-        # The features as the online store held them at the test window's start.
-        recs, _ = two_stage_recommend(
-            retrieval,
-            ranker,
-            dataset,
-            dataset.feature_snapshot(),
-            dataset.test_start,
-            users,
-            k,
-            settings.evaluation.candidates,
-            train_csr,
-        )
-        two_stage = f"{retrieval_name}+{ranker_name}"
-        report["models"][two_stage] = ranking_report(recs, relevant_users, n_items, k)
-        add_value(two_stage, recs)
-        test = ranker_training_data(dataset, "test", retrieval, value)
+        recs = window.two_stage(dataset, retrieval, ranker, settings.evaluation.candidates)
+        report["models"][f"{retrieval_name}+{ranker_name}"] = window.metrics(recs)
+        test = ranker_training_data(dataset, "test", retrieval, settings_value(settings))
         report["ranker"] = {
             "model": ranker_name,
             "split": "test",

@@ -11,7 +11,6 @@ a publish drops them from what it serves even when the retrieval model learned t
 
 from __future__ import annotations
 
-import os
 import secrets
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,8 +18,9 @@ from typing import Any
 
 import polars as pl
 
-from feedforge.artifacts import Manifest, fsync, read_manifest, require_file, write_manifest
+from feedforge.artifacts import Manifest, read_manifest, require_file, write_manifest
 from feedforge.errors import ArtifactError
+from feedforge.events.durable import commit
 from feedforge.events.schema import ITEM_SCHEMA, USER_SCHEMA, UTC_US, conform
 from feedforge.workdir import Workdir
 
@@ -109,15 +109,7 @@ def append_item_updates(workdir: Workdir, updates: pl.DataFrame) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     path = directory / f"part-{stamp}-{secrets.token_hex(4)}.parquet"
-    tmp = directory / f".{path.name}.tmp"
-    try:
-        frame.write_parquet(tmp, compression="zstd")
-        fsync(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync(directory)
+    commit(path, lambda tmp: frame.write_parquet(tmp, compression="zstd"))
     return path
 
 

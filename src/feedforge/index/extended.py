@@ -29,11 +29,6 @@ class ExtendedIndex:
             )
         self.base = base
         self.extra = extra
-        self.params = base.params
-
-    @property
-    def n_items(self) -> int:
-        return self.base.n_items + len(self.extra)
 
     def retrieve(self, query: np.ndarray, n: int, exclude: Any = ()) -> Retrieval:
         """The best ``n`` of both parts, without the ``exclude`` indices (see the module

@@ -61,9 +61,11 @@ _PRIMARY = {
 
 
 Clock = Callable[[], datetime]
+"""The time canaries and off-policy windows are measured in."""
 
 
-def _wall_clock() -> datetime:
+def wall_clock() -> datetime:
+    """The default :data:`Clock`: now, in UTC."""
     return datetime.now(UTC)
 
 
@@ -76,7 +78,7 @@ def start_canary(
     settings: Settings,
     run_id: str,
     candidate: str,
-    clock: Clock = _wall_clock,
+    clock: Clock = wall_clock,
 ) -> Experiment:
     """Create and start the canary experiment of ``candidate`` (idempotent: an existing one
     is started if still a draft, and returned as it is otherwise)."""
@@ -109,7 +111,7 @@ def canary_verdict(
     store: OnlineStore,
     run_id: str,
     candidate: str,
-    clock: Clock = _wall_clock,
+    clock: Clock = wall_clock,
 ) -> dict[str, Any]:
     """The decision on a running canary (see the module docs).
 
@@ -227,7 +229,7 @@ def finish(
     run_id: str,
     candidate: str,
     action: str,
-    clock: Clock = _wall_clock,
+    clock: Clock = wall_clock,
 ) -> None:
     """Promote or roll back (idempotent; see the module docs)."""
     registry = ExperimentRegistry(store, clock)

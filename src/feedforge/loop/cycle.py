@@ -44,7 +44,7 @@ from feedforge.datasets.build import build_dataset
 from feedforge.datasets.load import Dataset, load_dataset
 from feedforge.errors import ArtifactError, EventLogError, FeedforgeError
 from feedforge.events.log import EventLog
-from feedforge.loop.canary import canary_verdict, finish, start_canary
+from feedforge.loop.canary import Clock, canary_verdict, finish, start_canary, wall_clock
 from feedforge.loop.gates import Gate, data_gate, offline_gate, ope_gate, published_pipeline
 from feedforge.loop.runs import Run, loop_lock, new_run, prune_runs, unfinished
 from feedforge.models.base import EmbeddingRecommender
@@ -57,7 +57,6 @@ from feedforge.store.factory import open_store
 from feedforge.workdir import Workdir
 
 Progress = Callable[[str], None]
-Clock = Callable[[], datetime]
 Traffic = Callable[[Run], None]
 """Called while a canary waits for its window (e.g. simulated users in a benchmark)."""
 
@@ -108,7 +107,7 @@ def run_cycle(
         try:
             _advance(
                 run,
-                _Context(workdir, settings, store, clock or _wall_clock, after_train),
+                _Context(workdir, settings, store, clock or wall_clock, after_train),
                 wait,
                 poll_s,
                 traffic,
@@ -121,7 +120,7 @@ def run_cycle(
                     error=f"{type(exc).__name__}: {exc}",
                     finished_at=datetime.now(UTC).isoformat(),
                 )
-                _abandon(workdir, settings, store, run, clock or _wall_clock)
+                _abandon(workdir, settings, store, run, clock or wall_clock)
             raise
         if run.finished:
             prune_runs(workdir, settings.loop.keep_runs, protect=set(store.versions()))
@@ -187,10 +186,6 @@ class _Context:
     store: OnlineStore
     clock: Clock
     after_train: Callable[[Workdir], None] | None
-
-
-def _wall_clock() -> datetime:
-    return datetime.now(UTC)
 
 
 def _advance(

@@ -137,8 +137,10 @@ def leakage_checks(dataset: Dataset) -> dict[str, Any]:
         "test": (bounds["t2"], bounds.get("end")),
     }
     for split, (start, end) in windows.items():
-        for kind, frame in (("ranking", dataset.ranking(split)), ("positives", None)):
-            frame = frame if frame is not None else dataset.positives(split)
+        for kind, frame in (
+            ("ranking", dataset.ranking(split)),
+            ("positives", dataset.positives(split)),
+        ):
             if not frame.height:
                 continue
             ts = frame.get_column("timestamp")

@@ -24,6 +24,8 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
@@ -143,3 +145,20 @@ def one_or_many_body(item_schema: dict[str, Any], max_items: int) -> dict[str, A
         "required": True,
         "content": {"application/json": {"schema": {"oneOf": [item_schema, many]}}},
     }
+
+
+def as_batch(payload: Any, max_items: int, what: str) -> list[Any]:
+    """A body of one object or a list, as a list.
+
+    Raises:
+        ValidationError: more than ``max_items`` elements.
+    """
+    batch = payload if isinstance(payload, list) else [payload]
+    if len(batch) > max_items:
+        raise ValidationError(f"too many {what} in one request: {len(batch)} > {max_items}")
+    return batch
+
+
+def partly_rejected(answer: BaseModel) -> JSONResponse:
+    """The 422 of a batch some of whose elements were rejected (the valid ones stored)."""
+    return JSONResponse(status_code=422, content=json.loads(answer.model_dump_json()))

@@ -128,10 +128,6 @@ class LiveItems:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
-    @property
-    def revision(self) -> int:
-        return self._revision
-
     def posted(self) -> set[str]:
         """The available items of the document (posted since the last publish)."""
         return {i for i, e in self._entries.items() if e.get("available", True)}

@@ -9,15 +9,12 @@ the key check (``WriteAccess``) and decoding large bodies off the loop
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse
 
-from feedforge.errors import ValidationError
 from feedforge.events.schema import Event, validate_events
-from feedforge.serving.body import one_or_many_body, read_json
+from feedforge.serving.body import as_batch, one_or_many_body, partly_rejected, read_json
 from feedforge.serving.deps import Service, WriteAccess
 from feedforge.serving.schemas import ErrorResponse, EventsRejected, IngestResponse
 
@@ -59,11 +56,7 @@ def post_events(service: Service, payload: EventsPayload) -> Any:
     users' live histories. Any rejected event makes the answer 422, listing each rejected
     event's index, field and reason; the good ones are stored all the same. Needs the
     ``X-API-Key`` header when ``serving.api_key`` is set."""
-    batch = payload if isinstance(payload, list) else [payload]
-    if len(batch) > MAX_EVENTS_PER_REQUEST:
-        raise ValidationError(
-            f"too many events in one request: {len(batch)} > {MAX_EVENTS_PER_REQUEST}"
-        )
+    batch = as_batch(payload, MAX_EVENTS_PER_REQUEST, "events")
     serving = service.settings.serving
     good, issues = validate_events(
         batch,
@@ -84,7 +77,7 @@ def post_events(service: Service, payload: EventsPayload) -> Any:
             message=f"{counts['rejected']} of {len(batch)} event(s) rejected; "
             f"{len(good)} valid one(s) stored",
         )
-        return JSONResponse(status_code=422, content=json.loads(rejected.model_dump_json()))
+        return partly_rejected(rejected)
     return IngestResponse(**counts)
 
 

@@ -4,20 +4,18 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request
-from fastapi.responses import JSONResponse
 
-from feedforge.errors import NotFoundError, ValidationError
+from feedforge.errors import NotFoundError
 from feedforge.events.item_updates import (
     MAX_ITEMS_PER_REQUEST,
     ItemUpdate,
     validate_item_updates,
 )
 from feedforge.events.schema import Id
-from feedforge.serving.body import one_or_many_body, read_json
+from feedforge.serving.body import as_batch, one_or_many_body, partly_rejected, read_json
 from feedforge.serving.deps import Service, WriteAccess
 from feedforge.serving.live import known_categories, store_items
 from feedforge.serving.schemas import ErrorResponse, ItemsRejected, ItemsResponse
@@ -59,11 +57,7 @@ def post_items(service: Service, payload: ItemsPayload) -> Any:
     rejected item makes the answer 422, listing each one's index, field and reason; the
     valid ones are stored all the same. Needs the ``X-API-Key`` header when
     ``serving.api_key`` is set."""
-    batch = payload if isinstance(payload, list) else [payload]
-    if len(batch) > MAX_ITEMS_PER_REQUEST:
-        raise ValidationError(
-            f"too many items in one request: {len(batch)} > {MAX_ITEMS_PER_REQUEST}"
-        )
+    batch = as_batch(payload, MAX_ITEMS_PER_REQUEST, "items")
     current = service.versions.loaded
     good, issues = validate_item_updates(batch, known_categories(current))
     live = store_items(
@@ -77,7 +71,7 @@ def post_items(service: Service, payload: ItemsPayload) -> Any:
             message=f"{counts['rejected']} of {len(batch)} item(s) rejected; "
             f"{len(good)} valid one(s) stored",
         )
-        return JSONResponse(status_code=422, content=json.loads(rejected.model_dump_json()))
+        return partly_rejected(rejected)
     return ItemsResponse(**counts)
 
 

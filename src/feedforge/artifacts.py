@@ -62,15 +62,21 @@ def fsync(path: Path) -> None:
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON to ``path`` durably: a temporary file (unique, so concurrent writers never
-    share one) is fsynced, renamed over ``path`` and the rename fsynced; on failure the
-    temporary file is removed and ``path`` is untouched."""
+    """Write JSON to ``path`` durably (see :func:`write_text_atomic`)."""
+    text = json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n"
+    write_text_atomic(path, text)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write text (UTF-8) to ``path`` durably: a temporary file (unique, so concurrent
+    writers never share one) is fsynced, renamed over ``path`` and the rename fsynced; on
+    failure the temporary file is removed and ``path`` is untouched."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         with tmp.open("w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=2, sort_keys=True, default=str)
-            fh.write("\n")
+            fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

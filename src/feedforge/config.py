@@ -205,6 +205,32 @@ class ModelsConfig(_Section):
 class EvaluationConfig(_Section):
     k: int = Field(10, ge=1)
     candidates: int = Field(200, ge=1, description="Retrieval candidates the ranker re-scores")
+    curve_ks: list[int] = Field(
+        default_factory=lambda: [1, 5, 10, 20, 50],
+        description="Cut-offs of the metric@K curves (k itself is always measured)",
+    )
+    bootstrap_resamples: int = Field(
+        1000,
+        ge=0,
+        description="Bootstrap resamples of the test users behind each metric's confidence "
+        "interval (0: no intervals)",
+    )
+    confidence: float = Field(0.95, gt=0, lt=1, description="Confidence level of the intervals")
+    calibration_bins: int = Field(
+        10, ge=2, description="Equal-mass bins of the ranker's reliability diagrams"
+    )
+    keep_history: int = Field(
+        50,
+        ge=1,
+        description="Evaluation runs kept under reports/evaluations/ (the oldest are removed)",
+    )
+
+    @field_validator("curve_ks")
+    @classmethod
+    def _positive_ks(cls, value: list[int]) -> list[int]:
+        if not value or min(value) < 1:
+            raise ValueError("curve_ks must list cut-offs >= 1")
+        return sorted(set(value))
 
 
 class StoreConfig(_Section):
@@ -536,6 +562,15 @@ class MonitoringConfig(_Section):
     )
     kpi_refresh_s: float = Field(
         60.0, gt=0, description="The service recomputes its online KPI gauges this often"
+    )
+    dashboard_refresh_s: float = Field(
+        5.0,
+        gt=0,
+        description="GET /dashboard: each worker samples the service's metrics this often "
+        "and the page polls its data this often",
+    )
+    dashboard_points: int = Field(
+        360, ge=2, description="GET /dashboard: samples kept for the live charts"
     )
     kpi_window_s: float = Field(
         86_400.0, gt=0, description="Online KPI gauges cover the feeds of this trailing window"

@@ -279,3 +279,119 @@ def client(published_workdir: Workdir, small_settings: Settings) -> Iterator[Tes
     for new users only: the work directory is shared by the whole session)."""
     with TestClient(create_app(small_settings, published_workdir)) as test_client:
         yield test_client
+
+
+# -- a real browser ---------------------------------------------------------------------------
+CHROMIUM = os.environ.get("FEEDFORGE_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("FEEDFORGE_CHROMEDRIVER", "/usr/bin/chromedriver")
+SCREENSHOTS = Path(
+    os.environ.get("FEEDFORGE_SCREENSHOTS")
+    or Path(__file__).resolve().parents[2] / "build" / "screenshots"
+)
+"""Where the browser tests save their screenshots (``FEEDFORGE_SCREENSHOTS=docs/screenshots``
+refreshes the README's)."""
+LOCAL_SCHEMES = ("data:", "blob:", "about:", "file://", "chrome-extension:")
+
+
+class Browser:
+    """Headless Debian Chromium driven through its chromedriver (Selenium), recording every
+    request the page sends (Chrome's performance log) and its console."""
+
+    def __init__(self) -> None:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+
+        options = webdriver.ChromeOptions()
+        options.binary_location = CHROMIUM
+        for arg in (
+            "--headless=new",
+            "--no-sandbox",  # root in CI containers
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--window-size=1280,900",
+            "--no-first-run",
+            "--disable-background-networking",  # Chrome's own update/safe-browsing traffic
+            "--disable-component-update",
+        ):
+            options.add_argument(arg)
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+        self.driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+        self.driver.set_script_timeout(60)
+
+    def open(self, url: str) -> None:
+        self.drain()
+        self.driver.get(url)
+
+    def drain(self) -> None:
+        """Forget the logs so far."""
+        self.driver.get_log("browser")
+        self.driver.get_log("performance")
+
+    def logs(self) -> tuple[list[dict[str, Any]], list[str]]:
+        """The console entries and the URLs of the requests sent since :meth:`open`."""
+        import json
+
+        console = self.driver.get_log("browser")
+        urls = []
+        for entry in self.driver.get_log("performance"):
+            message = json.loads(entry["message"])["message"]
+            if message["method"] == "Network.requestWillBeSent":
+                urls.append(message["params"]["request"]["url"])
+        return console, urls
+
+    def js(self, script: str, *args: Any) -> Any:
+        return self.driver.execute_script(script, *args)
+
+    def wait_for(self, script: str, timeout_s: float = 30.0, *args: Any) -> Any:
+        """Poll ``script`` until it returns something truthy."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            value = self.js(script, *args)
+            if value:
+                return value
+            assert time.monotonic() < deadline, f"timed out waiting for: {script}"
+            time.sleep(0.2)
+
+    def screenshot(self, name: str, full_page: bool = False) -> Path:
+        """Save a PNG of the window (or the whole page) under :data:`SCREENSHOTS`."""
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        path = SCREENSHOTS / f"{name}.png"
+        if full_page:
+            height = int(self.js("return document.documentElement.scrollHeight"))
+            self.driver.set_window_size(1280, min(height, 12_000))
+        self.driver.save_screenshot(str(path))
+        if full_page:
+            self.driver.set_window_size(1280, 900)
+        return path
+
+    @staticmethod
+    def outside(urls: list[str], port: int | None = None) -> list[str]:
+        """The requests that left the machine: anything but 127.0.0.1 (on ``port``) and
+        local schemes."""
+        local = f"http://127.0.0.1:{port}/" if port else "http://127.0.0.1:"
+        return [u for u in urls if not u.startswith((local, *LOCAL_SCHEMES))]
+
+    @staticmethod
+    def errors(console: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The console entries that are errors."""
+        return [e for e in console if e.get("level") == "SEVERE"]
+
+    def close(self) -> None:
+        self.driver.quit()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    """A headless Chromium (Debian's ``chromium`` and ``chromium-driver``). Missing, it skips
+    the test, or fails it under ``CI=true`` (``.ci/run`` installs both)."""
+    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not Path(path).is_file()]
+    if missing:
+        message = f"the browser tests need {', '.join(missing)} (apt-get install chromium chromium-driver)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    session = Browser()
+    try:
+        yield session
+    finally:
+        session.close()

@@ -111,6 +111,13 @@ def test_demo_prints_the_table_writes_the_report_and_publishes(
     assert current_version(workdir) == version
     assert (workdir / "bundles" / version / "manifest.json").is_file()
 
+    # It ends with the HTML report, naming its path; the evaluation run is kept in history.
+    page = (workdir / "reports" / "report.html").resolve()
+    assert f"openthereport:{page}" in "".join(result.output.split())  # Rich folds long paths
+    html = page.read_text(encoding="utf-8")
+    assert version in html and report["dataset_version"] in html
+    assert len(list((workdir / "reports" / "evaluations").glob("*.json"))) == 1
+
 
 def test_a_second_demo_forgets_items_posted_to_the_first_world(
     tmp_path: Path, small_config: Path

@@ -5,6 +5,7 @@ Every command takes ``--workdir`` (where artifacts live) and ``--config`` (a YAM
 
 * :mod:`feedforge.cli.stages`: simulate, import, build, train, evaluate, publish,
   batch-score, demo;
+* :mod:`feedforge.cli.report`: report (the HTML page of the 7 steps);
 * :mod:`feedforge.cli.ops`: serve, compact, rollback;
 * :mod:`feedforge.cli.experiments`: ``feedforge experiment create|start|stop|list|show|analyze``;
 * :mod:`feedforge.cli.monitor`: ``feedforge monitor skew``;
@@ -21,6 +22,7 @@ from __future__ import annotations
 # isort: off
 from feedforge.cli.common import app
 from feedforge.cli import stages
+from feedforge.cli import report
 from feedforge.cli import ops
 from feedforge.cli import experiments
 from feedforge.cli import monitor
@@ -29,7 +31,7 @@ from feedforge.cli import bench
 
 # isort: on
 
-__all__ = ["app", "bench", "experiments", "loop", "main", "monitor", "ops", "stages"]
+__all__ = ["app", "bench", "experiments", "loop", "main", "monitor", "ops", "report", "stages"]
 
 
 def main() -> None:

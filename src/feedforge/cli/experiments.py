@@ -159,9 +159,7 @@ def analyze_cmd(
     """Per metric and variant: means, lifts with intervals (Welch; delta method for CTR),
     CUPED, the sample-ratio check, always-valid p-values, Holm; guardrails; interleaving
     preference. Prints a table and writes JSON."""
-    from feedforge.events.log import EventLog
-    from feedforge.experiments.analysis import analyze
-    from feedforge.experiments.online import online_metrics, read_feed_log
+    from feedforge.experiments.analysis import analyze_logged
     from feedforge.experiments.registry import ExperimentRegistry
     from feedforge.features.objectives import settings_value
     from feedforge.store.factory import open_store
@@ -170,12 +168,8 @@ def analyze_cmd(
     wd = Workdir.at(workdir)
     with open_store(settings.store, wd.store_path) as store:
         experiment = ExperimentRegistry(store).get(experiment_id)
-    log = EventLog(wd.events_dir)
-    with log.reading():
-        metrics = online_metrics(
-            experiment, read_feed_log(wd.feedlog_dir), log.scan(), settings_value(settings)
-        )
-    result = analyze(experiment, metrics, alpha=alpha, mixture_sd=mixture_sd)
+    value = settings_value(settings)
+    result = analyze_logged(experiment, wd, value, alpha=alpha, mixture_sd=mixture_sd)
     path = out or wd.root / "experiments" / experiment_id / "analysis.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")

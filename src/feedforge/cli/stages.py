@@ -253,7 +253,8 @@ def demo_cmd(
     workdir: WorkdirOpt = DEFAULT_WORKDIR,
     config: ConfigOpt = None,
 ) -> None:
-    """Run every stage in order on the simulator and print the evaluation table."""
+    """Run every stage in order on the simulator, print the evaluation table and write the
+    HTML report."""
     settings = settings_from(config)
     wd = Workdir.at(workdir)
     started = time.perf_counter()
@@ -267,5 +268,9 @@ def demo_cmd(
     run_publish(wd, settings)
     best = max(report["models"], key=lambda m: report["models"][m][f"ndcg@{report['k']}"])
     console.print(f"best model on NDCG@{report['k']}: [bold]{best}[/]")
+    from feedforge.cli.report import run_report
+
+    page = run_report(wd, settings, config)
+    console.print(f"open the report: {page}")
     console.print(f"demo finished in {time.perf_counter() - started:.1f}s. Serve it with:")
     console.print(f"  feedforge serve --workdir {wd.root}")

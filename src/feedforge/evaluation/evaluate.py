@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -36,8 +37,21 @@ from feedforge.config import Settings
 from feedforge.datasets.build import OUTCOME_COLUMNS
 from feedforge.datasets.load import Dataset, load_dataset
 from feedforge.errors import DataError
+from feedforge.evaluation.detail import (
+    bootstrap_intervals,
+    list_categories,
+    metric_curves,
+    per_user_at_k,
+    primary_categories,
+    reliability_bins,
+)
+from feedforge.evaluation.history import save_evaluation
 from feedforge.evaluation.metrics import auc, log_loss, ranking_report
-from feedforge.evaluation.ranking_metrics import calibration_error, request_ndcg
+from feedforge.evaluation.ranking_metrics import (
+    calibration_error,
+    intra_list_diversity,
+    request_ndcg,
+)
 from feedforge.features.objectives import positive_flags, settings_value
 from feedforge.models.base import EmbeddingRecommender, Ranker, Recommender
 from feedforge.models.ranking_data import RankingData, ranker_training_data
@@ -48,7 +62,9 @@ from feedforge.workdir import Workdir
 Progress = Callable[[str], None]
 
 
-def ranker_metrics(ranker: Ranker, data: RankingData, k: int = 10) -> dict[str, Any]:
+def ranker_metrics(
+    ranker: Ranker, data: RankingData, k: int = 10, bins: int = 10
+) -> dict[str, Any]:
     """A ranker on logged impressions: AUC of the objective's label by the ranker's score,
     log loss and expected calibration error of its probability, and the mean NDCG@k of its
     order within each request (gain: the objective's value, i.e. the label times its weight).
@@ -57,7 +73,10 @@ def ranker_metrics(ranker: Ranker, data: RankingData, k: int = 10) -> dict[str, 
     odds, not the label's probability, so its log loss and calibration error are None; so is
     every metric a single-class sample leaves undefined. A multi-task ranker's probability is
     ``p(click)``: its log loss and calibration error are the click head's, and ``heads`` holds
-    every head's metrics (:func:`head_metrics`).
+    every head's metrics (:func:`head_metrics`). ``reliability`` holds the points of the
+    probability's reliability diagram in ``bins`` equal-mass bins (:func:`reliability_bins`;
+    empty when its calibration is undefined) and ``value_by_score`` the mean observed gain in
+    equal-mass bins of the score (the shape a value-weighted ranker's score should follow).
     """
     y, score = data.y, ranker.score(data.X)
     both = bool(len(y)) and y.min() != y.max()
@@ -76,13 +95,15 @@ def ranker_metrics(ranker: Ranker, data: RankingData, k: int = 10) -> dict[str, 
         "ece": calibration_error(labels, p) if has_both and calibrated else None,
         f"ndcg@{k}": ndcg if requests else None,
         "requests_with_positive": requests,
+        "reliability": reliability_bins(labels, p, bins) if has_both and calibrated else [],
+        "value_by_score": reliability_bins(np.where(y == 1, data.weight, 0.0), score, bins),
     }
     if ranker.multi_task:
-        metrics["heads"] = head_metrics(ranker, data)
+        metrics["heads"] = head_metrics(ranker, data, bins)
     return metrics
 
 
-def _binary_head(label: np.ndarray, p: np.ndarray) -> dict[str, float | None]:
+def _binary_head(label: np.ndarray, p: np.ndarray, bins: int) -> dict[str, Any]:
     both = bool(len(label)) and label.min() != label.max()
     return {
         "auc": auc(label, p) if both else None,
@@ -90,10 +111,11 @@ def _binary_head(label: np.ndarray, p: np.ndarray) -> dict[str, float | None]:
         "ece": calibration_error(label, p) if both else None,
         "mean_predicted": float(p.mean()) if len(p) else None,
         "mean_observed": float(label.mean()) if len(label) else None,
+        "reliability": reliability_bins(label, p, bins) if both else [],
     }
 
 
-def _value_head(observed: np.ndarray, expected: np.ndarray) -> dict[str, float | None]:
+def _value_head(observed: np.ndarray, expected: np.ndarray, bins: int) -> dict[str, Any]:
     positive = (observed > 0).astype(np.int8)
     both = bool(len(positive)) and positive.min() != positive.max()
     total = float(observed.sum())
@@ -102,28 +124,32 @@ def _value_head(observed: np.ndarray, expected: np.ndarray) -> dict[str, float |
         "calibration_ratio": float(expected.sum()) / total if total > 0 else None,
         "mean_predicted": float(expected.mean()) if len(expected) else None,
         "mean_observed": float(observed.mean()) if len(observed) else None,
+        "reliability": reliability_bins(observed, expected, bins),
     }
 
 
-def head_metrics(ranker: Ranker, data: RankingData) -> dict[str, dict[str, float | None]]:
+def head_metrics(ranker: Ranker, data: RankingData, bins: int = 10) -> dict[str, dict[str, Any]]:
     """Each head of a multi-task ranker against the test impressions' outcomes.
 
-    * ``click``, ``purchase``: AUC, log loss and calibration error of ``p(click)`` and
+    * ``click``, ``purchase``: AUC, log loss, calibration error and reliability diagram
+      (:func:`reliability_bins`) of ``p(click)`` and
       ``p(purchase) = p(click) * p(purchase | click)``;
-    * ``watch``, ``revenue``: AUC of the expected value for "any" (watched, bought) and the
-      calibration ratio ``sum(expected) / sum(observed)`` (1 is calibrated).
+    * ``watch``, ``revenue``: AUC of the expected value for "any" (watched, bought), the
+      calibration ratio ``sum(expected) / sum(observed)`` (1 is calibrated) and the mean
+      observed value in equal-mass bins of the expected one.
     """
     heads = ranker.predict_heads(data.X)
     if not heads:
         return {}
     out = data.outcomes
-    result = {"click": _binary_head(out["clicked"].astype(np.int8), heads["p_click"])}
+    result = {"click": _binary_head(out["clicked"].astype(np.int8), heads["p_click"], bins)}
     if "p_purchase" in heads:
-        result["purchase"] = _binary_head(out["purchased"].astype(np.int8), heads["p_purchase"])
+        purchased = out["purchased"].astype(np.int8)
+        result["purchase"] = _binary_head(purchased, heads["p_purchase"], bins)
     if "expected_watch_seconds" in heads:
-        result["watch"] = _value_head(out["watch_seconds"], heads["expected_watch_seconds"])
+        result["watch"] = _value_head(out["watch_seconds"], heads["expected_watch_seconds"], bins)
     if "expected_revenue" in heads:
-        result["revenue"] = _value_head(out["revenue"], heads["expected_revenue"])
+        result["revenue"] = _value_head(out["revenue"], heads["expected_revenue"], bins)
     return result
 
 
@@ -168,8 +194,8 @@ def observed_value(dataset: Dataset, value: dict[str, float]) -> tuple[str, sp.c
     return f"{name}@", matrix
 
 
-def value_at_k(recommended: np.ndarray, value: sp.csr_matrix, k: int) -> float:
-    """Mean over users of the summed observed value of their top-``k`` items.
+def user_values_at_k(recommended: np.ndarray, value: sp.csr_matrix, k: int) -> np.ndarray:
+    """``(U,)`` each user's summed observed value of their top-``k`` items.
 
     Args:
         recommended: ``(U, K)`` item indices (``-1`` pads), rows aligned with ``value``'s.
@@ -181,8 +207,14 @@ def value_at_k(recommended: np.ndarray, value: sp.csr_matrix, k: int) -> float:
     cols = recs.reshape(-1)
     ok = cols >= 0
     picked = np.asarray(value[rows[ok], cols[ok]]).reshape(-1)
-    totals = np.bincount(rows[ok], weights=picked, minlength=len(recs))
-    return float(totals.mean()) if len(recs) else 0.0
+    return np.bincount(rows[ok], weights=picked, minlength=len(recs)).astype(np.float64)
+
+
+def value_at_k(recommended: np.ndarray, value: sp.csr_matrix, k: int) -> float:
+    """Mean over users of the summed observed value of their top-``k`` items (see
+    :func:`user_values_at_k`)."""
+    totals = user_values_at_k(recommended, value, k)
+    return float(totals.mean()) if len(totals) else 0.0
 
 
 @dataclass(frozen=True)
@@ -197,6 +229,14 @@ class EvalWindow:
     train: sp.csr_matrix  # (n_users, n_items)
     n_items: int
     observed: tuple[str, sp.csr_matrix] | None
+    categories: np.ndarray | None = None
+    """``(n_items,)`` each item's first category code (``-1``: none), for diversity."""
+    curve_ks: tuple[int, ...] = ()
+
+    @property
+    def width(self) -> int:
+        """The list length every model is asked for: k and every curve cut-off."""
+        return max(self.k, *self.curve_ks) if self.curve_ks else self.k
 
     def two_stage(
         self,
@@ -205,9 +245,10 @@ class EvalWindow:
         ranker: Ranker | None,
         n_candidates: int,
         snapshot: tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame] | None = None,
+        k: int | None = None,
     ) -> np.ndarray:
-        """The two-stage feed of every user, with the features as the online store held
-        them at the test window's start."""
+        """The two-stage feed of every user (``k`` items, default the window's), with the
+        features as the online store held them at the test window's start."""
         recs, _ = two_stage_recommend(
             retrieval,
             ranker,
@@ -215,20 +256,43 @@ class EvalWindow:
             snapshot or dataset.feature_snapshot(),
             dataset.test_start,
             self.users,
-            self.k,
+            k or self.k,
             n_candidates,
             self.train,
         )
         return recs
 
     def metrics(self, recs: np.ndarray) -> dict[str, float]:
-        """NDCG / recall / MAP / hit rate / coverage @k of ``(len(users), k)`` item indices,
-        and the objective's observed value @k when it has one."""
+        """NDCG / recall / MAP / hit rate / coverage (and diversity, when the items have
+        categories) @k of ``(len(users), K >= k)`` item indices, and the objective's
+        observed value @k when it has one."""
         out = ranking_report(recs, self.relevant, self.n_items, self.k)
         if self.observed is not None:
             metric, matrix = self.observed
             out[f"{metric}{self.k}"] = value_at_k(recs, matrix[self.users], self.k)
+        if self.categories is not None:
+            listed = list_categories(np.asarray(recs)[:, : self.k], self.categories)
+            out[f"diversity@{self.k}"] = intra_list_diversity(listed)
         return out
+
+    def _value(self) -> tuple[Callable[[np.ndarray, int], np.ndarray] | None, str | None]:
+        if self.observed is None:
+            return None, None
+        metric, matrix = self.observed
+        rows = matrix[self.users]
+        return (lambda recs, k: user_values_at_k(recs, rows, k)), metric.removesuffix("@")
+
+    def detail(
+        self, recs: np.ndarray, resamples: int, confidence: float
+    ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+        """The metric@K curves over :attr:`curve_ks` and the bootstrap intervals of the
+        metrics @k (keys as in :meth:`metrics`, e.g. ``"ndcg@10"``) of ``(len(users),
+        width)`` item indices (:mod:`feedforge.evaluation.detail`)."""
+        value, name = self._value()
+        curves = metric_curves(recs, self.relevant, self.curve_ks or (self.k,), value, name)
+        per_user = per_user_at_k(recs, self.relevant, self.k, value, name)
+        intervals = bootstrap_intervals(per_user, resamples, confidence)
+        return curves, {f"{metric}@{self.k}": ci for metric, ci in intervals.items()}
 
 
 def eval_window(dataset: Dataset, settings: Settings) -> EvalWindow:
@@ -244,23 +308,29 @@ def eval_window(dataset: Dataset, settings: Settings) -> EvalWindow:
         raise DataError(
             f"no test user has a positive for objective {settings.objective!r}; nothing to evaluate"
         )
+    train = dataset.train_interactions()
     return EvalWindow(
         k=settings.evaluation.k,
         users=users,
         relevant=relevant[users],
-        train=dataset.train_interactions().to_csr(),
+        train=train.to_csr(),
         n_items=len(dataset.items),
         observed=observed_value(dataset, value),
+        categories=primary_categories(train.item_features, len(dataset.items)),
+        curve_ks=tuple(settings.evaluation.curve_ks),
     )
 
 
 def evaluate(
     workdir: Workdir, settings: Settings, progress: Progress | None = None
 ) -> dict[str, Any]:
-    """Evaluate every trained model and write ``reports/evaluation.json``.
+    """Evaluate every trained model and write ``reports/evaluation.json`` (the latest run),
+    keeping a copy of every run under ``reports/evaluations/``
+    (:func:`~feedforge.evaluation.history.save_evaluation`).
 
     Returns:
-        The report: ``{"models": {name: {"ndcg@10": ...}}, "ranker": {...},
+        The report: ``{"models": {name: {"ndcg@10": ...}}, "intervals": {name: {"ndcg@10":
+        [low, high]}}, "curves": {name: {"k": [...], "ndcg": [...]}}, "ranker": {...},
         "dataset_version": ..., "model_versions": {model directory name: version}, ...}``.
 
     Raises:
@@ -269,18 +339,30 @@ def evaluate(
         DataError: no test user has a positive for the objective.
     """
     say = progress or (lambda _msg: None)
-    k = settings.evaluation.k
+    cfg = settings.evaluation
+    k = cfg.k
     dataset = load_dataset(workdir)
     window = eval_window(dataset, settings)
     report: dict[str, Any] = {
         "objective": settings.objective,
         "protocol": "temporal",
         "k": k,
+        "created_at": datetime.now(UTC).isoformat(),
         "dataset_version": dataset.version,
         "users_evaluated": len(window.users),
+        "confidence": cfg.confidence,
+        "bootstrap_resamples": cfg.bootstrap_resamples,
         "models": {},
+        "intervals": {},
+        "curves": {},
         "model_versions": {},
     }
+
+    def measure(name: str, recs: np.ndarray) -> None:
+        report["models"][name] = window.metrics(recs)
+        curves, intervals = window.detail(recs, cfg.bootstrap_resamples, cfg.confidence)
+        report["curves"][name], report["intervals"][name] = curves, intervals
+
     command = workdir.command("train")
     ranker_name = settings.models.ranker.type
     ranker_dir = workdir.model_dir(ranker_name)
@@ -292,8 +374,8 @@ def evaluate(
         model = load_recommender(name, workdir.model_dir(name), build_command=command)
         recommenders[name] = model
         report["model_versions"][name] = model.artifact_version
-        recs, _ = model.recommend(window.users, k, exclude=window.train)
-        report["models"][name] = window.metrics(recs)
+        recs, _ = model.recommend(window.users, window.width, exclude=window.train)
+        measure(name, recs)
 
     retrieval = recommenders[retrieval_name]
     if not isinstance(retrieval, EmbeddingRecommender) or not ranker_dir.is_dir():
@@ -302,15 +384,17 @@ def evaluate(
         say(f"evaluating the two-stage pipeline ({retrieval_name} -> {ranker_name})")
         ranker = load_ranker(ranker_name, ranker_dir, build_command=command)
         report["model_versions"][ranker_name] = ranker.artifact_version
-        recs = window.two_stage(dataset, retrieval, ranker, settings.evaluation.candidates)
-        report["models"][f"{retrieval_name}+{ranker_name}"] = window.metrics(recs)
+        n_candidates = max(cfg.candidates, window.width)
+        recs = window.two_stage(dataset, retrieval, ranker, n_candidates, k=window.width)
+        measure(f"{retrieval_name}+{ranker_name}", recs)
         test = ranker_training_data(dataset, "test", retrieval, settings_value(settings))
         report["ranker"] = {
             "model": ranker_name,
             "split": "test",
-            **ranker_metrics(ranker, test, k),
+            **ranker_metrics(ranker, test, k, cfg.calibration_bins),
         }
     reports = workdir.reports_dir
     reports.mkdir(parents=True, exist_ok=True)
     write_json_atomic(reports / "evaluation.json", report)
+    save_evaluation(reports, report, keep=cfg.keep_history)
     return report

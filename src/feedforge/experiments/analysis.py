@@ -13,6 +13,7 @@ CUPED's are reported beside it for a reading at the planned end.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -20,9 +21,11 @@ import polars as pl
 from scipy import stats as sps
 
 from feedforge.errors import ValidationError
+from feedforge.events.log import EventLog
 from feedforge.experiments import stats
 from feedforge.experiments.definition import METRICS, Experiment
-from feedforge.experiments.online import OnlineMetrics
+from feedforge.experiments.online import OnlineMetrics, online_metrics, read_feed_log
+from feedforge.workdir import Workdir
 
 
 def _interval(ci: tuple[float, float]) -> list[float | None]:
@@ -254,3 +257,22 @@ def interleaving_preference(experiment: Experiment, metrics: OnlineMetrics) -> d
         "p_value": float(sign.pvalue),
         "winner": (a if mean > 0 else b) if significant else None,
     }
+
+
+def analyze_logged(
+    experiment: Experiment,
+    workdir: Workdir,
+    value: Mapping[str, float],
+    alpha: float = 0.05,
+    mixture_sd: float = 0.1,
+) -> dict[str, Any]:
+    """:func:`analyze` of an experiment from a work directory's feed and event logs.
+
+    Raises:
+        DataError: no feed was logged.
+        ValidationError: an arm has too few units (see :func:`analyze`).
+    """
+    log = EventLog(workdir.events_dir)
+    with log.reading():
+        metrics = online_metrics(experiment, read_feed_log(workdir.feedlog_dir), log.scan(), value)
+    return analyze(experiment, metrics, alpha=alpha, mixture_sd=mixture_sd)

@@ -59,6 +59,7 @@ class ALSRecommender(FactorModel):
 
     name: ClassVar[str] = "als"
     WARM_START: ClassVar[bool] = True
+    LOSS_CURVE: ClassVar[bool] = True
     Params = ALSParams
     params: ALSParams
     ARRAYS = (
@@ -87,6 +88,7 @@ class ALSRecommender(FactorModel):
             dtype=np.float32,
             iterations=p.iterations,
             random_state=p.random_state,
+            calculate_training_loss=True,  # the training curve (one extra pass per sweep)
         )
         return solver, confidence
 

@@ -68,6 +68,9 @@ class Model(ABC):
     def __init__(self, **params: Any) -> None:
         self.params = self.Params.parse(params, type(self).__name__)
         self.manifest_: Manifest | None = None
+        self.training_curve_: dict[str, Any] | None = None
+        """What the last fit recorded per step, for the report: ``{"x": "epoch", "series":
+        {"train loss": [...], "held-out loss": [...]}}`` (None: the model records none)."""
 
     def get_params(self) -> dict[str, Any]:
         """Hyper-parameters as JSON-ready values, in declaration order (stored in the
@@ -93,7 +96,13 @@ class Model(ABC):
         """The artifact name in the manifest, ``model/<name>``."""
         return f"model/{cls.name}"
 
-    def save(self, directory: Path, *, inputs: Mapping[str, str]) -> Manifest:
+    def save(
+        self,
+        directory: Path,
+        *,
+        inputs: Mapping[str, str],
+        extra: Mapping[str, Any] | None = None,
+    ) -> Manifest:
         """Write the fitted model into ``directory`` (created if needed), without pickle.
 
         The manifest is written once, last: any previous one is removed first, so a half
@@ -103,6 +112,9 @@ class Model(ABC):
             directory: The model directory.
             inputs: Artifact name -> version of what the model was trained on, e.g.
                 ``{"dataset": dataset.version}`` (its lineage; ``{}`` when there is none).
+            extra: What the training stage records beside the model's own description
+                (e.g. ``fit_seconds``, ``warm_start``). The fit's :attr:`training_curve_`
+                is recorded as ``training_curve``.
 
         Returns:
             The manifest written (also kept as :attr:`manifest_`).
@@ -110,7 +122,7 @@ class Model(ABC):
         Raises:
             NotFittedError: the model is not fitted (nothing is written).
         """
-        counts, extra = self._describe()
+        counts, described = self._describe()
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / MANIFEST).unlink(missing_ok=True)
@@ -120,7 +132,12 @@ class Model(ABC):
             schema_version=self.SCHEMA_VERSION,
             inputs=dict(inputs),
             counts=counts,
-            extra={"params": self.get_params(), **extra},
+            extra={
+                "params": self.get_params(),
+                **described,
+                **({"training_curve": self.training_curve_} if self.training_curve_ else {}),
+                **dict(extra or {}),
+            },
         )
         self.manifest_ = write_manifest(directory, manifest)
         return manifest

@@ -172,6 +172,7 @@ class DCNRanker(TorchModel, Ranker):
                 key: torch.tensor(value, dtype=torch.float32, device=device)
                 for key, value in {"X": fit.X, "w": weight, **columns}.items()
             }
+            curve: dict[str, list[float]] = {}
             epoch, best_epoch = train_early_stopped(
                 net,
                 data,
@@ -184,7 +185,9 @@ class DCNRanker(TorchModel, Ranker):
                 max_epochs=p.max_epochs,
                 patience=p.patience,
                 where=where,
+                history=curve,
             )
+            self.training_curve_ = {"x": "epoch", "series": curve}
             held_idx = torch.as_tensor(held_rows, device=device)
             self.calibration_ = fit_calibration(
                 net,

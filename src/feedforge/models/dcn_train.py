@@ -65,6 +65,7 @@ def train_early_stopped(
     max_epochs: int,
     patience: int,
     where: str,
+    history: dict[str, list[float]] | None = None,
 ) -> tuple[int, int]:
     """AdamW over shuffled minibatches of ``train_rows`` until the held-out loss has not
     improved for ``patience`` epochs; ``net`` ends with the best epoch's weights, in eval mode.
@@ -99,6 +100,8 @@ def train_early_stopped(
             held = float(weighted_loss(net, data, held_idx))
         if not np.isfinite(held):
             raise DataError(f"{where}: the loss diverged; lower learning_rate")
+        if history is not None:  # the training curve: the held-out loss per epoch
+            history.setdefault("held-out loss", []).append(held)
         if held < best_loss - 1e-6:
             best_loss, best_epoch = held, epoch
             best_state = copy.deepcopy(net.state_dict())

@@ -34,6 +34,9 @@ class FactorModel(ArrayModel, EmbeddingRecommender):
     """What to change when training diverges, quoted in the error."""
     WARM_START: ClassVar[bool] = False
     """Whether :meth:`warm_start` is supported (the solver starts from given factors)."""
+    LOSS_CURVE: ClassVar[bool] = False
+    """The solver reports its training loss to the fit callback (implicit's ALS with
+    ``calculate_training_loss``): recorded as :attr:`training_curve_`."""
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
@@ -90,8 +93,15 @@ class FactorModel(ArrayModel, EmbeddingRecommender):
                     )
                 # implicit starts from factors already set instead of drawing random ones.
                 solver.user_factors, solver.item_factors = users.copy(), items.copy()
+            losses: list[float] = []
+
+            def record(_iteration: int, _elapsed: float, loss: float | None = None) -> None:
+                if loss is not None:
+                    losses.append(float(loss))
+
             try:
-                solver.fit(matrix, show_progress=False)
+                recording = {"callback": record} if self.LOSS_CURVE else {}
+                solver.fit(matrix, show_progress=False, **recording)
             except ModelFitError as exc:
                 raise DataError(
                     f"{owner}.fit: training diverged (NaN factors); {self.DIVERGED_HINT}"
@@ -103,6 +113,8 @@ class FactorModel(ArrayModel, EmbeddingRecommender):
                 f"{owner}.fit: training diverged (non-finite factors); {self.DIVERGED_HINT}"
             )
         self.user_factors_, self.item_factors_ = user_factors, item_factors
+        if losses:
+            self.training_curve_ = {"x": "iteration", "series": {"train loss": losses}}
         return self
 
     def _fitted(self) -> tuple[np.ndarray, np.ndarray]:

@@ -137,8 +137,10 @@ class SASRecRecommender(TorchModel, EmbeddingRecommender):
             weight_decay=p.weight_decay,
         )
         net.train()
+        losses: list[float] = []
         for _ in range(p.epochs):
             total = torch.zeros((), device=device)
+            steps = 0
             for batch in minibatches(len(tokens), p.batch_size, generator):
                 width = int(lengths[batch].max())
                 rows = tokens[batch, :width].to(device)
@@ -152,6 +154,9 @@ class SASRecRecommender(TorchModel, EmbeddingRecommender):
                 loss.backward()
                 optimizer.step()
                 total += loss.detach()
+                steps += 1
+            losses.append(float(total) / max(steps, 1))
+            self.training_curve_ = {"x": "epoch", "series": {"train loss": losses}}
             if not math.isfinite(float(total)):
                 raise DataError("SASRecRecommender.fit: training diverged; lower learning_rate")
 

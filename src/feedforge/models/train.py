@@ -11,8 +11,9 @@
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from feedforge.artifacts import Manifest
@@ -49,7 +50,9 @@ def train_models(
 
     With ``warm``, a retrieval model that supports it (ALS) starts from the earlier model's
     factors, moved to this dataset's id maps (new users and items start random), for
-    ``warm.iterations`` sweeps; the returned manifest's ``extra`` says so (``warm_start``).
+    ``warm.iterations`` sweeps; the manifest's ``extra`` says so (``warm_start``). Every
+    manifest records the fit's wall time (``fit_seconds``) and, for models that record one,
+    the training curve (``training_curve``).
 
     The ranker needs labelled impressions in the validation split and an embedding retrieval
     model; without them (e.g. an imported rating dataset) it is skipped and serving orders
@@ -70,17 +73,20 @@ def train_models(
     saved: dict[str, Manifest] = {}
 
     say("fitting popularity")
+    started = time.perf_counter()
     popularity = create_recommender("popularity", cfg).fit(train)
-    saved["popularity"] = popularity.save(workdir.model_dir("popularity"), inputs=inputs)
+    saved["popularity"] = popularity.save(
+        workdir.model_dir("popularity"), inputs=inputs, extra=_timed(started)
+    )
 
     name = cfg.retrieval
     say(f"fitting the retrieval model {name}")
     retrieval = create_recommender(name, cfg)
     warmed = _warm_start(retrieval, name, dataset, warm, say)
+    started = time.perf_counter()
     retrieval.fit(train)
-    saved[name] = retrieval.save(workdir.model_dir(name), inputs=inputs)
-    if warmed:
-        saved[name] = replace(saved[name], extra={**saved[name].extra, "warm_start": warmed})
+    extra = {**_timed(started), **({"warm_start": warmed} if warmed else {})}
+    saved[name] = retrieval.save(workdir.model_dir(name), inputs=inputs, extra=extra)
     if not isinstance(retrieval, EmbeddingRecommender):
         say(f"{name} has no embeddings: no ranker (it ranks retrieval-score features)")
         return saved
@@ -96,9 +102,17 @@ def train_models(
             shutil.rmtree(workdir.model_dir(stale), ignore_errors=True)
         return saved
     say(f"fitting the {ranker_name} ranker on {len(data.y)} validation impressions")
+    started = time.perf_counter()
     ranker = data.fit(create_ranker(ranker_name, cfg, value=value))
-    saved[ranker_name] = ranker.save(workdir.model_dir(ranker_name), inputs=inputs)
+    saved[ranker_name] = ranker.save(
+        workdir.model_dir(ranker_name), inputs=inputs, extra=_timed(started)
+    )
     return saved
+
+
+def _timed(started: float) -> dict[str, float]:
+    """The manifest's record of a fit that began at ``started`` (``perf_counter``)."""
+    return {"fit_seconds": round(time.perf_counter() - started, 3)}
 
 
 def _warm_start(

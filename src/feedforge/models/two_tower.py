@@ -163,8 +163,10 @@ class TwoTowerRecommender(TorchModel, EmbeddingRecommender):
             net.parameters(), lr=p.learning_rate, weight_decay=p.weight_decay
         )
         net.train()
+        losses: list[float] = []
         for _ in range(p.epochs):
             total = torch.zeros((), device=device)
+            steps = 0
             for batch in minibatches(len(targets), p.batch_size, generator):
                 history = recent_history(flat, start[batch], position[batch], p.history_len)
                 uid = user[batch].to(device) if p.use_user_id else None
@@ -180,6 +182,9 @@ class TwoTowerRecommender(TorchModel, EmbeddingRecommender):
                 loss.backward()
                 optimizer.step()
                 total += loss.detach()
+                steps += 1
+            losses.append(float(total) / max(steps, 1))
+            self.training_curve_ = {"x": "epoch", "series": {"train loss": losses}}
             if not math.isfinite(float(total)):
                 raise DataError("TwoTowerRecommender.fit: training diverged; lower learning_rate")
 

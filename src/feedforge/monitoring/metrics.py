@@ -66,6 +66,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 # Milliseconds matter: a feed has a 50 ms budget, its stages a few ms each.
@@ -289,13 +290,23 @@ class ServiceMetrics:
         value = self.registry.get_sample_value("feedforge_missing_features_total", {"kind": kind})
         return float(value or 0.0)
 
-    def render(self) -> tuple[bytes, str]:
-        """The exposition text and its content type (of every worker in multiprocess
-        mode)."""
+    def _scraped(self) -> CollectorRegistry:
+        """What a scrape reads: this registry, or in multiprocess mode every worker's
+        values merged, with the attached collectors."""
         if self._multiprocess_dir is None:
-            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+            return self.registry
         merged = CollectorRegistry()
         multiprocess.MultiProcessCollector(merged, path=str(self._multiprocess_dir))
         for collector in self._attached:
             merged.register(collector)
-        return generate_latest(merged), CONTENT_TYPE_LATEST
+        return merged
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text and its content type (of every worker in multiprocess
+        mode)."""
+        return generate_latest(self._scraped()), CONTENT_TYPE_LATEST
+
+    def families(self) -> list[Metric]:
+        """The metric families a scrape would return (of every worker in multiprocess
+        mode), e.g. for the dashboard (:mod:`feedforge.monitoring.dashboard`)."""
+        return list(self._scraped().collect())

@@ -3,7 +3,8 @@
 Endpoints, one router per resource (:mod:`feedforge.serving.routes`): ``GET /recommend``
 (feed), ``POST /events`` (events), ``GET /health`` (plus ``/health/live`` and
 ``/health/ready``) and ``GET /metrics`` (Prometheus, :mod:`feedforge.monitoring.metrics`)
-(ops); OpenAPI at ``/docs`` and ``/redoc``, from local assets
+(ops); the live dashboard at ``GET /dashboard`` (:mod:`feedforge.serving.routes.dashboard`);
+OpenAPI at ``/docs`` and ``/redoc``, from local assets
 (:mod:`feedforge.serving.docs`). Heavy objects (the store client, the service) are created in the
 lifespan, never per request; endpoints get them through :mod:`feedforge.serving.deps`. Every
 :class:`~feedforge.errors.FeedforgeError`, and FastAPI's own 4xx, is turned into a JSON
@@ -33,7 +34,7 @@ from feedforge.serving.allocator import fix_mmap_threshold
 from feedforge.serving.docs import install_docs
 from feedforge.serving.middleware import RequestTiming
 from feedforge.serving.pipeline import FeedService
-from feedforge.serving.routes import events, feed, items, ops
+from feedforge.serving.routes import dashboard, events, feed, items, ops
 from feedforge.serving.security import BodySizeLimit, check_security_config
 from feedforge.store.factory import open_store
 from feedforge.workdir import Workdir
@@ -88,7 +89,7 @@ def create_app(settings: Settings, workdir: Workdir) -> FastAPI:
 
     install_error_handlers(app)
 
-    for router in (feed.router, events.router, items.router, ops.router):
+    for router in (feed.router, events.router, items.router, ops.router, dashboard.router):
         app.include_router(router)
     events.install_event_schema(app)
     install_docs(app)

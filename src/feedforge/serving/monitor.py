@@ -19,8 +19,9 @@ On the request path (:meth:`ServiceMonitor.served`, a few tens of microseconds):
 The monitor thread flushes the profile counts to the store (``profile_flush_s``), recomputes
 drift from the store's profiles (``drift_refresh_s``; :mod:`feedforge.monitoring.drift`),
 the online KPIs from the feed log joined to the event log (``kpi_refresh_s``, over
-``kpi_window_s``; :func:`feedforge.experiments.online.feed_kpis`), and samples the worker's
-CPU, memory and open files. A scrape reads the latest results (:meth:`ServiceMonitor.collect`):
+``kpi_window_s``; :func:`feedforge.experiments.online.feed_kpis`), samples the worker's
+CPU, memory and open files, and samples the service's metrics for the live dashboard
+(``dashboard_refresh_s``; :mod:`feedforge.monitoring.dashboard`). A scrape reads the latest results (:meth:`ServiceMonitor.collect`):
 the configured thresholds, freshness (timestamps and ages of the served version, its feature
 snapshot, the newest ingested event and the precomputed feeds), drift and KPIs.
 """
@@ -46,6 +47,7 @@ from feedforge.events.log import EventLog
 from feedforge.events.schema import Event
 from feedforge.experiments.online import KPIS, feed_kpis, read_feed_log
 from feedforge.features.definitions import FEATURES
+from feedforge.monitoring.dashboard import History, Snapshot
 from feedforge.monitoring.drift import ColumnDrift, compare, measured
 from feedforge.monitoring.metrics import ServiceMetrics
 from feedforge.monitoring.profile import Profile
@@ -107,6 +109,8 @@ class ServiceMonitor:
         self._skew_queue: queue.Queue[dict[str, Any]] = queue.Queue()
         self.skew_dropped = 0
         """Sampled requests not logged because the queue was full (the disk too slow)."""
+        self.dashboard = History(self.config.dashboard_points, self.config.dashboard_refresh_s)
+        """The samples behind ``GET /dashboard``'s live charts."""
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.clock: Callable[[], float] = time.time
@@ -253,6 +257,7 @@ class ServiceMonitor:
             "drift": start + cfg.drift_refresh_s,
             "kpi": start + cfg.kpi_refresh_s,
             "process": 0.0,
+            "dashboard": 0.0,
         }
         periods = {
             "skew": _TICK_S,
@@ -260,6 +265,7 @@ class ServiceMonitor:
             "drift": cfg.drift_refresh_s,
             "kpi": cfg.kpi_refresh_s,
             "process": PROCESS_SAMPLE_S,
+            "dashboard": cfg.dashboard_refresh_s,
         }
         tasks: dict[str, Callable[[], None]] = {
             "skew": self.write_skew_sample,
@@ -267,6 +273,7 @@ class ServiceMonitor:
             "drift": self.refresh_drift,
             "kpi": self.refresh_kpis,
             "process": self.metrics.sample_process,
+            "dashboard": self.sample_dashboard,
         }
         self._newest_from_log()
         while not self._stopping.wait(_TICK_S):
@@ -279,6 +286,13 @@ class ServiceMonitor:
                     task()
                 except Exception:  # the thread must outlive any one failed refresh
                     logger.exception("monitoring task %s failed", name)
+
+    def sample_dashboard(self) -> Snapshot:
+        """Read the service's metrics now; kept in :attr:`dashboard` when the last kept
+        sample is ``dashboard_refresh_s`` old. Returns the snapshot."""
+        snapshot = Snapshot.read(self.metrics.families(), time.time())
+        self.dashboard.add(snapshot)
+        return snapshot
 
     def flush(self) -> None:
         """Add this worker's profile counts to the store (kept when the store fails)."""

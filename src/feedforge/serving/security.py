@@ -6,7 +6,8 @@ limit.
 
   - ``serving.read_api_key`` guards ``GET /recommend``: a feed names items of the user's
     history (``because_item_id``, the explanation), so reading one is reading what the user
-    watched;
+    watched; and ``GET /dashboard`` (where a browser may also send it as the HTTP Basic
+    password, :mod:`feedforge.serving.routes.dashboard`);
   - ``serving.api_key`` (the write key) guards ``POST /events``.
 
   The write key does not grant reads, nor the read key writes: an event producer (an ingest
@@ -66,7 +67,7 @@ def check_security_config(serving: ServingConfig) -> None:
             unset; or the two keys are the same.
     """
     read, write = serving.read_api_key, serving.api_key
-    if read is not None and write is not None and _same(read, write.get_secret_value()):
+    if read is not None and write is not None and key_matches(read, write.get_secret_value()):
         raise ConfigError(
             "serving.api_key and serving.read_api_key must differ: they are separate "
             "credentials (writing events, reading feeds)"
@@ -84,7 +85,8 @@ def check_security_config(serving: ServingConfig) -> None:
         )
 
 
-def _same(expected: pydantic.SecretStr, key: str) -> bool:
+def key_matches(expected: pydantic.SecretStr, key: str) -> bool:
+    """Whether ``key`` is the ``expected`` secret (compared in constant time)."""
     return secrets.compare_digest(key.encode(), expected.get_secret_value().encode())
 
 
@@ -93,7 +95,7 @@ def _check_key(expected: pydantic.SecretStr | None, key: str | None, name: str) 
         return
     if key is None:
         raise AuthError(f"this endpoint needs serving.{name} in the {API_KEY_HEADER} header")
-    if not _same(expected, key):
+    if not key_matches(expected, key):
         raise AuthError("wrong API key")
 
 

@@ -349,7 +349,9 @@ def test_als_fold_in_solves_the_als_normal_equation(data: tuple[Interactions, np
 def test_als_divergence_raises_data_error(
     bad: float, monkeypatch: pytest.MonkeyPatch, data: tuple[Interactions, np.ndarray]
 ) -> None:
-    def diverging_fit(self: Any, user_items: Any, show_progress: bool = True) -> None:
+    def diverging_fit(
+        self: Any, user_items: Any, show_progress: bool = True, callback: Any = None
+    ) -> None:  # implicit's signature
         self.user_factors = np.full((user_items.shape[0], self.factors), bad, np.float32)
         self.item_factors = np.full((user_items.shape[1], self.factors), bad, np.float32)
         self._check_fit_errors()  # implicit's own NaN check (inf passes it)

@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 import redis
@@ -26,6 +27,23 @@ from redis.retry import Retry
 from feedforge.store.keys import Keys, glob_pattern
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def unavailable(message: str) -> NoReturn:
+    """A real component a test needs is missing: fail under ``CI=true`` (``.ci/run``
+    installs every one), else skip."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    """Prometheus' ``promtool`` (Debian package ``prometheus``)."""
+    binary = shutil.which("promtool")
+    if binary is None:
+        unavailable("promtool is not installed (Debian package prometheus; .ci/run installs it)")
+    return binary
 
 
 def _test_redis_client(url: str) -> redis.Redis:
@@ -43,9 +61,7 @@ def redis_url() -> str:
         client.ping()
     except redis.RedisError as exc:
         message = f"Redis is not reachable at {url}: {exc}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(message)
     finally:
         client.close()
     return url
@@ -89,9 +105,7 @@ class RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
             message = "redis-server is not installed; .ci/run installs it"
-            if os.environ.get("CI") == "true":
-                pytest.fail(message)
-            pytest.skip(message)
+            unavailable(message)
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
              "--dbfilename", "dump.rdb", "--save", "", "--appendonly", "no"],

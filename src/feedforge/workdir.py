@@ -8,7 +8,9 @@
       dataset/          splits, id maps, ranking examples, test-window (build)
                         snapshot and outcomes, card
       models/<name>/    model files + manifest.json                   (train)
-      reports/          evaluation.json                               (evaluate)
+      reports/          evaluation.json (the latest run),             (evaluate)
+                        evaluations/<time>_<dataset>.json (every run),
+                        report.html                                   (report)
       bundles/<ver>/    serving bundle of one published version       (publish)
       store.sqlite3     the embedded online store                     (publish, serve)
       serving/          last current version per store, held history  (publish, serve)

@@ -92,8 +92,11 @@ def test_health_metrics_and_docs_stay_open(keyed: TestClient) -> None:
         assert keyed.get(path).status_code == 200, path
     spec = keyed.get("/openapi.json").json()
     schemes = spec["components"]["securitySchemes"]
-    assert {"ReadApiKey", "WriteApiKey"} <= set(schemes)
-    assert {s["name"] for s in schemes.values()} == {"X-API-Key"}
+    assert {"ReadApiKey", "WriteApiKey", "HTTPBasic"} == set(schemes)
+    assert {s["name"] for s in schemes.values() if s["type"] == "apiKey"} == {"X-API-Key"}
+    # The dashboard takes the read key in the header, or as a browser's Basic password.
+    dashboard = spec["paths"]["/dashboard/data"]["get"]["security"]
+    assert dashboard == [{"ReadApiKey": []}, {"HTTPBasic": []}]
     assert spec["paths"]["/recommend"]["get"]["security"] == [{"ReadApiKey": []}]
     assert spec["paths"]["/events"]["post"]["security"] == [{"WriteApiKey": []}]
     assert "401" in spec["paths"]["/recommend"]["get"]["responses"]

@@ -9,8 +9,6 @@ tests are skipped locally and fail when ``CI=true``.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -24,17 +22,6 @@ PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 DASHBOARD = ROOT / "deploy" / "grafana" / "feedforge-dashboard.json"
 # Grafana's variables, as Grafana would substitute them, so the queries parse as PromQL.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$job": "feedforge", "$kpi": "ctr"}
-
-
-@pytest.fixture(scope="module")
-def promtool() -> str:
-    binary = shutil.which("promtool")
-    if binary is None:
-        message = "promtool is not installed (Debian package prometheus; .ci/run installs it)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return binary
 
 
 def _run(promtool: str, *args: str) -> None:

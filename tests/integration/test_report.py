@@ -31,7 +31,7 @@ CHART_MARKS = """
 return [...document.querySelectorAll('[data-chart]')].map((el) => {
   const svg = el.querySelector('svg');
   return {
-    title: el.getAttribute('aria-label'),
+    title: el.dataset.title,
     rendered: el.dataset.rendered === '1',
     width: svg ? svg.getBoundingClientRect().width : 0,
     marks: el.querySelectorAll('.role-mark path, .role-mark line, .role-mark rect').length,
@@ -97,7 +97,8 @@ def test_the_report_renders_in_chromium_offline(
     headings = browser.js(
         "return [...document.querySelectorAll('section > h2')].map(h => h.innerText)"
     )
-    assert headings[:7] == [f"{i}. {s.capitalize()}" for i, s in enumerate(STEPS, 1)], headings
+    steps = [f"{i}. {s.capitalize()}" for i, s in enumerate(STEPS, 1)]
+    assert headings[:8] == ["At a glance", *steps], headings
     assert browser.screenshot("report").stat().st_size > 10_000
     browser.screenshot("report-full", full_page=True)
 
@@ -121,3 +122,78 @@ def test_report_cli_prints_the_path(report_workdir: tuple[Workdir, Path]) -> Non
     assert result.exit_code == 0, result.output
     assert str(out) in "".join(result.output.split())
     assert out.stat().st_size > 100_000
+
+
+def test_a_report_of_an_empty_workdir_says_what_each_stage_lacks(tmp_path: Path) -> None:
+    workdir = Workdir.at(tmp_path / "empty")
+    result = write_report(workdir, Settings())
+    html = result.path.read_text(encoding="utf-8")
+    assert set(result.empty_sections) == {"data", "models", "evaluate", "serve", "monitor"}
+    for step in STEPS:
+        assert f'<section id="{step}">' in html, step
+    assert f"no dataset built yet: run feedforge build --workdir {workdir.root}" in html
+    assert "no model trained yet" in html and "no evaluation yet" in html
+    assert f"no online store at {workdir.store_path}: nothing published yet" in html
+    assert not workdir.store_path.exists()  # reading created nothing
+
+
+def test_the_report_shows_the_online_loop_when_it_has_data(
+    fresh_workdir: Workdir,
+    small_settings: Settings,
+    write_config: Any,
+    tmp_path: Path,
+    browser: Any,
+) -> None:
+    """An exploring experiment served by the closed loop, an off-policy estimate: the monitor
+    step shows the experiment's lifts, the estimates and the served version's drift."""
+    from feedforge.experiments.registry import ExperimentRegistry
+    from feedforge.store.factory import open_store
+
+    config = write_config(
+        tmp_path / "explore.yaml",
+        reranking={"exploration": {"type": "epsilon_greedy", "epsilon": 0.3}},
+        monitoring={"drift_min_rows": 10, "baseline_rows": 50},
+    )
+    with open_store(small_settings.store, fresh_workdir.store_path) as store:
+        registry = ExperimentRegistry(store)
+        registry.create(
+            {
+                "id": "more-candidates",
+                "variants": [
+                    {"name": "control", "weight": 0.5},
+                    {"name": "wide", "weight": 0.5, "overrides": {"candidates": 300}},
+                ],
+            }
+        )
+        registry.start("more-candidates")
+    common = ["--workdir", str(fresh_workdir.root), "--config", str(config)]
+    runner = CliRunner()
+    done = runner.invoke(app, ["simulate-online", *common, "--users", "60", "--days", "2"])
+    assert done.exit_code == 0, done.output
+    target = tmp_path / "greedy.yaml"
+    target.write_text("overrides: {reranking: {exploration: {type: none}}}\n")
+    done = runner.invoke(app, ["ope", *common, "--target", str(target)])
+    assert done.exit_code == 0, done.output
+
+    from feedforge.config import load_settings
+
+    result = write_report(fresh_workdir, load_settings(config))
+    html = result.path.read_text(encoding="utf-8")
+    assert "monitor" not in result.empty_sections
+    assert "more-candidates" in html and "Experiments: lifts against control" in html
+    assert "Off-policy estimates of value per feed" in html and "snips" in html
+    assert "Freshness (checked" in html
+    browser.open(result.path.as_uri())
+    drawn = browser.driver.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "window.feedforgeChartsDone.then(done, (e) => done('failed: ' + e));"
+    )
+    charts = browser.js(CHART_MARKS)
+    assert drawn == len(charts), (drawn, charts)
+    assert not [c for c in charts if not (c["rendered"] and c["marks"] > 0)], charts
+    titles = {c["title"] for c in charts}
+    assert {"Primary metric lift per variant", "Off-policy estimates"} <= titles, titles
+    console, urls = browser.logs()
+    assert not browser.errors(console), console
+    assert not browser.outside(urls), urls
+    browser.screenshot("report-online-full", full_page=True)

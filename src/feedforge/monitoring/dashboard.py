@@ -15,6 +15,7 @@ the quantile, the highest finite bound when it falls in the ``+Inf`` bucket.
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 from collections import deque
@@ -117,9 +118,7 @@ class Snapshot:
             self.experiments.append({**labels, "feeds": value})
         elif family in ("feedforge_feature_drift", "feedforge_feature_drifted"):
             key = (labels["feature"], labels["version"], labels["variant"])
-            entry = drift.setdefault(
-                key, {"feature": key[0], "version": key[1], "variant": key[2]}
-            )
+            entry = drift.setdefault(key, {"feature": key[0], "version": key[1], "variant": key[2]})
             if family == "feedforge_feature_drifted":
                 entry["drifted"] = bool(value)
             else:
@@ -173,4 +172,4 @@ class History:
             snapshots = list(self._snapshots)
         if latest is not None and (not snapshots or latest.at > snapshots[-1].at):
             snapshots.append(latest)
-        return [interval_point(a, b) for a, b in zip(snapshots, snapshots[1:], strict=False)]
+        return [interval_point(a, b) for a, b in itertools.pairwise(snapshots)]

@@ -72,20 +72,21 @@ def write_report(
     started = time.perf_counter()
     dataset = _dataset(workdir)
     manifests = offline.model_manifests(workdir)
-    with _store(settings, workdir) as store:
+    with _store(settings, workdir) as (store, why):
         builders: list[tuple[str, Callable[[], Section]]] = [
             ("clarify", lambda: offline.clarify(settings, config_source)),
             ("frame", lambda: offline.frame(settings, manifests)),
             ("data", lambda: offline.data(workdir, dataset)),
             ("models", lambda: offline.models(workdir, settings, manifests)),
             ("evaluate", lambda: evaluation.evaluate(workdir)),
-            ("serve", lambda: online.serve(workdir, settings, store, load_bench)),
-            ("monitor", lambda: online.monitor(workdir, settings, store)),
+            ("serve", lambda: online.serve(workdir, settings, store, why, load_bench)),
+            ("monitor", lambda: online.monitor(workdir, settings, store, why)),
         ]
         sections = []
         for name, build in builders:
             say(f"report: {name}")
             sections.append(build())
+    sections.insert(0, _glance(workdir, dataset, sections))
     html, charts = render(sections, workdir)
     path = out or workdir.reports_dir / REPORT_FILE
     write_text_atomic(path, html)
@@ -94,8 +95,48 @@ def write_report(
         bytes=len(html.encode("utf-8")),
         charts=charts,
         seconds=time.perf_counter() - started,
-        empty_sections=[s.key for s in sections if all(b.kind == "empty" for b in s.blocks)],
+        empty_sections=[s.key for s in sections[1:] if all(b.kind == "empty" for b in s.blocks)],
     )
+
+
+def _glance(workdir: Workdir, dataset: Dataset | None, sections: list[Section]) -> Section:
+    """The first screen: the headline numbers and which steps have data."""
+    section = Section("glance", "At a glance", "The headline numbers of this work directory.")
+    facts: list[tuple[str, str]] = []
+    if dataset is not None:
+        facts.append(
+            ("dataset", f"{len(dataset.users):,} users x {len(dataset.items):,} items "
+             f"({dataset.version})")
+        )  # fmt: skip
+    facts += evaluation.glance(workdir)
+    serving = next((v for s in sections for k, v in s.sources if k == "serving version"), None)
+    facts.append(("serving version", serving or "none published"))
+    section.facts("Headline", facts)
+    comparison = next(
+        (b for s in sections for b in s.blocks if b.title.startswith("Baselines against")), None
+    )
+    if comparison is not None:
+        section.chart(comparison.title, comparison.spec)
+    rows = []
+    for step in sections:
+        empty = [b.title for b in step.blocks if b.kind == "empty"]
+        if len(empty) == len(step.blocks):
+            rows.append([step.title, "no data yet"])
+            continue
+        charts = _count(sum(b.kind == "chart" for b in step.blocks), "chart")
+        tables = _count(sum(b.kind in ("table", "facts") for b in step.blocks), "table")
+        rows.append(
+            [
+                step.title,
+                f"{charts}, {tables}" + (f"; no data: {', '.join(empty)}" if empty else ""),
+            ]
+        )
+    section.table("The 7 steps", ["step", "what the report shows"], rows)
+    return section
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _dataset(workdir: Workdir) -> Dataset | None:
@@ -106,24 +147,26 @@ def _dataset(workdir: Workdir) -> Dataset | None:
 
 
 @contextlib.contextmanager
-def _store(settings: Settings, workdir: Workdir) -> Iterator[OnlineStore | None]:
-    """The online store, or None when it cannot be opened (the report then says so)."""
-    embedded = settings.store.type == "embedded"
-    path = settings.store.path or workdir.store_path
-    store: OnlineStore | None = None
-    if not embedded or Path(path).is_file():  # reading never creates an embedded store
-        try:
-            store = open_store(settings.store, workdir.store_path)
-        except (FeedforgeError, OSError):
-            store = None
-    if store is not None and not store.ping():
-        store.close()
-        store = None
+def _store(settings: Settings, workdir: Workdir) -> Iterator[tuple[OnlineStore | None, str]]:
+    """The online store, or None and why (the report then says so)."""
+    path = Path(settings.store.path or workdir.store_path)
+    if settings.store.type == "embedded" and not path.is_file():
+        # Reading never creates an embedded store.
+        yield None, f"no online store at {path}: nothing published yet"
+        return
     try:
-        yield store
+        store = open_store(settings.store, workdir.store_path)
+    except (FeedforgeError, OSError) as exc:
+        yield None, f"the online store could not be opened: {exc}"
+        return
+    if not store.ping():
+        store.close()
+        yield None, f"the {settings.store.type} online store does not answer"
+        return
+    try:
+        yield store, ""
     finally:
-        if store is not None:
-            store.close()
+        store.close()
 
 
 def render(sections: list[Section], workdir: Workdir) -> tuple[str, int]:

@@ -225,3 +225,32 @@ def _history(section: Section, runs: list[tuple[str, dict[str, Any]]], k: int) -
         ["model", f"{metric} before", f"{metric} now", "change"],
         table,
     )
+
+
+def glance(workdir: Workdir) -> list[tuple[str, str]]:
+    """The latest evaluation's headline for the report's first screen: the best model on
+    the objective's value (else NDCG) at k, with its interval, against popularity."""
+    runs, _ = evaluation_history(workdir.reports_dir)
+    if not runs:
+        return []
+    report = runs[-1][1]
+    k, models = report["k"], report["models"]
+    first: dict[str, float] = next(iter(models.values()), {})
+    metric = next((n for n in first if n.startswith(_VALUE_PREFIXES)), f"ndcg@{k}")
+    best = max(models, key=lambda m: models[m].get(metric) or 0.0)
+    ci = report.get("intervals", {}).get(best, {}).get(metric)
+    facts = [(f"best model on {metric}", f"{best}: {interval(models[best][metric], ci)}")]
+    if "popularity" in models and best != "popularity":
+        base = models["popularity"].get(metric)
+        if base:
+            facts.append(("against the popularity baseline", f"{models[best][metric] / base:.1f}x"))
+    facts.append(
+        (
+            f"its NDCG@{k}",
+            interval(
+                models[best].get(f"ndcg@{k}"),
+                report.get("intervals", {}).get(best, {}).get(f"ndcg@{k}"),
+            ),
+        )
+    )
+    return facts

@@ -21,6 +21,8 @@ from feedforge.report.blocks import Section, fmt
 from feedforge.store.base import OnlineStore
 from feedforge.workdir import Workdir
 
+_DRIFT_BARS = 25
+
 
 def _read_json(path: Path) -> Any | None:
     try:
@@ -30,7 +32,11 @@ def _read_json(path: Path) -> Any | None:
 
 
 def serve(
-    workdir: Workdir, settings: Settings, store: OnlineStore | None, load_bench: Path | None
+    workdir: Workdir,
+    settings: Settings,
+    store: OnlineStore | None,
+    no_store: str,
+    load_bench: Path | None,
 ) -> Section:
     """Step 6: the published versions (current first) with their lineage, and the latency
     the last load benchmark measured against the budget."""
@@ -72,8 +78,8 @@ def serve(
                 ),
             ]
         )
-    if store is None:
-        section.text("The online store could not be opened: versions are read from the bundles.")
+    if store is None and bundles:
+        section.text(f"{no_store.capitalize()}: the versions are read from the bundles.")
     if rows:
         section.source("serving version", current)
         section.table(
@@ -129,7 +135,9 @@ def _load_bench(section: Section, settings: Settings, path: Path | None) -> None
     )
 
 
-def monitor(workdir: Workdir, settings: Settings, store: OnlineStore | None) -> Section:
+def monitor(
+    workdir: Workdir, settings: Settings, store: OnlineStore | None, no_store: str
+) -> Section:
     """Step 7: drift, freshness, experiments, off-policy estimates, the loop's runs."""
     section = Section(
         "monitor",
@@ -138,7 +146,7 @@ def monitor(workdir: Workdir, settings: Settings, store: OnlineStore | None) -> 
         "retrains, gates, canaries and promotes.",
     )
     if store is None:
-        section.empty("Drift and freshness", "the online store could not be opened")
+        section.empty("Freshness, drift and experiments", no_store)
     else:
         _freshness(section, workdir, store, settings)
         _drift(section, workdir, store, settings)
@@ -204,9 +212,11 @@ def _drift(section: Section, workdir: Workdir, store: OnlineStore, settings: Set
                  column.get("value"), column.get("drifted")]
             )  # fmt: skip
     section.source("serving profile", report["version"])
+    worst = sorted(rows, key=lambda r: -r["psi"])[:_DRIFT_BARS]
     section.chart(
-        f"Drift per feature (PSI) of version {report['version']}",
-        charts.horizontal_bars(rows, "feature", "psi", title="population stability index"),
+        f"Drift per feature (PSI) of version {report['version']}"
+        + (f", the {_DRIFT_BARS} largest" if len(rows) > _DRIFT_BARS else ""),
+        charts.horizontal_bars(worst, "feature", "psi", title="population stability index"),
     )
     section.table("Drift", ["variant", "feature", "PSI", "statistic", "value", "drifted"], table)
 
@@ -221,12 +231,14 @@ def _experiments(
     value = settings_value(settings)
     rows: list[list[Any]] = []
     points: list[dict[str, Any]] = []
+    decisions: list[tuple[str, Any]] = []
     for experiment in experiments:
         try:
             result = analyze_logged(experiment, workdir, value)
         except FeedforgeError as exc:
-            rows.append([experiment.id, experiment.status, "–", "–", "–", "–", str(exc)[:120]])
+            decisions.append((f"{experiment.id} ({experiment.status})", f"not analysed: {exc}"))
             continue
+        decisions.append((f"{experiment.id} ({experiment.status})", result.get("decision")))
         for metric in result.get("metrics", []):
             if "skipped" in metric:
                 continue
@@ -234,12 +246,12 @@ def _experiments(
             rows.append(
                 [
                     experiment.id,
-                    experiment.status,
                     metric["metric"] + (" (primary)" if metric.get("primary") else ""),
                     metric["variant"],
+                    metric.get("control_mean"),
+                    metric.get("treatment_mean"),
                     metric.get("absolute_lift"),
                     fmt(ci),
-                    result.get("decision"),
                 ]
             )
             if metric.get("primary") and None not in ci:
@@ -253,9 +265,10 @@ def _experiments(
                 )
     section.table(
         "Experiments: lifts against control (95 % interval)",
-        ["experiment", "status", "metric", "variant", "lift", "interval", "decision"],
+        ["experiment", "metric", "variant", "control", "treatment", "lift", "interval"],
         rows,
     )
+    section.facts("Experiment decisions", decisions)
     section.chart(
         "Primary metric lift per variant",
         charts.estimates(points, "arm", "lift", "low", "high", title="absolute lift"),

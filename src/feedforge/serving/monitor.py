@@ -21,9 +21,10 @@ drift from the store's profiles (``drift_refresh_s``; :mod:`feedforge.monitoring
 the online KPIs from the feed log joined to the event log (``kpi_refresh_s``, over
 ``kpi_window_s``; :func:`feedforge.experiments.online.feed_kpis`), samples the worker's
 CPU, memory and open files, and samples the service's metrics for the live dashboard
-(``dashboard_refresh_s``; :mod:`feedforge.monitoring.dashboard`). A scrape reads the latest results (:meth:`ServiceMonitor.collect`):
-the configured thresholds, freshness (timestamps and ages of the served version, its feature
-snapshot, the newest ingested event and the precomputed feeds), drift and KPIs.
+(``dashboard_refresh_s``; :mod:`feedforge.monitoring.dashboard`). A scrape reads the latest
+results (:meth:`ServiceMonitor.collect`): the configured thresholds, freshness (timestamps
+and ages of the served version, its feature snapshot, the newest ingested event and the
+precomputed feeds), drift and KPIs.
 """
 
 from __future__ import annotations
@@ -287,12 +288,14 @@ class ServiceMonitor:
                 except Exception:  # the thread must outlive any one failed refresh
                     logger.exception("monitoring task %s failed", name)
 
-    def sample_dashboard(self) -> Snapshot:
-        """Read the service's metrics now; kept in :attr:`dashboard` when the last kept
-        sample is ``dashboard_refresh_s`` old. Returns the snapshot."""
-        snapshot = Snapshot.read(self.metrics.families(), time.time())
-        self.dashboard.add(snapshot)
-        return snapshot
+    def sample_dashboard(self) -> None:
+        """Keep a sample of the service's metrics for the dashboard's live series."""
+        self.dashboard.add(self.read_metrics())
+
+    def read_metrics(self) -> Snapshot:
+        """The service's metrics now, as the dashboard reads them (every worker's in
+        multiprocess mode); :attr:`dashboard` keeps one every ``dashboard_refresh_s``."""
+        return Snapshot.read(self.metrics.families(), time.time())
 
     def flush(self) -> None:
         """Add this worker's profile counts to the store (kept when the store fails)."""

@@ -8,8 +8,6 @@ the raw samples (the true quantile lies in the estimate's bucket).
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -43,17 +41,6 @@ def _metrics_with(latencies: np.ndarray, errors: int = 0) -> ServiceMetrics:
 
 def _cumulative(snapshot: Snapshot) -> list[tuple[float, float]]:
     return snapshot.buckets
-
-
-@pytest.fixture(scope="module")
-def promtool() -> str:
-    binary = shutil.which("promtool")
-    if binary is None:
-        message = "promtool is not installed (Debian package prometheus; .ci/run installs it)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return binary
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

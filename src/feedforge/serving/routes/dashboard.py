@@ -102,7 +102,8 @@ def data(service: Service) -> JSONResponse:
 def dashboard_data(service: FeedService) -> dict[str, Any]:
     """What ``GET /dashboard/data`` answers: the live series, totals, gauges and versions."""
     settings = service.settings
-    snapshot = service.monitor.sample_dashboard()
+    snapshot = service.monitor.read_metrics()
+    service.monitor.dashboard.add(snapshot)  # kept if the last sample is old enough
     loaded = service.versions.loaded
     return {
         "at": snapshot.at,

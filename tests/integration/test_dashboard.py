@@ -32,7 +32,7 @@ READ_KEY = "dashboard-read-key-0123456789"
 WRITE_KEY = "dashboard-write-key-0123456789"
 
 CHARTS_DRAWN = """
-return ['chart-rate', 'chart-latency', 'chart-rates'].every((id) => {
+return arguments[0].every((id) => {
   const el = document.getElementById(id);
   const svg = el.querySelector('svg');
   return el.dataset.rendered === '1' && svg && svg.getBoundingClientRect().width > 0
@@ -117,16 +117,16 @@ def test_dashboard_and_docs_render_offline_in_chromium(
             30.0,
             before + 25,
         )
-        browser.wait_for(CHARTS_DRAWN, 30.0)
+        browser.wait_for(CHARTS_DRAWN, 30.0, ["chart-rate", "chart-latency", "chart-rates"])
         # The online KPIs of the served version (from the feed log, every kpi_refresh_s).
         kpis = browser.wait_for(
             "const rows = [...document.querySelectorAll('#kpis tbody tr')];"
             "return rows.length && rows.map((r) => r.innerText);",
             30.0,
         )
-        assert any(
-            served in row for row in kpis for served in [published_version(published_workdir)]
-        )
+        version = published_version(published_workdir)
+        assert any(version in row for row in kpis), kpis
+        browser.wait_for(CHARTS_DRAWN, 30.0, ["chart-kpis"])
         assert browser.js("return document.getElementById('serving-version').innerText") in {
             p.name for p in published_workdir.bundles_dir.iterdir()
         }

@@ -15,6 +15,7 @@ from feedforge.events.importers import import_dataset
 from feedforge.models.registry import RANKERS
 from feedforge.models.train import train_models
 from feedforge.publish.publisher import publish
+from feedforge.report.build import write_report
 from feedforge.serving.app import create_app
 from feedforge.store.factory import open_store
 from feedforge.workdir import Workdir
@@ -65,3 +66,11 @@ def test_imported_ratings_run_through_every_stage(tmp_path: Path) -> None:
     scores = [item["score"] for item in body["items"]]
     assert len(scores) == 5 and scores == sorted(scores, reverse=True)
     assert len({item["item_id"] for item in body["items"]}) == 5
+    # The report of an imported rating log: every step present, the ranker's absence said.
+    result = write_report(workdir, settings)
+    html = result.path.read_text(encoding="utf-8")
+    assert "models" not in result.empty_sections and "evaluate" not in result.empty_sections
+    assert "No data: no bpr ranker trained" not in html  # the ranker is the configured one
+    assert f"No data: no {settings.models.ranker.type} ranker trained" in html
+    assert "No data: no ranker was evaluated" in html
+    assert version in html and report["dataset_version"] in html

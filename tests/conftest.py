@@ -15,7 +15,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -145,3 +145,135 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     if server.process is not None:
         server.process.kill()
         server.process.wait(timeout=10)
+
+
+def _free_cluster_port() -> int:
+    """A port free on 127.0.0.1 whose cluster-bus port (port + 10000) is free too."""
+    for _ in range(200):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port + 10_000 > 65_535:
+            continue
+        with socket.socket() as bus:
+            try:
+                bus.bind(("127.0.0.1", port + 10_000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair for a Redis Cluster node")
+
+
+def _replica_ready(info: dict[str, object]) -> bool:
+    return info.get("role") == "master" or info.get("master_link_status") == "up"
+
+
+class RedisClusterServers:
+    """A real Redis Cluster of the tests' own: ``masters`` masters with one replica each,
+    every node a ``redis-server --cluster-enabled yes`` on free ports, joined by
+    ``redis-cli --cluster create``. :meth:`kill` stops one node hard (a failover test)."""
+
+    def __init__(self, directory: Path, masters: int = 3) -> None:
+        self.directory = directory
+        self.ports = [_free_cluster_port() for _ in range(masters * 2)]
+        self.processes: dict[int, subprocess.Popen[bytes]] = {}
+        self.url = f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def start(self) -> None:
+        binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+        if binary is None or cli is None:
+            unavailable("redis-server and redis-cli are not installed; .ci/run installs them")
+        for port in self.ports:
+            node_dir = self.directory / str(port)
+            node_dir.mkdir(parents=True, exist_ok=True)
+            self.processes[port] = subprocess.Popen(
+                [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(node_dir),
+                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                 "--cluster-node-timeout", "1000", "--save", "", "--appendonly", "no",
+                 "--repl-diskless-sync-delay", "0", "--logfile", str(node_dir / "redis.log")],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+        for port in self.ports:
+            self._wait(lambda p=port: _test_redis_client(f"redis://127.0.0.1:{p}/0").ping())
+        nodes = [f"127.0.0.1:{port}" for port in self.ports]
+        created = subprocess.run(
+            [cli, "--cluster", "create", *nodes, "--cluster-replicas", "1", "--cluster-yes"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        if created.returncode != 0:
+            raise RuntimeError(
+                f"redis-cli --cluster create failed: {created.stdout}{created.stderr}"
+            )
+        for port in self.ports:
+            client = _test_redis_client(f"redis://127.0.0.1:{port}/0")
+            self._wait(lambda c=client: c.cluster("info")["cluster_state"] == "ok")
+            # Every replica in sync with its master (a replica that never synced cannot
+            # take over).
+            self._wait(lambda c=client: _replica_ready(c.info("replication")))
+            client.close()
+
+    @staticmethod
+    def _wait(ready: Callable[[], object], timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if ready():
+                    return
+            except redis.RedisError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Redis Cluster did not become ready")
+            time.sleep(0.1)
+
+    def kill(self, port: int) -> None:
+        process = self.processes.pop(port)
+        process.kill()
+        process.wait(timeout=10)
+
+    def replica_of(self, port: int) -> int | None:
+        """The port of the master the node on ``port`` replicates (None: a master)."""
+        client = _test_redis_client(f"redis://127.0.0.1:{port}/0")
+        try:
+            info = client.info("replication")
+        finally:
+            client.close()
+        return int(info["master_port"]) if info.get("role") == "slave" else None
+
+    def wait_failover(self, killed: int, timeout_s: float = 30.0) -> None:
+        """Wait until every live node sees ``killed`` failed, a replica promoted in its
+        place and the cluster ok (the failover has converged)."""
+
+        def converged() -> bool:
+            for port in self.processes:
+                client = _test_redis_client(f"redis://127.0.0.1:{port}/0")
+                try:
+                    nodes = client.execute_command("CLUSTER", "NODES").decode()
+                    ok = client.cluster("info")["cluster_state"] == "ok"
+                finally:
+                    client.close()
+                dead = [line for line in nodes.splitlines() if f":{killed}@" in line]
+                if not ok or not dead or "fail" not in dead[0].split()[2]:
+                    return False
+            return True
+
+        self._wait(converged, timeout_s)
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            process.kill()
+        for process in self.processes.values():
+            process.wait(timeout=10)
+        self.processes.clear()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """A 3-master, 3-replica Redis Cluster shared by the session (namespaces keep tests apart;
+    tests that kill a node start a cluster of their own)."""
+    servers = RedisClusterServers(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        servers.start()
+        yield servers
+    finally:
+        servers.stop()

@@ -234,9 +234,10 @@ class EvaluationConfig(_Section):
 
 
 class StoreConfig(_Section):
-    """The online store. ``embedded`` needs no server; ``redis`` is the production backend."""
+    """The online store. ``embedded`` needs no server; ``redis`` is the production backend;
+    ``redis-cluster`` spreads it over a Redis Cluster (``redis_url``: any node)."""
 
-    type: Literal["embedded", "redis"] = "embedded"
+    type: Literal["embedded", "redis", "redis-cluster"] = "embedded"
     path: Path | None = Field(
         None, description="Embedded store file; default WORKDIR/store.sqlite3"
     )

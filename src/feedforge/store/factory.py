@@ -8,6 +8,7 @@ from feedforge.config import StoreConfig
 from feedforge.store.base import OnlineStore
 from feedforge.store.embedded import EmbeddedStore
 from feedforge.store.redis import RedisStore
+from feedforge.store.redis_cluster import RedisClusterStore
 
 
 def open_store(config: StoreConfig, default_path: Path) -> OnlineStore:
@@ -21,14 +22,17 @@ def open_store(config: StoreConfig, default_path: Path) -> OnlineStore:
     Returns:
         An open store; close it (or use it as a context manager) when done. A Redis store
         connects lazily, so opening one never fails because the server is down: call
-        :meth:`~feedforge.store.base.OnlineStore.ping` to check.
+        :meth:`~feedforge.store.base.OnlineStore.ping` to check. A Redis Cluster store reads
+        the slot map when opened.
 
     Raises:
         ConfigError: ``config.redis_url`` is not a Redis URL.
+        StoreUnavailableError: ``redis-cluster`` and no node answers.
         StoreError: the embedded file cannot be opened or is not a feedforge store.
     """
-    if config.type == "redis":
-        return RedisStore.from_url(
+    if config.type in ("redis", "redis-cluster"):
+        backend = RedisStore if config.type == "redis" else RedisClusterStore
+        return backend.from_url(
             config.redis_url,
             namespace=config.namespace,
             socket_timeout_s=config.socket_timeout_s,

@@ -16,6 +16,17 @@ whatever the backend::
                                              embedded: the ``key`` column of the history table
     ff:{ns}:applied:{token}               -> a history write done at most once (expires)
 
+**Redis Cluster** (``Keys(namespace, cluster=True)``): the same names with hash tags, so the
+keys one operation touches share a slot. The control keys (``current``, ``versions``, each
+version's ``meta`` and ``counts``) end with ``:{ns}`` (one slot: the pointer flip, unpublish
+and counter scripts check and act atomically there); a user's keys (``user_emb``,
+``user_feat``, ``feed`` records and the history) end with ``{user_id}``, so a feed request
+reads the user's data from one node and the pointer from one more (two round trips at most,
+run in parallel by the pipeline); item keys carry no tag and spread over every node::
+
+    ff:{ns}:current:{ns}   ff:{ns}:v:{version}:meta:{ns}   ff:{ns}:v:{version}:counts:{ns}:{name}
+    ff:{ns}:v:{version}:user_emb:{user_id}   ff:{ns}:hist:{user_id}   (braces literal)
+
 Every key of a version starts with :meth:`Keys.version_prefix`, which ends with ``:``, so
 deleting version ``v1`` can never touch version ``v10``. Namespaces, versions and kinds are
 restricted to ``[A-Za-z0-9_.-]`` so they can never contain the ``:`` separator or a glob
@@ -45,6 +56,8 @@ PREFIX = "ff"
 USER_EMB, ITEM_EMB, USER_FEAT, ITEM_FEAT = "user_emb", "item_emb", "user_feat", "item_feat"
 FEED = "feed"
 """Precomputed feeds of ``feedforge batch-score`` (:mod:`feedforge.publish.batch`)."""
+USER_KINDS = frozenset({USER_EMB, USER_FEAT, FEED})
+"""The kinds keyed by user id (hash-tagged by user in a cluster, with the user's history)."""
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -62,6 +75,7 @@ class Keys:
 
     Args:
         namespace: Separates several deployments sharing one Redis database or SQLite file.
+        cluster: Hash-tag the keys for Redis Cluster (see the module docs).
 
     Example:
         >>> keys = Keys("prod")
@@ -69,21 +83,25 @@ class Keys:
         'ff:prod:v:20260101T000000000Z-3f9a1c:item_emb:i42'
     """
 
-    def __init__(self, namespace: str) -> None:
+    def __init__(self, namespace: str, cluster: bool = False) -> None:
         self.namespace = _check_name("namespace", namespace)
         self.prefix = f"{PREFIX}:{namespace}:"
+        self.cluster = cluster
+        # The control keys' slot, and how a user-keyed id is written.
+        self._control = f":{{{namespace}}}" if cluster else ""
+        self._user = "{{{}}}" if cluster else "{}"
 
     def __repr__(self) -> str:
-        return f"Keys({self.namespace!r})"
+        return f"Keys({self.namespace!r}{', cluster=True' if self.cluster else ''})"
 
     # -- versioned data ---------------------------------------------------------------------
     def current(self) -> str:
         """The pointer to the current version."""
-        return f"{self.prefix}current"
+        return f"{self.prefix}current{self._control}"
 
     def versions(self) -> str:
         """The set of versions that have metadata (a sorted set in Redis)."""
-        return f"{self.prefix}versions"
+        return f"{self.prefix}versions{self._control}"
 
     def version_member_prefix(self) -> str:
         """The prefix of every :meth:`version_member` key."""
@@ -99,20 +117,22 @@ class Keys:
 
     def meta(self, version: str) -> str:
         """A version's metadata."""
-        return f"{self.version_prefix(version)}meta"
+        return f"{self.version_prefix(version)}meta{self._control}"
 
     def item(self, version: str, kind: str, id: str) -> str:
         """One vector or record of ``kind`` (e.g. ``"item_emb"``) in ``version``."""
-        return f"{self.item_prefix(version, kind)}{id}"
+        return self.items(version, kind, [id])[0]
 
     def items(self, version: str, kind: str, ids: Sequence[str]) -> list[str]:
         """:meth:`item` for many ids (validates ``version`` and ``kind`` once)."""
         prefix = self.item_prefix(version, kind)
+        if self.cluster and kind in USER_KINDS:
+            return [f"{prefix}{{{id}}}" for id in ids]
         return [f"{prefix}{id}" for id in ids]
 
     def counts_prefix(self, version: str) -> str:
         """The prefix of every :meth:`counts` key of a version."""
-        return f"{self.version_prefix(version)}counts:"
+        return f"{self.version_prefix(version)}counts{self._control}:"
 
     def counts(self, version: str, name: str) -> str:
         """A version's named set of counters (deleted with the version)."""
@@ -129,7 +149,7 @@ class Keys:
 
     def history(self, user_id: str) -> str:
         """One user's recent history."""
-        return f"{self.history_prefix()}{user_id}"
+        return f"{self.history_prefix()}{self._user.format(user_id)}"
 
     def applied_prefix(self) -> str:
         """The prefix of every :meth:`applied` key."""

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -126,7 +126,7 @@ def _optional_bytes(value: object) -> bytes | None:
 # the items (oldest first). Appends, trims and sets the TTL of every key in one server-side
 # call: as a pipeline, the three commands per user cost 16 us each in redis-py, 49 ms per
 # 1,000 users. With a token, a call whose token key exists does nothing (it was applied).
-# (A Redis Cluster backend would split the call by slot.)
+# (The Redis Cluster backend splits the call by slot.)
 _APPEND_HISTORIES = """
 local max_len = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
@@ -170,6 +170,8 @@ class RedisStore(OnlineStore):
             (None: never).
         read_client: The client of feed reads (:meth:`read_user`), normally one with a short
             timeout and no retry (:meth:`from_url`); None uses ``client``.
+        cluster: The clients are Redis Cluster clients: the keys are hash-tagged
+            (:class:`~feedforge.store.redis_cluster.RedisClusterStore`).
     """
 
     def __init__(
@@ -179,11 +181,12 @@ class RedisStore(OnlineStore):
         url: str = "",
         history_ttl_s: float | None = None,
         read_client: redis.Redis | None = None,
+        cluster: bool = False,
     ) -> None:
         for each in (client, read_client):
             if each is not None and each.get_connection_kwargs().get("decode_responses"):
                 raise ValidationError("RedisStore needs clients with decode_responses=False")
-        self.keys = Keys(namespace)
+        self.keys = Keys(namespace, cluster=cluster)
         self.url = redact_url(url) if url else repr(client)
         self._client = client
         self._read_client = client if read_client is None else read_client
@@ -203,7 +206,7 @@ class RedisStore(OnlineStore):
         socket_timeout_s: float = 0.5,
         history_ttl_s: float | None = None,
         read_timeout_s: float = 0.025,
-    ) -> RedisStore:
+    ) -> Self:
         """Create a store for ``url`` (e.g. ``redis://127.0.0.1:6379/0``); connects lazily.
 
         A failed command is retried once after a short backoff, so an unreachable server
@@ -214,23 +217,26 @@ class RedisStore(OnlineStore):
             ConfigError: ``url`` is not a Redis URL.
         """
         try:
-            client = redis.Redis.from_url(
-                url,
-                socket_timeout=socket_timeout_s,
-                socket_connect_timeout=socket_timeout_s,
-                retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), retries=1),
-                decode_responses=False,
-            )
-            read_client = redis.Redis.from_url(
-                url,
-                socket_timeout=read_timeout_s,
-                socket_connect_timeout=read_timeout_s,
-                retry=Retry(NoBackoff(), retries=0),
-                decode_responses=False,
-            )
+            retry = Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), retries=cls.RETRIES)
+            client = cls._connect(url, socket_timeout_s, retry)
+            read_client = cls._connect(url, read_timeout_s, Retry(NoBackoff(), retries=0))
         except ValueError as exc:
             raise ConfigError(f"invalid Redis URL {redact_url(url)!r}: {exc}") from exc
         return cls(client, namespace, url=url, history_ttl_s=history_ttl_s, read_client=read_client)
+
+    RETRIES = 1
+    """Retries of a failed command by the main client (feed reads: none)."""
+
+    @staticmethod
+    def _connect(url: str, timeout_s: float, retry: Retry) -> Any:
+        """A client of ``url`` with ``timeout_s`` socket and connect timeouts."""
+        return redis.Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=retry,
+            decode_responses=False,
+        )
 
     @property
     def client(self) -> redis.Redis:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
+from redis.cluster import RedisCluster
 
 from feedforge.config import StoreConfig
 from feedforge.errors import StoreConflictError, StoreError, StoreUnavailableError, ValidationError
@@ -28,6 +30,7 @@ from feedforge.store.embedded import EmbeddedStore
 from feedforge.store.factory import open_store
 from feedforge.store.keys import Keys, glob_pattern
 from feedforge.store.redis import RedisStore
+from feedforge.store.redis_cluster import RedisClusterStore
 
 
 @dataclass
@@ -51,6 +54,7 @@ class Backend:
     params=[
         pytest.param("embedded", id="embedded"),
         pytest.param("redis", id="redis", marks=pytest.mark.redis),
+        pytest.param("redis-cluster", id="redis-cluster", marks=pytest.mark.redis),
     ]
 )
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
@@ -70,6 +74,28 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
             lambda ns: EmbeddedStore(path, namespace=ns, write_chunk=1_000),
             raw_sqlite_keys,
         )
+    elif request.param == "redis-cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        cluster_client = RedisCluster.from_url(cluster.url, decode_responses=False)
+        namespace = f"test-{uuid.uuid4().hex}"
+
+        def raw_cluster_keys(prefix: str) -> list[str]:
+            keys = cluster_client.scan_iter(match=glob_pattern(prefix))
+            return sorted({k.decode() for k in keys})
+
+        made = Backend(
+            "redis-cluster",
+            namespace,
+            lambda ns: RedisClusterStore.from_url(cluster.url, namespace=ns, socket_timeout_s=2.0),
+            raw_cluster_keys,
+        )
+        yield made
+        for store in made.opened:
+            store.close()
+        for key in cluster_client.scan_iter(match=glob_pattern(Keys(namespace).prefix)):
+            cluster_client.unlink(key)
+        cluster_client.close()
+        return
     else:
         url: str = request.getfixturevalue("redis_url")
         client: redis.Redis = request.getfixturevalue("redis_client")

@@ -226,11 +226,13 @@ class RedisStore(OnlineStore):
 
     RETRIES = 1
     """Retries of a failed command by the main client (feed reads: none)."""
+    CLIENT: Any = redis.Redis
+    """The redis-py client class (:class:`redis.cluster.RedisCluster` for a cluster)."""
 
-    @staticmethod
-    def _connect(url: str, timeout_s: float, retry: Retry) -> Any:
+    @classmethod
+    def _connect(cls, url: str, timeout_s: float, retry: Retry) -> Any:
         """A client of ``url`` with ``timeout_s`` socket and connect timeouts."""
-        return redis.Redis.from_url(
+        return cls.CLIENT.from_url(
             url,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,

@@ -30,7 +30,6 @@ from typing import Any, Self
 
 import redis
 from redis.cluster import RedisCluster
-from redis.retry import Retry
 
 from feedforge.errors import StoreUnavailableError, ValidationError
 from feedforge.store.base import APPLIED_TOKEN_TTL_S
@@ -77,6 +76,7 @@ class RedisClusterStore(RedisStore):
         self._put_meta = client.register_script(_PUT_META)
 
     RETRIES = 3  # a failover takes a node timeout: the main client tries a little longer
+    CLIENT = RedisCluster
 
     @classmethod
     def from_url(
@@ -101,16 +101,6 @@ class RedisClusterStore(RedisStore):
             raise StoreUnavailableError(
                 f"Redis Cluster at {safe} is unavailable (reading its slots): {exc}", url=safe
             ) from exc
-
-    @staticmethod
-    def _connect(url: str, timeout_s: float, retry: Retry) -> Any:
-        return RedisCluster.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=retry,
-            decode_responses=False,
-        )
 
     def __repr__(self) -> str:
         return f"RedisClusterStore({self.url!r}, namespace={self.keys.namespace!r})"

@@ -283,7 +283,7 @@ def freshness_cmd(
 ) -> None:
     """Ages of the served version, its feature snapshot, the newest event and the
     precomputed feeds, against their thresholds (monitoring.max_*_age_s)."""
-    from feedforge.monitoring.status import freshness_report
+    from feedforge.monitoring.status import format_age, freshness_report
 
     report = _report(workdir, config, "freshness", json_out, freshness_report, dict)
     table = Table(
@@ -300,19 +300,9 @@ def freshness_cmd(
         table.add_row(
             name,
             entry["at"] or "-",
-            "-" if age is None else _duration(age),
-            "-" if limit is None else _duration(limit),
+            "-" if age is None else format_age(age),
+            "-" if limit is None else format_age(limit),
             "yes" if entry["stale"] else "no",
             style="red" if entry["stale"] else None,
         )
     console.print(table)
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 172_800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86_400:.1f} d"

@@ -122,6 +122,17 @@ def _age(stamp: float | None, now: float) -> dict[str, Any]:
     }
 
 
+def format_age(seconds: float) -> str:
+    """A duration as an operator reads it: ``45 s``, ``12 min``, ``3.5 h``, ``4.2 d``."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172_800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86_400:.1f} d"
+
+
 def freshness_report(workdir: Workdir, store: OnlineStore, settings: Settings) -> dict[str, Any]:
     """Ages of what the service serves from (see the module docs), each with its threshold
     and whether it is stale."""

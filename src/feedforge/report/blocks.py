@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 BlockKind = Literal["text", "facts", "table", "pre", "chart", "empty"]
@@ -68,6 +70,15 @@ class Section:
 
     def source(self, artifact: str, version: Any) -> None:
         self.sources.append((artifact, fmt(version)))
+
+
+def read_json(path: Path) -> Any | None:
+    """A JSON artifact's content, or None when it is missing or unreadable (the section
+    then says it has no data)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def fmt(value: Any, digits: int = 4) -> str:

@@ -27,6 +27,7 @@ from feedforge.artifacts import write_text_atomic
 from feedforge.config import Settings
 from feedforge.datasets.load import Dataset, load_dataset
 from feedforge.errors import FeedforgeError
+from feedforge.evaluation.history import evaluation_history
 from feedforge.report import evaluation, offline, online
 from feedforge.report.blocks import Section
 from feedforge.store.base import OnlineStore
@@ -72,21 +73,23 @@ def write_report(
     started = time.perf_counter()
     dataset = _dataset(workdir)
     manifests = offline.model_manifests(workdir)
+    runs, unreadable = evaluation_history(workdir.reports_dir)
     with _store(settings, workdir) as (store, why):
+        serving = store.current_version() if store is not None else None
         builders: list[tuple[str, Callable[[], Section]]] = [
             ("clarify", lambda: offline.clarify(settings, config_source)),
             ("frame", lambda: offline.frame(settings, manifests)),
             ("data", lambda: offline.data(workdir, dataset)),
             ("models", lambda: offline.models(workdir, settings, manifests)),
-            ("evaluate", lambda: evaluation.evaluate(workdir)),
-            ("serve", lambda: online.serve(workdir, settings, store, why, load_bench)),
+            ("evaluate", lambda: evaluation.evaluate(workdir, runs, unreadable)),
+            ("serve", lambda: online.serve(workdir, settings, store, why, serving, load_bench)),
             ("monitor", lambda: online.monitor(workdir, settings, store, why)),
         ]
         sections = []
         for name, build in builders:
             say(f"report: {name}")
             sections.append(build())
-    sections.insert(0, _glance(workdir, dataset, sections))
+    sections.insert(0, _glance(dataset, runs, serving, sections))
     html, charts = render(sections, workdir)
     path = out or workdir.reports_dir / REPORT_FILE
     write_text_atomic(path, html)
@@ -99,7 +102,9 @@ def write_report(
     )
 
 
-def _glance(workdir: Workdir, dataset: Dataset | None, sections: list[Section]) -> Section:
+def _glance(
+    dataset: Dataset | None, runs: evaluation.Runs, serving: str | None, sections: list[Section]
+) -> Section:
     """The first screen: the headline numbers and which steps have data."""
     section = Section("glance", "At a glance", "The headline numbers of this work directory.")
     facts: list[tuple[str, str]] = []
@@ -108,8 +113,7 @@ def _glance(workdir: Workdir, dataset: Dataset | None, sections: list[Section]) 
             ("dataset", f"{len(dataset.users):,} users x {len(dataset.items):,} items "
              f"({dataset.version})")
         )  # fmt: skip
-    facts += evaluation.glance(workdir)
-    serving = next((v for s in sections for k, v in s.sources if k == "serving version"), None)
+    facts += evaluation.glance(runs)
     facts.append(("serving version", serving or "none published"))
     section.facts("Headline", facts)
     comparison = next(

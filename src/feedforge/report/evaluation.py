@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from feedforge.evaluation.history import evaluation_history
 from feedforge.report import charts
 from feedforge.report.blocks import Section, interval
 from feedforge.workdir import Workdir
@@ -21,15 +20,20 @@ _HEAD_TITLES = {
 }
 
 
-def evaluate(workdir: Workdir) -> Section:
-    """Step 5 from ``reports/evaluations/`` (the latest run and the earlier ones)."""
+Runs = list[tuple[str, dict[str, Any]]]
+"""The kept evaluation runs, oldest first (:func:`~feedforge.evaluation.history.
+evaluation_history`)."""
+
+
+def evaluate(workdir: Workdir, runs: Runs, unreadable: list[str]) -> Section:
+    """Step 5 from the kept evaluation runs (the latest and the earlier ones) and the names
+    of the history files that could not be read."""
     section = Section(
         "evaluate",
         "5. Evaluate",
         "Offline: every model on the test split (temporal protocol), with bootstrap "
         "confidence intervals over the test users.",
     )
-    runs, unreadable = evaluation_history(workdir.reports_dir)
     if unreadable:
         section.text(f"Unreadable evaluation files, skipped: {', '.join(unreadable)}.")
     if not runs:
@@ -196,7 +200,7 @@ def _calibration(section: Section, report: dict[str, Any]) -> None:
     )
 
 
-def _history(section: Section, runs: list[tuple[str, dict[str, Any]]], k: int) -> None:
+def _history(section: Section, runs: Runs, k: int) -> None:
     metric = f"ndcg@{k}"
     if len(runs) < 2:
         section.text(
@@ -227,10 +231,9 @@ def _history(section: Section, runs: list[tuple[str, dict[str, Any]]], k: int) -
     )
 
 
-def glance(workdir: Workdir) -> list[tuple[str, str]]:
+def glance(runs: Runs) -> list[tuple[str, str]]:
     """The latest evaluation's headline for the report's first screen: the best model on
     the objective's value (else NDCG) at k, with its interval, against popularity."""
-    runs, _ = evaluation_history(workdir.reports_dir)
     if not runs:
         return []
     report = runs[-1][1]

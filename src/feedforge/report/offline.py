@@ -5,7 +5,6 @@ pipeline as configured), data (the dataset card, the event log, the long tail) a
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,7 +19,7 @@ from feedforge.features.objectives import settings_value
 from feedforge.loop.gates import leakage_checks
 from feedforge.models.registry import RANKERS, load_ranker
 from feedforge.report import charts
-from feedforge.report.blocks import Section
+from feedforge.report.blocks import Section, read_json
 from feedforge.workdir import Workdir
 
 _VALUE_WORDS = {
@@ -326,11 +325,3 @@ def _ranker(
             charts.horizontal_bars(rows, "feature", "weight", title=what),
         )
     section.pre(f"The {name} ranker, printed", ranker.describe())
-
-
-def read_json(path: Path) -> Any | None:
-    """A JSON file's content, or None when it is missing or unreadable."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None

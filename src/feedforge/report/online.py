@@ -4,7 +4,6 @@ continuous-training loop's decisions. Each part says so when its stage has no da
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +14,13 @@ from feedforge.experiments.analysis import analyze_logged
 from feedforge.experiments.registry import ExperimentRegistry
 from feedforge.features.objectives import settings_value
 from feedforge.loop.runs import list_runs
-from feedforge.monitoring.status import drift_report, freshness_report
+from feedforge.monitoring.status import drift_report, format_age, freshness_report
 from feedforge.report import charts
-from feedforge.report.blocks import Section, fmt
+from feedforge.report.blocks import Section, fmt, read_json
 from feedforge.store.base import OnlineStore
 from feedforge.workdir import Workdir
 
 _DRIFT_BARS = 25
-
-
-def _read_json(path: Path) -> Any | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def serve(
@@ -36,17 +28,17 @@ def serve(
     settings: Settings,
     store: OnlineStore | None,
     no_store: str,
+    current: str | None,
     load_bench: Path | None,
 ) -> Section:
-    """Step 6: the published versions (current first) with their lineage, and the latency
-    the last load benchmark measured against the budget."""
+    """Step 6: the published versions (``current``, the store's pointer, marked) with their
+    lineage, and the latency the last load benchmark measured against the budget."""
     section = Section(
         "serve",
         "6. Serve",
         "Embeddings and features precomputed offline in the online store; a stateless "
         "service retrieves, ranks and re-ranks each request.",
     )
-    current = store.current_version() if store is not None else None
     in_store = set(store.versions()) if store is not None else set()
     bundles = (
         sorted(workdir.bundles_dir.iterdir(), key=lambda p: p.name, reverse=True)
@@ -55,7 +47,7 @@ def serve(
     )
     rows = []
     for bundle in bundles:
-        manifest = _read_json(bundle / MANIFEST)
+        manifest = read_json(bundle / MANIFEST)
         if not isinstance(manifest, dict):
             continue
         meta = manifest.get("extra", {})
@@ -96,7 +88,7 @@ def serve(
 
 
 def _load_bench(section: Section, settings: Settings, path: Path | None) -> None:
-    bench = _read_json(path) if path is not None else None
+    bench = read_json(path) if path is not None else None
     if not isinstance(bench, dict) or "feeds" not in bench:
         where = f" ({path} not found)" if path is not None else ""
         section.empty(
@@ -166,8 +158,8 @@ def _freshness(section: Section, workdir: Workdir, store: OnlineStore, settings:
             [
                 name.replace("_", " "),
                 str(report[name]["at"] or "–")[:19].replace("T", " "),
-                _duration(report[name]["age_seconds"]),
-                _duration(report[name]["threshold_seconds"]),
+                _age(report[name]["age_seconds"]),
+                _age(report[name]["threshold_seconds"]),
                 report[name]["stale"],
             ]
             for name in names
@@ -175,13 +167,8 @@ def _freshness(section: Section, workdir: Workdir, store: OnlineStore, settings:
     )
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    for unit, size in (("d", 86_400), ("h", 3_600), ("min", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f} {unit}"
-    return f"{seconds:.0f} s"
+def _age(seconds: float | None) -> str:
+    return "–" if seconds is None else format_age(seconds)
 
 
 def _drift(section: Section, workdir: Workdir, store: OnlineStore, settings: Settings) -> None:
@@ -280,7 +267,7 @@ def _ope(section: Section, workdir: Workdir) -> None:
     files = sorted(directory.glob("*.json")) if directory.is_dir() else []
     rows, points = [], []
     for path in files:
-        result = _read_json(path)
+        result = read_json(path)
         if not isinstance(result, dict) or "estimates" not in result:
             continue
         section.source("off-policy estimate", path.name)

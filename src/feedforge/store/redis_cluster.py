@@ -26,10 +26,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Self
+from typing import Any
 
 import redis
 from redis.cluster import RedisCluster
+from redis.retry import Retry
 
 from feedforge.errors import StoreUnavailableError, ValidationError
 from feedforge.store.base import APPLIED_TOKEN_TTL_S
@@ -79,23 +80,11 @@ class RedisClusterStore(RedisStore):
     CLIENT = RedisCluster
 
     @classmethod
-    def from_url(
-        cls,
-        url: str,
-        namespace: str = "feedforge",
-        socket_timeout_s: float = 0.5,
-        history_ttl_s: float | None = None,
-        read_timeout_s: float = 0.025,
-    ) -> Self:
-        """Create a store for the cluster that ``url`` (any node, e.g.
-        ``redis://10.0.0.1:7000``) belongs to; reads its slot map now.
-
-        Raises:
-            ConfigError: ``url`` is not a Redis URL.
-            StoreUnavailableError: no node answers.
-        """
+    def _connect(cls, url: str, timeout_s: float, retry: Retry) -> Any:
+        """A cluster client; it reads the slot map now, so a cluster with no node answering
+        is a :class:`~feedforge.errors.StoreUnavailableError` when the store is opened."""
         try:
-            return super().from_url(url, namespace, socket_timeout_s, history_ttl_s, read_timeout_s)
+            return super()._connect(url, timeout_s, retry)
         except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
             safe = redact_url(url)
             raise StoreUnavailableError(

@@ -25,8 +25,6 @@ from feedforge.monitoring.dashboard import (
 )
 from feedforge.monitoring.metrics import ServiceMetrics
 
-BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-
 
 def _metrics_with(latencies: np.ndarray, errors: int = 0) -> ServiceMetrics:
     metrics = ServiceMetrics()
@@ -37,10 +35,6 @@ def _metrics_with(latencies: np.ndarray, errors: int = 0) -> ServiceMetrics:
         metrics.feeds.labels(strategy="personalized").inc()
     metrics.requests.labels(endpoint="/events", status="200").inc(7)  # not a feed request
     return metrics
-
-
-def _cumulative(snapshot: Snapshot) -> list[tuple[float, float]]:
-    return snapshot.buckets
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -16,7 +16,6 @@ a browser asks for and then sends with each poll. The assets hold no data and st
 from __future__ import annotations
 
 import os
-import time
 from importlib import resources
 from typing import Annotated, Any
 
@@ -43,7 +42,6 @@ CSP = (
 )
 """The page may load only its own assets and poll its own data (Vega evaluates its
 expressions with ``Function``, hence ``unsafe-eval``)."""
-_STARTED = time.time()
 
 
 async def require_dashboard_key(
@@ -107,7 +105,7 @@ def dashboard_data(service: FeedService) -> dict[str, Any]:
     loaded = service.versions.loaded
     return {
         "at": snapshot.at,
-        "worker": {"pid": os.getpid(), "uptime_s": round(time.time() - _STARTED, 1)},
+        "worker": os.getpid(),
         "serving_version": loaded.version if loaded is not None else None,
         "budget_ms": settings.serving.latency_budget_ms,
         "latency_slo": settings.monitoring.latency_slo,

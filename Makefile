@@ -1,7 +1,8 @@
 # The README's two commands: `make demo` and `make test`. Each installs what it needs first:
-# `make demo` (and `make serve`) the runtime dependencies only, `make test` also the dev tools
-# and the benchmark clients (extras dev and bench). One stamp per install, so `make test` after
-# `make demo` adds the extras, and `make demo` after `make test` installs nothing.
+# `make demo` (and `make serve`) the runtime dependencies only, `make test` also the dev tools,
+# the benchmark clients and PySpark (extras dev, bench and spark). One stamp per install, so
+# `make test` after `make demo` adds the extras, and `make demo` after `make test` installs
+# nothing.
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -21,7 +22,7 @@ $(RUNTIME_STAMP): pyproject.toml | $(BIN)/python
 
 # The dev install includes the runtime one: both stamps are fresh after it.
 $(DEV_STAMP): pyproject.toml | $(BIN)/python
-	$(PIP) -e ".[dev,bench]"
+	$(PIP) -e ".[dev,bench,spark]"
 	touch $(RUNTIME_STAMP) $@
 
 install: $(RUNTIME_STAMP)

@@ -80,6 +80,25 @@ class DatasetConfig(_Section):
     rating_threshold: float = Field(
         4.0, description="Rated events at or above this value are positive (real datasets)"
     )
+    engine: Literal["polars", "spark"] = Field(
+        "polars",
+        description="What computes the build: polars on this host, or Spark "
+        "(feedforge.datasets.spark; same files, row for row)",
+    )
+    spark_master: str = Field(
+        "local[*]",
+        description="The Spark master of engine spark: local[N] on this host, or a cluster's "
+        "URL (spark://host:7077, yarn, k8s://...); the workdir must then be on storage "
+        "every executor reads",
+    )
+    spark_driver_memory: str = Field(
+        "4g", pattern=r"^\d+[kmgt]?$", description="spark.driver.memory of engine spark"
+    )
+    spark_conf: dict[str, str] = Field(
+        default_factory=dict,
+        description="More Spark settings of engine spark (spark.sql.shuffle.partitions, "
+        "spark.executor.memory, ...), passed as they are",
+    )
 
 
 ParamValue = float | int | str | bool | None

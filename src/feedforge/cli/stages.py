@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -171,11 +172,42 @@ def import_cmd(
     )
 
 
+class BuildEngine(StrEnum):
+    """``feedforge build --engine``: see ``dataset.engine``."""
+
+    polars = "polars"
+    spark = "spark"
+
+
 @app.command("build")
 @clean_errors
-def build_cmd(workdir: WorkdirOpt = DEFAULT_WORKDIR, config: ConfigOpt = None) -> None:
+def build_cmd(
+    workdir: WorkdirOpt = DEFAULT_WORKDIR,
+    config: ConfigOpt = None,
+    engine: Annotated[
+        BuildEngine | None,
+        typer.Option(help="What computes the build (default: dataset.engine, polars)"),
+    ] = None,
+    spark_master: Annotated[
+        str | None,
+        typer.Option(help="Spark master of --engine spark (default: dataset.spark_master)"),
+    ] = None,
+) -> None:
     """Build leak-free datasets (temporal split, id maps, ranking examples, card)."""
-    run_build(Workdir.at(workdir), settings_from(config))
+    settings = settings_from(config)
+    overrides = {
+        key: value
+        for key, value in (
+            ("engine", engine.value if engine else None),
+            ("spark_master", spark_master),
+        )
+        if value is not None
+    }
+    if overrides:
+        settings = settings.model_copy(
+            update={"dataset": settings.dataset.model_copy(update=overrides)}
+        )
+    run_build(Workdir.at(workdir), settings)
 
 
 @app.command("train")

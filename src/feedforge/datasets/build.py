@@ -32,7 +32,9 @@ dataset version measures. The manifest's ``counts`` give the rows of every file.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -77,8 +79,19 @@ def split_bounds(events: pl.LazyFrame, config: DatasetConfig) -> dict[str, datet
     span = events.select(
         pl.col("timestamp").min().alias("start"), pl.col("timestamp").max().alias("end")
     ).collect()
-    start, end = span.item(0, "start"), span.item(0, "end")
-    if start is None:
+    return bounds_from_span(span.item(0, "start"), span.item(0, "end"), config)
+
+
+def bounds_from_span(
+    start: datetime | None, end: datetime | None, config: DatasetConfig
+) -> dict[str, datetime]:
+    """The split boundaries of a log whose first and last events are at ``start`` and
+    ``end`` (``None``: the log is empty). See :func:`split_bounds`.
+
+    Raises:
+        DataError: the log is empty or the train window would be empty.
+    """
+    if start is None or end is None:
         raise DataError("the event log is empty; run `feedforge simulate` (or import data) first")
     t2 = end - timedelta(days=config.test_days)
     t1 = t2 - timedelta(days=config.validation_days)
@@ -88,6 +101,14 @@ def split_bounds(events: pl.LazyFrame, config: DatasetConfig) -> dict[str, datet
             f"and {config.test_days} test days with any training data left"
         )
     return {"start": start, "t1": t1, "t2": t2, "end": end}
+
+
+def write_item_categories(out: Path, item_map: IdMap, items: pl.DataFrame) -> None:
+    """``ids/item_categories.parquet``: the categories of the id-mapped items, in id-map
+    order, for models that use side information."""
+    pl.DataFrame({"item_id": item_map.ids}).join(
+        items.select("item_id", "categories"), on="item_id", how="left", maintain_order="left"
+    ).write_parquet(out / "ids" / "item_categories.parquet")
 
 
 def _split_expr(bounds: dict[str, datetime]) -> pl.Expr:
@@ -230,6 +251,9 @@ def build_dataset(
 ) -> Manifest:
     """Build every dataset file of ``workdir`` from its event log and catalog.
 
+    ``dataset.engine`` picks what computes it: polars here, or Spark
+    (:func:`feedforge.datasets.spark.build_dataset_spark`, the same files row for row).
+
     Returns:
         The manifest of the written dataset.
 
@@ -237,6 +261,10 @@ def build_dataset(
         feedforge.errors.ArtifactError: the catalog is missing.
         DataError: the log is empty or too short for the configured split.
     """
+    if settings.dataset.engine == "spark":
+        from feedforge.datasets.spark import build_dataset_spark
+
+        return build_dataset_spark(workdir, settings, progress)
     say = progress or (lambda _msg: None)
     log = EventLog(workdir.events_dir)
     with log.reading():  # no compaction removes a file of the log while it is read
@@ -260,11 +288,7 @@ def _build_dataset(
     item_map = IdMap.fit(train_events.select("item_id").unique().collect().get_column("item_id"))
     users.save(out / "ids" / "users.parquet")
     item_map.save(out / "ids" / "items.parquet")
-    # Content features of the id-mapped items (categories), in id-map order, for models
-    # that use side information.
-    pl.DataFrame({"item_id": item_map.ids}).join(
-        items.select("item_id", "categories"), on="item_id", how="left", maintain_order="left"
-    ).write_parquet(out / "ids" / "item_categories.parquet")
+    write_item_categories(out, item_map, items)
 
     def with_idx(frame: pl.DataFrame) -> pl.DataFrame:
         return frame.with_columns(
@@ -301,29 +325,78 @@ def _build_dataset(
     outcomes.write_parquet(out / "outcomes_test.parquet", compression="zstd")
     counts["outcomes_test"] = outcomes.height
 
-    card_splits: dict[str, Any] = {}
     for split in SPLITS:
         pos = positives.filter(pl.col("split") == split).drop("split")
         rank = ranking.filter(pl.col("split") == split).drop("split")
         pos.write_parquet(out / f"positives_{split}.parquet", compression="zstd")
         rank.write_parquet(out / f"ranking_{split}.parquet", compression="zstd")
-        counts[f"positives_{split}"] = pos.height
-        counts[f"ranking_{split}"] = rank.height
+    return finish_build(
+        out,
+        settings,
+        BuildSummary(
+            bounds=bounds,
+            users_in_id_map=len(users),
+            items_in_id_map=len(item_map),
+            catalog_items=items.height,
+            n_categories=int(items.select(pl.col("categories").list.first()).n_unique()),
+            events=int(events.select(pl.len()).collect().item()),
+            censored=censored,
+            inputs={"catalog": catalog_manifest.version, "events": f"{len(log.files())} files"},
+            engine="polars",
+        ),
+        counts,
+    )
+
+
+@dataclass(frozen=True)
+class BuildSummary:
+    """What the dataset card and manifest say about a build beside its files' contents."""
+
+    bounds: dict[str, datetime]
+    users_in_id_map: int
+    items_in_id_map: int
+    catalog_items: int
+    n_categories: int
+    events: int
+    censored: int
+    """Impressions dropped because their attribution window crossed a split edge."""
+    inputs: dict[str, str]
+    engine: str
+
+
+def finish_build(
+    out: Path, settings: Settings, summary: BuildSummary, counts: dict[str, int]
+) -> Manifest:
+    """Write the card and the manifest of a dataset whose split files are in ``out``.
+
+    Both engines end here: the per-split numbers of the card are read back from the written
+    ``positives_<split>`` and ``ranking_<split>`` files, so the card describes the files.
+
+    Raises:
+        DataError: the train split has no positive interaction.
+    """
+    card_splits: dict[str, Any] = {}
+    for split in SPLITS:
+        pos = pl.scan_parquet(out / f"positives_{split}.parquet")
+        rank = pl.scan_parquet(out / f"ranking_{split}.parquet")
         card_splits[split] = _split_card(pos, rank)
+        counts[f"positives_{split}"] = card_splits[split]["positives"]
+        counts[f"ranking_{split}"] = card_splits[split]["impressions"]
     if counts["positives_train"] == 0:
         raise DataError("the train split has no positive interactions; nothing to learn from")
 
     card = {
         "objective": settings.objective,
         "objective_label": " | ".join(positive_flags(settings_value(settings))),
-        "split": {k: v.isoformat() for k, v in bounds.items()},
-        "users_in_id_map": len(users),
-        "items_in_id_map": len(item_map),
-        "catalog_items": items.height,
-        "events": int(events.select(pl.len()).collect().item()),
-        "impressions_dropped_at_split_edges": censored,
+        "split": {k: v.isoformat() for k, v in summary.bounds.items()},
+        "users_in_id_map": summary.users_in_id_map,
+        "items_in_id_map": summary.items_in_id_map,
+        "catalog_items": summary.catalog_items,
+        "events": summary.events,
+        "impressions_dropped_at_split_edges": summary.censored,
         "splits": card_splits,
         "raw_counters": list(RAW_COUNTERS),
+        "engine": summary.engine,
     }
     write_json_atomic(out / "card.json", card)
     (out / "card.md").write_text(render_card(card), encoding="utf-8")
@@ -332,33 +405,40 @@ def _build_dataset(
         Manifest(
             artifact=DATASET_ARTIFACT,
             schema_version=DATASET_SCHEMA_VERSION,
-            inputs={"catalog": catalog_manifest.version, "events": f"{len(log.files())} files"},
+            inputs=summary.inputs,
             counts=counts,
             extra={
                 "split": card["split"],
                 "objective": settings.objective,
-                "n_categories": int(items.select(pl.col("categories").list.first()).n_unique()),
+                "n_categories": summary.n_categories,
+                "engine": summary.engine,
             },
         ),
     )
 
 
-def _split_card(pos: pl.DataFrame, rank: pl.DataFrame) -> dict[str, Any]:
-    n = max(rank.height, 1)
+_KINDS = ("click", "watch", "like", "purchase", "rated")
+_LABEL_RATES = {"click": "clicked", "watch": "watched", "like": "liked", "purchase": "purchased"}
+
+
+def _split_card(pos: pl.LazyFrame, rank: pl.LazyFrame) -> dict[str, Any]:
+    p = pos.select(
+        pl.len().alias("rows"),
+        pl.col("user_id").n_unique().alias("users"),
+        pl.col("item_id").n_unique().alias("items"),
+        *(pl.col(k).sum().alias(k) for k in _KINDS),
+    ).collect()
+    r = rank.select(
+        pl.len().alias("rows"), *(pl.col(c).sum().alias(c) for c in _LABEL_RATES.values())
+    ).collect()
+    n = max(int(r.item(0, "rows")), 1)
     return {
-        "positives": pos.height,
-        "users": pos.get_column("user_id").n_unique(),
-        "items": pos.get_column("item_id").n_unique(),
-        "impressions": rank.height,
-        "label_rates": {
-            "click": rank.get_column("clicked").sum() / n,
-            "watch": rank.get_column("watched").sum() / n,
-            "like": rank.get_column("liked").sum() / n,
-            "purchase": rank.get_column("purchased").sum() / n,
-        },
-        "positives_by_kind": {
-            k: int(pos.get_column(k).sum()) for k in ("click", "watch", "like", "purchase", "rated")
-        },
+        "positives": int(p.item(0, "rows")),
+        "users": int(p.item(0, "users")),
+        "items": int(p.item(0, "items")),
+        "impressions": int(r.item(0, "rows")),
+        "label_rates": {k: int(r.item(0, c) or 0) / n for k, c in _LABEL_RATES.items()},
+        "positives_by_kind": {k: int(p.item(0, k) or 0) for k in _KINDS},
     }
 
 
@@ -373,7 +453,7 @@ def render_card(card: dict[str, Any]) -> str:
         "",
         f"Id maps (fitted on train): {card['users_in_id_map']} users, "
         f"{card['items_in_id_map']} items; catalog {card['catalog_items']} items; "
-        f"{card['events']} events.",
+        f"{card['events']} events. Built with {card.get('engine', 'polars')}.",
         "",
         "| split | positives | users | items | impressions | click | watch | like | purchase |",
         "|---|---|---|---|---|---|---|---|---|",

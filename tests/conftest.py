@@ -90,11 +90,14 @@ class RedisServer:
     """A redis-server of a test's own, on a free port, that the test may stop and restart.
 
     Data survive a :meth:`stop` / :meth:`start` cycle (``SHUTDOWN SAVE`` to an RDB file in
-    ``directory``), like a production Redis with persistence coming back.
+    ``directory``), like a production Redis with persistence coming back. With ``durable``
+    the server writes its append-only file with ``appendfsync always`` (the event stream's
+    setting), so its data survive a :meth:`kill` too.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, durable: bool = False) -> None:
         self.directory = directory
+        self.durable = durable
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
@@ -108,7 +111,9 @@ class RedisServer:
             unavailable(message)
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-             "--dbfilename", "dump.rdb", "--save", "", "--appendonly", "no"],
+             "--dbfilename", "dump.rdb", "--save", "",
+             *(("--appendonly", "yes", "--appendfsync", "always") if self.durable
+               else ("--appendonly", "no"))],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -123,6 +128,13 @@ class RedisServer:
                     raise RuntimeError(f"redis-server did not start on port {self.port}") from exc
                 time.sleep(0.05)
         client.close()
+
+    def kill(self) -> None:
+        """SIGKILL the server: no save, no goodbye (only what it fsynced survives)."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None
 
     def stop(self) -> None:
         """Save the data and stop the server (clients then get connection errors)."""
@@ -142,9 +154,16 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path)
     server.start()
     yield server
-    if server.process is not None:
-        server.process.kill()
-        server.process.wait(timeout=10)
+    server.kill()
+
+
+@pytest.fixture
+def durable_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """Like :func:`own_redis`, with ``appendonly yes`` and ``appendfsync always``."""
+    server = RedisServer(tmp_path, durable=True)
+    server.start()
+    yield server
+    server.kill()
 
 
 def _free_cluster_port() -> int:

@@ -289,6 +289,46 @@ class StoreConfig(_Section):
     )
 
 
+class EventsConfig(_Section):
+    """Where ``POST /events`` puts events. ``file``: every API host appends to the event log
+    itself (a directory guarded by file locks, so all hosts share one file system; the
+    embedded default). ``redis``: every host appends to one Redis Stream and acknowledges once
+    the stream has the events durably; ``feedforge ingest`` (a consumer group, any number of
+    consumers) writes them to the log exactly once per ``event_id`` and updates the users'
+    live histories (:mod:`feedforge.events.stream`)."""
+
+    stream: Literal["file", "redis"] = "file"
+    stream_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="The stream's Redis (one server or a primary with replicas; it must "
+        "write its append-only file with appendfsync always, see require_fsync)",
+    )
+    stream_key: str = Field("feedforge:events", min_length=1, description="The Redis Stream's key")
+    group: str = Field(
+        "ingest", pattern=r"^[A-Za-z0-9_.-]+$", description="The consumer group of feedforge ingest"
+    )
+    read_count: int = Field(
+        200, ge=1, le=100_000, description="Stream entries (one per POST) a consumer reads at once"
+    )
+    block_ms: int = Field(
+        1000, ge=1, description="How long a consumer's read waits for new entries"
+    )
+    claim_idle_ms: int = Field(
+        30_000,
+        ge=1,
+        description="An entry read but not acknowledged for this long (its consumer died "
+        "mid-batch) is claimed by another consumer and written again (at most once to the "
+        "log: it de-duplicates by event_id)",
+    )
+    require_fsync: bool = Field(
+        True,
+        description="Refuse a stream server that does not fsync its append-only file on "
+        "every write (appendonly yes, appendfsync always): an acknowledged event must "
+        "survive the server's crash. Turn off only for a managed Redis whose CONFIG is "
+        "hidden and whose durability you have checked",
+    )
+
+
 class ServingConfig(_Section):
     """The online service.
 
@@ -800,6 +840,7 @@ class Settings(BaseSettings):
     models: ModelsConfig = ModelsConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     store: StoreConfig = StoreConfig()
+    events: EventsConfig = EventsConfig()
     serving: ServingConfig = ServingConfig()
     reranking: ReRankConfig = ReRankConfig()
     monitoring: MonitoringConfig = MonitoringConfig()

@@ -89,6 +89,13 @@ class EventLogError(FeedforgeError):
         self.path = Path(path)
 
 
+class EventStreamError(FeedforgeError):
+    """The shared event stream (``events.stream: redis``) did not take or give events: the
+    server is unreachable, or it does not keep writes durably. Nothing was acknowledged."""
+
+    http_status = 503
+
+
 class NotFittedError(FeedforgeError):
     """A model was used before ``fit`` or ``load``."""
 

@@ -110,3 +110,60 @@ def serve_cmd(
             http=settings.serving.http,
             h11_max_incomplete_event_size=settings.serving.max_header_bytes,
         )
+
+
+@app.command("ingest")
+@clean_errors
+def ingest_cmd(
+    workdir: WorkdirOpt = DEFAULT_WORKDIR,
+    config: ConfigOpt = None,
+    name: Annotated[
+        str | None,
+        typer.Option(help="This consumer's name in the group (default: <host>-<pid>)"),
+    ] = None,
+    until_idle: Annotated[
+        bool, typer.Option(help="Stop when a read finds nothing new (default: run until stopped)")
+    ] = False,
+) -> None:
+    """Write the shared event stream (events.stream: redis) to the event log, exactly once
+    per event_id, and update the users' live histories. Run one or more anywhere the log's
+    directory is reachable; SIGTERM or Ctrl-C finishes the batch in progress and stops."""
+    import signal
+    import threading
+
+    from feedforge.events.log import EventLog
+    from feedforge.serving.stream_ingest import history_updater, open_consumer, run_consumer
+    from feedforge.store.factory import open_store
+
+    settings = settings_from(config)
+    wd = Workdir.at(workdir)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    consumer = open_consumer(settings, name)
+    try:
+        with open_store(settings.store, wd.store_path) as store:
+            updater = history_updater(store, settings, wd)
+            console.print(
+                f"ingesting {settings.events.stream_key} as {consumer.consumer} "
+                f"(group {settings.events.group}) into {wd.events_dir}"
+            )
+            total = run_consumer(
+                consumer,
+                EventLog(wd.events_dir),
+                updater,
+                stop,
+                until_idle=until_idle,
+                report=lambda s: console.print(
+                    f"{s.entries} entries, {s.written} events written, "
+                    f"{s.duplicates} duplicates, {s.claimed} claimed"
+                ),
+            )
+            updater.pending.close(store, settings.serving.history_length)
+    finally:
+        consumer.close()
+    console.print(
+        f"ingested {total.entries} entries: {total.written} events written, "
+        f"{total.duplicates} duplicates skipped, {total.claimed} entries claimed from "
+        "stopped consumers"
+    )

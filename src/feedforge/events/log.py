@@ -44,7 +44,7 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date
 from functools import partial
 from pathlib import Path
 
@@ -316,6 +316,21 @@ class EventLog:
             ) from error
         ids = frozenset(i for share in stored for i in share.rows.get_column("event_id").to_list())
         return AppendResult(written=written, duplicates=total - written, stored_ids=ids)
+
+    def existing_ids(self, events: Sequence[Event]) -> set[str]:
+        """The ids of ``events`` the log already holds (de-duplication is per UTC day of the
+        event's timestamp, as :meth:`append` does it)."""
+        days: dict[str, list[str]] = {}
+        for event in events:
+            day = event.timestamp.astimezone(UTC).strftime("%Y-%m-%d")
+            days.setdefault(day, []).append(event.event_id)
+        found: set[str] = set()
+        if not days or not self.root.is_dir():
+            return found
+        with self._locked():
+            for day, ids in days.items():
+                found.update(self._existing_ids(day, pl.Series("event_id", ids)).to_list())
+        return found
 
     def _split(self, frame: pl.DataFrame) -> list[DayFile]:
         """``frame`` (unique ids) cut into one share per UTC day, oldest day first, each

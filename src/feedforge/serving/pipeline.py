@@ -50,6 +50,7 @@ from feedforge.config import ReRankConfig, Settings
 from feedforge.errors import StoreUnavailableError
 from feedforge.events.log import AppendResult, EventLog
 from feedforge.events.schema import CONSUMED_EVENTS, Event, EventType
+from feedforge.events.stream import RedisEventStream
 from feedforge.features.definitions import derive_features
 from feedforge.features.item_table import raw_from_table
 from feedforge.monitoring.metrics import ServiceMetrics
@@ -118,6 +119,11 @@ class FeedService:
             if settings.serving.feed_log
             else None
         )
+        self.stream = (
+            RedisEventStream(settings.events) if settings.events.stream == "redis" else None
+        )
+        """The shared event stream ``POST /events`` appends to (``events.stream: redis``);
+        None: the service appends to the event log itself."""
         self.pending = PendingHistories(workdir.held_dir)
         """Held live-history updates, journalled durably (:mod:`feedforge.serving.held`)."""
         self._disk_fallback = DiskFallback(workdir.current_dir, store)
@@ -222,6 +228,8 @@ class FeedService:
         self.pending.close(self.store, self.settings.serving.history_length)
         if self.feed_log is not None:
             self.feed_log.close()
+        if self.stream is not None:
+            self.stream.close()
 
     def _degraded(self, user_id: str, k: int) -> Feed:
         """The popular items of the last loaded version (else the newest bundle on disk)."""
@@ -567,11 +575,21 @@ class FeedService:
             The log's append result, and whether the histories were updated now: False
             while the store is unavailable (the updates are held, journalled durably, and
             written when it answers again; the events are durable in the log either way).
+            With ``events.stream: redis`` the events are appended to the shared stream
+            instead, as they came (``written`` is the batch's size); ``feedforge ingest``
+            de-duplicates them into the log and updates the histories, so the answer says
+            ``history_updated: false``.
 
         Raises:
+            feedforge.errors.EventStreamError: the stream did not take the events (503).
             feedforge.errors.EventLogError: the log could not be written (the API's error
                 handler logs it with the log's path, which the client's message leaves out).
         """
+        if self.stream is not None:
+            # The stream's consumers write the log and the histories (feedforge ingest).
+            self.stream.publish(events)
+            self.monitor.ingested(events)
+            return AppendResult(written=len(events), duplicates=0), False
         result = self.log.append(events)
         stored = set(result.stored_ids)
         new: list[Event] = []

@@ -81,6 +81,11 @@ class Workdir:
     def model_dir(self, name: str) -> Path:
         return self.models_dir / name
 
+    def checkpoint_dir(self, name: str) -> Path:
+        """Where the training of model ``name`` checkpoints each epoch
+        (:mod:`feedforge.models.distributed`)."""
+        return self._products / "checkpoints" / name
+
     @property
     def reports_dir(self) -> Path:
         return self._products / "reports"

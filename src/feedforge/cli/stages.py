@@ -56,11 +56,11 @@ def run_build(workdir: Workdir, settings: Settings) -> None:
     console.print(f"dataset {manifest.version}: {manifest.counts}")
 
 
-def run_train(workdir: Workdir, settings: Settings) -> None:
-    from feedforge.models.train import train_models
+def run_train(workdir: Workdir, settings: Settings, nproc: int = 1) -> None:
+    from feedforge.models.train import train_distributed
 
     with progress("train") as say:
-        saved = train_models(workdir, settings, say)
+        saved = train_distributed(workdir, settings, nproc, say)
     console.print(f"trained: {', '.join(saved)}")
 
 
@@ -212,9 +212,20 @@ def build_cmd(
 
 @app.command("train")
 @clean_errors
-def train_cmd(workdir: WorkdirOpt = DEFAULT_WORKDIR, config: ConfigOpt = None) -> None:
+def train_cmd(
+    workdir: WorkdirOpt = DEFAULT_WORKDIR,
+    config: ConfigOpt = None,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Training processes: the torch models (two-tower, SASRec, DCN) train with "
+            "PyTorch DDP under torchrun (gloo on CPU, NCCL with one GPU each)",
+        ),
+    ] = 1,
+) -> None:
     """Train the popularity baseline, the retrieval model and the ranker."""
-    run_train(Workdir.at(workdir), settings_from(config))
+    run_train(Workdir.at(workdir), settings_from(config), nproc)
 
 
 @app.command("evaluate")

@@ -51,6 +51,7 @@ from feedforge.models.dcn_net import (
     target_scales,
 )
 from feedforge.models.dcn_train import check_targets, holdout_rows, train_early_stopped
+from feedforge.models.distributed import Checkpoint, TrainContext
 from feedforge.models.ranker_utils import check_features, check_fit_input, ranker_description
 from feedforge.models.torch_params import DCNParams
 from feedforge.models.torch_utils import TorchModel, resolve_device, seeded
@@ -186,6 +187,9 @@ class DCNRanker(TorchModel, Ranker):
                 patience=p.patience,
                 where=where,
                 history=curve,
+                checkpoint=Checkpoint(
+                    self.checkpoint_dir, self.checkpoint_key(), TrainContext.current()
+                ),
             )
             self.training_curve_ = {"x": "epoch", "series": curve}
             held_idx = torch.as_tensor(held_rows, device=device)

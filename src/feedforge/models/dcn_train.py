@@ -13,7 +13,7 @@ import torch
 
 from feedforge.errors import DataError, ValidationError
 from feedforge.models.dcn_net import DCNv2, row_losses
-from feedforge.models.torch_utils import minibatches
+from feedforge.models.distributed import Checkpoint, TrainContext
 
 _TARGETS = ("watch_seconds", "purchased", "revenue")
 
@@ -66,6 +66,7 @@ def train_early_stopped(
     patience: int,
     where: str,
     history: dict[str, list[float]] | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> tuple[int, int]:
     """AdamW over shuffled minibatches of ``train_rows`` until the held-out loss has not
     improved for ``patience`` epochs; ``net`` ends with the best epoch's weights, in eval mode.
@@ -76,6 +77,8 @@ def train_early_stopped(
         train_rows: ``(N_train,)`` rows trained on; held_rows: ``(N_held,)`` rows measured.
         generator: CPU generator of the shuffles.
         where: Prefix of the error message.
+        checkpoint: Written after every epoch and resumed from
+            (:mod:`feedforge.models.distributed`); cleared at the end.
 
     Returns:
         The epochs trained and the best epoch (0: the initial weights were kept).
@@ -86,29 +89,51 @@ def train_early_stopped(
     device = data["X"].device
     optimizer = torch.optim.AdamW(net.parameters(), lr=learning_rate, weight_decay=weight_decay)
     best_loss, best_state, best_epoch, epoch = np.inf, copy.deepcopy(net.state_dict()), 0, 0
+    context = checkpoint.context if checkpoint is not None else TrainContext.current()
+    step = context.step(net, weighted_loss)
+    curve: list[float] = []
+    resumed = checkpoint.restore(net, optimizer, [generator]) if checkpoint else None
+    if resumed is not None:
+        loop, tensors = resumed
+        epoch, best_epoch, curve = loop["epoch"], loop["best_epoch"], list(loop["curve"])
+        best_loss = float(loop["best_loss"])
+        best_state = {k: tensors[k] for k in best_state}
     train_idx = torch.as_tensor(train_rows, device=device)
     held_idx = torch.as_tensor(held_rows, device=device)
-    for epoch in range(1, max_epochs + 1):
+    stopped = resumed is not None and loop["stopped"]
+    while not stopped and epoch < max_epochs:
+        epoch += 1
         net.train()
-        for batch in minibatches(len(train_rows), batch_size, generator):
-            loss = weighted_loss(net, data, train_idx[batch.to(device)])
+        for batch in context.batches(len(train_rows), batch_size, generator):
+            loss = step(data, train_idx[batch.to(device)])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
         net.eval()
-        with torch.no_grad():
+        with torch.no_grad():  # the whole held-out set on every rank: the same decisions
             held = float(weighted_loss(net, data, held_idx))
         if not np.isfinite(held):
             raise DataError(f"{where}: the loss diverged; lower learning_rate")
-        if history is not None:  # the training curve: the held-out loss per epoch
-            history.setdefault("held-out loss", []).append(held)
+        curve.append(held)
         if held < best_loss - 1e-6:
             best_loss, best_epoch = held, epoch
             best_state = copy.deepcopy(net.state_dict())
-        elif epoch - best_epoch >= patience:
-            break
+        stopped = epoch - best_epoch >= patience
+        if checkpoint is not None:
+            loop = {
+                "epoch": epoch,
+                "best_epoch": best_epoch,
+                "best_loss": best_loss,
+                "curve": curve,
+                "stopped": stopped,
+            }
+            checkpoint.save(net, optimizer, [generator], loop, extra=best_state)
+    if history is not None:  # the training curve: the held-out loss per epoch
+        history.setdefault("held-out loss", []).extend(curve)
     net.load_state_dict(best_state)
     net.eval()
+    if checkpoint is not None:
+        checkpoint.clear()
     return epoch, best_epoch
 
 

@@ -41,15 +41,26 @@ from feedforge.datasets.interactions import Interactions
 from feedforge.errors import DataError, NotFittedError, ValidationError
 from feedforge.models.arrays import ArraySpec
 from feedforge.models.base import EmbeddingRecommender
+from feedforge.models.distributed import Checkpoint, TrainContext
 from feedforge.models.sasrec_net import SASRecNet, next_item_loss, training_windows
 from feedforge.models.torch_params import SASRecParams
 from feedforge.models.torch_utils import (
     TorchModel,
-    minibatches,
     pad_sequences,
     resolve_device,
     seeded,
 )
+
+
+def _window_loss(
+    net: SASRecNet, rows: torch.Tensor, negatives: int | None, generator: torch.Generator
+) -> torch.Tensor:
+    """The next-item loss of a batch of token windows ``(B, W)`` (0 = padding): every real
+    position predicts the token after it."""
+    inputs, targets = rows[:, :-1], rows[:, 1:]
+    hidden = net(inputs)
+    real = targets != 0
+    return next_item_loss(hidden[real], targets[real] - 1, net.item_table(), negatives, generator)
 
 
 class SASRecRecommender(TorchModel, EmbeddingRecommender):
@@ -136,29 +147,36 @@ class SASRecRecommender(TorchModel, EmbeddingRecommender):
             betas=(0.9, 0.98),
             weight_decay=p.weight_decay,
         )
-        net.train()
+        context = TrainContext.current()
+        step = context.step(net, _window_loss, find_unused=False)
+        sampler = context.sampler(generator, p.random_state)
+        checkpoint = Checkpoint(self.checkpoint_dir, self.checkpoint_key(), context)
         losses: list[float] = []
-        for _ in range(p.epochs):
+        first = 0
+        resumed = checkpoint.restore(net, optimizer, [generator])
+        if resumed is not None:
+            losses = list(resumed[0]["losses"])
+            first = len(losses)
+        net.train()
+        for _ in range(first, p.epochs):
             total = torch.zeros((), device=device)
             steps = 0
-            for batch in minibatches(len(tokens), p.batch_size, generator):
+            for batch in context.batches(len(tokens), p.batch_size, generator):
                 width = int(lengths[batch].max())
-                rows = tokens[batch, :width].to(device)
-                inputs, targets = rows[:, :-1], rows[:, 1:]
-                hidden = net(inputs)
-                real = targets != 0
-                loss = next_item_loss(
-                    hidden[real], targets[real] - 1, net.item_table(), p.negatives, generator
-                )
+                loss = step(tokens[batch, :width].to(device), p.negatives, sampler)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 total += loss.detach()
                 steps += 1
-            losses.append(float(total) / max(steps, 1))
+            mean = context.mean(total) / max(steps, 1)
+            losses.append(mean)
             self.training_curve_ = {"x": "epoch", "series": {"train loss": losses}}
-            if not math.isfinite(float(total)):
+            if not math.isfinite(mean):
                 raise DataError("SASRecRecommender.fit: training diverged; lower learning_rate")
+            checkpoint.save(net, optimizer, [generator], {"losses": losses})
+        self.training_curve_ = {"x": "epoch", "series": {"train loss": losses}}
+        checkpoint.clear()
 
     @torch.no_grad()
     def _encode(self, sequences: list[np.ndarray], batch_size: int = 256) -> np.ndarray:

@@ -113,6 +113,22 @@ class TorchModel(Model):
     """
 
     ARRAYS: ClassVar[tuple[ArraySpec, ...]] = ()
+    checkpoint_dir: Path | None = None
+    """Where training writes a checkpoint per epoch and resumes from one
+    (:class:`feedforge.models.distributed.Checkpoint`); None: no checkpoints. Set by
+    :meth:`checkpoint_to`."""
+    checkpoint_data: str = ""
+    """What the model learns from (the dataset version): a checkpoint of other data is not
+    resumed."""
+
+    def checkpoint_to(self, directory: Path | None, data: str) -> None:
+        """Checkpoint training into ``directory`` (None: don't), for data ``data``."""
+        self.checkpoint_dir, self.checkpoint_data = directory, data
+
+    def checkpoint_key(self) -> dict[str, Any]:
+        """What a checkpoint must match to be resumed: the model, its hyper-parameters and
+        its data."""
+        return {"model": self.name, "params": self.get_params(), "data": self.checkpoint_data}
 
     @abstractmethod
     def _net(self) -> torch.nn.Module:

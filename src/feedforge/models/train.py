@@ -14,7 +14,10 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import torch.distributed as dist
 
 from feedforge.artifacts import Manifest
 from feedforge.config import Settings
@@ -22,9 +25,11 @@ from feedforge.datasets.load import Dataset, load_dataset
 from feedforge.errors import FeedforgeError
 from feedforge.features.objectives import settings_value
 from feedforge.models.base import EmbeddingRecommender, Recommender
+from feedforge.models.distributed import TrainContext, init_process_group, launch
 from feedforge.models.factors import FactorModel, aligned_factors
 from feedforge.models.ranking_data import ranker_training_data
 from feedforge.models.registry import RANKERS, create_ranker, create_recommender, load_recommender
+from feedforge.models.torch_utils import TorchModel
 from feedforge.workdir import Workdir
 
 Progress = Callable[[str], None]
@@ -65,28 +70,39 @@ def train_models(
         feedforge.errors.ArtifactError: the dataset is missing.
         DataError: a split has no usable data.
     """
-    say = progress or (lambda _msg: None)
+    context = TrainContext.current()
+    main = context.is_main
+    say = (progress or (lambda _msg: None)) if main else (lambda _msg: None)
     cfg = settings.models
     dataset = load_dataset(workdir)
     train = dataset.train_interactions()
     inputs = {"dataset": dataset.version}  # every model's lineage: the dataset it learned from
     saved: dict[str, Manifest] = {}
 
-    say("fitting popularity")
-    started = time.perf_counter()
-    popularity = create_recommender("popularity", cfg).fit(train)
-    saved["popularity"] = popularity.save(
-        workdir.model_dir("popularity"), inputs=inputs, extra=_timed(started)
-    )
+    if main:
+        say("fitting popularity")
+        started = time.perf_counter()
+        popularity = create_recommender("popularity", cfg).fit(train)
+        saved["popularity"] = popularity.save(
+            workdir.model_dir("popularity"), inputs=inputs, extra=_timed(started)
+        )
 
     name = cfg.retrieval
     say(f"fitting the retrieval model {name}")
     retrieval = create_recommender(name, cfg)
-    warmed = _warm_start(retrieval, name, dataset, warm, say)
-    started = time.perf_counter()
-    retrieval.fit(train)
-    extra = {**_timed(started), **({"warm_start": warmed} if warmed else {})}
-    saved[name] = retrieval.save(workdir.model_dir(name), inputs=inputs, extra=extra)
+    distributed = isinstance(retrieval, TorchModel)
+    if distributed or main:
+        warmed = _warm_start(retrieval, name, dataset, warm, say)
+        if isinstance(retrieval, TorchModel):
+            retrieval.checkpoint_to(workdir.checkpoint_dir(name), dataset.version)
+        started = time.perf_counter()
+        retrieval.fit(train)
+        extra = {**_timed(started), **({"warm_start": warmed} if warmed else {})}
+    if main:
+        saved[name] = retrieval.save(workdir.model_dir(name), inputs=inputs, extra=extra)
+    context.barrier()
+    if not (distributed or main):  # fitted by rank 0 alone: read its artifact
+        retrieval = load_recommender(name, workdir.model_dir(name))
     if not isinstance(retrieval, EmbeddingRecommender):
         say(f"{name} has no embeddings: no ranker (it ranks retrieval-score features)")
         return saved
@@ -98,16 +114,57 @@ def train_models(
         # Logs without impressions (e.g. imported rating datasets) cannot train a ranker;
         # serving then orders candidates by the retrieval score alone.
         say("no labelled impressions in the validation split: no ranker trained")
-        for stale in RANKERS:  # no ranker of any type may outlive the data it was fit on
+        for stale in RANKERS if main else ():  # no ranker may outlive the data it was fit on
             shutil.rmtree(workdir.model_dir(stale), ignore_errors=True)
         return saved
     say(f"fitting the {ranker_name} ranker on {len(data.y)} validation impressions")
+    ranker = create_ranker(ranker_name, cfg, value=value)
+    if isinstance(ranker, TorchModel):
+        ranker.checkpoint_to(workdir.checkpoint_dir(ranker_name), dataset.version)
+    elif not main:
+        return saved  # rank 0 fits it alone
     started = time.perf_counter()
-    ranker = data.fit(create_ranker(ranker_name, cfg, value=value))
-    saved[ranker_name] = ranker.save(
-        workdir.model_dir(ranker_name), inputs=inputs, extra=_timed(started)
+    ranker = data.fit(ranker)
+    if main:
+        saved[ranker_name] = ranker.save(
+            workdir.model_dir(ranker_name), inputs=inputs, extra=_timed(started)
+        )
+    context.barrier()
+    return saved
+
+
+def train_distributed(
+    workdir: Workdir, settings: Settings, nproc: int, progress: Progress | None = None
+) -> dict[str, Manifest]:
+    """:func:`train_models` in ``nproc`` processes (PyTorch DDP under torchrun's launcher,
+    :mod:`feedforge.models.distributed`): the torch models train data-parallel, the others
+    on rank 0; rank 0 saves. ``nproc`` 1 trains in this process.
+
+    Returns:
+        Model name -> manifest of the saved model.
+    """
+    if nproc == 1:
+        return train_models(workdir, settings, progress)
+    say = progress or (lambda _msg: None)
+    say(f"launching {nproc} training processes")
+    saved: dict[str, Manifest] = launch(
+        nproc, _train_worker, str(workdir.root), settings.model_dump_json()
     )
     return saved
+
+
+def _train_worker(root: str, settings_json: str) -> dict[str, Manifest]:
+    """One process of :func:`train_distributed` (run by torchrun's launcher)."""
+    context = init_process_group()
+    try:
+        settings = Settings.model_validate_json(settings_json)
+
+        def say(message: str) -> None:
+            print(f"train [{context.world} processes]: {message}", flush=True)
+
+        return train_models(Workdir.at(Path(root)), settings, say)
+    finally:
+        dist.destroy_process_group()
 
 
 def _timed(started: float) -> dict[str, float]:

@@ -41,14 +41,30 @@ from feedforge.datasets.interactions import Interactions
 from feedforge.errors import DataError, NotFittedError, ValidationError
 from feedforge.models.arrays import ArraySpec
 from feedforge.models.base import EmbeddingRecommender
+from feedforge.models.distributed import Checkpoint, TrainContext
 from feedforge.models.torch_params import TwoTowerParams
-from feedforge.models.torch_utils import TorchModel, minibatches, resolve_device, seeded
+from feedforge.models.torch_utils import TorchModel, resolve_device, seeded
 from feedforge.models.two_tower_net import (
     TwoTowerNet,
     in_batch_softmax_loss,
     padded_features,
     recent_history,
 )
+
+
+def _pair_loss(
+    net: TwoTowerNet,
+    history: torch.Tensor,
+    uid: torch.Tensor | None,
+    item: torch.Tensor,
+    log_q: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """The in-batch softmax loss of (history -> next item) pairs; with several ranks each
+    rank's negatives are its own shard's items."""
+    return in_batch_softmax_loss(
+        net.user_tower(history, uid), net.item_tower(item), item, log_q, temperature
+    )
 
 
 class TwoTowerRecommender(TorchModel, EmbeddingRecommender):
@@ -162,31 +178,36 @@ class TwoTowerRecommender(TorchModel, EmbeddingRecommender):
         optimizer = torch.optim.AdamW(
             net.parameters(), lr=p.learning_rate, weight_decay=p.weight_decay
         )
-        net.train()
+        context = TrainContext.current()
+        step = context.step(net, _pair_loss)
+        checkpoint = Checkpoint(self.checkpoint_dir, self.checkpoint_key(), context)
         losses: list[float] = []
-        for _ in range(p.epochs):
+        resumed = checkpoint.restore(net, optimizer, [generator])
+        if resumed is not None:
+            losses = list(resumed[0]["losses"])
+        net.train()
+        for _ in range(len(losses), p.epochs):
             total = torch.zeros((), device=device)
             steps = 0
-            for batch in minibatches(len(targets), p.batch_size, generator):
+            for batch in context.batches(len(targets), p.batch_size, generator):
                 history = recent_history(flat, start[batch], position[batch], p.history_len)
                 uid = user[batch].to(device) if p.use_user_id else None
-                item = targets[batch].to(device)
-                loss = in_batch_softmax_loss(
-                    net.user_tower(history.to(device), uid),
-                    net.item_tower(item),
-                    item,
-                    log_q,
-                    p.temperature,
+                loss = step(
+                    history.to(device), uid, targets[batch].to(device), log_q, p.temperature
                 )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 total += loss.detach()
                 steps += 1
-            losses.append(float(total) / max(steps, 1))
+            mean = context.mean(total) / max(steps, 1)
+            losses.append(mean)
             self.training_curve_ = {"x": "epoch", "series": {"train loss": losses}}
-            if not math.isfinite(float(total)):
+            if not math.isfinite(mean):
                 raise DataError("TwoTowerRecommender.fit: training diverged; lower learning_rate")
+            checkpoint.save(net, optimizer, [generator], {"losses": losses})
+        self.training_curve_ = {"x": "epoch", "series": {"train loss": losses}}
+        checkpoint.clear()
 
     @torch.no_grad()
     def _precompute(self, sequences: list[np.ndarray]) -> None:

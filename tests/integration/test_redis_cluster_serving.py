@@ -27,7 +27,7 @@ from feedforge.workdir import Workdir
 
 from ..conftest import RedisClusterServers
 
-pytestmark = [pytest.mark.redis, pytest.mark.integration]
+pytestmark = [pytest.mark.redis, pytest.mark.integration, pytest.mark.slow]
 
 
 def test_a_master_failover_under_traffic_loses_no_feed_and_no_event(

@@ -40,15 +40,17 @@ def bench_settings(
     namespace: str,
     serving: dict[str, Any],
     dataset: dict[str, Any] | None = None,
+    store_type: str = "redis",
 ) -> Settings:
     """``base`` with a simulated world of ``items`` x ``users`` over ``days``, published to
-    Redis at ``redis_url`` under ``namespace``, and the ``serving`` (and ``dataset``)
+    Redis (``store_type`` ``redis`` or ``redis-cluster``) at ``redis_url`` under
+    ``namespace``, and the ``serving`` (and ``dataset``)
     fields replaced. The API keys are ``base``'s unless ``serving`` names others (a dump of
     the settings masks them, so they are carried over as they are)."""
     data = base.model_dump(mode="json")
     data["simulator"] = {**data["simulator"], "n_items": items, "n_users": users, "n_days": days}
     data["dataset"] = {**data["dataset"], **(dataset or {})}
-    data["store"] = {**data["store"], "type": "redis", "redis_url": redis_url}
+    data["store"] = {**data["store"], "type": store_type, "redis_url": redis_url}
     data["store"]["namespace"] = namespace
     keys = {"api_key": base.serving.api_key, "read_api_key": base.serving.read_api_key}
     data["serving"] = {**data["serving"], "log_format": "text", **keys, **serving}

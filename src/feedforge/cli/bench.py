@@ -286,3 +286,55 @@ def bench_version_memory_cmd(
         report = run_version_memory(settings_from(config), out, items, users, days, redis_url, say)
     console.print((out / "version_memory.md").read_text(encoding="utf-8"))
     console.print(f"written to {out} in {report['total_seconds']:.0f} s")
+
+
+@bench_app.command("scale")
+@clean_errors
+def bench_scale_cmd(
+    config: ConfigOpt = None,
+    events: Annotated[
+        list[int] | None,
+        typer.Option(min=10_000, help="Log size to build (repeatable; default 1M and 10M)"),
+    ] = None,
+    spark_master: Annotated[str, typer.Option(help="Spark master of the Spark builds")] = (
+        "local[2]"
+    ),
+    nproc: Annotated[
+        list[int] | None, typer.Option(min=1, help="Training processes (repeatable; default 1, 2)")
+    ] = None,
+    serve_items: Annotated[int, typer.Option(min=100, help="Catalog size served")] = 50_000,
+    serve_users: Annotated[int, typer.Option(min=100, help="Simulated users served")] = 10_000,
+    serve_rate: Annotated[float, typer.Option(min=1, help="Feed requests per second")] = 100.0,
+    serve_duration: Annotated[float, typer.Option(min=1, help="Seconds of load per store")] = 30.0,
+    stream_seconds: Annotated[float, typer.Option(min=1, help="Seconds of appends")] = 20.0,
+    part: Annotated[
+        list[str] | None,
+        typer.Option(help="Parts to run: build, train, serve, stream (repeatable; default all)"),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Where the tables go")] = Path("docs/benchmarks"),
+) -> None:
+    """Each stage on its distributed engine beside its one-machine path: the dataset build on
+    Spark vs polars, DDP training with 1 and 2 processes, serving from Redis Cluster vs one
+    Redis, and the event stream's durable ingestion rate."""
+    from feedforge.bench.scale import ScaleSpec, run_scale
+
+    parts = tuple(part or ScaleSpec.parts)
+    unknown = sorted(set(parts) - set(ScaleSpec.parts))
+    if unknown:
+        raise typer.BadParameter(f"unknown part(s) {unknown}; choose from {ScaleSpec.parts}")
+    spec = ScaleSpec(
+        events=tuple(events or ScaleSpec.events),
+        spark_master=spark_master,
+        nproc=tuple(nproc or ScaleSpec.nproc),
+        serve_items=serve_items,
+        serve_users=serve_users,
+        serve_rate=serve_rate,
+        serve_duration_s=serve_duration,
+        stream_seconds=stream_seconds,
+        parts=parts,
+    )
+    with progress("bench scale") as say:
+        report = run_scale(settings_from(config), spec, out, progress=say)
+    for target in report["targets"]:
+        console.print(f"{target['target']}: {target['measured']} (met: {target['met']})")
+    console.print(f"written to {out}")

@@ -27,7 +27,7 @@ from feedforge.store.redis_cluster import RedisClusterStore
 
 from ...conftest import RedisClusterServers
 
-pytestmark = pytest.mark.redis
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
 T = TypeVar("T")
 
 

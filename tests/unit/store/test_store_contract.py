@@ -54,7 +54,9 @@ class Backend:
     params=[
         pytest.param("embedded", id="embedded"),
         pytest.param("redis", id="redis", marks=pytest.mark.redis),
-        pytest.param("redis-cluster", id="redis-cluster", marks=pytest.mark.redis),
+        pytest.param(
+            "redis-cluster", id="redis-cluster", marks=[pytest.mark.redis, pytest.mark.slow]
+        ),
     ]
 )
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:

@@ -330,22 +330,16 @@ def _build_dataset(
         rank = ranking.filter(pl.col("split") == split).drop("split")
         pos.write_parquet(out / f"positives_{split}.parquet", compression="zstd")
         rank.write_parquet(out / f"ranking_{split}.parquet", compression="zstd")
-    return finish_build(
-        out,
-        settings,
-        BuildSummary(
-            bounds=bounds,
-            users_in_id_map=len(users),
-            items_in_id_map=len(item_map),
-            catalog_items=items.height,
-            n_categories=int(items.select(pl.col("categories").list.first()).n_unique()),
-            events=int(events.select(pl.len()).collect().item()),
-            censored=censored,
-            inputs={"catalog": catalog_manifest.version, "events": f"{len(log.files())} files"},
-            engine="polars",
-        ),
-        counts,
+    summary = BuildSummary.of(
+        bounds,
+        (users, item_map),
+        items,
+        events=int(events.select(pl.len()).collect().item()),
+        censored=censored,
+        inputs={"catalog": catalog_manifest.version, "events": f"{len(log.files())} files"},
+        engine="polars",
     )
+    return finish_build(out, settings, summary, counts)
 
 
 @dataclass(frozen=True)
@@ -362,6 +356,32 @@ class BuildSummary:
     """Impressions dropped because their attribution window crossed a split edge."""
     inputs: dict[str, str]
     engine: str
+
+    @classmethod
+    def of(
+        cls,
+        bounds: dict[str, datetime],
+        id_maps: tuple[IdMap, IdMap],
+        items: pl.DataFrame,
+        *,
+        events: int,
+        censored: int,
+        inputs: dict[str, str],
+        engine: str,
+    ) -> BuildSummary:
+        """The summary of a build with these bounds, (user, item) id maps and catalog."""
+        users, item_map = id_maps
+        return cls(
+            bounds=bounds,
+            users_in_id_map=len(users),
+            items_in_id_map=len(item_map),
+            catalog_items=items.height,
+            n_categories=int(items.select(pl.col("categories").list.first()).n_unique()),
+            events=events,
+            censored=censored,
+            inputs=inputs,
+            engine=engine,
+        )
 
 
 def finish_build(

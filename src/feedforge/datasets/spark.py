@@ -244,25 +244,19 @@ class _SparkBuild:
             n_events = events.count()
         finally:
             shutil.rmtree(self.staging, ignore_errors=True)
-        return finish_build(
-            self.out,
-            self.settings,
-            BuildSummary(
-                bounds=bounds,
-                users_in_id_map=len(users),
-                items_in_id_map=len(item_map),
-                catalog_items=items.height,
-                n_categories=int(items.select(pl.col("categories").list.first()).n_unique()),
-                events=n_events,
-                censored=censored,
-                inputs={
-                    "catalog": catalog_manifest.version,
-                    "events": f"{len(self.log.files())} files",
-                },
-                engine=f"spark {self.spark.version} ({self.spark.sparkContext.master})",
-            ),
-            counts,
+        summary = BuildSummary.of(
+            bounds,
+            (users, item_map),
+            items,
+            events=n_events,
+            censored=censored,
+            inputs={
+                "catalog": catalog_manifest.version,
+                "events": f"{len(self.log.files())} files",
+            },
+            engine=f"spark {self.spark.version} ({self.spark.sparkContext.master})",
         )
+        return finish_build(self.out, self.settings, summary, counts)
 
     def _events(self) -> DataFrame:
         """The log's events, unique on ``event_id``, plus ``ts`` (microseconds since the

@@ -190,7 +190,8 @@ class _SparkBuild:
         shutil.rmtree(self.staging, ignore_errors=True)
         self.staging.mkdir(parents=True)
         try:
-            events = self._events()
+            # Read and de-duplicated once: every later step reads this copy.
+            events = self._stage_spark("events", self._events())
             span = events.agg(F.min("ts").alias("start"), F.max("ts").alias("end")).collect()
             bounds = bounds_from_span(_time(span[0]["start"]), _time(span[0]["end"]), self.config)
             cats = self._stage_polars("catalog", _catalog_columns(items))

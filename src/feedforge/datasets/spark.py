@@ -10,11 +10,13 @@ labels, the feature snapshot at ``t2``, the test window's outcomes, the card and
 How each polars step maps to Spark:
 
 * The as-of joins of :func:`~feedforge.features.offline.point_in_time_counters` ("events of
-  the same key strictly before this impression") become window aggregates: impressions and
-  the counted events are unioned, partitioned by the key and ordered by the timestamp in
-  microseconds, and each impression sums the events in the range frame ``[t - w, t - 1 µs]``
-  (``w`` unbounded for all-time counters). One pass per key (user, item, user x category);
-  the user's last device is ``last(..., ignorenulls)`` over the user pass's frame.
+  the same key strictly before this impression") become running sums: impressions and the
+  counted events are unioned, partitioned by the key, ordered by the timestamp in
+  microseconds, and summed over the range frame ``[-inf, t - 1 µs]``. A count over the last
+  ``w`` is the running sum at ``t`` minus the running sum at a probe row the impression adds
+  at ``t - w`` (as the polars build subtracts two as-of counts; a sliding frame would be
+  re-aggregated by Spark row by row). One pass per key (user, item, user x category); the
+  user's last device is ``last(..., ignorenulls)`` over the user pass's frame.
 * Everything else (labels, flags, snapshot, outcomes) is a join or a group-by.
 
 Spark writes each file as sorted part files in a staging folder; the driver then streams the
@@ -396,14 +398,15 @@ class _SparkBuild:
             .agg(F.max(_device_code(F.col("device"))).alias("_dev"))
         )
         # Pass 1, by user: impressions, clicks (all time and windowed) and the last device.
-        frame = _union(left, counted.drop("item_id"), devices)
-        frame = _window_counts(frame, ["user_id"], "user").withColumn(
-            "_last_device", F.last("_dev", ignorenulls=True).over(_frame(["user_id"], None))
-        )
-        frame = frame.filter(F.col("_left")).drop("_imp", "_clk", "_dev")
+        frame = _counts_before(
+            _union(left, counted.drop("item_id"), devices),
+            ["user_id"],
+            "user",
+            extra={"_last_device": F.last("_dev", ignorenulls=True)},
+        ).drop("_imp", "_clk", "_dev")
         # Pass 2, by item.
-        frame = _window_counts(_union(frame, counted.drop("user_id")), ["item_id"], "item")
-        frame = frame.filter(F.col("_left")).drop("_imp", "_clk")
+        frame = _counts_before(_union(frame, counted.drop("user_id")), ["item_id"], "item")
+        frame = frame.drop("_imp", "_clk")
         # Pass 3, by user x the item's primary category: clicks only, all time.
         clicks = (
             counted.filter(F.col("_clk") == 1)
@@ -414,7 +417,7 @@ class _SparkBuild:
         frame = _union(frame, clicks)
         frame = frame.withColumn(
             "user_category_clicks",
-            F.coalesce(F.sum("_clk").over(_frame(["user_id", "category"], None)), F.lit(0)),
+            F.coalesce(F.sum("_clk").over(_before(["user_id", "category"])), F.lit(0)),
         ).filter(F.col("_left"))
         requested = _device_code(F.col("device"))
         return frame.select(
@@ -582,30 +585,68 @@ def _union(*frames: DataFrame) -> DataFrame:
     return out
 
 
-def _frame(by: list[str], length: timedelta | None) -> Any:
-    """The window of events of the same ``by`` keys in ``[t - length, t)`` (``None``: all
-    time before ``t``), ordered by the timestamp in microseconds."""
+def _before(by: list[str]) -> Any:
+    """The window of the rows of the same ``by`` keys strictly before this row's timestamp
+    (ordered by the timestamp in microseconds: ``[-inf, t - 1 µs]``)."""
     from pyspark.sql import Window
 
-    start = (
-        Window.unboundedPreceding if length is None else -int(length / timedelta(microseconds=1))
-    )
-    return Window.partitionBy(*by).orderBy("ts").rangeBetween(start, -1)
+    return Window.partitionBy(*by).orderBy("ts").rangeBetween(Window.unboundedPreceding, -1)
 
 
-def _window_counts(frame: DataFrame, by: list[str], prefix: str) -> DataFrame:
-    """Add ``<prefix>_impressions``, ``<prefix>_clicks`` and their windowed counts (see
-    :data:`~feedforge.features.definitions.WINDOWS`) from the ``_imp``/``_clk`` rows."""
+def _counts_before(
+    frame: DataFrame, by: list[str], prefix: str, extra: dict[str, Column] | None = None
+) -> DataFrame:
+    """The impressions (``_left`` rows) of ``frame`` with ``<prefix>_impressions`` and
+    ``<prefix>_clicks``, counted from its ``_imp``/``_clk`` rows of the same ``by`` keys
+    strictly before each impression, their windowed counts (see
+    :data:`~feedforge.features.definitions.WINDOWS`) and the ``extra`` aggregates over the
+    same all-time frame.
+
+    The all-time counts are running sums (linear after the sort). A windowed count is not a
+    sliding frame, which Spark re-aggregates whenever a row leaves it (quadratic on a busy
+    item), but, as in the polars build, the count before ``t`` minus the count before
+    ``t - w``: each impression adds a probe row at ``t - w`` whose running sums are read back
+    by ``event_id``.
+    """
     from pyspark.sql import functions as F
 
-    for suffix, length in [("", None), *((f"_{s}", w) for s, w in WINDOWS.items())]:
-        window = _frame(by, length)
-        for flag, name in (("_imp", "impressions"), ("_clk", "clicks")):
-            frame = frame.withColumn(
-                f"{prefix}_{name}{suffix}",
-                F.coalesce(F.sum(flag).over(window), F.lit(0)),
+    before = _before(by)
+    probes = [
+        frame.filter(F.col("_left")).select(
+            *by,
+            "event_id",
+            (F.col("ts") - int(length / timedelta(microseconds=1))).alias("ts"),
+            F.lit(suffix).alias("_probe"),
+        )
+        for suffix, length in WINDOWS.items()
+    ]
+    counts = {f"{prefix}_impressions": "_imp", f"{prefix}_clicks": "_clk"}
+    summed = _union(frame, *probes).select(
+        "*",
+        *(
+            F.coalesce(F.sum(flag).over(before), F.lit(0)).alias(name)
+            for name, flag in counts.items()
+        ),
+        *(expr.over(before).alias(name) for name, expr in (extra or {}).items()),
+    )
+    probed = (
+        summed.filter(F.col("_probe").isNotNull())
+        .groupBy("event_id")
+        .agg(
+            *(
+                F.max(F.when(F.col("_probe") == suffix, F.col(name))).alias(f"_{name}_{suffix}")
+                for suffix in WINDOWS
+                for name in counts
             )
-    return frame
+        )
+    )
+    rows = summed.filter(F.col("_left") & F.col("_probe").isNull()).join(probed, "event_id", "left")
+    for suffix in WINDOWS:
+        for name in counts:
+            rows = rows.withColumn(
+                f"{name}_{suffix}", F.col(name) - F.coalesce(F.col(f"_{name}_{suffix}"), F.lit(0))
+            )
+    return rows.drop("_probe", *(f"_{name}_{suffix}" for suffix in WINDOWS for name in counts))
 
 
 def _device_code(device: Column) -> Column:

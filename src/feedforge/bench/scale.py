@@ -441,6 +441,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [
             "## Dataset build: polars vs Spark",
             "",
+            "Each build is `feedforge build` in a process of its own (Spark: the driver and its "
+            "JVM); peak RSS is the sum over the process tree, sampled every 0.2 s. The same "
+            "row counts: every file of the two datasets has as many rows (the parity test "
+            "compares them row for row on smaller logs).",
+            "",
             "| events | engine | seconds | events/s | peak RSS (MB) | same row counts |",
             "|---|---|---|---|---|---|",
         ]
@@ -454,6 +459,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [
             "## Training: PyTorch DDP processes",
             "",
+            "`feedforge train --nproc N` on the first build's dataset (two-tower retrieval, "
+            "DCN ranker, both for the same epochs); gloo on the CPU, each process with "
+            "cores / N torch threads. Fit seconds are each model's own, from its manifest.",
+            "",
             "| processes | whole train (s) | two-tower fit (s) | two-tower pairs/s | DCN fit (s) "
             "| DCN epochs | peak RSS (MB) |",
             "|---|---|---|---|---|---|---|",
@@ -466,8 +475,14 @@ def render_markdown(report: dict[str, Any]) -> str:
             )
         lines.append("")
     if "serve" in report:
+        spec = report["spec"]
         lines += [
             "## Serving: single Redis vs Redis Cluster (3 masters + 3 replicas), same rate",
+            "",
+            f"One simulated world ({spec['serve_items']:,} items, {spec['serve_users']:,} "
+            "users, 7 days) published to both stores (servers of the benchmark's own on this "
+            "host), `feedforge serve --workers 2`, open-loop Poisson arrivals for "
+            f"{spec['serve_duration_s']:g} s each; latency from each request's scheduled time.",
             "",
             "| store | rate/s | requests | p50 ms | p99 ms | errors | degraded |",
             "|---|---|---|---|---|---|---|",

@@ -6,6 +6,7 @@ redistributed, so none is copied here).
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -461,6 +462,54 @@ def test_user_item_text_keeps_line_order(tmp_path: Path) -> None:
     ]
 
 
+def test_user_item_text_one_user_per_line_with_item_attributes(tmp_path: Path) -> None:
+    """S3-Rec's layout: ``user item1 item2 ...`` lines and ``<name>_item2attributes.json``."""
+    path = tmp_path / "Toys.txt"
+    path.write_text("1 10 11 12\n\n2  11\t10\n", encoding="utf-8")
+    attributes = {"10": [1, 2], "11": [3], "12": [], "99": ["brand-x"]}
+    (tmp_path / "Toys_item2attributes.json").write_text(json.dumps(attributes))
+    workdir = Workdir.at(tmp_path / "wd")
+    summary = import_dataset("user-item-text", path, workdir)
+    assert summary.synthetic_timestamps
+    at = [EPOCH + timedelta(seconds=s) for s in range(1, 6)]
+    assert_frame_equal(
+        _events(workdir),
+        _expected_events(
+            [
+                ("user-item-text:1:10:1577836801", at[0], "1", "10", "click", None),
+                ("user-item-text:1:11:1577836802", at[1], "1", "11", "click", None),
+                ("user-item-text:1:12:1577836803", at[2], "1", "12", "click", None),
+                ("user-item-text:2:11:1577836804", at[3], "2", "11", "click", None),
+                ("user-item-text:2:10:1577836805", at[4], "2", "10", "click", None),
+            ]
+        ),
+    )
+    categories = {row["item_id"]: row["categories"] for row in _items(workdir)}
+    # Every item of the attribute file is in the catalog, with or without interactions.
+    assert categories == {"10": ["1", "2"], "11": ["3"], "12": [], "99": ["brand-x"]}
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("[1, 2]", "holds a JSON list; expected an object of item id -> list of attribute ids"),
+        ('{"10": 3}', "item '10': expected a list of attribute ids"),
+        ('{"10": [true]}', "item '10': expected a list of attribute ids"),
+        ('{"10": [1', "cannot be read as JSON"),
+    ],
+)
+def test_bad_item_attribute_files_name_the_item(
+    tmp_path: Path, content: str, expected: str
+) -> None:
+    path = tmp_path / "s.txt"
+    path.write_text("1 10 11\n", encoding="utf-8")
+    (tmp_path / "s_item2attributes.json").write_text(content)
+    with pytest.raises(ValidationError) as info:
+        import_dataset("user-item-text", path, Workdir.at(tmp_path / "wd"))
+    assert str(tmp_path / "s_item2attributes.json") in info.value.message
+    assert expected in info.value.message
+
+
 def test_overlong_ids_get_a_hashed_event_id(tmp_path: Path) -> None:
     user, item = "u" * 100, "i" * 100
     path = tmp_path / "long.csv"
@@ -773,12 +822,20 @@ BAD_FILES: list[tuple[str, str, str, bytes, str, str]] = [
     ("csv not in UTF-8", "csv", "a.csv", b"user,item\nJos\xe9,2\n", "line 2", "UTF-8 text"),
     ("empty csv", "csv", "a.csv", b"", "", "the file is empty"),
     (
-        "text with three fields",
+        "pairs text with a line of one field",
         "user-item-text",
         "s.txt",
-        b"1 2\n1 3 4\n",
+        b"1 2\n1\n",
         "line 2",
         "two whitespace-separated fields: user item",
+    ),
+    (
+        "one-user-per-line text with a user without items",
+        "user-item-text",
+        "s.txt",
+        b"1 2 3\n4\n",
+        "line 2",
+        "a user id followed by their items: user item1 item2 ...",
     ),
     ("text not in UTF-8", "user-item-text", "s.txt", b"1 2\n\xff 3\n", "line 2", "UTF-8 text"),
     ("empty text", "user-item-text", "s.txt", b"\n\n", "", "holds no data"),

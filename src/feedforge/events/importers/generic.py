@@ -6,8 +6,12 @@
   columns are ignored. Ids are strings or integers (1 to 128 characters). Timestamps are unix
   seconds (numbers, or strings of digits) or ISO 8601 (an offset or ``Z``; naive means UTC).
   CSV files are UTF-8 with a header line.
-* ``user-item-text``: the sequential-recommendation format, one ``user item`` pair per line
-  (whitespace-separated), each user's lines in time order. UTF-8.
+* ``user-item-text``: the sequential-recommendation formats, UTF-8, whitespace-separated:
+  one ``user item`` pair per line, each user's lines in time order (SASRec's files), or one
+  user per line, ``user item1 item2 ...`` in time order (S3-Rec's files); a file with any
+  line of more than two fields is read as the latter. An item attribute file beside it,
+  ``<name>_item2attributes.json`` (``{"item id": [attribute ids...]}``, S3-Rec's), becomes
+  the catalog's categories (attribute ids as text, the first one primary).
 
 Without a timestamp column (always, for ``user-item-text``), timestamps are synthesised as
 :data:`~feedforge.events.importers.parsed.SYNTHETIC_EPOCH` plus the line (or row) number in
@@ -18,6 +22,7 @@ in name order as one table (``user-item-text`` takes a single file).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +37,13 @@ from feedforge.events.importers.fields import (
     parse_timestamp,
     timestamp_rule,
 )
-from feedforge.events.importers.parsed import INTERACTIONS, SYNTHETIC_EPOCH, Parsed, typed
+from feedforge.events.importers.parsed import (
+    INTERACTIONS,
+    ITEMS,
+    SYNTHETIC_EPOCH,
+    Parsed,
+    typed,
+)
 from feedforge.events.importers.text import (
     LINE,
     Origin,
@@ -44,6 +55,7 @@ from feedforge.events.importers.text import (
     scan_csv,
     validated,
 )
+from feedforge.events.schema import quote
 
 COLUMN_NAMES: dict[str, tuple[str, ...]] = {
     "user_id": ("user", "user_id", "userid"),
@@ -194,13 +206,19 @@ def _parquet(path: Path, offset: int) -> tuple[pl.DataFrame, dict[str, str]]:
 
 
 def _text(path: Path) -> pl.DataFrame:
+    """Either sequential text format (see the module docs): pairs when no line holds more than
+    two fields, else one user per line."""
     text = TextFile.utf8(path)
+    lines = text.lines().filter(pl.col("text").str.strip_chars().str.len_bytes() > 0)
+    fields = pl.col("text").str.extract_all(r"\S+")
+    widest = collect(
+        text, lines.select(fields.list.len().max()), expected="lines of 'user item'"
+    ).item()
+    if widest is not None and widest > 2:
+        return _sequences(text, lines.select(LINE, fields.alias("_fields")))
     pair = pl.col("text").str.extract_groups(r"^\s*(\S+)\s+(\S+)\s*$")
-    rows = (
-        text.lines()
-        .filter(pl.col("text").str.strip_chars().str.len_bytes() > 0)
-        .select(LINE, pair.struct.rename_fields(["user", "item"]).alias("_pair"))
-        .unnest("_pair")
+    rows = lines.select(LINE, pair.struct.rename_fields(["user", "item"]).alias("_pair")).unnest(
+        "_pair"
     )
     user, item = pl.col("user"), pl.col("item")
     return validated(
@@ -221,6 +239,94 @@ def _text(path: Path) -> pl.DataFrame:
     )
 
 
+def _sequences(text: TextFile, lines: pl.LazyFrame) -> pl.DataFrame:
+    """``user item1 item2 ...`` lines (S3-Rec's files): one row per item, in line order, each
+    reported by its user's line; synthesised times follow the items' order."""
+    rows = (
+        lines.select(
+            LINE,
+            pl.col("_fields").list.first().alias("user"),
+            pl.col("_fields").list.slice(1).alias("item"),
+        )
+        .explode("item", empty_as_null=True)  # a user without items: a null, reported
+        .with_row_index("_order", offset=1)
+    )
+    user, item = pl.col("user"), pl.col("item")
+    order = pl.col("_order").cast(pl.Int64)
+    return validated(
+        text,
+        rows,
+        {
+            "user_id": user,
+            "item_id": item,
+            "timestamp": pl.lit(SYNTHETIC_EPOCH) + pl.duration(seconds=order),
+            "value": pl.lit(None, dtype=pl.Float64),
+        },
+        [
+            Rule(item.is_null(), "a user id followed by their items: user item1 item2 ..."),
+            id_rule(user, f"a user id of at most {MAX_ID} characters in field 1"),
+            id_rule(item, f"item ids of at most {MAX_ID} characters after the user id"),
+        ],
+        expected="lines of 'user item1 item2 ...'",
+    )
+
+
+ATTRIBUTES_SUFFIX = "_item2attributes.json"
+"""The item attribute file beside a sequential text file (S3-Rec's layout):
+``<name>.txt`` and ``<name>_item2attributes.json``."""
+
+
+def read_item_attributes(path: Path) -> pl.DataFrame:
+    """An ``{"item id": [attribute ids...]}`` JSON file as items (:data:`ITEMS`) whose
+    categories are the attribute ids, as text, in the file's order (the first is the
+    primary category).
+
+    Raises:
+        ValidationError: the file is not such an object (the message names the item).
+    """
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ValidationError(
+            f"{path}: cannot be read as JSON ({exc}); expected an object of item id -> list "
+            "of attribute ids",
+            path=str(path),
+        ) from exc
+    if not isinstance(data, dict):
+        raise ValidationError(
+            f"{path}: holds a JSON {type(data).__name__}; expected an object of item id -> "
+            "list of attribute ids",
+            path=str(path),
+        )
+    items: list[str] = []
+    categories: list[list[str]] = []
+    for key, value in data.items():
+        if not key.strip() or len(key) > MAX_ID:
+            raise ValidationError(
+                f"{path}: item id {quote(key)!r} is not 1 to {MAX_ID} characters",
+                path=str(path),
+            )
+        if not isinstance(value, list) or not all(
+            isinstance(v, int | str) and not isinstance(v, bool) and str(v).strip() for v in value
+        ):
+            raise ValidationError(
+                f"{path}: item {quote(key)!r}: expected a list of attribute ids (numbers or "
+                f"strings), got {quote(json.dumps(value))}",
+                path=str(path),
+            )
+        items.append(key)
+        categories.append([str(v) for v in value])
+    return pl.DataFrame(
+        {
+            "item_id": items,
+            "title": [None] * len(items),
+            "categories": categories,
+            "released": [None] * len(items),
+        },
+        schema={"item_id": pl.String(), **{k: v for k, v in ITEMS.items() if v is not None}},
+    )
+
+
 def read_generic(source: str, path: Path) -> Parsed:
     """Read and validate a ``csv``, ``parquet`` or ``user-item-text`` source.
 
@@ -231,7 +337,12 @@ def read_generic(source: str, path: Path) -> Parsed:
     files = _files(source, path)
     if source == "user-item-text":
         frame = _text(files[0])
-        return Parsed(typed(frame, INTERACTIONS), tuple(files), explicit=False, synthetic_time=True)
+        attributes = files[0].with_name(files[0].stem + ATTRIBUTES_SUFFIX)
+        items = read_item_attributes(attributes) if attributes.is_file() else None
+        sources = (*files, attributes) if items is not None else tuple(files)
+        return Parsed(
+            typed(frame, INTERACTIONS), sources, items=items, explicit=False, synthetic_time=True
+        )
     read = _csv if source == "csv" else _parquet
     frames: list[pl.DataFrame] = []
     kinds: list[set[str]] = []

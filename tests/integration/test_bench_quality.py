@@ -89,3 +89,45 @@ def test_unknown_names_are_refused(data_dir: Path) -> None:
         run_quality("ml-100k", data_dir, "random", None)
     with pytest.raises(ConfigError, match="unknown benchmark model"):
         run_quality("ml-100k", data_dir, "msr-stratified", None, models=["nope"])
+
+
+def test_options_the_protocol_ignores_are_refused(data_dir: Path) -> None:
+    with pytest.raises(ConfigError, match="--negatives applies to leave-one-out only"):
+        run_quality("ml-100k", data_dir, "msr-stratified", None, negatives=100)
+
+
+def _pairs_file(directory: Path, n_users: int = 40, n_items: int = 30, seed: int = 1) -> Path:
+    """``user item`` lines, round-robin over the users (each reads a run of consecutive
+    items), so that a split by line order still leaves every user some history."""
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    starts = rng.integers(1, n_items - 8, size=n_users)
+    lines = [f"{u + 1} {starts[u] + t}" for t in range(8) for u in range(n_users)]
+    path = directory / "Tiny_Shop.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_generic_files_name_their_tables_and_time_protocols_warn(tmp_path: Path) -> None:
+    path = _pairs_file(tmp_path / "data")
+    said: list[str] = []
+    report = run_quality(
+        "user-item-text",
+        path,
+        "temporal",
+        tmp_path / "out",
+        models=["popularity"],
+        quick=True,
+        progress=said.append,
+    )
+    assert report["dataset"] == "Tiny_Shop" and report["importer"] == "user-item-text"
+    assert (tmp_path / "out" / "quality_Tiny_Shop_temporal.json").is_file()
+    assert "no timestamps" in report["warnings"][0]
+    assert any(line.startswith("warning: Tiny_Shop has no timestamps") for line in said)
+    assert "**Warning:**" in (tmp_path / "out" / "quality_Tiny_Shop_temporal.md").read_text()
+    named = run_quality(
+        "user-item-text", path, "leave-one-out", tmp_path / "out", models=["popularity"],
+        quick=True, name="tiny",
+    )  # fmt: skip
+    assert named["warnings"] == []
+    assert (tmp_path / "out" / "quality_tiny_leave-one-out.json").is_file()

@@ -95,7 +95,8 @@ def test_demo_prints_the_table_writes_the_report_and_publishes(
     assert ndcg["als+logistic"] > ndcg["popularity"], ndcg
 
     # The printed table is the report, row by row.
-    header = next(line for line in result.output.splitlines() if "model" in line)
+    # The table's header (the progress lines before it may say "model" too).
+    header = next(line for line in result.output.splitlines() if "model" in line and "@" in line)
     assert [m for m in METRICS if m in header] == list(METRICS)
     rows = table_rows(result.output)
     assert set(rows) == set(MODELS), result.output
@@ -163,6 +164,9 @@ def test_stage_commands_in_order(tmp_path: Path, small_config: Path) -> None:
         result = invoke(command, "--workdir", workdir, "--config", small_config)
         assert result.exit_code == 0, f"{command}: {result.output}"
         assert artifact_exists(), f"{command} wrote no artifact"
+        if command == "build":  # not a terminal: each step is a line of its own, timed
+            assert re.search(r"^build: labelling positives \[\d+ s\]$", result.output, re.M)
+            assert re.search(r"^build: done \[\d+ s\]$", result.output, re.M)
 
     version = published_version(result.output)
     assert current_version(workdir) == version

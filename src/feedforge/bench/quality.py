@@ -222,6 +222,12 @@ def ann_recall(model: EmbeddingRecommender, serving: ServingConfig | None = None
     }
 
 
+GENERIC_SOURCES = ("csv", "parquet", "user-item-text")
+"""Importers of files that are not one named dataset: tables take the file's name."""
+NEEDS_TIMESTAMPS = ("temporal",)
+"""Protocols that split by time across users: meaningless on synthesised timestamps."""
+
+
 def run_quality(
     dataset: str,
     data_dir: Path,
@@ -232,15 +238,27 @@ def run_quality(
     models: list[str] | None = None,
     quick: bool = False,
     progress: Progress | None = None,
+    name: str | None = None,
 ) -> dict[str, Any]:
-    """Run the benchmark and (when ``out_dir`` is given) write its JSON and Markdown table.
+    """Run the benchmark and (when ``out_dir`` is given) write its JSON and Markdown table,
+    ``quality_<name>_<protocol>``.
+
+    Args:
+        name: The dataset's name in the tables and the file name; default: the importer's
+            name for a named dataset (``ml-100k``), the file's (or folder's) name for a
+            generic one (``csv``, ``parquet``, ``user-item-text``), so two files do not
+            overwrite each other's tables.
 
     Raises:
-        ConfigError: an unknown protocol or model name.
+        ConfigError: an unknown protocol or model name, or ``negatives`` with a protocol
+            that ranks every item.
     """
     say = progress or (lambda _msg: None)
     if protocol not in PROTOCOLS:
         raise ConfigError(f"unknown protocol {protocol!r}; known: {sorted(PROTOCOLS)}")
+    if negatives is not None and protocol != "leave-one-out":
+        raise ConfigError(f"--negatives applies to leave-one-out only; {protocol} ranks every item")
+    name = name or (Path(data_dir).stem if dataset in GENERIC_SOURCES else dataset)
     specs = default_specs(quick)
     if models:
         unknown = set(models) - {s.name for s in specs}
@@ -255,6 +273,13 @@ def run_quality(
         say(f"importing {dataset} from {data_dir}")
         summary = import_dataset(dataset, Path(data_dir), workdir)
         frame = interactions_frame(workdir)
+    warnings = []
+    if summary.synthetic_timestamps and protocol in NEEDS_TIMESTAMPS:
+        warnings.append(
+            f"{name} has no timestamps (they were synthesised from line order), so the "
+            f"{protocol} split cuts the file by line, not by time; leave-one-out fits such data"
+        )
+        say(f"warning: {warnings[-1]}")
     options: dict[str, Any] = {"negatives": negatives} if protocol == "leave-one-out" else {}
     split = PROTOCOLS[protocol](frame, **options)
     rows: list[dict[str, Any]] = []
@@ -287,7 +312,9 @@ def run_quality(
     if dataset == "ml-100k" and protocol == "msr-stratified":
         rows += [{**r, "source": "published", "train_seconds": None} for r in PUBLISHED_ML100K_MSR]
     report: dict[str, Any] = {
-        "dataset": dataset,
+        "dataset": name,
+        "importer": dataset,
+        "warnings": warnings,
         "protocol": protocol if negatives is None else f"{protocol} ({negatives} negatives)",
         "k": split.k,
         "metrics": list(split.metrics),
@@ -298,8 +325,8 @@ def run_quality(
         **run_info(started),
     }
     if out_dir is not None:
-        name = f"quality_{dataset}_{protocol}" + ("" if negatives is None else f"_{negatives}neg")
-        write_report(out_dir, name, report, render_markdown(report))
+        table = f"quality_{name}_{protocol}" + ("" if negatives is None else f"_{negatives}neg")
+        write_report(out_dir, table, report, render_markdown(report))
     return report
 
 
@@ -315,6 +342,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"total {report['total_seconds']} s. Hyper-parameters chosen on the validation fold "
         "only; the test fold is used once per model.",
         "",
+        *(f"**Warning:** {w}.\n" for w in report.get("warnings", [])),
         "| model | source | " + " | ".join(metrics) + " | train s |",
         "|---|---|" + "---|" * len(metrics) + "---|",
     ]

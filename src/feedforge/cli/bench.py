@@ -38,6 +38,13 @@ def bench_quality_cmd(
     models: Annotated[
         list[str] | None, typer.Option("--model", help="Only these models (repeatable)")
     ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="The dataset's name in the tables and their file names (default: the "
+            "dataset, or the file's name for csv, parquet and user-item-text)"
+        ),
+    ] = None,
     out: Annotated[Path, typer.Option(help="Where the tables go")] = Path("docs/benchmarks"),
 ) -> None:
     """Train, tune (on validation) and evaluate every model and the peers on one protocol."""
@@ -45,9 +52,16 @@ def bench_quality_cmd(
 
     with progress("bench quality") as say:
         report = run_quality(
-            dataset, data_dir, protocol, out, negatives=negatives, models=models, progress=say
+            dataset,
+            data_dir,
+            protocol,
+            out,
+            negatives=negatives,
+            models=models,
+            progress=say,
+            name=name,
         )
-    table = Table(title=f"{dataset} / {report['protocol']}")
+    table = Table(title=f"{report['dataset']} / {report['protocol']}")
     table.add_column("model")
     table.add_column("source")
     for metric in report["metrics"]:

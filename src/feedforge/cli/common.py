@@ -7,6 +7,7 @@ not a traceback.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,7 +58,25 @@ def clean_errors(func: F) -> F:
 
 @contextmanager
 def progress(title: str) -> Iterator[Callable[[str], None]]:
-    """A Rich progress line for a stage; yields a callback that updates its description."""
+    """A Rich progress line for a stage; yields a callback that updates its description.
+
+    When the output is not a terminal (a log file, CI), each update is printed as a line of
+    its own with the seconds since the start instead, so a long run shows where it is.
+    """
+    if not console.is_terminal:
+        started = time.monotonic()
+
+        def line(message: str) -> None:
+            console.print(
+                f"{title}: {message} [{time.monotonic() - started:.0f} s]",
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
+            )
+
+        yield line
+        line("done")
+        return
     with Progress(
         SpinnerColumn(),
         TextColumn("[bold]{task.description}"),

@@ -85,6 +85,18 @@ def default_specs(quick: bool = False) -> list[ModelSpec]:
             [{"l2": 200.0}] if quick else grid(l2=[50.0, 100.0, 200.0, 300.0, 500.0, 1000.0]),
         ),
         ModelSpec(
+            "rp3beta",
+            "feedforge",
+            _ours("rp3beta"),
+            [{"neighbors": 50}]
+            if quick
+            else grid(
+                alpha=[0.6, 0.8, 1.0],
+                beta=[0.2, 0.35, 0.5, 0.7],
+                neighbors=[50, 100, 200, 400],
+            ),
+        ),
+        ModelSpec(
             "als",
             "feedforge",
             _ours("als"),

@@ -32,7 +32,8 @@ class ArraySpec:
         axes: The manifest count naming each axis' size, e.g. ``("n_users", "factors")``.
         dtype: The dtype the array is saved and loaded as.
         sparse: A ``(rows, cols)`` CSR matrix instead of a dense array; its number of stored
-            values is the count ``nnz``.
+            values is the count ``nnz_<name>`` (``nnz`` in artifacts written before a model
+            could have two sparse arrays).
     """
 
     name: str
@@ -82,7 +83,7 @@ class ArrayModel(Model):
                 if counts.setdefault(axis, int(size)) != size:  # a bug, not bad input
                     raise ValueError(f"{spec.name}: axis {axis} is {size}, not {counts[axis]}")
             if spec.sparse:
-                counts["nnz"] = int(array.nnz)
+                counts[f"nnz_{spec.name}"] = int(array.nnz)
         return counts, {}
 
     def _write_files(self, directory: Path) -> None:
@@ -112,7 +113,7 @@ class ArrayModel(Model):
                 )
             path = require_file(directory / spec.filename, f"{cls.name} {spec.name}", build_command)
             if spec.sparse:
-                nnz = manifest.counts.get("nnz")
+                nnz = manifest.counts.get(f"nnz_{spec.name}", manifest.counts.get("nnz"))
                 array = _read_sparse(spec, path, shape, nnz, cls.name, build_command)
             else:
                 array = _read_dense(spec, path, shape, cls.name, build_command)

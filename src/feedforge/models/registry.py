@@ -80,6 +80,7 @@ RECOMMENDERS: LazyRegistry[Recommender] = LazyRegistry(
         "popularity": "feedforge.models.popularity:MostPopular",
         "als": "feedforge.models.als:ALSRecommender",
         "ease": "feedforge.models.ease:EASERecommender",
+        "rp3beta": "feedforge.models.rp3beta:RP3betaRecommender",
         "bpr": "feedforge.models.bpr:BPRRecommender",
         "two_tower": "feedforge.models.two_tower:TwoTowerRecommender",
         "sasrec": "feedforge.models.sasrec:SASRecRecommender",

@@ -19,6 +19,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "als": {"factors": 64, "regularization": 0.05, "iterations": 15, "alpha": 10.0,
             "random_state": 0},
     "ease": {"l2": 500.0, "implicit": True, "max_items": 20000},
+    "rp3beta": {"alpha": 1.0, "beta": 0.5, "neighbors": 200},
     "bpr": {"factors": 64, "learning_rate": 0.01, "regularization": 0.01, "iterations": 100,
             "random_state": 0, "num_threads": 1},
     "two_tower": {"embedding_dim": 64, "history_len": 50, "pooling": "mean",

@@ -92,8 +92,8 @@ def default_specs(quick: bool = False) -> list[ModelSpec]:
             if quick
             else grid(
                 alpha=[0.6, 0.8, 1.0],
-                beta=[0.2, 0.35, 0.5, 0.7],
-                neighbors=[50, 100, 200, 400],
+                beta=[0.3, 0.5, 0.7, 0.9],
+                neighbors=[100, 200, 400, 800],
             ),
         ),
         ModelSpec(

@@ -22,6 +22,7 @@ from pydantic import Field
 from feedforge.datasets.interactions import Interactions
 from feedforge.errors import ValidationError
 from feedforge.models.arrays import ArraySpec
+from feedforge.models.base import checked_indices
 from feedforge.models.factors import FactorModel
 from feedforge.models.params import ModelParams
 
@@ -126,10 +127,7 @@ class ALSRecommender(FactorModel):
         """
         _, item_factors = self._fitted()
         n_items, dim = item_factors.shape
-        items = np.asarray(item_idx_history).reshape(-1)
-        if items.size and not np.issubdtype(items.dtype, np.integer):
-            raise ValidationError(f"fold_in: item indices must be integers, got {items.dtype}")
-        items = items.astype(np.int64)
+        items = checked_indices(item_idx_history, n_items, "fold_in", "item").astype(np.int64)
         if weights is None:
             w = np.ones(len(items), dtype=np.float64)
         else:
@@ -140,8 +138,6 @@ class ALSRecommender(FactorModel):
                 raise ValidationError("fold_in: weights must be finite and > 0")
         if len(items) == 0:
             return np.zeros(dim, dtype=np.float32)
-        if items.min() < 0 or items.max() >= n_items:
-            raise ValidationError(f"fold_in: item indices outside [0, {n_items})")
         unique, inverse = np.unique(items, return_inverse=True)
         confidence = 1.0 + self.params.alpha * np.bincount(inverse, weights=w)  # (H_unique,)
         if self._yty is None:

@@ -39,6 +39,27 @@ TRAIN_COMMAND = "feedforge train"
 PARAMS_FILE = "params.json"
 
 
+def checked_indices(indices: Any, n: int, where: str, kind: str, hint: str = "") -> np.ndarray:
+    """``indices`` as a flat array, checked to be integers in ``[0, n)``.
+
+    Args:
+        indices: User or item indices (any array-like).
+        n: How many users or items there are.
+        where: The caller, quoted in the error (e.g. ``"fold_in"``).
+        kind: ``"user"`` or ``"item"``, quoted in the error.
+        hint: Appended to the out-of-range error (what to use instead).
+
+    Raises:
+        ValidationError: an index is not an integer, or outside ``[0, n)``.
+    """
+    values = np.asarray(indices).reshape(-1)
+    if values.size and not np.issubdtype(values.dtype, np.integer):
+        raise ValidationError(f"{where}: {kind} indices must be integers, got {values.dtype}")
+    if values.size and (values.min() < 0 or values.max() >= n):
+        raise ValidationError(f"{where}: {kind} indices outside [0, {n}){hint}")
+    return values
+
+
 class Model(ABC):
     """Common base: a name, typed hyper-parameters, fitted-state checks and persistence.
 

@@ -27,7 +27,7 @@ from pydantic import Field
 from feedforge.datasets.interactions import Interactions
 from feedforge.errors import DataError, NotFittedError, ValidationError
 from feedforge.models.arrays import ArrayModel, ArraySpec
-from feedforge.models.base import Recommender
+from feedforge.models.base import Recommender, checked_indices
 from feedforge.models.params import ModelParams
 
 # Peak memory of fit in bytes per B entry: the float64 Gram matrix, inverted in place, plus the
@@ -176,15 +176,8 @@ class EASERecommender(ArrayModel, Recommender):
             ValidationError: a user index is outside ``[0, n_users)``.
         """
         weights, user_items = self._fitted()
-        users = np.asarray(user_idx).reshape(-1)
-        if users.size and not np.issubdtype(users.dtype, np.integer):
-            raise ValidationError(f"EASE score: user indices must be integers, got {users.dtype}")
-        n_users = user_items.shape[0]
-        if users.size and (users.min() < 0 or users.max() >= n_users):
-            raise ValidationError(
-                f"EASE score: user indices outside [0, {n_users}); "
-                "use score_from_history for users unseen in training"
-            )
+        hint = "; use score_from_history for users unseen in training"
+        users = checked_indices(user_idx, user_items.shape[0], "EASE score", "user", hint)
         return np.asarray(user_items[users] @ weights, dtype=np.float32)
 
     def score_from_history(self, user_items: sp.csr_matrix) -> np.ndarray:

@@ -22,9 +22,9 @@ import scipy.sparse as sp
 from pydantic import Field
 
 from feedforge.datasets.interactions import Interactions
-from feedforge.errors import DataError, NotFittedError, ValidationError
+from feedforge.errors import DataError, NotFittedError
 from feedforge.models.arrays import ArrayModel, ArraySpec
-from feedforge.models.base import Recommender
+from feedforge.models.base import Recommender, checked_indices
 from feedforge.models.params import ModelParams
 
 _BLOCK_ENTRIES = 1 << 24
@@ -136,12 +136,5 @@ class RP3betaRecommender(ArrayModel, Recommender):
             ValidationError: a user index is not an integer in ``[0, n_users)``.
         """
         weights, user_items = self._fitted()
-        users = np.asarray(user_idx).reshape(-1)
-        if users.size and not np.issubdtype(users.dtype, np.integer):
-            raise ValidationError(
-                f"RP3beta score: user indices must be integers, got {users.dtype}"
-            )
-        n_users = user_items.shape[0]
-        if users.size and (users.min() < 0 or users.max() >= n_users):
-            raise ValidationError(f"RP3beta score: user indices outside [0, {n_users})")
+        users = checked_indices(user_idx, user_items.shape[0], "RP3beta score", "user")
         return np.asarray((user_items[users] @ weights).toarray(), dtype=np.float32)

@@ -38,9 +38,9 @@ import numpy as np
 import torch
 
 from feedforge.datasets.interactions import Interactions
-from feedforge.errors import DataError, NotFittedError, ValidationError
+from feedforge.errors import DataError, NotFittedError
 from feedforge.models.arrays import ArraySpec
-from feedforge.models.base import EmbeddingRecommender
+from feedforge.models.base import EmbeddingRecommender, checked_indices
 from feedforge.models.distributed import Checkpoint, TrainContext
 from feedforge.models.torch_params import TwoTowerParams
 from feedforge.models.torch_utils import TorchModel, resolve_device, seeded
@@ -257,11 +257,7 @@ class TwoTowerRecommender(TorchModel, EmbeddingRecommender):
             ValidationError: an index is not an integer in ``[0, n_items)``.
         """
         n_items = self.item_embeddings().shape[0]
-        items = np.asarray(item_idx_history).reshape(-1)
-        if items.size and not np.issubdtype(items.dtype, np.integer):
-            raise ValidationError(f"fold_in: item indices must be integers, got {items.dtype}")
-        if items.size and (items.min() < 0 or items.max() >= n_items):
-            raise ValidationError(f"fold_in: item indices outside [0, {n_items})")
+        items = checked_indices(item_idx_history, n_items, "fold_in", "item")
         return self._encode([items.astype(np.int64)], None)[0]
 
     def _net_counts(self) -> dict[str, int]:

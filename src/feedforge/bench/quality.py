@@ -124,6 +124,16 @@ def default_specs(quick: bool = False) -> list[ModelSpec]:
                 iterations=[30, 60, 100],
             ),
         ),
+        ModelSpec(
+            "multvae",
+            "feedforge",
+            _ours("multvae"),
+            [{"epochs": 2, "hidden_dim": 32, "latent_dim": 8}]
+            if quick
+            # A first search (beta 0.1-0.4, annealing over 200 or 2,000 updates, 100 or 200
+            # epochs) chose its edges on ML-100k: short annealing, fewer epochs, strong beta.
+            else grid(beta_max=[0.2, 0.4, 0.8], anneal_steps=[200], epochs=[50, 100]),
+        ),
         ModelSpec("two_tower", "feedforge", _ours("two_tower"), [{"epochs": 1}] if quick else [{}]),
         ModelSpec("sasrec", "feedforge", _ours("sasrec"), [{"epochs": 1}] if quick else [{}]),
         ModelSpec(

@@ -81,6 +81,7 @@ RECOMMENDERS: LazyRegistry[Recommender] = LazyRegistry(
         "als": "feedforge.models.als:ALSRecommender",
         "ease": "feedforge.models.ease:EASERecommender",
         "rp3beta": "feedforge.models.rp3beta:RP3betaRecommender",
+        "multvae": "feedforge.models.multvae:MultVAERecommender",
         "bpr": "feedforge.models.bpr:BPRRecommender",
         "two_tower": "feedforge.models.two_tower:TwoTowerRecommender",
         "sasrec": "feedforge.models.sasrec:SASRecRecommender",

@@ -33,6 +33,15 @@ from feedforge.models.registry import (
 INPUTS = {"dataset": "test-dataset"}  # the lineage every saved model records
 
 SMALL_PARAMS: dict[str, dict[str, Any]] = {
+    "multvae": {
+        "hidden_dim": 32,
+        "latent_dim": 8,
+        "epochs": 60,
+        "batch_size": 8,
+        "anneal_steps": 200,
+        "learning_rate": 5e-3,
+        "device": "cpu",
+    },
     # Strong regularisation keeps ALS near the data's true rank (2 blocks): with weak
     # regularisation it has enough capacity to learn each held-out item as a zero.
     "als": {"factors": 4, "iterations": 15, "regularization": 3.0, "alpha": 5.0},

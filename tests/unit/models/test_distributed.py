@@ -17,9 +17,10 @@ import pytest
 import torch
 
 from feedforge.datasets.interactions import Interactions
-from feedforge.models import dcn_train, sasrec, two_tower
+from feedforge.models import dcn_train, multvae, sasrec, two_tower
 from feedforge.models.dcn import DCNRanker
 from feedforge.models.distributed import CHECKPOINT_STATE, Checkpoint, TrainContext
+from feedforge.models.multvae import MultVAERecommender
 from feedforge.models.sasrec import SASRecRecommender
 from feedforge.models.torch_utils import TorchModel
 from feedforge.models.two_tower import TwoTowerRecommender
@@ -73,6 +74,13 @@ MODELS: dict[str, tuple[Callable[[], TorchModel], Any, str]] = {
         ),
         two_tower,
         "_pair_loss",
+    ),
+    "multvae": (
+        lambda: MultVAERecommender(
+            hidden_dim=16, latent_dim=4, epochs=4, batch_size=8, anneal_steps=10, device="cpu"
+        ),
+        multvae,
+        "_vae_loss",
     ),
     "dcn": (
         lambda: DCNRanker(max_epochs=4, patience=10, batch_size=64, device="cpu"),

@@ -39,10 +39,11 @@ here: the largest table of the benchmarks (1M items x 64 floats, 256 MB) fits on
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -52,7 +53,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
 from feedforge.artifacts import write_json_atomic
-from feedforge.errors import ConfigError
+from feedforge.errors import ConfigError, DataError
 from feedforge.models.torch_utils import minibatches
 
 T = TypeVar("T")
@@ -241,6 +242,55 @@ class Checkpoint:
         """Remove the checkpoint of a finished training (main rank only)."""
         if self.directory is not None and self.context.is_main:
             shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def train_epochs(
+    net: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    batches: Callable[[], Iterable[torch.Tensor]],
+    loss_of: Callable[[torch.Tensor, int], torch.Tensor],
+    checkpoint: Checkpoint,
+    generator: torch.Generator,
+    where: str,
+) -> list[float]:
+    """The epoch loop of the torch models without early stopping (two-tower, SASRec,
+    Mult-VAE): resume from ``checkpoint``, run each epoch's ``batches()`` (this rank's
+    shards) through ``loss_of(batch, update)`` (``update``: the optimizer steps taken so
+    far, e.g. for an annealing schedule) and the optimizer, checkpoint after every epoch,
+    clear the checkpoint at the end.
+
+    Returns:
+        The mean training loss of every epoch (averaged over the ranks).
+
+    Raises:
+        DataError: an epoch's loss is not finite (``where`` names the model).
+    """
+    context = checkpoint.context
+    losses: list[float] = []
+    update = 0
+    resumed = checkpoint.restore(net, optimizer, [generator])
+    if resumed is not None:
+        losses, update = list(resumed[0]["losses"]), int(resumed[0]["updates"])
+    device = next(net.parameters()).device
+    net.train()
+    for _ in range(len(losses), epochs):
+        total = torch.zeros((), device=device)
+        steps = 0
+        for batch in batches():
+            loss = loss_of(batch, update)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach()
+            steps += 1
+            update += 1
+        losses.append(context.mean(total) / max(steps, 1))
+        if not math.isfinite(losses[-1]):
+            raise DataError(f"{where}: training diverged; lower learning_rate")
+        checkpoint.save(net, optimizer, [generator], {"losses": losses, "updates": update})
+    checkpoint.clear()
+    return losses
 
 
 def _optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], Any]:

@@ -13,7 +13,6 @@ embedding model (the decoder is non-linear).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any, ClassVar, Self
 
@@ -28,7 +27,7 @@ from feedforge.datasets.interactions import Interactions
 from feedforge.errors import DataError, NotFittedError
 from feedforge.models.arrays import ArraySpec
 from feedforge.models.base import Recommender, checked_indices
-from feedforge.models.distributed import Checkpoint, TrainContext
+from feedforge.models.distributed import Checkpoint, TrainContext, train_epochs
 from feedforge.models.params import ModelParams
 from feedforge.models.torch_params import Device
 from feedforge.models.torch_utils import TorchModel, resolve_device, seeded
@@ -153,33 +152,22 @@ class MultVAERecommender(TorchModel, Recommender):
         )
         context = TrainContext.current()
         step = context.step(net, _vae_loss, find_unused=False)
-        checkpoint = Checkpoint(self.checkpoint_dir, self.checkpoint_key(), context)
-        losses: list[float] = []
-        resumed = checkpoint.restore(net, optimizer, [generator])
-        if resumed is not None:
-            losses = list(resumed[0]["losses"])
-        updates = len(losses) * math.ceil(len(active) / p.batch_size)
-        net.train()
-        for _ in range(len(losses), p.epochs):
-            total = torch.zeros((), device=device)
-            steps = 0
-            for batch in context.batches(len(active), p.batch_size, generator):
-                dense = torch.from_numpy(rows[active[batch.numpy()]].toarray()).to(device)
-                beta = p.beta_max * min(1.0, updates / p.anneal_steps)
-                loss = step(dense, beta)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += loss.detach()
-                steps += 1
-                updates += 1
-            mean = context.mean(total) / max(steps, 1)
-            losses.append(mean)
-            if not math.isfinite(mean):
-                raise DataError("MultVAERecommender.fit: training diverged; lower learning_rate")
-            checkpoint.save(net, optimizer, [generator], {"losses": losses})
+
+        def loss_of(batch: torch.Tensor, update: int) -> torch.Tensor:
+            dense = torch.from_numpy(rows[active[batch.numpy()]].toarray()).to(device)
+            return step(dense, p.beta_max * min(1.0, update / p.anneal_steps))
+
+        losses = train_epochs(
+            net,
+            optimizer,
+            p.epochs,
+            lambda: context.batches(len(active), p.batch_size, generator),
+            loss_of,
+            Checkpoint(self.checkpoint_dir, self.checkpoint_key(), context),
+            generator,
+            "MultVAERecommender.fit",
+        )
         self.training_curve_ = {"x": "epoch", "series": {"train loss": losses}}
-        checkpoint.clear()
 
     @torch.no_grad()
     def _latent(self, rows: sp.csr_matrix, batch_size: int = 1024) -> np.ndarray:

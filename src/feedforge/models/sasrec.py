@@ -30,7 +30,6 @@ Example::
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any, ClassVar, Self
 
@@ -41,7 +40,7 @@ from feedforge.datasets.interactions import Interactions
 from feedforge.errors import DataError, NotFittedError
 from feedforge.models.arrays import ArraySpec
 from feedforge.models.base import EmbeddingRecommender, checked_indices
-from feedforge.models.distributed import Checkpoint, TrainContext
+from feedforge.models.distributed import Checkpoint, TrainContext, train_epochs
 from feedforge.models.sasrec_net import SASRecNet, next_item_loss, training_windows
 from feedforge.models.torch_params import SASRecParams
 from feedforge.models.torch_utils import (
@@ -150,33 +149,22 @@ class SASRecRecommender(TorchModel, EmbeddingRecommender):
         context = TrainContext.current()
         step = context.step(net, _window_loss, find_unused=False)
         sampler = context.sampler(generator, p.random_state)
-        checkpoint = Checkpoint(self.checkpoint_dir, self.checkpoint_key(), context)
-        losses: list[float] = []
-        first = 0
-        resumed = checkpoint.restore(net, optimizer, [generator])
-        if resumed is not None:
-            losses = list(resumed[0]["losses"])
-            first = len(losses)
-        net.train()
-        for _ in range(first, p.epochs):
-            total = torch.zeros((), device=device)
-            steps = 0
-            for batch in context.batches(len(tokens), p.batch_size, generator):
-                width = int(lengths[batch].max())
-                loss = step(tokens[batch, :width].to(device), p.negatives, sampler)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += loss.detach()
-                steps += 1
-            mean = context.mean(total) / max(steps, 1)
-            losses.append(mean)
-            self.training_curve_ = {"x": "epoch", "series": {"train loss": losses}}
-            if not math.isfinite(mean):
-                raise DataError("SASRecRecommender.fit: training diverged; lower learning_rate")
-            checkpoint.save(net, optimizer, [generator], {"losses": losses})
+
+        def loss_of(batch: torch.Tensor, _update: int) -> torch.Tensor:
+            width = int(lengths[batch].max())
+            return step(tokens[batch, :width].to(device), p.negatives, sampler)
+
+        losses = train_epochs(
+            net,
+            optimizer,
+            p.epochs,
+            lambda: context.batches(len(tokens), p.batch_size, generator),
+            loss_of,
+            Checkpoint(self.checkpoint_dir, self.checkpoint_key(), context),
+            generator,
+            "SASRecRecommender.fit",
+        )
         self.training_curve_ = {"x": "epoch", "series": {"train loss": losses}}
-        checkpoint.clear()
 
     @torch.no_grad()
     def _encode(self, sequences: list[np.ndarray], batch_size: int = 256) -> np.ndarray:

@@ -30,7 +30,6 @@ Example::
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any, ClassVar, Self
 
@@ -41,7 +40,7 @@ from feedforge.datasets.interactions import Interactions
 from feedforge.errors import DataError, NotFittedError
 from feedforge.models.arrays import ArraySpec
 from feedforge.models.base import EmbeddingRecommender, checked_indices
-from feedforge.models.distributed import Checkpoint, TrainContext
+from feedforge.models.distributed import Checkpoint, TrainContext, train_epochs
 from feedforge.models.torch_params import TwoTowerParams
 from feedforge.models.torch_utils import TorchModel, resolve_device, seeded
 from feedforge.models.two_tower_net import (
@@ -180,34 +179,23 @@ class TwoTowerRecommender(TorchModel, EmbeddingRecommender):
         )
         context = TrainContext.current()
         step = context.step(net, _pair_loss)
-        checkpoint = Checkpoint(self.checkpoint_dir, self.checkpoint_key(), context)
-        losses: list[float] = []
-        resumed = checkpoint.restore(net, optimizer, [generator])
-        if resumed is not None:
-            losses = list(resumed[0]["losses"])
-        net.train()
-        for _ in range(len(losses), p.epochs):
-            total = torch.zeros((), device=device)
-            steps = 0
-            for batch in context.batches(len(targets), p.batch_size, generator):
-                history = recent_history(flat, start[batch], position[batch], p.history_len)
-                uid = user[batch].to(device) if p.use_user_id else None
-                loss = step(
-                    history.to(device), uid, targets[batch].to(device), log_q, p.temperature
-                )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += loss.detach()
-                steps += 1
-            mean = context.mean(total) / max(steps, 1)
-            losses.append(mean)
-            self.training_curve_ = {"x": "epoch", "series": {"train loss": losses}}
-            if not math.isfinite(mean):
-                raise DataError("TwoTowerRecommender.fit: training diverged; lower learning_rate")
-            checkpoint.save(net, optimizer, [generator], {"losses": losses})
+
+        def loss_of(batch: torch.Tensor, _update: int) -> torch.Tensor:
+            history = recent_history(flat, start[batch], position[batch], p.history_len)
+            uid = user[batch].to(device) if p.use_user_id else None
+            return step(history.to(device), uid, targets[batch].to(device), log_q, p.temperature)
+
+        losses = train_epochs(
+            net,
+            optimizer,
+            p.epochs,
+            lambda: context.batches(len(targets), p.batch_size, generator),
+            loss_of,
+            Checkpoint(self.checkpoint_dir, self.checkpoint_key(), context),
+            generator,
+            "TwoTowerRecommender.fit",
+        )
         self.training_curve_ = {"x": "epoch", "series": {"train loss": losses}}
-        checkpoint.clear()
 
     @torch.no_grad()
     def _precompute(self, sequences: list[np.ndarray]) -> None:

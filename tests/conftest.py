@@ -15,13 +15,24 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
+import polars as pl
 import pytest
 import redis
 
 from feedforge.bench.redis_local import LocalRedis, LocalRedisCluster, quick_client
+from feedforge.events.log import EventLog
 from feedforge.store.keys import Keys, glob_pattern
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def log_event_ids(log: EventLog) -> list[str]:
+    """Every stored row's ``event_id``, duplicates included: the log's files themselves, not
+    its de-duplicated :meth:`~feedforge.events.log.EventLog.scan`."""
+    files = log.files()
+    if not files:
+        return []
+    return pl.read_parquet(files, columns=["event_id"]).get_column("event_id").to_list()
 
 
 def unavailable(message: str) -> NoReturn:

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import polars as pl
 import pytest
 import redis
 from fastapi.testclient import TestClient
@@ -31,7 +30,7 @@ from feedforge.serving.app import create_app
 from feedforge.store.factory import open_store
 from feedforge.workdir import Workdir
 
-from ..conftest import RedisServer
+from ..conftest import RedisServer, log_event_ids
 from .conftest import EventFactory, ServerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis]
@@ -48,12 +47,6 @@ def _events_section(server: RedisServer, **extra: Any) -> dict[str, Any]:
         "claim_idle_ms": 1500,
         **extra,
     }
-
-
-def _log_rows(workdir: Workdir) -> list[str]:
-    """Every stored row's event_id, duplicates included (the files themselves)."""
-    files = EventLog(workdir.events_dir).files()
-    return pl.read_parquet(files, columns=["event_id"]).get_column("event_id").to_list()
 
 
 def test_post_events_appends_to_the_stream_and_not_to_the_log(
@@ -211,7 +204,7 @@ def test_two_hosts_two_consumers_one_killed_mid_batch_every_event_once(
     claimed = re.search(r"(\d+) entries claimed from stopped consumers", " ".join(output.split()))
     assert claimed is not None, output
     assert int(claimed.group(1)) > 0  # c0's batch was taken over
-    rows = Counter(_log_rows(fresh_workdir))
+    rows = Counter(log_event_ids(EventLog(fresh_workdir.events_dir)))
     assert len(acknowledged) >= 2 * 40 * 25
     missing = [e for e in acknowledged if rows[e] == 0]
     repeated = [e for e in acknowledged if rows[e] > 1]

@@ -137,18 +137,15 @@ def _build_part(spec: ScaleSpec, root: Path, say: Progress) -> tuple[list[dict[s
         users = max(100, round(target / EVENTS_PER_USER))
         workdir = Workdir.at(root / f"build-{target}")
         config = root / f"build-{target}.yaml"
-        config.write_text(
-            yaml.safe_dump(
-                {
-                    "simulator": {"n_users": users, "n_items": max(2000, users // 4), "n_days": 30},
-                    "dataset": {
-                        "spark_master": spec.spark_master,
-                        "spark_driver_memory": spec.spark_driver_memory,
-                    },
-                }
-            )
-        )
-        settings = Settings.model_validate(yaml.safe_load(config.read_text()))
+        sections = {
+            "simulator": {"n_users": users, "n_items": max(2000, users // 4), "n_days": 30},
+            "dataset": {
+                "spark_master": spec.spark_master,
+                "spark_driver_memory": spec.spark_driver_memory,
+            },
+        }
+        config.write_text(yaml.safe_dump(sections))
+        settings = Settings.model_validate(sections)
         say(f"build: simulating {users} users (~{target:,} events)")
         t0 = time.perf_counter()
         simulate(settings.simulator, workdir)

@@ -47,7 +47,7 @@ import pydantic
 import redis
 
 from feedforge.config import EventsConfig
-from feedforge.errors import EventStreamError
+from feedforge.errors import EventStreamError, redact_url
 from feedforge.events.log import AppendResult, EventLog
 from feedforge.events.schema import Event
 
@@ -117,30 +117,22 @@ def check_durable(client: redis.Redis, url: str) -> None:
         config = client.config_get("append*")
     except redis.ResponseError as exc:
         raise EventStreamError(
-            f"the event stream's Redis at {_safe(url)} does not answer CONFIG GET ({exc}); "
+            f"the event stream's Redis at {redact_url(url)} does not answer CONFIG GET ({exc}); "
             "check that it writes its append-only file with appendfsync always, then set "
             "events.require_fsync: false"
         ) from exc
     except redis.RedisError as exc:
         raise EventStreamError(
-            f"the event stream's Redis at {_safe(url)} is unreachable: {exc}"
+            f"the event stream's Redis at {redact_url(url)} is unreachable: {exc}"
         ) from exc
     aof, fsync = config.get("appendonly"), config.get("appendfsync")
     if aof != "yes" or fsync != "always":
         raise EventStreamError(
-            f"the event stream's Redis at {_safe(url)} runs with appendonly {aof}, "
+            f"the event stream's Redis at {redact_url(url)} runs with appendonly {aof}, "
             f"appendfsync {fsync}: an acknowledged event would not survive its crash. Start it "
             "with --appendonly yes --appendfsync always (or CONFIG SET both), or set "
             "events.require_fsync: false to accept that"
         )
-
-
-def _safe(url: str) -> str:
-    """``url`` without its password."""
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
 
 
 class RedisEventStream:
@@ -243,7 +235,7 @@ class RedisEventStream:
             return batch
         except redis.RedisError as exc:
             raise EventStreamError(
-                f"cannot read the event stream {self.key} at {_safe(self.config.stream_url)} "
+                f"cannot read the event stream {self.key} at {redact_url(self.config.stream_url)} "
                 f"({type(exc).__name__}: {exc})"
             ) from exc
 

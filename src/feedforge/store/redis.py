@@ -33,7 +33,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Self
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import redis
@@ -46,6 +45,7 @@ from feedforge.errors import (
     StoreError,
     StoreUnavailableError,
     ValidationError,
+    redact_url,
 )
 from feedforge.store.base import APPLIED_TOKEN_TTL_S, OnlineStore, UserRead, decode_vectors
 from feedforge.store.keys import (
@@ -94,19 +94,6 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('DEL', KEYS[3])
 return 1
 """
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (safe for logs and error messages)."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        netloc = parts.netloc.rsplit("@", 1)[1]
-        user = parts.username or ""
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
-    except ValueError:
-        return "<unparseable redis url>"
 
 
 def _bytes(value: object) -> bytes:
@@ -228,6 +215,8 @@ class RedisStore(OnlineStore):
     """Retries of a failed command by the main client (feed reads: none)."""
     CLIENT: Any = redis.Redis
     """The redis-py client class (:class:`redis.cluster.RedisCluster` for a cluster)."""
+    KIND = "redis"
+    """The backend's name in :meth:`identity` (``store.type``)."""
 
     @classmethod
     def _connect(cls, url: str, timeout_s: float, retry: Retry) -> Any:
@@ -246,11 +235,11 @@ class RedisStore(OnlineStore):
         return self._client
 
     def __repr__(self) -> str:
-        return f"RedisStore({self.url!r}, namespace={self.keys.namespace!r})"
+        return f"{type(self).__name__}({self.url!r}, namespace={self.keys.namespace!r})"
 
     def identity(self) -> str:
         # The URL without its password; the namespace separates deployments of one database.
-        return f"redis {self.url} namespace={self.keys.namespace}"
+        return f"{self.KIND} {self.url} namespace={self.keys.namespace}"
 
     @contextmanager
     def _errors(self, operation: str) -> Iterator[None]:

@@ -78,6 +78,7 @@ class RedisClusterStore(RedisStore):
 
     RETRIES = 3  # a failover takes a node timeout: the main client tries a little longer
     CLIENT = RedisCluster
+    KIND = "redis-cluster"
 
     @classmethod
     def _connect(cls, url: str, timeout_s: float, retry: Retry) -> Any:
@@ -90,12 +91,6 @@ class RedisClusterStore(RedisStore):
             raise StoreUnavailableError(
                 f"Redis Cluster at {safe} is unavailable (reading its slots): {exc}", url=safe
             ) from exc
-
-    def __repr__(self) -> str:
-        return f"RedisClusterStore({self.url!r}, namespace={self.keys.namespace!r})"
-
-    def identity(self) -> str:
-        return f"redis-cluster {self.url} namespace={self.keys.namespace}"
 
     @contextmanager
     def _errors(self, operation: str) -> Iterator[None]:

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import polars as pl
 import pytest
 import redis
 
@@ -22,7 +21,7 @@ from feedforge.serving.stream_ingest import HistoryUpdater
 from feedforge.store.base import OnlineStore
 from feedforge.store.factory import open_store
 
-from ...conftest import RedisServer
+from ...conftest import RedisServer, log_event_ids
 
 pytestmark = pytest.mark.redis
 
@@ -61,15 +60,6 @@ def store(tmp_path: Path) -> Iterator[OnlineStore]:
         yield opened
 
 
-def _log_ids(log: EventLog) -> list[str]:
-    """Every stored row's event_id, duplicates included (the files, not the de-duplicated
-    scan)."""
-    files = log.files()
-    if not files:
-        return []
-    return pl.read_parquet(files, columns=["event_id"]).get_column("event_id").to_list()
-
-
 def test_a_server_without_fsync_on_every_write_is_refused(own_redis: RedisServer) -> None:
     stream = RedisEventStream(_config(own_redis))
     with pytest.raises(EventStreamError, match="appendfsync everysec"):
@@ -94,7 +84,7 @@ def test_published_entries_reach_the_log_and_histories_once(
     consumer = RedisEventStream(config, consumer="c1")
     stats = consume_batch(consumer, log, updater)
     assert (stats.entries, stats.events, stats.written, stats.duplicates) == (3, 8, 6, 2)
-    assert sorted(_log_ids(log)) == sorted(e.event_id for e in first + second)
+    assert sorted(log_event_ids(log)) == sorted(e.event_id for e in first + second)
     assert store.get_history("u1", 10) == ["i2", "i0"]  # the watches, newest first, once
     assert store.get_history("u2", 10) == ["i0"]
     assert consumer.pending() == {"c1": 0}
@@ -123,7 +113,7 @@ def test_entries_of_a_dead_consumer_are_claimed_and_stored_once(
     while not stats.claimed and datetime.now(UTC) < deadline:
         stats = consume_batch(alive, log, updater)
     assert (stats.claimed, stats.written, stats.duplicates) == (1, 0, 6)
-    assert sorted(_log_ids(log)) == sorted(f"a-{j}" for j in range(6))
+    assert sorted(log_event_ids(log)) == sorted(f"a-{j}" for j in range(6))
     assert store.get_history("u1", 10) == ["i4", "i2", "i0"]  # the token: written once
     assert sum(alive.pending().values()) == 0
 

@@ -158,7 +158,7 @@ class ModelsConfig(_Section):
     ``params.popularity`` and ``params.logistic``, checked by the same declarations.
     """
 
-    retrieval: Literal["als", "bpr", "ease", "two_tower", "sasrec"] = "als"
+    retrieval: Literal["als", "bpr", "ease", "rp3beta", "multvae", "two_tower", "sasrec"] = "als"
     ranker: RankerConfig = RankerConfig()
     params: dict[str, dict[str, ParamValue]] = Field(default_factory=dict)
     popularity: dict[str, ParamValue] = Field(

@@ -242,3 +242,9 @@ def test_model_params_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("FEEDFORGE_MODELS__PARAMS__ALS__FACTORS", "eight")
     with pytest.raises(ConfigError, match=r"models\.params\.als\.factors"):
         load_settings()
+
+
+@pytest.mark.parametrize("name", ["rp3beta", "multvae", "ease", "sasrec"])
+def test_every_registered_recommender_can_be_the_retrieval_model(tmp_path: Path, name: str) -> None:
+    settings = load_settings(_write(tmp_path, f"models:\n  retrieval: {name}\n"))
+    assert settings.models.retrieval == name

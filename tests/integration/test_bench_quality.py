@@ -131,3 +131,74 @@ def test_generic_files_name_their_tables_and_time_protocols_warn(tmp_path: Path)
     )  # fmt: skip
     assert named["warnings"] == []
     assert (tmp_path / "out" / "quality_tiny_leave-one-out.json").is_file()
+
+
+def test_also_sampled_writes_both_tables_from_one_training(data_dir: Path, tmp_path: Path) -> None:
+    report = run_quality(
+        "ml-100k", data_dir, "leave-one-out", tmp_path, also_sampled=20,
+        models=["ease", "als", "sasrec"], quick=True,
+    )  # fmt: skip
+    sampled = report["also_sampled"]
+    assert sampled["protocol"] == "leave-one-out (20 negatives)"
+    assert "tuned on the full-ranking validation fold" in sampled["warnings"][0]
+    on_disk = json.loads((tmp_path / "quality_ml-100k_leave-one-out_20neg.json").read_text())
+    assert on_disk["rows"] == json.loads(json.dumps(sampled["rows"]))
+    assert (tmp_path / "quality_ml-100k_leave-one-out.json").is_file()
+    full = {r["model"]: r for r in report["rows"]}
+    for row in sampled["rows"]:
+        # The same fitted model: the same fit time; ranking 21 items is easier than all 40.
+        assert row["train_seconds"] == full[row["model"]]["train_seconds"]
+        assert row["metrics"]["hr@10"] >= full[row["model"]]["metrics"]["hr@10"]
+        assert 0 < row["stderr"]["ndcg@10"] < 0.2
+    pairs = {(c["model"], c["against"]) for c in report["comparisons"]}
+    assert {("sasrec", "ease"), ("sasrec", "als")} <= pairs
+    markdown = (tmp_path / "quality_ml-100k_leave-one-out.md").read_text()
+    assert "Paired comparisons" in markdown and "Training with early stopping" in markdown
+    # SASRec is trained once (validation fold), as its paper tests; the others are refitted.
+    assert full["sasrec"]["refit_on_test_train"] is False and full["ease"]["refit_on_test_train"]
+    assert full["sasrec"]["fit_stats"]["epochs_run"] == 1
+    assert "Trained once, on the validation fold's training data" in markdown
+    with pytest.raises(ConfigError, match="--also-sampled applies to leave-one-out"):
+        run_quality("ml-100k", data_dir, "msr-stratified", None, also_sampled=20)
+    with pytest.raises(ConfigError, match="--also-sampled applies to leave-one-out"):
+        run_quality("ml-100k", data_dir, "leave-one-out", None, negatives=20, also_sampled=20)
+
+
+def test_paired_comparisons_match_scipy() -> None:
+    from scipy import stats
+
+    from feedforge.bench.quality import paired_comparisons
+
+    rng = np.random.default_rng(0)
+    a = rng.random(500)
+    b = np.clip(a - 0.05 + rng.normal(0, 0.1, 500), 0, 1)
+    c = rng.random(500)
+    a[3] = np.nan  # a user without a relevant item for one model is left out of the pair
+    per_user = {"sasrec": a, "ease": b, "als": c}
+    rows = [
+        {"model": m, "metrics": {"ndcg@10": float(np.nanmean(v))},
+         "stderr": {"ndcg@10": float(stats.sem(v, nan_policy="omit"))}}
+        for m, v in per_user.items()
+    ]  # fmt: skip
+    out = {(c["model"], c["against"]): c for c in paired_comparisons(per_user, "ndcg@10", rows)}
+    best = max(rows, key=lambda r: r["metrics"]["ndcg@10"])["model"]
+    assert {m for m, _ in out} == {best, "sasrec"}
+    keep = ~np.isnan(a)
+    t = stats.ttest_rel(a[keep], b[keep])
+    entry = out[("sasrec", "ease")]
+    assert entry["z"] == pytest.approx(t.statistic)
+    assert entry["difference"] == pytest.approx(np.mean(a[keep] - b[keep]))
+    assert entry["paired_se"] == pytest.approx(stats.sem(a[keep] - b[keep]))
+
+
+def test_published_rows_follow_the_dataset_and_the_variant() -> None:
+    from feedforge.bench.quality import published_rows
+
+    full = published_rows("user-item-text", "Toys_and_Games", "leave-one-out", None)
+    sampled = published_rows("user-item-text", "Toys_and_Games", "leave-one-out", 100)
+    assert any(r["model"].startswith("SASRec (P5") for r in full)
+    assert all(r["metrics"]["ndcg@10"] < 0.1 for r in full)
+    assert all(r["metrics"]["ndcg@10"] > 0.2 for r in sampled)
+    assert published_rows("user-item-text", "Toys_and_Games", "temporal", None) == []
+    assert published_rows("user-item-text", "Other_Shop", "leave-one-out", None) == []
+    assert published_rows("ml-100k", "ml-100k", "msr-stratified", None)[0]["model"] == "BiVAE"

@@ -25,7 +25,15 @@ from feedforge.bench.peers import ImplicitPeer
 from feedforge.bench.report import run_info, write_report
 from feedforge.config import ServingConfig
 from feedforge.errors import ConfigError
-from feedforge.evaluation.protocols import PROTOCOLS, ProtocolSplit, evaluate_fold
+from feedforge.evaluation.protocols import (
+    PROTOCOLS,
+    EvalFold,
+    ProtocolSplit,
+    evaluate_fold,
+    fold_metrics,
+    per_user_values,
+    rank_fold,
+)
 from feedforge.events.importers import import_dataset
 from feedforge.events.log import EventLog
 from feedforge.models.base import EmbeddingRecommender, Recommender
@@ -54,6 +62,84 @@ PUBLISHED_ML100K_MSR: list[dict[str, Any]] = [
 ``recall_total@10``."""
 
 
+_S3REC_CAVEAT = (
+    "read from the authors' repositories and papers' tables; same files, the sampled rows "
+    "rank against 99 negatives (ours: 100)"
+)
+PUBLISHED_S3REC: dict[tuple[str, bool], list[dict[str, Any]]] = {
+    ("Sports_and_Outdoors", False): [
+        {
+            "model": "SASRec (P5, RecSys 2022, Table 3)",
+            "metrics": {"hr@10": 0.0350, "ndcg@10": 0.0192},
+        },
+        {
+            "model": "S3-Rec (P5, RecSys 2022, Table 3)",
+            "metrics": {"hr@10": 0.0385, "ndcg@10": 0.0204},
+        },
+        {
+            "model": "SASRec, sampled softmax (eSASRec, RecSys 2025)",
+            "metrics": {"hr@10": 0.0569, "ndcg@10": 0.0314},
+        },
+        {
+            "model": "eSASRec (eSASRec, RecSys 2025)",
+            "metrics": {"hr@10": 0.0560, "ndcg@10": 0.0323},
+        },
+    ],
+    ("Toys_and_Games", False): [
+        {
+            "model": "SASRec (P5, RecSys 2022, Table 3)",
+            "metrics": {"hr@10": 0.0675, "ndcg@10": 0.0374},
+        },
+        {
+            "model": "S3-Rec (P5, RecSys 2022, Table 3)",
+            "metrics": {"hr@10": 0.0700, "ndcg@10": 0.0376},
+        },
+        {
+            "model": "SASRec, sampled softmax (eSASRec, RecSys 2025)",
+            "metrics": {"hr@10": 0.0970, "ndcg@10": 0.0580},
+        },
+        {
+            "model": "eSASRec (eSASRec, RecSys 2025)",
+            "metrics": {"hr@10": 0.0939, "ndcg@10": 0.0538},
+        },
+    ],
+    ("Sports_and_Outdoors", True): [
+        {
+            "model": "SASRec (S3-Rec, CIKM 2020, 99 negatives)",
+            "metrics": {"hr@10": 0.4622, "ndcg@10": 0.2869},
+        },
+        {
+            "model": "S3-Rec (S3-Rec, CIKM 2020, 99 negatives)",
+            "metrics": {"hr@10": 0.5614, "ndcg@10": 0.3538},
+        },
+    ],
+    ("Toys_and_Games", True): [
+        {
+            "model": "SASRec (S3-Rec, CIKM 2020, 99 negatives)",
+            "metrics": {"hr@10": 0.4663, "ndcg@10": 0.3136},
+        },
+        {
+            "model": "S3-Rec (S3-Rec, CIKM 2020, 99 negatives)",
+            "metrics": {"hr@10": 0.5530, "ndcg@10": 0.3629},
+        },
+    ],
+}
+"""Published numbers on S3-Rec's Amazon files (``leave-one-out``; key: file name, sampled).
+Full ranking: P5 (Geng et al., RecSys 2022, Table 3, the S3-Rec code's baselines) and the
+eSASRec paper's own runs (Petrov et al., RecSys 2025, ``blondered/transformer_benchmark``
+README, "Recall@10" = HR@10 with one target). Sampled: the S3-Rec paper (Zhou et al., CIKM
+2020; ``aHuiWang/CIKM2020-S3Rec`` README), 99 negatives."""
+
+
+def published_rows(dataset: str, name: str, protocol: str, negatives: int | None) -> list[dict]:
+    """The published rows that belong in this table (none for most datasets)."""
+    if dataset == "ml-100k" and protocol == "msr-stratified":
+        return PUBLISHED_ML100K_MSR
+    if protocol == "leave-one-out":
+        return PUBLISHED_S3REC.get((name, negatives is not None), [])
+    return []
+
+
 def grid(**axes: list[Any]) -> list[dict[str, Any]]:
     """Every combination of the given hyper-parameter values."""
     names = list(axes)
@@ -68,6 +154,10 @@ class ModelSpec:
     source: str
     build: Callable[[dict[str, Any]], Recommender]
     grid: list[dict[str, Any]] = field(default_factory=lambda: [{}])
+    refit: bool = True
+    """False: the model chosen on validation is not fitted again on the test fold's
+    training data; its users' histories are extended instead (``with_histories``), as the
+    SASRec paper tests (trained once; the test input includes the validation item)."""
 
 
 def _ours(name: str) -> Callable[[dict[str, Any]], Recommender]:
@@ -82,7 +172,7 @@ def default_specs(quick: bool = False) -> list[ModelSpec]:
             "ease",
             "feedforge",
             _ours("ease"),
-            [{"l2": 200.0}] if quick else grid(l2=[50.0, 100.0, 200.0, 300.0, 500.0, 1000.0]),
+            [{"l2": 200.0}] if quick else grid(l2=[50.0, 200.0, 500.0, 1000.0]),
         ),
         ModelSpec(
             "rp3beta",
@@ -135,7 +225,18 @@ def default_specs(quick: bool = False) -> list[ModelSpec]:
             else grid(beta_max=[0.2, 0.4, 0.8], anneal_steps=[200], epochs=[50, 100]),
         ),
         ModelSpec("two_tower", "feedforge", _ours("two_tower"), [{"epochs": 1}] if quick else [{}]),
-        ModelSpec("sasrec", "feedforge", _ours("sasrec"), [{"epochs": 1}] if quick else [{}]),
+        ModelSpec(
+            "sasrec",
+            "feedforge",
+            _ours("sasrec"),
+            [{"epochs": 1}]
+            if quick
+            # Early stopping on held-out NDCG@10 picks the epochs inside every fit; 2,048
+            # sampled negatives (the full softmax on smaller catalogs) keep a fit of Amazon
+            # Sports within minutes on 2 cores. Dropout is what the data's density decides.
+            else grid(dropout=[0.2, 0.5], negatives=[2048]),
+            refit=False,
+        ),
         ModelSpec(
             "implicit ALS (defaults)",
             "peer",
@@ -192,22 +293,39 @@ def interactions_frame(workdir: Workdir) -> pl.DataFrame:
         )
 
 
+def _cell(row: dict[str, Any], metric: str) -> str:
+    if metric not in row["metrics"]:
+        return ""
+    se = row.get("stderr", {}).get(metric)
+    return f"{row['metrics'][metric]:.4f}" + ("" if se is None else f" ± {se:.4f}")
+
+
 def _primary(split: ProtocolSplit) -> str:
     return next((m for m in split.metrics if m.startswith("ndcg")), split.metrics[0])
 
 
-def tune(spec: ModelSpec, split: ProtocolSplit, say: Progress) -> tuple[dict[str, Any], float]:
-    """The setting with the best primary metric on the validation fold."""
+def tune(
+    spec: ModelSpec, split: ProtocolSplit, say: Progress
+) -> tuple[dict[str, Any], float, tuple[Recommender, float] | None]:
+    """The setting with the best primary metric on the validation fold, its value, and
+    (``spec.refit`` False only) its model fitted on the validation fold with the seconds the
+    fit took."""
     primary = _primary(split)
-    best: tuple[dict[str, Any], float] = (spec.grid[0], -np.inf)
-    if len(spec.grid) == 1:
-        return spec.grid[0], float("nan")
+    best: tuple[dict[str, Any], float, tuple[Recommender, float] | None] = (
+        spec.grid[0],
+        -np.inf,
+        None,
+    )
+    if len(spec.grid) == 1 and spec.refit:
+        return spec.grid[0], float("nan"), None
     for params in spec.grid:
+        t0 = time.perf_counter()
         model = spec.build(params).fit(split.validation.train)
+        seconds = time.perf_counter() - t0
         value = evaluate_fold(model, split.validation, split.metrics, split.k)[primary]
         say(f"{spec.name} {params}: validation {primary} {value:.4f}")
         if value > best[1]:
-            best = (params, value)
+            best = (params, value, None if spec.refit else (model, seconds))
     return best
 
 
@@ -250,6 +368,34 @@ NEEDS_TIMESTAMPS = ("temporal",)
 """Protocols that split by time across users: meaningless on synthesised timestamps."""
 
 
+@dataclass
+class _Table:
+    """One table of a run: the test fold it scores and what it has measured so far."""
+
+    protocol: str
+    fold: EvalFold
+    negatives: int | None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    per_user: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def measure(self, spec: ModelSpec, model: Recommender, split: ProtocolSplit) -> dict:
+        """Score a fitted model on this table's fold; returns the row (also kept)."""
+        primary = _primary(split)
+        recommended = rank_fold(model, self.fold, split.k)
+        metrics = fold_metrics(recommended, self.fold, split.metrics, split.k)
+        stderr = {}
+        for metric in split.metrics:
+            if metric.startswith("coverage@"):
+                continue  # a catalog metric: no per-user values
+            values = per_user_values(recommended, self.fold, metric, split.k)
+            values = values[~np.isnan(values)]
+            stderr[metric] = float(values.std(ddof=1) / np.sqrt(len(values)))
+        self.per_user[spec.name] = per_user_values(recommended, self.fold, primary, split.k)
+        row = {"model": spec.name, "source": spec.source, "metrics": metrics, "stderr": stderr}
+        self.rows.append(row)
+        return row
+
+
 def run_quality(
     dataset: str,
     data_dir: Path,
@@ -257,29 +403,41 @@ def run_quality(
     out_dir: Path | None,
     *,
     negatives: int | None = None,
+    also_sampled: int | None = None,
     models: list[str] | None = None,
     quick: bool = False,
     progress: Progress | None = None,
     name: str | None = None,
 ) -> dict[str, Any]:
     """Run the benchmark and (when ``out_dir`` is given) write its JSON and Markdown table,
-    ``quality_<name>_<protocol>``.
+    ``quality_<name>_<protocol>`` (``..._<N>neg`` for sampled negatives).
 
     Args:
+        negatives: ``leave-one-out`` only: rank each target among this many sampled
+            negatives (tuned on the sampled validation fold) instead of the whole catalog.
+        also_sampled: ``leave-one-out`` with full ranking only: also score every model,
+            as fitted and tuned for full ranking, against this many sampled negatives and
+            write that table too (one training for both tables).
         name: The dataset's name in the tables and the file name; default: the importer's
             name for a named dataset (``ml-100k``), the file's (or folder's) name for a
             generic one (``csv``, ``parquet``, ``user-item-text``), so two files do not
             overwrite each other's tables.
 
+    Returns:
+        The report of the main table (the sampled one, if any, under ``"also_sampled"``).
+
     Raises:
-        ConfigError: an unknown protocol or model name, or ``negatives`` with a protocol
-            that ranks every item.
+        ConfigError: an unknown protocol or model name, ``negatives`` with a protocol
+            that ranks every item, or ``also_sampled`` other than with full-ranking
+            ``leave-one-out``.
     """
     say = progress or (lambda _msg: None)
     if protocol not in PROTOCOLS:
         raise ConfigError(f"unknown protocol {protocol!r}; known: {sorted(PROTOCOLS)}")
     if negatives is not None and protocol != "leave-one-out":
         raise ConfigError(f"--negatives applies to leave-one-out only; {protocol} ranks every item")
+    if also_sampled is not None and (protocol != "leave-one-out" or negatives is not None):
+        raise ConfigError("--also-sampled applies to leave-one-out with full ranking only")
     name = name or (Path(data_dir).stem if dataset in GENERIC_SOURCES else dataset)
     specs = default_specs(quick)
     if models:
@@ -304,52 +462,119 @@ def run_quality(
         say(f"warning: {warnings[-1]}")
     options: dict[str, Any] = {"negatives": negatives} if protocol == "leave-one-out" else {}
     split = PROTOCOLS[protocol](frame, **options)
-    rows: list[dict[str, Any]] = []
+    tables = [_Table(protocol, split.test, negatives)]
+    if also_sampled is not None:
+        sampled = PROTOCOLS[protocol](frame, negatives=also_sampled)
+        tables.append(_Table(protocol, sampled.test, also_sampled))
     ann: list[dict[str, Any]] = []
     primary = _primary(split)
     for spec in specs:
         say(f"tuning {spec.name} on validation ({len(spec.grid)} settings)")
-        params, validation = tune(spec, split, say)
-        model = spec.build(params)
-        t0 = time.perf_counter()
-        model.fit(split.test.train)
-        seconds = time.perf_counter() - t0
-        metrics = evaluate_fold(model, split.test, split.metrics, split.k)
-        say(f"{spec.name}: test {primary} {metrics[primary]:.4f} ({seconds:.1f}s)")
-        rows.append(
-            {
-                "model": spec.name,
-                "source": spec.source,
-                "metrics": metrics,
-                "train_seconds": round(seconds, 3),
-                "params": params,
-                "validation": {
-                    primary: None if np.isnan(validation) else validation,
-                    "settings_tried": len(spec.grid),
-                },
-            }
-        )
+        params, validation, tuned = tune(spec, split, say)
+        if tuned is None:
+            model = spec.build(params)
+            t0 = time.perf_counter()
+            model.fit(split.test.train)
+            seconds = time.perf_counter() - t0
+        else:  # trained once, on the validation fold; the test input is one item longer
+            model, seconds = tuned
+            model.with_histories(split.test.train)  # type: ignore[attr-defined]
+        fit_stats = getattr(model, "fit_stats_", None)
+        for table in tables:
+            row = table.measure(spec, model, split)
+            row.update(
+                {
+                    "train_seconds": round(seconds, 3),
+                    **({"fit_stats": fit_stats} if fit_stats else {}),
+                    "params": params,
+                    "refit_on_test_train": spec.refit,
+                    "validation": {
+                        primary: None if np.isnan(validation) else validation,
+                        "settings_tried": len(spec.grid),
+                    },
+                }
+            )
+            say(f"{spec.name}: test {primary} {row['metrics'][primary]:.4f} ({seconds:.1f}s)")
         if spec.source == "feedforge" and isinstance(model, EmbeddingRecommender):
             ann.append(ann_recall(model))
-    if dataset == "ml-100k" and protocol == "msr-stratified":
-        rows += [{**r, "source": "published", "train_seconds": None} for r in PUBLISHED_ML100K_MSR]
-    report: dict[str, Any] = {
-        "dataset": name,
-        "importer": dataset,
-        "warnings": warnings,
-        "protocol": protocol if negatives is None else f"{protocol} ({negatives} negatives)",
-        "k": split.k,
-        "metrics": list(split.metrics),
-        "rows": rows,
-        "split": split.info,
-        "import": {"events": summary.events_written, "duplicates": summary.duplicates},
-        "ann": ann,
-        **run_info(started),
-    }
-    if out_dir is not None:
-        table = f"quality_{name}_{protocol}" + ("" if negatives is None else f"_{negatives}neg")
-        write_report(out_dir, table, report, render_markdown(report))
-    return report
+    reports = []
+    for j, table in enumerate(tables):
+        published = published_rows(dataset, name, protocol, table.negatives)
+        rows = table.rows + [{**r, "source": "published", "train_seconds": None} for r in published]
+        label = protocol if table.negatives is None else f"{protocol} ({table.negatives} negatives)"
+        report: dict[str, Any] = {
+            "dataset": name,
+            "importer": dataset,
+            "warnings": warnings
+            + (
+                [
+                    "the models were tuned on the full-ranking validation fold (one training "
+                    "for this table and the full-ranking one)"
+                ]
+                if j
+                else []
+            ),
+            "protocol": label,
+            "k": split.k,
+            "metrics": list(split.metrics),
+            "rows": rows,
+            "comparisons": paired_comparisons(table.per_user, primary, rows),
+            "split": {**split.info, "negatives": table.negatives},
+            "import": {"events": summary.events_written, "duplicates": summary.duplicates},
+            "ann": ann,
+            **run_info(started),
+        }
+        if out_dir is not None:
+            stem = f"quality_{name}_{protocol}"
+            stem += "" if table.negatives is None else f"_{table.negatives}neg"
+            write_report(out_dir, stem, report, render_markdown(report))
+        reports.append(report)
+    if len(reports) > 1:
+        reports[0]["also_sampled"] = reports[1]
+    return reports[0]
+
+
+FOCUS_MODEL = "sasrec"
+"""The model whose lead the comparisons report besides the best row's (the targets are about
+the sequential model)."""
+
+
+def paired_comparisons(
+    per_user: dict[str, np.ndarray], metric: str, rows: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The best measured model, and :data:`FOCUS_MODEL`, against every other measured model:
+    the mean per-user difference of ``metric`` on the same test users, its paired standard
+    error (``std(d) / sqrt(n)``) and ``z = difference / se``; also the unpaired margin
+    (difference over the larger of the two rows' standard errors).
+    """
+    measured = [r for r in rows if r["model"] in per_user]
+    if len(measured) < 2:
+        return []
+    best = max(measured, key=lambda r: r["metrics"][metric])["model"]
+    leaders = [best] + ([FOCUS_MODEL] if FOCUS_MODEL in per_user and best != FOCUS_MODEL else [])
+    stderr = {r["model"]: r["stderr"][metric] for r in measured}
+    out = []
+    for leader in leaders:
+        for other in measured:
+            if other["model"] == leader:
+                continue
+            a, b = per_user[leader], per_user[other["model"]]
+            both = ~(np.isnan(a) | np.isnan(b))
+            d = a[both] - b[both]
+            se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+            diff = float(d.mean())
+            out.append(
+                {
+                    "model": leader,
+                    "against": other["model"],
+                    "metric": metric,
+                    "difference": diff,
+                    "paired_se": se,
+                    "z": diff / se if se > 0 else float("nan"),
+                    "unpaired_margin_in_se": diff / max(stderr[leader], stderr[other["model"]]),
+                }
+            )
+    return out
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -365,13 +590,47 @@ def render_markdown(report: dict[str, Any]) -> str:
         "only; the test fold is used once per model.",
         "",
         *(f"**Warning:** {w}.\n" for w in report.get("warnings", [])),
+        "Each measured value is the mean over the test users ± its standard error.",
+        "",
         "| model | source | " + " | ".join(metrics) + " | train s |",
         "|---|---|" + "---|" * len(metrics) + "---|",
     ]
     for row in report["rows"]:
-        cells = [f"{row['metrics'][m]:.4f}" if m in row["metrics"] else "" for m in metrics]
+        cells = [_cell(row, m) for m in metrics]
         secs = "" if row["train_seconds"] is None else f"{row['train_seconds']:.1f}"
         lines.append(f"| {row['model']} | {row['source']} | " + " | ".join(cells) + f" | {secs} |")
+    if report.get("comparisons"):
+        lines += [
+            "",
+            "Paired comparisons on the same test users (difference of the per-user "
+            "values; z = difference / its standard error; margin = difference / the larger "
+            "of the two rows' standard errors):",
+            "",
+            "| model | against | metric | difference | paired SE | z | margin in SE |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {c['model']} | {c['against']} | {c['metric']} | {c['difference']:+.4f} | "
+            f"{c['paired_se']:.4f} | {c['z']:+.1f} | {c['unpaired_margin_in_se']:+.1f} |"
+            for c in report["comparisons"]
+        ]
+    timed = [r for r in report["rows"] if r.get("fit_stats")]
+    if timed:
+        lines += [
+            "",
+            "Training with early stopping (the fit whose model is tested): epochs run, "
+            "best epoch, optimizer steps, ms per step, seconds to the best held-out score "
+            "and in all:",
+            "",
+            "| model | epochs | best epoch | steps | ms/step | s to best | s |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['model']} | {f['epochs_run']} | {f['best_epoch']} | {f['steps']} | "
+            f"{f['ms_per_step']} | {f['seconds_to_best']} | {f['seconds']} |"
+            for r in timed
+            for f in [r["fit_stats"]]
+        ]
     if report.get("ann"):
         first = report["ann"][0]
         depths = list(first["recall_vs_exact"])
@@ -390,6 +649,16 @@ def render_markdown(report: dict[str, Any]) -> str:
             cells = [f"{entry['recall_vs_exact'][d]:.4f}" for d in depths]
             graph = entry.get("metric", "l2-reduction")
             lines.append(f"| {entry['model']} | {graph} | " + " | ".join(cells) + " |")
+    once = [r["model"] for r in report["rows"] if r.get("refit_on_test_train") is False]
+    if once:
+        lines += [
+            "",
+            f"Trained once, on the validation fold's training data, as the SASRec paper "
+            f"does: {', '.join(once)}; the test input includes the validation item (the "
+            "other models are refitted on the test fold's training data).",
+        ]
+    if any(r["source"] == "published" for r in report["rows"]) and report["importer"] != "ml-100k":
+        lines += ["", f"Published rows: {_S3REC_CAVEAT}."]
     lines += ["", "Parameters chosen:", ""]
     lines += [f"- {r['model']}: `{r['params']}`" for r in report["rows"] if "params" in r]
     return "\n".join(lines) + "\n"

@@ -35,6 +35,13 @@ def bench_quality_cmd(
     negatives: Annotated[
         int | None, typer.Option(help="leave-one-out: sampled negatives (default: full ranking)")
     ] = None,
+    also_sampled: Annotated[
+        int | None,
+        typer.Option(
+            help="leave-one-out with full ranking: also score every model against this "
+            "many sampled negatives and write that table too (one training for both)"
+        ),
+    ] = None,
     models: Annotated[
         list[str] | None, typer.Option("--model", help="Only these models (repeatable)")
     ] = None,
@@ -57,6 +64,7 @@ def bench_quality_cmd(
             protocol,
             out,
             negatives=negatives,
+            also_sampled=also_sampled,
             models=models,
             progress=say,
             name=name,

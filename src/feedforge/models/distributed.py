@@ -42,9 +42,10 @@ import json
 import math
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -54,7 +55,7 @@ from safetensors.torch import load_file, save_file
 
 from feedforge.artifacts import write_json_atomic
 from feedforge.errors import ConfigError, DataError
-from feedforge.models.torch_utils import minibatches
+from feedforge.models.torch_utils import bucketed_minibatches, minibatches
 
 T = TypeVar("T")
 
@@ -98,12 +99,22 @@ class TrainContext:
         return self.rank == 0
 
     def batches(
-        self, n: int, batch_size: int, generator: torch.Generator
+        self,
+        n: int,
+        batch_size: int,
+        generator: torch.Generator,
+        lengths: torch.Tensor | None = None,
     ) -> Iterator[torch.Tensor]:
         """This rank's rows of each shuffled global batch of ``batch_size`` rows of
         ``range(n)`` (one process: the batches themselves). A last global batch with fewer
-        rows than ranks is left out, so that every rank takes the same number of steps."""
-        for batch in minibatches(n, batch_size, generator):
+        rows than ranks is left out, so that every rank takes the same number of steps.
+        With the rows' ``lengths``, each batch holds rows of similar length
+        (:func:`~feedforge.models.torch_utils.bucketed_minibatches`)."""
+        if lengths is None:
+            global_batches = minibatches(n, batch_size, generator)
+        else:
+            global_batches = bucketed_minibatches(lengths, batch_size, generator)
+        for batch in global_batches:
             if self.world == 1:
                 yield batch
             elif len(batch) >= self.world:
@@ -244,6 +255,86 @@ class Checkpoint:
             shutil.rmtree(self.directory, ignore_errors=True)
 
 
+@dataclass
+class EarlyStopping:
+    """Early stopping of :func:`train_epochs` on a validation score (higher is better).
+
+    After every epoch the loop calls ``evaluate()`` with the network in eval mode; the
+    weights of the best epoch so far are kept, and the loop stops once ``patience`` epochs
+    in a row have not beaten it. The network ends with the best epoch's weights.
+
+    Attributes:
+        evaluate: The validation score of the network as it is now.
+        patience: Epochs without improvement before stopping.
+        scores: The score after every epoch run.
+        best_epoch: 0-based index of the best epoch (-1 before any).
+    """
+
+    evaluate: Callable[[], float]
+    patience: int
+    scores: list[float] = field(default_factory=list)
+    best_epoch: int = -1
+    best_weights: dict[str, torch.Tensor] | None = None
+
+    def record(self, score: float, net: torch.nn.Module) -> None:
+        """Add an epoch's score; keep a copy of the weights when it is the best."""
+        self.scores.append(score)
+        if self.best_epoch < 0 or score > self.scores[self.best_epoch]:
+            self.best_epoch = len(self.scores) - 1
+            self.best_weights = {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+    @property
+    def should_stop(self) -> bool:
+        """True once ``patience`` epochs in a row have not improved on the best."""
+        return len(self.scores) - 1 - self.best_epoch >= self.patience
+
+    def state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """The loop state and tensors a checkpoint keeps (scores, best epoch, its weights)."""
+        tensors = {f"best.{k}": v for k, v in (self.best_weights or {}).items()}
+        return {"scores": self.scores, "best_epoch": self.best_epoch}, tensors
+
+    def restore(self, loop: Mapping[str, Any], extra: Mapping[str, torch.Tensor]) -> None:
+        """Take back what :meth:`state` saved."""
+        self.scores = list(loop.get("scores", []))
+        self.best_epoch = int(loop.get("best_epoch", -1))
+        best = {k[5:]: v for k, v in extra.items() if k.startswith("best.")}
+        self.best_weights = best or None
+
+
+@dataclass
+class TrainHistory:
+    """What :func:`train_epochs` measured.
+
+    Attributes:
+        losses: Mean training loss of every epoch run (averaged over the ranks).
+        seconds: Wall seconds since the start of the training at the end of every epoch
+            (validation included; a resumed training continues the count).
+        steps: Optimizer steps taken.
+        scores: Validation score of every epoch (early stopping only, else empty).
+        best_epoch: 0-based epoch whose weights the network ends with (the last one without
+            early stopping).
+    """
+
+    losses: list[float]
+    seconds: list[float]
+    steps: int
+    scores: list[float]
+    best_epoch: int
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready figures: epochs run, best epoch (1-based), ms per optimizer step,
+        seconds to the best epoch and in all."""
+        total = self.seconds[-1] if self.seconds else 0.0
+        return {
+            "epochs_run": len(self.losses),
+            "best_epoch": self.best_epoch + 1,
+            "steps": self.steps,
+            "ms_per_step": round(1000 * total / max(self.steps, 1), 2),
+            "seconds_to_best": round(self.seconds[self.best_epoch], 2) if self.seconds else 0.0,
+            "seconds": round(total, 2),
+        }
+
+
 def train_epochs(
     net: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -253,28 +344,34 @@ def train_epochs(
     checkpoint: Checkpoint,
     generator: torch.Generator,
     where: str,
-) -> list[float]:
-    """The epoch loop of the torch models without early stopping (two-tower, SASRec,
-    Mult-VAE): resume from ``checkpoint``, run each epoch's ``batches()`` (this rank's
-    shards) through ``loss_of(batch, update)`` (``update``: the optimizer steps taken so
-    far, e.g. for an annealing schedule) and the optimizer, checkpoint after every epoch,
-    clear the checkpoint at the end.
-
-    Returns:
-        The mean training loss of every epoch (averaged over the ranks).
+    early_stopping: EarlyStopping | None = None,
+) -> TrainHistory:
+    """The epoch loop of the torch models other than DCN (two-tower, SASRec, Mult-VAE):
+    resume from ``checkpoint``, run each epoch's ``batches()`` (this rank's shards) through
+    ``loss_of(batch, update)`` (``update``: the optimizer steps taken so far, e.g. for an
+    annealing schedule) and the optimizer, checkpoint after every epoch, clear the
+    checkpoint at the end. With ``early_stopping``, at most ``epochs`` epochs, stopping
+    early and ending with the best epoch's weights (see :class:`EarlyStopping`).
 
     Raises:
         DataError: an epoch's loss is not finite (``where`` names the model).
     """
     context = checkpoint.context
     losses: list[float] = []
+    seconds: list[float] = []
     update = 0
     resumed = checkpoint.restore(net, optimizer, [generator])
     if resumed is not None:
-        losses, update = list(resumed[0]["losses"]), int(resumed[0]["updates"])
+        loop, extra = resumed
+        losses, update = list(loop["losses"]), int(loop["updates"])
+        seconds = list(loop.get("seconds", []))
+        if early_stopping is not None:
+            early_stopping.restore(loop, extra)
+    started = time.perf_counter() - (seconds[-1] if seconds else 0.0)
     device = next(net.parameters()).device
     net.train()
-    for _ in range(len(losses), epochs):
+    stopped = early_stopping is not None and bool(losses) and early_stopping.should_stop
+    while len(losses) < epochs and not stopped:
         total = torch.zeros((), device=device)
         steps = 0
         for batch in batches():
@@ -288,9 +385,27 @@ def train_epochs(
         losses.append(context.mean(total) / max(steps, 1))
         if not math.isfinite(losses[-1]):
             raise DataError(f"{where}: training diverged; lower learning_rate")
-        checkpoint.save(net, optimizer, [generator], {"losses": losses, "updates": update})
+        loop: dict[str, Any] = {"losses": losses, "updates": update}
+        tensors: dict[str, torch.Tensor] = {}
+        if early_stopping is not None:
+            net.eval()
+            with torch.no_grad():
+                # The mean over the ranks: every rank takes the same decision.
+                early_stopping.record(context.mean(torch.tensor(early_stopping.evaluate())), net)
+            net.train()
+            state, tensors = early_stopping.state()
+            loop.update(state)
+            stopped = early_stopping.should_stop
+        seconds.append(time.perf_counter() - started)
+        loop["seconds"] = seconds
+        checkpoint.save(net, optimizer, [generator], loop, tensors)
+    best = len(losses) - 1
+    if early_stopping is not None and early_stopping.best_weights is not None:
+        net.load_state_dict(early_stopping.best_weights)
+        best = early_stopping.best_epoch
     checkpoint.clear()
-    return losses
+    scores = early_stopping.scores if early_stopping is not None else []
+    return TrainHistory(losses, seconds, update, list(scores), best)
 
 
 def _optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], Any]:

@@ -157,7 +157,7 @@ class MultVAERecommender(TorchModel, Recommender):
             dense = torch.from_numpy(rows[active[batch.numpy()]].toarray()).to(device)
             return step(dense, p.beta_max * min(1.0, update / p.anneal_steps))
 
-        losses = train_epochs(
+        history = train_epochs(
             net,
             optimizer,
             p.epochs,
@@ -167,7 +167,7 @@ class MultVAERecommender(TorchModel, Recommender):
             generator,
             "MultVAERecommender.fit",
         )
-        self.training_curve_ = {"x": "epoch", "series": {"train loss": losses}}
+        self.training_curve_ = {"x": "epoch", "series": {"train loss": history.losses}}
 
     @torch.no_grad()
     def _latent(self, rows: sp.csr_matrix, batch_size: int = 1024) -> np.ndarray:

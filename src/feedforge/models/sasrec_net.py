@@ -51,6 +51,7 @@ class SASRecNet(nn.Module):
             for _ in range(num_blocks)
         )
         self.final_norm = nn.LayerNorm(dim)
+        self.input_scale = math.sqrt(dim)
         std = dim**-0.5
         nn.init.normal_(self.item_embedding.weight, std=std)
         nn.init.normal_(self.position_embedding.weight, std=std)
@@ -78,7 +79,12 @@ class SASRecNet(nn.Module):
         max_len = self.position_embedding.num_embeddings
         positions = torch.arange(length, device=tokens.device).unsqueeze(0) + (max_len - n_real)
         positions = positions.clamp(0, max_len - 1)  # (B, T); padding rows are clamped
-        x = self.dropout(self.item_embedding(tokens) + self.position_embedding(positions))
+        # Item embeddings scaled by sqrt(D) before the positions are added, as in the
+        # original: the item identity dominates the input from the start. Without it, Amazon
+        # Toys' held-out NDCG@10 stayed near popularity's for ~12 epochs (0.0583 after 19
+        # epochs with, 0.0572 after 46 without).
+        x = self.item_embedding(tokens) * self.input_scale + self.position_embedding(positions)
+        x = self.dropout(x)
         mask = nn.Transformer.generate_square_subsequent_mask(length, device=tokens.device)
         for block in self.blocks:
             x = block(x, src_mask=mask, is_causal=True)
@@ -106,12 +112,13 @@ def next_item_loss(
         hidden: ``(M, D)`` hidden states of the real positions.
         targets: ``(M,)`` int64 item index (not token) that follows each position.
         item_table: ``(n_items, D)`` output item embeddings.
-        negatives: ``None`` for the full softmax, else ``K`` uniform shared negatives.
+        negatives: ``None`` for the full softmax, else ``K`` uniform shared negatives (the
+            full softmax when ``K`` is at least the catalog size).
         generator: CPU generator for the negatives.
     """
-    if negatives is None:
-        return F.cross_entropy(hidden @ item_table.T, targets)
     n_items = item_table.shape[0]
+    if negatives is None or negatives >= n_items:
+        return F.cross_entropy(hidden @ item_table.T, targets)
     sampled = torch.randint(n_items, (negatives,), generator=generator).to(hidden.device)
     positive = (hidden * item_table[targets]).sum(dim=1, keepdim=True)  # (M, 1)
     # logQ correction for uniform sampling: each negative stands for n_items / K items, so

@@ -50,11 +50,13 @@ class SASRecParams(ModelParams):
     num_heads: int = Field(1, ge=1)
     max_len: int = Field(50, ge=1)
     dropout: float = Field(0.2, ge=0, lt=1)
-    epochs: int = Field(20, ge=0)
-    batch_size: int = Field(16, ge=1)
-    learning_rate: float = Field(2e-3, gt=0)
+    epochs: int = Field(200, ge=0)
+    batch_size: int = Field(128, ge=1)
+    learning_rate: float = Field(3e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     negatives: Annotated[int, Field(ge=1)] | None = None
+    patience: Annotated[int, Field(ge=0)] | None = 5
+    validation_users: int = Field(4096, ge=1)
     device: Device = "auto"
     random_state: int = 0
 

@@ -86,6 +86,27 @@ def minibatches(n: int, batch_size: int, generator: torch.Generator) -> Iterator
     yield from order.split(batch_size)
 
 
+def bucketed_minibatches(
+    lengths: torch.Tensor, batch_size: int, generator: torch.Generator, pool: int = 64
+) -> Iterator[torch.Tensor]:
+    """Shuffled ``(<=batch_size,)`` int64 index batches covering ``range(len(lengths))`` once,
+    each of rows of similar length.
+
+    The rows are shuffled, cut into pools of ``pool`` batches, sorted by length inside each
+    pool and cut into batches; the batches are then shuffled. A batch is padded to its
+    longest row, so on data where most sequences are short (Amazon: median 6 items, a few
+    hundred) this cuts the padded positions a step computes several-fold while every epoch
+    still sees the rows in a new random grouping.
+    """
+    order = torch.randperm(len(lengths), generator=generator)
+    batches: list[torch.Tensor] = []
+    for chunk in order.split(batch_size * pool):
+        by_length = chunk[torch.argsort(lengths[chunk], stable=True)]
+        batches.extend(by_length.split(batch_size))
+    for j in torch.randperm(len(batches), generator=generator).tolist():
+        yield batches[j]
+
+
 def pad_sequences(sequences: list[np.ndarray], length: int, shift: int = 1) -> np.ndarray:
     """The last ``length`` items of each sequence, left-aligned and right-padded with 0.
 

@@ -185,7 +185,7 @@ class TwoTowerRecommender(TorchModel, EmbeddingRecommender):
             uid = user[batch].to(device) if p.use_user_id else None
             return step(history.to(device), uid, targets[batch].to(device), log_q, p.temperature)
 
-        losses = train_epochs(
+        history = train_epochs(
             net,
             optimizer,
             p.epochs,
@@ -195,7 +195,7 @@ class TwoTowerRecommender(TorchModel, EmbeddingRecommender):
             generator,
             "TwoTowerRecommender.fit",
         )
-        self.training_curve_ = {"x": "epoch", "series": {"train loss": losses}}
+        self.training_curve_ = {"x": "epoch", "series": {"train loss": history.losses}}
 
     @torch.no_grad()
     def _precompute(self, sequences: list[np.ndarray]) -> None:

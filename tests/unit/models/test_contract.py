@@ -48,6 +48,8 @@ SMALL_PARAMS: dict[str, dict[str, Any]] = {
     # 100 positives make only 100 SGD steps per epoch: the default learning rate leaves the
     # item biases (popularity) in charge of the ranking.
     "bpr": {"factors": 8, "learning_rate": 0.05},
+    # 20 users: many small steps, and no early stopping (its held-out users would be all).
+    "sasrec": {"batch_size": 16, "epochs": 20, "learning_rate": 2e-3, "patience": None},
 }
 NOT_PERSONALISED = {"popularity"}
 

@@ -68,6 +68,15 @@ MODELS: dict[str, tuple[Callable[[], TorchModel], Any, str]] = {
         sasrec,
         "_window_loss",
     ),
+    # Early stopping's scores, best epoch and best weights are checkpointed too.
+    "sasrec_early_stopping": (
+        lambda: SASRecRecommender(
+            embedding_dim=8, num_blocks=1, max_len=6, epochs=4, batch_size=8, dropout=0.2,
+            patience=10, validation_users=10, device="cpu",
+        ),
+        sasrec,
+        "_window_loss",
+    ),
     "two_tower": (
         lambda: TwoTowerRecommender(
             embedding_dim=8, hidden_dim=16, epochs=4, batch_size=16, device="cpu"

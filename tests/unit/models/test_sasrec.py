@@ -21,7 +21,7 @@ INPUTS = {"dataset": "test-dataset"}  # the lineage every saved model records
 
 TINY = {
     "embedding_dim": 16, "num_blocks": 1, "max_len": 12, "epochs": 40, "batch_size": 8,
-    "device": "cpu",
+    "patience": None, "device": "cpu",
 }  # fmt: skip
 
 
@@ -228,3 +228,89 @@ def test_invalid_params_raise_validation_error(params: dict[str, object]) -> Non
     interactions, _ = successor_sequences(n_users=5)
     with pytest.raises(ValidationError):
         SASRecRecommender(**{**TINY, **params}).fit(interactions)  # type: ignore[arg-type]
+
+
+def test_early_stopping_keeps_the_best_epoch_and_stops_after_patience() -> None:
+    from feedforge.models.sasrec import _HeldOut
+
+    interactions, _ = successor_sequences(n_users=60)
+    params = {**TINY, "epochs": 30, "patience": 2, "validation_users": 20, "dropout": 0.0}
+    model = SASRecRecommender(**params, learning_rate=5e-3).fit(interactions)
+    scores = model.training_curve_["series"]["held-out ndcg@10"]
+    stats = model.fit_stats_
+    assert stats["epochs_run"] == len(scores) == len(model.training_curve_["series"]["train loss"])
+    best = int(np.argmax(scores))
+    assert stats["best_epoch"] == best + 1
+    # Stopped because `patience` epochs did not beat the best, or ran out of epochs.
+    assert stats["epochs_run"] == 30 or stats["epochs_run"] - 1 - best == 2
+    assert all(s <= scores[best] for s in scores[best + 1 :])
+    assert 0 < stats["seconds_to_best"] <= stats["seconds"] and stats["ms_per_step"] > 0
+    # The network ends with the best epoch's weights: its held-out score is the best one.
+    held = model._held_out(interactions.sequences())
+    assert len(held) == 20
+    sequences = interactions.sequences()
+    validation = _HeldOut([sequences[u] for u in held], model.params.max_len, 20)
+    assert validation.ndcg(model._net(), torch.device("cpu")) == pytest.approx(scores[best])
+    # The user vectors read the whole sequences, held-out items included.
+    np.testing.assert_allclose(
+        model.fold_in(sequences[held[0]]), model.user_embeddings()[held[0]], atol=1e-5
+    )
+
+
+def test_held_out_ndcg_matches_a_direct_ranking() -> None:
+    from feedforge.models.sasrec import _HeldOut
+
+    torch.manual_seed(0)
+    net = SASRecNet(n_items=12, dim=8, num_blocks=1, num_heads=1, max_len=5, dropout=0.0).eval()
+    sequences = [np.array([1, 2, 3, 4]), np.array([5, 6, 5]), np.array([7, 8, 9, 10, 11, 0])]
+    held = _HeldOut(sequences, max_len=5, n_items=12)
+    expected = []
+    with torch.no_grad():
+        for seq in sequences:
+            prefix, target = seq[:-1], int(seq[-1])
+            scores = (net.last_states(torch.from_numpy(prefix[None] + 1)) @ net.item_table().T)[
+                0
+            ].numpy()
+            others = [i for i in prefix.tolist() if i != target]  # the target is never excluded
+            scores[others] = -np.inf
+            rank = int((scores > scores[target]).sum())
+            expected.append(1 / np.log2(rank + 2) if rank < 10 else 0.0)
+    assert held.ndcg(net, torch.device("cpu"), batch_size=2) == pytest.approx(np.mean(expected))
+
+
+def test_length_buckets_cover_every_row_once_in_batches_of_similar_length() -> None:
+    from feedforge.models.torch_utils import bucketed_minibatches
+
+    rng = np.random.default_rng(0)
+    lengths = torch.from_numpy(rng.integers(1, 60, size=1000))
+    generator = torch.Generator().manual_seed(0)
+    batches = list(bucketed_minibatches(lengths, 16, generator, pool=8))
+    rows = torch.cat(batches)
+    assert sorted(rows.tolist()) == list(range(1000))
+    assert all(len(b) <= 16 for b in batches)
+    # Padded positions: far fewer than with random batches of the same size.
+    padded = sum(int(lengths[b].max()) * len(b) for b in batches)
+    shuffled = torch.randperm(1000, generator=torch.Generator().manual_seed(1)).split(16)
+    assert padded < 0.7 * sum(int(lengths[b].max()) * len(b) for b in shuffled)
+    # A new epoch groups the rows differently.
+    again = list(bucketed_minibatches(lengths, 16, generator, pool=8))
+    assert [b.tolist() for b in again] != [b.tolist() for b in batches]
+
+
+def test_with_histories_reencodes_users_without_training() -> None:
+    interactions, _ = successor_sequences()
+    model = SASRecRecommender(**{**TINY, "epochs": 3}).fit(interactions)
+    table = model.item_embeddings().copy()
+    longer, _ = successor_sequences(seed=1)  # other sequences, the same catalog
+    model.with_histories(longer)
+    np.testing.assert_array_equal(model.item_embeddings(), table)
+    for user, sequence in enumerate(longer.sequences()[:5]):
+        np.testing.assert_allclose(
+            model.user_embeddings()[user], model.fold_in(sequence), atol=1e-5
+        )
+    other = Interactions(
+        np.array([0], np.int32), np.array([0], np.int32), np.ones(1, np.float32),
+        np.zeros(1, np.int64), 1, 21,
+    )  # fmt: skip
+    with pytest.raises(ValidationError, match="21 items, the model has 20"):
+        model.with_histories(other)

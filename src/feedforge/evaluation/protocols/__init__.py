@@ -39,7 +39,12 @@ from feedforge.evaluation.protocols.heldout_users import strong_generalization
 from feedforge.evaluation.protocols.msr import msr_stratified, msr_stratified_rows
 from feedforge.evaluation.protocols.next_item import leave_one_out
 from feedforge.evaluation.protocols.registry import PROTOCOLS, build_protocol
-from feedforge.evaluation.protocols.scoring import evaluate_fold
+from feedforge.evaluation.protocols.scoring import (
+    evaluate_fold,
+    fold_metrics,
+    per_user_values,
+    rank_fold,
+)
 from feedforge.evaluation.protocols.time_split import temporal
 
 __all__ = [
@@ -48,9 +53,12 @@ __all__ = [
     "ProtocolSplit",
     "build_protocol",
     "evaluate_fold",
+    "fold_metrics",
     "leave_one_out",
     "msr_stratified",
     "msr_stratified_rows",
+    "per_user_values",
+    "rank_fold",
     "strong_generalization",
     "temporal",
 ]

@@ -87,6 +87,16 @@ def evaluate_fold(
         DataError: the model's scores have the wrong shape or hold NaN; no user to evaluate.
     """
     parsed = [_parse_metric(name, k) for name in metrics]
+    return fold_metrics(rank_fold(model, fold, k, batch_size), fold, metrics, k, parsed)
+
+
+def rank_fold(model: Recommender, fold: EvalFold, k: int, batch_size: int = 1024) -> np.ndarray:
+    """``(U, k)`` items recommended to each of ``fold.users`` (``-1`` where only excluded
+    items remain), ranked as :func:`evaluate_fold` ranks them.
+
+    Raises:
+        DataError: the model's scores have the wrong shape or hold NaN; no user to evaluate.
+    """
     n_items = fold.relevant.shape[1]
     users = np.asarray(fold.users, dtype=np.int64)
     if len(users) == 0:
@@ -101,8 +111,40 @@ def evaluate_fold(
         if np.isnan(scores).any():
             raise DataError(f"{type(model).__name__}.score() returned NaN")
         recommended[batch] = _rank_batch(scores, fold, rows, batch, k)
+    return recommended
 
-    relevant = fold.relevant[users]
+
+def per_user_values(recommended: np.ndarray, fold: EvalFold, metric: str, k: int) -> np.ndarray:
+    """``(U,)`` values of one per-user metric (not ``coverage``) of :func:`rank_fold`'s
+    output, NaN for users without a relevant item: what standard errors and paired
+    comparisons of two models need.
+
+    Raises:
+        ConfigError: an unknown metric name, ``coverage``, or ``K > k``.
+    """
+    base, cutoff = _parse_metric(metric, k)
+    if base == "coverage":
+        raise ConfigError("coverage is a catalog metric, not a per-user one")
+    users = np.asarray(fold.users, dtype=np.int64)
+    return per_user_metrics(recommended, fold.relevant[users], cutoff)[_PER_USER_KEYS[base]]
+
+
+def fold_metrics(
+    recommended: np.ndarray,
+    fold: EvalFold,
+    metrics: tuple[str, ...],
+    k: int,
+    parsed: list[tuple[str, int]] | None = None,
+) -> dict[str, float]:
+    """:func:`evaluate_fold`'s means from :func:`rank_fold`'s output.
+
+    Raises:
+        ConfigError: an unknown metric name or ``K > k``.
+        DataError: no evaluated user has a relevant item.
+    """
+    parsed = parsed or [_parse_metric(name, k) for name in metrics]
+    n_items = fold.relevant.shape[1]
+    relevant = fold.relevant[np.asarray(fold.users, dtype=np.int64)]
     report: dict[str, float] = {}
     per_cutoff: dict[int, dict[str, np.ndarray]] = {}
     for name, (base, cutoff) in zip(metrics, parsed, strict=True):

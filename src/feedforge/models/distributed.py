@@ -362,11 +362,11 @@ def train_epochs(
     update = 0
     resumed = checkpoint.restore(net, optimizer, [generator])
     if resumed is not None:
-        loop, extra = resumed
-        losses, update = list(loop["losses"]), int(loop["updates"])
-        seconds = list(loop.get("seconds", []))
+        saved, extra = resumed
+        losses, update = list(saved["losses"]), int(saved["updates"])
+        seconds = list(saved.get("seconds", []))
         if early_stopping is not None:
-            early_stopping.restore(loop, extra)
+            early_stopping.restore(saved, extra)
     started = time.perf_counter() - (seconds[-1] if seconds else 0.0)
     device = next(net.parameters()).device
     net.train()

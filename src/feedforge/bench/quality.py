@@ -66,62 +66,32 @@ _S3REC_CAVEAT = (
     "read from the authors' repositories and papers' tables; same files, the sampled rows "
     "rank against 99 negatives (ours: 100)"
 )
+
+
+def _hr_ndcg(model: str, hr: float, ndcg: float) -> dict[str, Any]:
+    return {"model": model, "metrics": {"hr@10": hr, "ndcg@10": ndcg}}
+
+
 PUBLISHED_S3REC: dict[tuple[str, bool], list[dict[str, Any]]] = {
     ("Sports_and_Outdoors", False): [
-        {
-            "model": "SASRec (P5, RecSys 2022, Table 3)",
-            "metrics": {"hr@10": 0.0350, "ndcg@10": 0.0192},
-        },
-        {
-            "model": "S3-Rec (P5, RecSys 2022, Table 3)",
-            "metrics": {"hr@10": 0.0385, "ndcg@10": 0.0204},
-        },
-        {
-            "model": "SASRec, sampled softmax (eSASRec, RecSys 2025)",
-            "metrics": {"hr@10": 0.0569, "ndcg@10": 0.0314},
-        },
-        {
-            "model": "eSASRec (eSASRec, RecSys 2025)",
-            "metrics": {"hr@10": 0.0560, "ndcg@10": 0.0323},
-        },
+        _hr_ndcg("SASRec (P5, RecSys 2022, Table 3)", 0.0350, 0.0192),
+        _hr_ndcg("S3-Rec (P5, RecSys 2022, Table 3)", 0.0385, 0.0204),
+        _hr_ndcg("SASRec, sampled softmax (eSASRec, RecSys 2025)", 0.0569, 0.0314),
+        _hr_ndcg("eSASRec (eSASRec, RecSys 2025)", 0.0560, 0.0323),
     ],
     ("Toys_and_Games", False): [
-        {
-            "model": "SASRec (P5, RecSys 2022, Table 3)",
-            "metrics": {"hr@10": 0.0675, "ndcg@10": 0.0374},
-        },
-        {
-            "model": "S3-Rec (P5, RecSys 2022, Table 3)",
-            "metrics": {"hr@10": 0.0700, "ndcg@10": 0.0376},
-        },
-        {
-            "model": "SASRec, sampled softmax (eSASRec, RecSys 2025)",
-            "metrics": {"hr@10": 0.0970, "ndcg@10": 0.0580},
-        },
-        {
-            "model": "eSASRec (eSASRec, RecSys 2025)",
-            "metrics": {"hr@10": 0.0939, "ndcg@10": 0.0538},
-        },
+        _hr_ndcg("SASRec (P5, RecSys 2022, Table 3)", 0.0675, 0.0374),
+        _hr_ndcg("S3-Rec (P5, RecSys 2022, Table 3)", 0.0700, 0.0376),
+        _hr_ndcg("SASRec, sampled softmax (eSASRec, RecSys 2025)", 0.0970, 0.0580),
+        _hr_ndcg("eSASRec (eSASRec, RecSys 2025)", 0.0939, 0.0538),
     ],
     ("Sports_and_Outdoors", True): [
-        {
-            "model": "SASRec (S3-Rec, CIKM 2020, 99 negatives)",
-            "metrics": {"hr@10": 0.4622, "ndcg@10": 0.2869},
-        },
-        {
-            "model": "S3-Rec (S3-Rec, CIKM 2020, 99 negatives)",
-            "metrics": {"hr@10": 0.5614, "ndcg@10": 0.3538},
-        },
+        _hr_ndcg("SASRec (S3-Rec, CIKM 2020, 99 negatives)", 0.4622, 0.2869),
+        _hr_ndcg("S3-Rec (S3-Rec, CIKM 2020, 99 negatives)", 0.5614, 0.3538),
     ],
     ("Toys_and_Games", True): [
-        {
-            "model": "SASRec (S3-Rec, CIKM 2020, 99 negatives)",
-            "metrics": {"hr@10": 0.4663, "ndcg@10": 0.3136},
-        },
-        {
-            "model": "S3-Rec (S3-Rec, CIKM 2020, 99 negatives)",
-            "metrics": {"hr@10": 0.5530, "ndcg@10": 0.3629},
-        },
+        _hr_ndcg("SASRec (S3-Rec, CIKM 2020, 99 negatives)", 0.4663, 0.3136),
+        _hr_ndcg("S3-Rec (S3-Rec, CIKM 2020, 99 negatives)", 0.5530, 0.3629),
     ],
 }
 """Published numbers on S3-Rec's Amazon files (``leave-one-out``; key: file name, sampled).

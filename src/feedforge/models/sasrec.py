@@ -128,8 +128,8 @@ class SASRecRecommender(TorchModel, EmbeddingRecommender):
         dropout: Dropout rate.
         epochs: Passes over the training windows (the most, with early stopping).
         batch_size: Windows per step (of similar length: see the module docs). 128 with
-            learning rate 3e-3 converged in 20-40 epochs on Amazon Toys and MovieLens; 16
-            took ~55 s per Toys epoch, against ~5-10 s.
+            learning rate 3e-3 converged in 20-40 epochs on Amazon Toys and MovieLens (the
+            quality tables' fit_stats).
         learning_rate: AdamW learning rate.
         weight_decay: AdamW decoupled weight decay.
         negatives: ``None`` for the full softmax; else uniform sampled negatives per batch.

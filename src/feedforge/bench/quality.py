@@ -342,7 +342,6 @@ NEEDS_TIMESTAMPS = ("temporal",)
 class _Table:
     """One table of a run: the test fold it scores and what it has measured so far."""
 
-    protocol: str
     fold: EvalFold
     negatives: int | None
     rows: list[dict[str, Any]] = field(default_factory=list)
@@ -432,10 +431,10 @@ def run_quality(
         say(f"warning: {warnings[-1]}")
     options: dict[str, Any] = {"negatives": negatives} if protocol == "leave-one-out" else {}
     split = PROTOCOLS[protocol](frame, **options)
-    tables = [_Table(protocol, split.test, negatives)]
+    tables = [_Table(split.test, negatives)]
     if also_sampled is not None:
         sampled = PROTOCOLS[protocol](frame, negatives=also_sampled)
-        tables.append(_Table(protocol, sampled.test, also_sampled))
+        tables.append(_Table(sampled.test, also_sampled))
     ann: list[dict[str, Any]] = []
     primary = _primary(split)
     for spec in specs:
